@@ -1,0 +1,124 @@
+"""
+Per-user keys: scrypt over the password, with a salt the client can compute by itself.
+
+The client must derive its key without asking the server anything, so the salt is a function of the
+user name (``salt_for``). The parameters travel in the users file line (``KdfParams.format``) and the
+client takes the same text in ``--kdf``, so they can be raised for new users while old lines keep
+working.
+
+This module is imported by the client: it must not import Twisted.
+"""
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from Crypto.Protocol.KDF import scrypt
+
+KEY_SIZE = 32
+KEY_ID_SIZE = 8
+MIN_PASSWORD_LENGTH = 8
+
+# 2**15 * 8 * 128 bytes = 32 MiB of memory and ~90 ms on one core here; see README "Keys".
+DEFAULT_N = 2 ** 15
+DEFAULT_R = 8
+DEFAULT_P = 1
+
+# Bounds that keep a hostile or mistyped users line from making the daemon or client allocate
+# gigabytes: N * r * 128 bytes must stay under 1 GiB.
+_MAX_MEMORY = 1 << 30
+_PARAMS_RE = re.compile(r"^scrypt:n=([0-9]{1,10}),r=([0-9]{1,3}),p=([0-9]{1,3})$")
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$")
+
+
+class KdfError(ValueError):
+    """
+    A KDF parameter string, a user name or a password is not acceptable.
+
+    The message never contains the password.
+    """
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    """
+    scrypt cost parameters: ``n`` (CPU/memory cost, a power of two), ``r`` (block size) and ``p``
+    (parallelism).
+    """
+
+    n: int = DEFAULT_N
+    r: int = DEFAULT_R
+    p: int = DEFAULT_P
+
+    def __post_init__(self) -> None:
+        if self.n < 2 ** 10 or self.n & (self.n - 1):
+            raise KdfError(f"scrypt n must be a power of two of at least 1024, not {self.n}")
+        if not 1 <= self.r <= 64 or not 1 <= self.p <= 16:
+            raise KdfError(f"scrypt r must be 1-64 and p 1-16, not r={self.r} p={self.p}")
+        if self.n * self.r * 128 > _MAX_MEMORY:
+            raise KdfError(f"scrypt n={self.n} r={self.r} would need more than 1 GiB of memory")
+
+    @classmethod
+    def parse(cls, text: str) -> "KdfParams":
+        """
+        Read ``scrypt:n=32768,r=8,p=1`` (the form stored in user.txt and taken by ``--kdf``).
+        """
+        match = _PARAMS_RE.match(text.strip())
+        if match is None:
+            raise KdfError(f"KDF parameters must look like 'scrypt:n=32768,r=8,p=1', not {text!r}")
+        n, r, p = (int(group) for group in match.groups())
+        return cls(n=n, r=r, p=p)
+
+    def format(self) -> str:
+        """
+        The text form read by ``parse``.
+        """
+        return f"scrypt:n={self.n},r={self.r},p={self.p}"
+
+
+def check_user_name(user: str) -> str:
+    """
+    Return ``user`` if it is a valid user name (letters, digits, ``._@-``, at most 64 characters,
+    not starting with punctuation), otherwise raise ``KdfError``.
+    """
+    if not USER_NAME_RE.match(user):
+        raise KdfError(
+            f"user name {user!r} is not valid: use 1-64 letters, digits and . _ @ -"
+            " (not starting with . @ or -)"
+        )
+    return user
+
+
+def check_password(password: str) -> str:
+    """
+    Return ``password`` if it is long enough, otherwise raise ``KdfError`` (which does not quote it).
+    """
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise KdfError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
+def salt_for(user: str) -> bytes:
+    """
+    The salt of ``user``'s key: fixed by the user name, so a client can derive the key offline.
+    """
+    return b"sig2knock/v1/user:" + check_user_name(user).encode("utf-8")
+
+
+def derive_key(password: str, user: str, params: KdfParams = KdfParams()) -> bytes:
+    """
+    Derive ``user``'s 256-bit key from ``password`` with scrypt.
+    """
+    key = scrypt(
+        password.encode("utf-8"), salt_for(user), KEY_SIZE, N=params.n, r=params.r, p=params.p
+    )
+    assert isinstance(key, bytes)
+    return key
+
+
+def key_id(key: bytes) -> bytes:
+    """
+    The 8-byte identifier that control messages carry in clear so the server can find the key
+    without trying every user; it names no user and reveals nothing usable about the key.
+    """
+    return hashlib.sha256(b"sig2knock/v1/key-id\x00" + key).digest()[:KEY_ID_SIZE]

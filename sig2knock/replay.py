@@ -1,0 +1,157 @@
+"""
+The replay cache: the nonces of accepted control messages, kept as long as their timestamps are
+inside the ``MAX_CLOCK_SKEW`` window, bounded, and persisted under ``STATE_DIR``.
+
+A message older than the window is refused by its timestamp (``wire.decode``), a message inside it
+by this cache; together they refuse every replay. The file is an append-only log of fixed-size
+records, each written by a single ``write()`` so a killed daemon leaves either the whole record or a
+partial tail that loading ignores; it is compacted by writing a new file and renaming it over the
+old one. If the file cannot be read the cache refuses, for one window, every message stamped before
+the start (so a restart never reopens the window, at the price of clients waiting it out).
+"""
+
+import heapq
+import os
+import struct
+from typing import Dict, List, Optional, Tuple
+
+from twisted.logger import Logger
+
+from sig2knock.wire import NONCE_SIZE, REASON_CACHE_FULL, REASON_REPLAY, MessageRejected
+
+MAGIC = b"S2KRPL1\n"
+_RECORD = struct.Struct(f"!{NONCE_SIZE}sQ")  # nonce, expiry (ms since the epoch)
+DEFAULT_CAPACITY = 65536
+FILE_NAME = "replay.cache"
+# A nonce is kept one second past the end of its window, so rounding never frees it early.
+_MARGIN_MS = 1000
+
+
+class ReplayCacheError(Exception):
+    """
+    The state directory or the cache file cannot be used (permissions, not a directory, ...).
+    """
+
+
+class ReplayCache:
+    """
+    Nonces seen inside the clock-skew window, with their expiry times.
+
+    ``path`` is the log file (``None`` keeps the cache in memory only, for tests and the client);
+    ``max_skew`` is ``MAX_CLOCK_SKEW`` in seconds; ``capacity`` bounds the live entries: when it is
+    reached new messages are refused (fail closed) rather than old nonces forgotten.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        path: Optional[str],
+        max_skew: float,
+        now: float,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> None:
+        self.path = path
+        self.max_skew_ms = int(max_skew * 1000)
+        self.capacity = capacity
+        self._expiries: Dict[bytes, int] = {}
+        self._heap: List[Tuple[int, bytes]] = []
+        self._records_in_file = 0
+        self._file = None
+        # Messages stamped before this are refused: set when the old cache could not be read.
+        self._floor_ms = 0
+        if path is not None:
+            self._load(int(now * 1000))
+            self._compact()
+
+    def __len__(self) -> int:
+        return len(self._expiries)
+
+    def check_and_remember(self, nonce: bytes, timestamp_ms: int, now: float) -> None:
+        """
+        Refuse ``nonce`` if it was seen (``MessageRejected`` with reason ``replay``) or if the
+        cache is full (reason ``cache-full``); otherwise remember it until its window ends.
+        """
+        now_ms = int(now * 1000)
+        self._prune(now_ms)
+        if nonce in self._expiries:
+            raise MessageRejected(REASON_REPLAY, "nonce seen before")
+        if timestamp_ms < self._floor_ms:
+            raise MessageRejected(REASON_REPLAY, "stamped before the replay cache was lost")
+        if len(self._expiries) >= self.capacity:
+            raise MessageRejected(REASON_CACHE_FULL, f"{self.capacity} nonces in the window")
+        expiry_ms = max(timestamp_ms, now_ms) + self.max_skew_ms + _MARGIN_MS
+        self._add(nonce, expiry_ms)
+        if self._file is not None:
+            try:
+                self._file.write(_RECORD.pack(nonce, expiry_ms))
+                self._records_in_file += 1
+                if self._records_in_file > 2 * len(self._expiries) + 1024:
+                    self._compact()
+            except (OSError, ReplayCacheError) as error:
+                # Fail closed: a nonce that could not be persisted is not accepted.
+                self.log.error("cannot persist the replay cache: {error}", error=error)
+                raise MessageRejected(REASON_CACHE_FULL, "replay cache not writable") from None
+
+    def close(self) -> None:
+        """
+        Compact the file one last time and close it.
+        """
+        if self._file is not None:
+            self._compact()
+            self._file.close()
+            self._file = None
+
+    def _add(self, nonce: bytes, expiry_ms: int) -> None:
+        self._expiries[nonce] = expiry_ms
+        heapq.heappush(self._heap, (expiry_ms, nonce))
+
+    def _prune(self, now_ms: int) -> None:
+        heap = self._heap
+        while heap and heap[0][0] < now_ms:
+            expiry_ms, nonce = heapq.heappop(heap)
+            if self._expiries.get(nonce) == expiry_ms:
+                del self._expiries[nonce]
+
+    def _load(self, now_ms: int) -> None:
+        assert self.path is not None
+        try:
+            with open(self.path, "rb") as existing:
+                data = existing.read()
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise ReplayCacheError(f"cannot read the replay cache {self.path}: {error.strerror}")
+        if not data.startswith(MAGIC):
+            self._floor_ms = now_ms + self.max_skew_ms
+            self.log.error(
+                "replay cache {path} is not a sig2knock replay cache; refusing messages stamped"
+                " before now for {seconds} seconds so no earlier message can be replayed",
+                path=self.path,
+                seconds=self.max_skew_ms // 1000,
+            )
+            return
+        body = data[len(MAGIC) :]
+        usable = len(body) - len(body) % _RECORD.size
+        for nonce, expiry_ms in _RECORD.iter_unpack(body[:usable]):
+            if expiry_ms >= now_ms:
+                self._add(nonce, max(expiry_ms, self._expiries.get(nonce, 0)))
+
+    def _compact(self) -> None:
+        assert self.path is not None
+        temporary = self.path + ".new"
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as new:
+                new.write(MAGIC)
+                new.write(b"".join(_RECORD.pack(n, e) for n, e in self._expiries.items()))
+                new.flush()
+                os.fsync(new.fileno())
+            os.replace(temporary, self.path)
+            self._records_in_file = len(self._expiries)
+            self._file = open(self.path, "ab", buffering=0)
+        except OSError as error:
+            raise ReplayCacheError(f"cannot write the replay cache {self.path}: {error.strerror}")

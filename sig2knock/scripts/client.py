@@ -1,0 +1,171 @@
+"""
+``sig2knockc SERVER PORT``: knock on a sig2knock server and print the port it opens.
+
+Start-up time matters here (every login pays it), so this module imports neither Twisted nor
+anything else it does not need; ``sig2knock.wire`` and ``sig2knock.kdf`` are Twisted-free.
+"""
+
+import argparse
+import getpass
+import os
+import stat
+import sys
+from typing import List, Optional, TextIO
+
+from sig2knock import __version__
+from sig2knock.kdf import KdfError, KdfParams, check_user_name
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class PasswordError(Exception):
+    """
+    The password cannot be had from the source the user chose.
+    """
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """
+    The command line of ``sig2knockc``. argparse exits with status 2 on usage errors.
+    """
+    parser = argparse.ArgumentParser(
+        prog="sig2knockc",
+        description=(
+            "Knock on a sig2knock server and print the port it opened for this address."
+            " Progress goes to standard error; on success standard output is exactly the"
+            " port and a newline, so PORT=$(sig2knockc host 1001) works."
+        ),
+    )
+    parser.add_argument("server", metavar="SERVER", help="server host name or address")
+    parser.add_argument("port", metavar="PORT", type=int, help="server control port (UDP_PORT)")
+    parser.add_argument(
+        "--user", default=_login_name(), help="user name (default: login name, %(default)s)"
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    source.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="read the password from FILE (refused unless only its owner can read it)",
+    )
+    parser.add_argument(
+        "--knock-proto",
+        choices=("tcp", "udp"),
+        default="tcp",
+        help="knock with TCP SYNs or UDP datagrams; must match the server's KNOCK_PROTO"
+        " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up after this long without an answer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--kdf",
+        metavar="PARAMS",
+        default=KdfParams().format(),
+        help="scrypt cost of this user's key, as in the server's users file"
+        " (default: %(default)s)",
+    )
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument(
+        "--exec",
+        metavar="COMMAND",
+        dest="command",
+        help="run COMMAND with {port} and {host} filled in, e.g. 'ssh -p {port} me@{host}'",
+    )
+    action.add_argument(
+        "--stdio",
+        action="store_true",
+        help="connect to the opened port and relay standard input and output"
+        " (for ssh's ProxyCommand)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="report each step")
+    parser.add_argument("--version", action="version", version=f"sig2knockc {__version__}")
+    return parser
+
+
+def read_password_file(path: str) -> str:
+    """
+    The first line of ``path``, which must be closed to group and others (like an ssh key).
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError as error:
+        raise PasswordError(f"{path}: {error.strerror}") from None
+    with os.fdopen(descriptor, encoding="utf-8") as password_file:
+        mode = stat.S_IMODE(os.fstat(password_file.fileno()).st_mode)
+        if mode & 0o077:
+            raise PasswordError(
+                f"{path}: open to group or others (mode {mode:04o}); fix with: chmod 600 {path}"
+            )
+        return password_file.readline().rstrip("\r\n")
+
+
+def read_password(options: argparse.Namespace, stdin: TextIO = sys.stdin) -> str:
+    """
+    The password from ``--password-file``, ``--password-stdin`` or a prompt without echo.
+    """
+    if options.password_file:
+        return read_password_file(options.password_file)
+    if options.password_stdin:
+        return stdin.readline().rstrip("\r\n")
+    if not stdin.isatty():
+        raise PasswordError("no terminal to ask for the password on; use --password-stdin")
+    return getpass.getpass(f"Password for {options.user}@{options.server}: ")
+
+
+def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+    """
+    Usage checks argparse cannot express; each ends the program with status 2.
+    """
+    if not 0 < options.port < 65536:
+        parser.error(f"PORT {options.port} is not a port number (1-65535)")
+    if not options.timeout > 0:
+        parser.error("--timeout must be a positive number of seconds")
+    try:
+        check_user_name(options.user)
+        KdfParams.parse(options.kdf)
+    except KdfError as error:
+        parser.error(str(error))
+    if options.password_stdin and options.stdio:
+        parser.error("--stdio relays standard input, so the password cannot come from it")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """
+    Entry point of ``sig2knockc``.
+    """
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    check_options(parser, options)
+    try:
+        read_password(options)
+    except PasswordError as error:
+        print(f"sig2knockc: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except (KeyboardInterrupt, EOFError):
+        print("sig2knockc: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        "sig2knockc: knocking is not available in this version yet: the daemon side lands first",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""
+``sig2knockd``: run the daemon in the foreground (``twistd -n sig2knock`` with the seed's options),
+or check a configuration with ``--check-config``.
+"""
+
+import argparse
+import sys
+from typing import List, Optional
+
+from sig2knock import __version__
+from sig2knock.config import default_config_path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """
+    The command line of ``sig2knockd``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="sig2knockd",
+        description=(
+            "The sig2knock port-knocking daemon, in the foreground (like twistd -n sig2knock)."
+            " Logs go to standard output."
+        ),
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=default_config_path(),
+        metavar="FILE",
+        help="configuration file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-i",
+        "--interface",
+        metavar="IFACE",
+        help="capture interface; overrides INTERFACE and PKTFILTER_INTERFACE",
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the configuration and the users file, print a summary and exit",
+    )
+    parser.add_argument("--version", action="version", version=f"sig2knockd {__version__}")
+    return parser
+
+
+def check_config(config_path: str, interface: Optional[str]) -> int:
+    """
+    Validate the configuration and users file without opening anything; return the exit status.
+    """
+    from sig2knock.config import ConfigError, load_config
+    from sig2knock.users import UsersError, load_users
+
+    try:
+        config = load_config(config_path, interface)
+        users = load_users(config.users_file)
+    except (ConfigError, UsersError) as error:
+        print(f"sig2knockd: {error}", file=sys.stderr)
+        return 1
+    low, high = config.assign_port_range
+    print(
+        f"{config.path}: OK: control port {config.udp_port}/udp, forward to"
+        f" {config.forward_to_ip} port {config.forward_to_port}, ports {low}-{high},"
+        f" firewall {config.firewall} ({config.firewall_policy}),"
+        f" {len(users)} user(s) in {users.path}"
+    )
+    return 0
+
+
+def twistd_arguments(config_path: str, interface: Optional[str]) -> List[str]:
+    """
+    The twistd command line equivalent to ``sig2knockd -c CONFIG [-i IFACE]``: foreground, no
+    pid file (a service manager tracks the process).
+    """
+    arguments = ["--nodaemon", "--pidfile=", "sig2knock", "--config", config_path]
+    if interface is not None:
+        arguments += ["--interface", interface]
+    return arguments
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """
+    Entry point of ``sig2knockd``.
+    """
+    options = build_parser().parse_args(argv)
+    if options.check_config:
+        return check_config(options.config, options.interface)
+    from twisted.scripts import twistd
+
+    sys.argv = ["sig2knockd"] + twistd_arguments(options.config, options.interface)
+    twistd.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""
+The twistd plugin's options and service maker: ``twistd -n sig2knock --config FILE [-i IFACE]``.
+"""
+
+import sys
+from typing import Any, Optional
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from sig2knock.config import ConfigError, default_config_path
+from sig2knock.replay import ReplayCacheError
+from sig2knock.service import Sig2knockService, prepare
+from sig2knock.users import UsersError
+
+STARTUP_ERRORS = (ConfigError, UsersError, ReplayCacheError)
+
+
+class Options(usage.Options):
+    """
+    Command-line options of the ``sig2knock`` twistd plugin.
+    """
+
+    synopsis = "[--config FILE] [-i IFACE]"
+    longdesc = (
+        "Run the sig2knock port-knocking daemon. It reads its settings from the configuration"
+        " file (KEY = VALUE lines, see the README) and its users from USERS_FILE, which must be"
+        " owned by the daemon's user and closed to group and others (chmod 600). Every problem"
+        " in either stops the daemon before anything is opened, with one line naming the file,"
+        " the line and the key. Add users with sig2knockd_useradd."
+    )
+    optParameters = [
+        [
+            "config",
+            "c",
+            default_config_path(),
+            "Configuration file (default: etc/sig2knockd.conf in a checkout,"
+            " else /etc/sig2knock/sig2knockd.conf).",
+        ],
+        [
+            "interface",
+            "i",
+            None,
+            "Capture interface; overrides INTERFACE and PKTFILTER_INTERFACE in the file.",
+        ],
+    ]
+
+
+def makeService(options: Any, reactor: Optional[Any] = None) -> IService:
+    """
+    Build the daemon's ``MultiService`` from the plugin's options.
+
+    A configuration, users file or state problem is written to stderr as one line and ends the
+    process with exit status 1, before twistd opens anything.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    try:
+        prepared = prepare(options["config"], options["interface"], reactor.seconds())
+    except STARTUP_ERRORS as error:
+        sys.stderr.write(f"sig2knockd: {error}\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None
+    return Sig2knockService(prepared, reactor)

@@ -1,0 +1,1 @@
+"""Unit tests of sig2knock: deterministic, no root, no network."""

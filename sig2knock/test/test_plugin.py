@@ -1,0 +1,189 @@
+"""
+Tests for the twistd plugin (sig2knock.tap, twisted/plugins/sig2knock_plugin.py) and the service
+wiring (sig2knock.service).
+"""
+
+import io
+import os
+import stat
+import sys
+
+from twisted.application.service import IService, IServiceMaker
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from sig2knock import config as config_module
+from sig2knock import service, tap
+from sig2knock.replay import ReplayCacheError
+from sig2knock.test.common import REPOSITORY, write_config, write_users
+
+NOW = 1_800_000_000.0
+
+
+def sig2knock_plugin():
+    for plugin in getPlugins(IServiceMaker):
+        if plugin.tapname == "sig2knock":
+            return plugin
+    return None
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    twistd finds the plugin, and it provides what twistd needs.
+    """
+
+    def test_discoveredByTwisted(self) -> None:
+        plugin = sig2knock_plugin()
+        self.assertIsNotNone(plugin, "twistd would not find the sig2knock plugin")
+        self.assertEqual(plugin.module, "sig2knock.tap")
+
+    def test_providesInterfaces(self) -> None:
+        plugin = sig2knock_plugin()
+        self.assertTrue(verifyObject(IServiceMaker, plugin))
+        self.assertTrue(verifyObject(IPlugin, plugin))
+
+    def test_optionsClass(self) -> None:
+        self.assertIs(sig2knock_plugin().options, tap.Options)
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    ``twistd sig2knock`` takes ``--config``/``-c`` and ``-i``/``--interface``.
+    """
+
+    def test_parse(self) -> None:
+        options = tap.Options()
+        options.parseOptions(["--config", "/x/y.conf", "-i", "eth1"])
+        self.assertEqual((options["config"], options["interface"]), ("/x/y.conf", "eth1"))
+        options = tap.Options()
+        options.parseOptions(["-c", "z.conf", "--interface=veth0"])
+        self.assertEqual((options["config"], options["interface"]), ("z.conf", "veth0"))
+
+    def test_helpListsOptions(self) -> None:
+        text = str(tap.Options())
+        self.assertIn("--config=", text)
+        self.assertIn("--interface=", text)
+        self.assertIn("sig2knockd_useradd", text)
+
+    def test_unknownOption(self) -> None:
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--bogus"])
+
+    def test_defaultConfigInCheckout(self) -> None:
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(REPOSITORY)
+        self.assertEqual(config_module.default_config_path(), "etc/sig2knockd.conf")
+
+    def test_defaultConfigElsewhere(self) -> None:
+        elsewhere = self.mktemp()
+        os.makedirs(os.path.join(elsewhere, "etc"))
+        open(os.path.join(elsewhere, "etc", "sig2knockd.conf"), "w").close()
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(elsewhere)
+        self.assertEqual(config_module.default_config_path(), "/etc/sig2knock/sig2knockd.conf")
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    ``makeService`` builds the daemon, or stops with one line and status 1.
+    """
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.stderr = io.StringIO()
+        self.patch(sys, "stderr", self.stderr)
+        self.clock = Clock()
+        self.clock.advance(NOW)
+
+    def make(self, config_path: str):
+        options = tap.Options()
+        options.parseOptions(["--config", config_path])
+        return tap.makeService(options, reactor=self.clock)
+
+    def test_service(self) -> None:
+        daemon = self.make(write_config(self.directory))
+        self.addCleanup(daemon.prepared.replay_cache.close)
+        self.assertTrue(verifyObject(IService, daemon))
+        self.assertEqual(daemon.prepared.config.udp_port, 1001)
+        self.assertEqual(daemon.prepared.users.names(), ["alice"])
+        state = os.path.join(self.directory, "state")
+        self.assertEqual(stat.S_IMODE(os.stat(state).st_mode), 0o700)
+        self.assertTrue(os.path.exists(os.path.join(state, "replay.cache")))
+
+    def assertStopsWithOneLine(self, config_path: str, *fragments: str) -> None:
+        error = self.assertRaises(SystemExit, self.make, config_path)
+        self.assertEqual(error.code, 1)
+        output = self.stderr.getvalue()
+        self.assertEqual(output.count("\n"), 1, output)
+        self.assertTrue(output.startswith("sig2knockd: "), output)
+        for fragment in fragments:
+            self.assertIn(fragment, output)
+
+    def test_badConfig(self) -> None:
+        path = write_config(self.directory, {"KNOCK_COUNT": "zero"})
+        self.assertStopsWithOneLine(path, path, ":7:", "KNOCK_COUNT")
+
+    def test_missingConfig(self) -> None:
+        self.assertStopsWithOneLine(os.path.join(self.directory, "nope.conf"), "no such file")
+
+    def test_openUsersFile(self) -> None:
+        path = write_config(self.directory)
+        os.chmod(os.path.join(self.directory, "user.txt"), 0o644)
+        self.assertStopsWithOneLine(path, "chmod 600")
+
+    def test_unusableStateDir(self) -> None:
+        open(os.path.join(self.directory, "state"), "w").close()
+        self.assertStopsWithOneLine(write_config(self.directory), "STATE_DIR")
+
+
+class ServiceTests(SynchronousTestCase):
+    """
+    The service logs what it runs with, never key material, and closes the replay cache.
+    """
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.events = []
+        self.patch(service.Sig2knockService, "log", Logger(observer=self.events.append))
+
+    def daemon(self) -> service.Sig2knockService:
+        prepared = service.prepare(write_config(self.directory), None, NOW)
+        return service.Sig2knockService(prepared, Clock())
+
+    def test_startLogsConfiguration(self) -> None:
+        daemon = self.daemon()
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        (event,) = self.events
+        daemon.reactor.advance(0)
+        self.assertEqual(self.events[-1]["log_format"], "sig2knock ready")
+        self.assertEqual(event["port"], 1001)
+        self.assertEqual(event["count"], 1)
+        key = daemon.prepared.users.entries["alice"].user.key
+        self.assertNotIn(key.hex(), repr(event))
+
+    def test_warnsWithoutUsers(self) -> None:
+        write_users(os.path.join(self.directory, "user.txt"), {})
+        daemon = self.daemon()
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        self.assertEqual([e["log_level"].name for e in self.events], ["info", "warn"])
+        self.assertIn("sig2knockd_useradd", self.events[1]["log_format"])
+
+    def test_stopClosesReplayCache(self) -> None:
+        daemon = self.daemon()
+        daemon.startService()
+        self.successResultOf(daemon.stopService())
+        self.assertIsNone(daemon.prepared.replay_cache._file)
+
+    def test_stateDirOpenToOthersRefused(self) -> None:
+        state = os.path.join(self.directory, "state")
+        os.makedirs(state)
+        os.chmod(state, 0o777)
+        error = self.assertRaises(ReplayCacheError, service.ensure_state_dir, state)
+        self.assertIn("chmod 700", str(error))

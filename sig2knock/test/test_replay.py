@@ -1,0 +1,177 @@
+"""
+Tests for sig2knock.replay: the persisted, bounded cache of nonces inside the clock-skew window.
+"""
+
+import os
+import stat
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock import wire
+from sig2knock.replay import MAGIC, ReplayCache, ReplayCacheError
+from sig2knock.wire import MessageRejected
+
+NOW = 1_800_000_000.0
+SKEW = 60
+
+
+def nonce(number: int) -> bytes:
+    return number.to_bytes(12, "big")
+
+
+class ReplayCacheTests(SynchronousTestCase):
+    """
+    A nonce is accepted once; the cache survives restarts and forgets only what the window refuses.
+    """
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "replay.cache")
+
+    def cache(self, now: float = NOW, **kwargs) -> ReplayCache:
+        cache = ReplayCache(self.path, SKEW, now, **kwargs)
+        self.addCleanup(cache.close)
+        return cache
+
+    def remember(self, cache: ReplayCache, number: int, now: float = NOW) -> None:
+        cache.check_and_remember(nonce(number), wire.now_ms(now), now)
+
+    def assertRefused(self, reason: str, cache: ReplayCache, number: int, now=NOW) -> None:
+        error = self.assertRaises(MessageRejected, self.remember, cache, number, now)
+        self.assertEqual(error.reason, reason)
+
+    def test_secondSightingRefused(self) -> None:
+        cache = self.cache()
+        self.remember(cache, 1)
+        self.remember(cache, 2)
+        self.assertRefused(wire.REASON_REPLAY, cache, 1)
+        self.assertEqual(len(cache), 2)
+
+    def test_refusedAfterRestart(self) -> None:
+        """
+        A nonce seen before a restart (even a SIGKILL: no close) is still refused after it.
+        """
+        first = ReplayCache(self.path, SKEW, NOW)
+        self.remember(first, 7)
+        # No close(): the record must already be on disk.
+        second = self.cache(now=NOW + 5)
+        self.assertRefused(wire.REASON_REPLAY, second, 7, now=NOW + 5)
+        first.close()
+
+    def test_refusedAfterCleanRestart(self) -> None:
+        first = ReplayCache(self.path, SKEW, NOW)
+        self.remember(first, 7)
+        first.close()
+        self.assertRefused(wire.REASON_REPLAY, self.cache(now=NOW + 5), 7, now=NOW + 5)
+
+    def test_forgetsAfterWindow(self) -> None:
+        """
+        Past the window a nonce is forgotten (its message is refused as stale by then), which is
+        what keeps memory bounded.
+        """
+        cache = self.cache()
+        for number in range(100):
+            self.remember(cache, number)
+        later = NOW + 2 * SKEW + 2
+        self.remember(cache, 1000, now=later)
+        self.assertEqual(len(cache), 1)
+
+    def test_keptForTheWholeWindow(self) -> None:
+        cache = self.cache()
+        self.remember(cache, 1)
+        self.assertRefused(wire.REASON_REPLAY, cache, 1, now=NOW + SKEW)
+
+    def test_futureTimestampKeptLonger(self) -> None:
+        """
+        A message stamped ahead of the server's clock stays refused until its own window ends.
+        """
+        cache = self.cache()
+        cache.check_and_remember(nonce(1), wire.now_ms(NOW + SKEW), NOW)
+        self.assertRaises(
+            MessageRejected,
+            cache.check_and_remember,
+            nonce(1),
+            wire.now_ms(NOW + SKEW),
+            NOW + 2 * SKEW - 1,
+        )
+
+    def test_fullCacheFailsClosed(self) -> None:
+        """
+        When the cache is full new messages are refused; old nonces are never dropped early.
+        """
+        cache = self.cache(capacity=3)
+        for number in range(3):
+            self.remember(cache, number)
+        self.assertRefused(wire.REASON_CACHE_FULL, cache, 99)
+        self.assertRefused(wire.REASON_REPLAY, cache, 0)
+        self.remember(cache, 99, now=NOW + 2 * SKEW + 2)
+
+    def test_fileIsPrivate(self) -> None:
+        self.remember(self.cache(), 1)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    def test_compactedOnLoad(self) -> None:
+        """
+        Loading drops expired records and rewrites the file with the live ones only.
+        """
+        first = ReplayCache(self.path, SKEW, NOW)
+        for number in range(50):
+            self.remember(first, number)
+        first.close()
+        later = NOW + 3 * SKEW
+        second = self.cache(now=later)
+        self.remember(second, 500, now=later)
+        self.assertEqual(len(second), 1)
+        self.assertEqual(os.path.getsize(self.path), len(MAGIC) + 20)
+
+    def test_compactedWhileRunning(self) -> None:
+        """
+        The log file does not grow without bound while nonces keep expiring.
+        """
+        cache = self.cache()
+        for number in range(5000):
+            self.remember(cache, number, now=NOW + number)
+        self.assertLess(os.path.getsize(self.path), len(MAGIC) + 20 * (2 * len(cache) + 1100))
+
+    def test_partialRecordIgnored(self) -> None:
+        """
+        A record cut short by a crash is ignored; the whole ones before it are kept.
+        """
+        first = ReplayCache(self.path, SKEW, NOW)
+        self.remember(first, 1)
+        self.remember(first, 2)
+        first._file.close()
+        with open(self.path, "ab") as log:
+            log.write(nonce(3)[:7])
+        second = self.cache(now=NOW + 1)
+        self.assertRefused(wire.REASON_REPLAY, second, 1, now=NOW + 1)
+        self.assertRefused(wire.REASON_REPLAY, second, 2, now=NOW + 1)
+        self.remember(second, 3, now=NOW + 1)
+
+    def test_corruptFileClosesTheWindow(self) -> None:
+        """
+        If the old cache cannot be read, every message stamped before start + window is refused,
+        and messages stamped after it are accepted.
+        """
+        with open(self.path, "wb") as log:
+            log.write(b"garbage that is not a replay cache")
+        cache = self.cache()
+        self.assertRefused(wire.REASON_REPLAY, cache, 1)
+        self.assertRefused(wire.REASON_REPLAY, cache, 2, now=NOW + SKEW - 1)
+        self.remember(cache, 3, now=NOW + SKEW + 1)
+        with open(self.path, "rb") as log:
+            self.assertTrue(log.read().startswith(MAGIC))
+
+    def test_unreadableDirectoryIsAnError(self) -> None:
+        blocker = os.path.join(self.directory, "not-a-directory")
+        open(blocker, "w").close()
+        self.assertRaises(
+            ReplayCacheError, ReplayCache, os.path.join(blocker, "replay.cache"), SKEW, NOW
+        )
+
+    def test_memoryOnly(self) -> None:
+        cache = ReplayCache(None, SKEW, NOW)
+        self.remember(cache, 1)
+        self.assertRefused(wire.REASON_REPLAY, cache, 1)
+        cache.close()

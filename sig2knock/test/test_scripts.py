@@ -1,0 +1,301 @@
+"""
+End-to-end tests of the commands as an operator runs them: ``sig2knockd_useradd``, ``sig2knockd``
+(also through the real ``twistd``), and ``sig2knockc``'s command line. Each runs as a subprocess.
+"""
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from sig2knock.kdf import KdfParams, derive_key
+from sig2knock.test.common import (
+    CHEAP_KDF,
+    EXAMPLE_CONFIG,
+    installed_command,
+    run_module,
+    write_config,
+)
+from sig2knock.users import load_users, parse_users
+
+PASSWORD = "a long enough password"
+USERADD = "sig2knock.scripts.useradd"
+DAEMON = "sig2knock.scripts.daemon"
+CLIENT = "sig2knock.scripts.client"
+
+
+def useradd(*arguments: str, stdin: str = PASSWORD + "\n") -> subprocess.CompletedProcess:
+    return run_module(USERADD, ["--kdf", CHEAP_KDF.format(), *arguments], stdin=stdin)
+
+
+class UserAddTests(SynchronousTestCase):
+    """
+    ``sig2knockd_useradd`` makes lines the daemon accepts and never shows the password.
+    """
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.users_path = os.path.join(self.directory, "user.txt")
+
+    def assertPasswordHidden(self, result: subprocess.CompletedProcess) -> None:
+        self.assertNotIn(PASSWORD, result.stdout + result.stderr)
+
+    def test_printsLine(self) -> None:
+        """
+        With default parameters the printed line holds scrypt(password) and the daemon reads it.
+        """
+        result = run_module(USERADD, ["--password-stdin", "alice"], stdin=PASSWORD + "\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertPasswordHidden(result)
+        self.assertEqual(result.stdout.count("\n"), 1)
+        entry = parse_users(result.stdout, "<stdout>").entries["alice"]
+        self.assertEqual(entry.params, KdfParams())
+        self.assertEqual(entry.user.key, derive_key(PASSWORD, "alice"))
+
+    def test_appendsToNewPrivateFile(self) -> None:
+        for user in ("alice", "bob"):
+            result = useradd("--password-stdin", "--users-file", self.users_path, user)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(result.stdout, "")
+            self.assertPasswordHidden(result)
+        self.assertEqual(stat.S_IMODE(os.stat(self.users_path).st_mode), 0o600)
+        users = load_users(self.users_path)
+        self.assertEqual(users.names(), ["alice", "bob"])
+        self.assertEqual(users.entries["bob"].user.key, derive_key(PASSWORD, "bob", CHEAP_KDF))
+
+    def test_appendAfterLineWithoutNewline(self) -> None:
+        self.assertEqual(useradd("--password-stdin", "alice").returncode, 0)
+        line = useradd("--password-stdin", "alice").stdout.strip()
+        with open(self.users_path, "w") as users_file:
+            users_file.write(line)
+        os.chmod(self.users_path, 0o600)
+        result = useradd("--password-stdin", "--users-file", self.users_path, "bob")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(load_users(self.users_path).names(), ["alice", "bob"])
+
+    def test_duplicateRefused(self) -> None:
+        useradd("--password-stdin", "--users-file", self.users_path, "alice")
+        result = useradd("--password-stdin", "--users-file", self.users_path, "alice")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("already there", result.stderr)
+        self.assertEqual(load_users(self.users_path).names(), ["alice"])
+
+    def test_openFileRefused(self) -> None:
+        useradd("--password-stdin", "--users-file", self.users_path, "alice")
+        os.chmod(self.users_path, 0o644)
+        result = useradd("--password-stdin", "--users-file", self.users_path, "bob")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("chmod 600", result.stderr)
+
+    def test_shortPasswordRefused(self) -> None:
+        for password in ("", "short"):
+            result = useradd("--password-stdin", "alice", stdin=password + "\n")
+            self.assertEqual(result.returncode, 1)
+            self.assertIn("at least 8 characters", result.stderr)
+            self.assertEqual(result.stdout, "")
+
+    def test_noTerminal(self) -> None:
+        result = useradd("alice", stdin="")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("--password-stdin", result.stderr)
+
+    def test_badUserName(self) -> None:
+        result = useradd("--password-stdin", "al:ice")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("not valid", result.stderr)
+
+    def test_missingDirectory(self) -> None:
+        missing = os.path.join(self.directory, "no", "user.txt")
+        result = useradd("--password-stdin", "--users-file", missing, "alice")
+        self.assertEqual(result.returncode, 1)
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertIn("No such file or directory", result.stderr)
+
+    def test_usageError(self) -> None:
+        self.assertEqual(useradd().returncode, 2)
+
+
+class DaemonCommandTests(SynchronousTestCase):
+    """
+    ``sig2knockd`` checks configurations, stops on errors with one line, and runs in the
+    foreground until SIGTERM.
+    """
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+
+    def assertOneLineError(self, result: subprocess.CompletedProcess, *fragments: str) -> None:
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+        self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
+        for fragment in fragments:
+            self.assertIn(fragment, result.stderr)
+
+    def test_checkConfig(self) -> None:
+        path = write_config(self.directory)
+        result = run_module(DAEMON, ["--check-config", "-c", path])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("OK", result.stdout)
+        self.assertIn("1 user(s)", result.stdout)
+
+    def test_checkConfigError(self) -> None:
+        path = write_config(self.directory, {"ASSIGN_PORT_RANGE": "1000-2000"})
+        result = run_module(DAEMON, ["--check-config", "-c", path])
+        self.assertOneLineError(result, f"{path}:1: UDP_PORT", "ASSIGN_PORT_RANGE")
+
+    def test_checkConfigInterfaceOverride(self) -> None:
+        path = write_config(self.directory)
+        result = run_module(DAEMON, ["--check-config", "-c", path, "-i", "bad/name"])
+        self.assertOneLineError(result, "INTERFACE")
+
+    def test_startupErrorThroughTwistd(self) -> None:
+        """
+        A bad configuration stops the real twistd with one line and status 1, no traceback.
+        """
+        path = write_config(self.directory, {"BOGUS_KEY": "1"})
+        result = run_module(DAEMON, ["-c", path])
+        self.assertOneLineError(result, f"{path}:7: BOGUS_KEY: unknown key")
+
+    def test_runsUntilTerminated(self) -> None:
+        """
+        The daemon starts in the foreground, logs its configuration, keeps its replay cache
+        private, and shuts down cleanly on SIGTERM (twistd then ends by that signal, which
+        systemd counts as a clean exit).
+        """
+        path = write_config(self.directory)
+        process = subprocess.Popen(
+            [sys.executable, "-m", DAEMON, "-c", path],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        lines = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "sig2knock ready" in line:
+                break
+        self.assertIn("control port 1001/udp", "".join(lines))
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=30)
+        self.assertEqual(process.returncode, -signal.SIGTERM, "".join(lines) + rest)
+        self.assertIn("Server Shut Down.", rest)
+        cache = os.path.join(self.directory, "state", "replay.cache")
+        self.assertEqual(stat.S_IMODE(os.stat(cache).st_mode), 0o600)
+        self.assertNotIn("Traceback", rest)
+
+    def test_twistdHelpListsPluginOptions(self) -> None:
+        twistd = installed_command("twistd")
+        if twistd is None:
+            raise SkipTest(f"twistd is not installed beside {sys.executable}")
+        result = subprocess.run(
+            [twistd, "sig2knock", "--help"], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("--config=", result.stdout)
+        self.assertIn("--interface=", result.stdout)
+
+    def test_exampleConfigIsValid(self) -> None:
+        """
+        The shipped example passes --check-config once it has a users file.
+        """
+        directory = os.path.join(self.directory, "etc")
+        os.makedirs(directory)
+        with open(EXAMPLE_CONFIG) as example:
+            text = example.read()
+        path = os.path.join(directory, "sig2knockd.conf")
+        with open(path, "w") as copy:
+            copy.write(text)
+        write_config(self.directory)
+        os.rename(os.path.join(self.directory, "user.txt"), os.path.join(directory, "user.txt"))
+        result = run_module(DAEMON, ["--check-config", "-c", path])
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+
+class InstalledCommandsTests(SynchronousTestCase):
+    """
+    The three console scripts are installed and answer ``--help``.
+    """
+
+    def test_consoleScripts(self) -> None:
+        for name in ("sig2knockd", "sig2knockc", "sig2knockd_useradd"):
+            path = installed_command(name)
+            if path is None:
+                raise SkipTest(f"{name} is not installed beside {sys.executable} (run ./bootstrap)")
+            result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=60)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn(f"usage: {name}", result.stdout)
+
+
+class ClientCommandTests(SynchronousTestCase):
+    """
+    ``sig2knockc``'s command line: options, usage errors, password sources, and a lean import.
+    """
+
+    def test_help(self) -> None:
+        result = run_module(CLIENT, ["--help"])
+        self.assertEqual(result.returncode, 0)
+        for option in (
+            "--user",
+            "--password-stdin",
+            "--password-file",
+            "--knock-proto",
+            "--timeout",
+            "--exec",
+            "--stdio",
+            "--verbose",
+        ):
+            self.assertIn(option, result.stdout)
+
+    def test_usageErrorsExit2(self) -> None:
+        for arguments in (
+            [],
+            ["host"],
+            ["host", "notaport"],
+            ["host", "70000"],
+            ["host", "1001", "--timeout", "0"],
+            ["host", "1001", "--knock-proto", "icmp"],
+            ["host", "1001", "--user", "bad name"],
+            ["host", "1001", "--exec", "x", "--stdio"],
+        ):
+            with self.subTest(arguments=arguments):
+                self.assertEqual(run_module(CLIENT, arguments).returncode, 2)
+
+    def test_passwordFileOpenToOthersRefused(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as password_file:
+            password_file.write(PASSWORD + "\n")
+        os.chmod(path, 0o644)
+        result = run_module(CLIENT, ["host", "1001", "--password-file", path])
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("chmod 600", result.stderr)
+        self.assertNotIn(PASSWORD, result.stderr + result.stdout)
+
+    def test_doesNotImportTwisted(self) -> None:
+        """
+        The client stays lean: importing it loads neither Twisted nor zope.interface.
+        """
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, sig2knock.scripts.client;"
+                " print(sorted(m for m in sys.modules if m.split('.')[0] in"
+                " ('twisted', 'zope', 'pcapy')))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "[]")

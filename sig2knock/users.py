@@ -1,0 +1,192 @@
+"""
+The users file (``user.txt``): one line per user, ``NAME:KDF:PARAMS:SALT:KEY``, for example::
+
+    alice:scrypt:n=32768,r=8,p=1:c2lnMmtub2NrL3YxL3VzZXI6YWxpY2U=:q1Z...=
+
+``KDF:PARAMS`` is the scrypt cost the key was derived with (``sig2knock.kdf.KdfParams``), ``SALT``
+and ``KEY`` are base64. The file holds key material: the daemon refuses it unless it is owned by the
+user running the daemon and closed to group and others.
+"""
+
+import base64
+import binascii
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from sig2knock.kdf import (
+    KEY_SIZE,
+    KdfError,
+    KdfParams,
+    check_user_name,
+    derive_key,
+    salt_for,
+)
+from sig2knock.wire import UserKey
+
+
+class UsersError(Exception):
+    """
+    The users file cannot be used; ``str()`` is one line naming the file (and line, where there is
+    one) and never contains key material.
+    """
+
+
+@dataclass(frozen=True)
+class UserEntry:
+    """
+    One user line: the user's key and how it was derived, and where it was read.
+    """
+
+    user: UserKey
+    params: KdfParams
+    line: int
+
+    @property
+    def name(self) -> str:
+        """
+        The user name.
+        """
+        return self.user.name
+
+
+class Users:
+    """
+    The users of a users file, by name and by the key id their messages carry.
+    """
+
+    def __init__(self, path: str, entries: List[UserEntry]) -> None:
+        self.path = path
+        self.entries = {entry.name: entry for entry in entries}
+        self.by_key_id: Dict[bytes, UserKey] = {entry.user.key_id: entry.user for entry in entries}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def names(self) -> List[str]:
+        """
+        The user names, in file order.
+        """
+        return list(self.entries)
+
+
+def format_user_line(user: str, password: str, params: KdfParams = KdfParams()) -> str:
+    """
+    The users file line for ``user`` with ``password`` (without a newline).
+    """
+    key = derive_key(password, user, params)
+    return ":".join(
+        [
+            check_user_name(user),
+            params.format(),
+            base64.b64encode(salt_for(user)).decode("ascii"),
+            base64.b64encode(key).decode("ascii"),
+        ]
+    )
+
+
+def _parse_line(text: str, path: str, number: int) -> UserEntry:
+    fields = text.split(":")
+    where = f"{path}:{number}"
+    if len(fields) != 5:
+        raise UsersError(f"{where}: expected NAME:scrypt:n=N,r=R,p=P:SALT:KEY")
+    name, kdf_name, kdf_params, salt_text, key_text = fields
+    try:
+        check_user_name(name)
+        params = KdfParams.parse(f"{kdf_name}:{kdf_params}")
+    except KdfError as error:
+        raise UsersError(f"{where}: {error}") from None
+    try:
+        salt = base64.b64decode(salt_text, validate=True)
+        key = base64.b64decode(key_text, validate=True)
+    except (binascii.Error, ValueError):
+        raise UsersError(f"{where}: user {name}: salt or key is not valid base64") from None
+    if salt != salt_for(name):
+        raise UsersError(
+            f"{where}: user {name}: the salt does not belong to this user name"
+            " (was the line renamed?); make a new line with sig2knockd_useradd"
+        )
+    if len(key) != KEY_SIZE:
+        raise UsersError(f"{where}: user {name}: the key must be {KEY_SIZE} bytes")
+    return UserEntry(UserKey(name, key), params, number)
+
+
+def parse_users(text: str, path: str) -> Users:
+    """
+    Parse the text of a users file read from ``path``. Blank lines and ``#`` comments are skipped.
+    """
+    entries: List[UserEntry] = []
+    seen: Dict[str, int] = {}
+    key_ids: Dict[bytes, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        entry = _parse_line(line, path, number)
+        if entry.name in seen:
+            raise UsersError(
+                f"{path}:{number}: user {entry.name} is defined twice, on lines"
+                f" {seen[entry.name]} and {number}"
+            )
+        if entry.user.key_id in key_ids:
+            raise UsersError(
+                f"{path}:{number}: user {entry.name} has the same key as user"
+                f" {key_ids[entry.user.key_id]}"
+            )
+        seen[entry.name] = number
+        key_ids[entry.user.key_id] = entry.name
+        entries.append(entry)
+    return Users(path, entries)
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def check_permissions(path: str, uid: Optional[int] = None) -> None:
+    """
+    Refuse a users file that is not a regular file owned by ``uid`` (default: the effective user)
+    and closed to group and others, the way sshd's StrictModes refuses key files.
+    """
+    if uid is None:
+        uid = os.geteuid()
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise UsersError(
+            f"{path}: no such file; create it with: sig2knockd_useradd --users-file {path} USER"
+        ) from None
+    except OSError as error:
+        raise UsersError(f"{path}: cannot read it: {error.strerror}") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise UsersError(f"{path}: not a regular file")
+    if status.st_uid != uid:
+        raise UsersError(
+            f"{path}: owned by {_owner_name(status.st_uid)}, but the daemon runs as"
+            f" {_owner_name(uid)}; fix with: chown {_owner_name(uid)} {path}"
+        )
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o077:
+        raise UsersError(
+            f"{path}: holds keys but is open to group or others (mode {mode:04o});"
+            f" fix with: chmod 600 {path}"
+        )
+
+
+def load_users(path: str, uid: Optional[int] = None) -> Users:
+    """
+    Check the permissions of the users file at ``path``, then read and parse it.
+    """
+    check_permissions(path, uid)
+    try:
+        with open(path, encoding="utf-8") as source:
+            text = source.read()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise UsersError(f"{path}: cannot read it: {reason}") from None
+    return parse_users(text, path)

@@ -1,0 +1,1 @@
+"""Integration tests: they need root (network namespaces, real pcap, real nft/iptables)."""
