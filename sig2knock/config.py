@@ -19,7 +19,7 @@ FIREWALLS = ("auto", "nftables", "iptables", "pktfilter", "none")
 FIREWALL_POLICIES = ("ports", "lockdown")
 KNOCK_PROTOCOLS = ("tcp", "udp")
 REQUIRED_KEYS = ("UDP_PORT", "FORWARD_TO_IP", "FORWARD_TO_PORT")
-_INTERFACE_RE = re.compile(r"^[^\s/:]{1,15}$")
+_INTERFACE_RE = re.compile(r"[^\s/:]{1,15}")
 
 
 class ConfigError(Exception):
@@ -111,7 +111,7 @@ def _port_range(text: str) -> Tuple[int, int]:
 
 
 def _interface(text: str) -> str:
-    if not _INTERFACE_RE.match(text):
+    if not _INTERFACE_RE.fullmatch(text):
         raise _BadValue(f"{text!r} is not an interface name")
     return text
 
@@ -214,7 +214,7 @@ def parse_config(text: str, path: str, interface: Optional[str] = None) -> Confi
     elif "interface" not in values and "pktfilter_interface" in values:
         pktfilter_interface = values["pktfilter_interface"]
         assert isinstance(pktfilter_interface, str)
-        if _INTERFACE_RE.match(pktfilter_interface):
+        if _INTERFACE_RE.fullmatch(pktfilter_interface):
             values["interface"] = pktfilter_interface
 
     directory = os.path.dirname(os.path.abspath(path))

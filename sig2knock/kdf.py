@@ -19,7 +19,7 @@ KEY_SIZE = 32
 KEY_ID_SIZE = 8
 MIN_PASSWORD_LENGTH = 8
 
-# 2**15 * 8 * 128 bytes = 32 MiB of memory and ~90 ms on one core here; see README "Keys".
+# 2**15 * 8 * 128 bytes = 32 MiB of memory and ~90 ms on one core here; see README "Users and keys".
 DEFAULT_N = 2 ** 15
 DEFAULT_R = 8
 DEFAULT_P = 1
@@ -27,8 +27,8 @@ DEFAULT_P = 1
 # Bounds that keep a hostile or mistyped users line from making the daemon or client allocate
 # gigabytes: N * r * 128 bytes must stay under 1 GiB.
 _MAX_MEMORY = 1 << 30
-_PARAMS_RE = re.compile(r"^scrypt:n=([0-9]{1,10}),r=([0-9]{1,3}),p=([0-9]{1,3})$")
-USER_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$")
+_PARAMS_RE = re.compile(r"scrypt:n=([0-9]{1,10}),r=([0-9]{1,3}),p=([0-9]{1,3})")
+USER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}")
 
 
 class KdfError(ValueError):
@@ -63,7 +63,7 @@ class KdfParams:
         """
         Read ``scrypt:n=32768,r=8,p=1`` (the form stored in user.txt and taken by ``--kdf``).
         """
-        match = _PARAMS_RE.match(text.strip())
+        match = _PARAMS_RE.fullmatch(text.strip())
         if match is None:
             raise KdfError(f"KDF parameters must look like 'scrypt:n=32768,r=8,p=1', not {text!r}")
         n, r, p = (int(group) for group in match.groups())
@@ -81,7 +81,7 @@ def check_user_name(user: str) -> str:
     Return ``user`` if it is a valid user name (letters, digits, ``._@-``, at most 64 characters,
     not starting with punctuation), otherwise raise ``KdfError``.
     """
-    if not USER_NAME_RE.match(user):
+    if not isinstance(user, str) or not USER_NAME_RE.fullmatch(user):
         raise KdfError(
             f"user name {user!r} is not valid: use 1-64 letters, digits and . _ @ -"
             " (not starting with . @ or -)"

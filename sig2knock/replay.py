@@ -4,10 +4,11 @@ inside the ``MAX_CLOCK_SKEW`` window, bounded, and persisted under ``STATE_DIR``
 
 A message older than the window is refused by its timestamp (``wire.decode``), a message inside it
 by this cache; together they refuse every replay. The file is an append-only log of fixed-size
-records, each written by a single ``write()`` so a killed daemon leaves either the whole record or a
-partial tail that loading ignores; it is compacted by writing a new file and renaming it over the
-old one. If the file cannot be read the cache refuses, for one window, every message stamped before
-the start (so a restart never reopens the window, at the price of clients waiting it out).
+records, each written by a single ``write()`` and synced, so a killed daemon or a power loss leaves
+either the whole record or a partial tail that loading ignores; it is compacted by writing a new file and renaming it over the
+old one. If the file is lost (missing where state existed before, or not a replay cache) the cache
+refuses, for one window, every message stamped before start + window: a restart never reopens the
+window, at the price of clients waiting it out.
 """
 
 import heapq
@@ -39,7 +40,9 @@ class ReplayCache:
 
     ``path`` is the log file (``None`` keeps the cache in memory only, for tests and the client);
     ``max_skew`` is ``MAX_CLOCK_SKEW`` in seconds; ``capacity`` bounds the live entries: when it is
-    reached new messages are refused (fail closed) rather than old nonces forgotten.
+    reached new messages are refused (fail closed) rather than old nonces forgotten. ``first_start``
+    says a missing file is expected (a state directory just created); otherwise a missing file is
+    treated as lost.
     """
 
     log = Logger()
@@ -50,6 +53,7 @@ class ReplayCache:
         max_skew: float,
         now: float,
         capacity: int = DEFAULT_CAPACITY,
+        first_start: bool = False,
     ) -> None:
         self.path = path
         self.max_skew_ms = int(max_skew * 1000)
@@ -61,7 +65,7 @@ class ReplayCache:
         # Messages stamped before this are refused: set when the old cache could not be read.
         self._floor_ms = 0
         if path is not None:
-            self._load(int(now * 1000))
+            self._load(int(now * 1000), first_start)
             self._compact()
 
     def __len__(self) -> int:
@@ -84,7 +88,11 @@ class ReplayCache:
         self._add(nonce, expiry_ms)
         if self._file is not None:
             try:
-                self._file.write(_RECORD.pack(nonce, expiry_ms))
+                if self._file.write(_RECORD.pack(nonce, expiry_ms)) != _RECORD.size:
+                    raise OSError(0, "short write")
+                # Only authenticated messages get here, so this costs a sync per login, not per
+                # packet; it keeps the record across a power loss as well as a killed daemon.
+                os.fsync(self._file.fileno())
                 self._records_in_file += 1
                 if self._records_in_file > 2 * len(self._expiries) + 1024:
                     self._compact()
@@ -113,29 +121,39 @@ class ReplayCache:
             if self._expiries.get(nonce) == expiry_ms:
                 del self._expiries[nonce]
 
-    def _load(self, now_ms: int) -> None:
+    def _load(self, now_ms: int, first_start: bool) -> None:
         assert self.path is not None
         try:
             with open(self.path, "rb") as existing:
                 data = existing.read()
         except FileNotFoundError:
+            if not first_start:
+                self._lost(now_ms, "is missing")
             return
         except OSError as error:
             raise ReplayCacheError(f"cannot read the replay cache {self.path}: {error.strerror}")
         if not data.startswith(MAGIC):
-            self._floor_ms = now_ms + self.max_skew_ms
-            self.log.error(
-                "replay cache {path} is not a sig2knock replay cache; refusing messages stamped"
-                " before now for {seconds} seconds so no earlier message can be replayed",
-                path=self.path,
-                seconds=self.max_skew_ms // 1000,
-            )
+            self._lost(now_ms, "is not a sig2knock replay cache")
             return
         body = data[len(MAGIC) :]
         usable = len(body) - len(body) % _RECORD.size
+        # No nonce accepted before now can need keeping past this; a damaged record cannot pin
+        # an entry for longer.
+        latest_ms = now_ms + 2 * self.max_skew_ms + _MARGIN_MS
         for nonce, expiry_ms in _RECORD.iter_unpack(body[:usable]):
             if expiry_ms >= now_ms:
+                expiry_ms = min(expiry_ms, latest_ms)
                 self._add(nonce, max(expiry_ms, self._expiries.get(nonce, 0)))
+
+    def _lost(self, now_ms: int, what: str) -> None:
+        self._floor_ms = now_ms + self.max_skew_ms
+        self.log.warn(
+            "replay cache {path} {what}; refusing messages stamped in the next {seconds} seconds'"
+            " window so that nothing sent before this start can be replayed",
+            path=self.path,
+            what=what,
+            seconds=self.max_skew_ms // 1000,
+        )
 
     def _compact(self) -> None:
         assert self.path is not None
@@ -151,6 +169,11 @@ class ReplayCache:
                 new.flush()
                 os.fsync(new.fileno())
             os.replace(temporary, self.path)
+            directory = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
             self._records_in_file = len(self._expiries)
             self._file = open(self.path, "ab", buffering=0)
         except OSError as error:

@@ -31,10 +31,12 @@ class Prepared:
     replay_cache: ReplayCache
 
 
-def ensure_state_dir(path: str) -> None:
+def ensure_state_dir(path: str) -> bool:
     """
-    Create ``STATE_DIR`` (mode 0700) if needed and refuse one that others could write to.
+    Create ``STATE_DIR`` (mode 0700) if needed and refuse one that others could write to. Return
+    whether it was created now.
     """
+    created = not os.path.exists(path)
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         status = os.stat(path)
@@ -44,6 +46,7 @@ def ensure_state_dir(path: str) -> None:
         raise ReplayCacheError(
             f"STATE_DIR {path}: writable by group or others; fix with: chmod 700 {path}"
         )
+    return created
 
 
 def prepare(config_path: str, interface: Optional[str], now: float) -> Prepared:
@@ -53,9 +56,12 @@ def prepare(config_path: str, interface: Optional[str], now: float) -> Prepared:
     """
     config = load_config(config_path, interface)
     users = load_users(config.users_file)
-    ensure_state_dir(config.state_dir)
+    first_start = ensure_state_dir(config.state_dir)
     replay_cache = ReplayCache(
-        os.path.join(config.state_dir, FILE_NAME), config.max_clock_skew, now
+        os.path.join(config.state_dir, FILE_NAME),
+        config.max_clock_skew,
+        now,
+        first_start=first_start,
     )
     return Prepared(config, users, replay_cache)
 

@@ -19,6 +19,7 @@ from zope.interface.verify import verifyObject
 from sig2knock import config as config_module
 from sig2knock import service, tap
 from sig2knock.replay import ReplayCacheError
+from sig2knock.wire import MessageRejected
 from sig2knock.test.common import REPOSITORY, write_config, write_users
 
 NOW = 1_800_000_000.0
@@ -180,6 +181,27 @@ class ServiceTests(SynchronousTestCase):
         daemon.startService()
         self.successResultOf(daemon.stopService())
         self.assertIsNone(daemon.prepared.replay_cache._file)
+
+    def test_lostReplayCacheClosesWindow(self) -> None:
+        """
+        The first start (new STATE_DIR) accepts messages at once; a later start whose replay
+        cache disappeared refuses everything stamped inside the window.
+        """
+        first = self.daemon()
+        cache = first.prepared.replay_cache
+        cache.check_and_remember(b"1" * 12, int(NOW * 1000), NOW)
+        cache.close()
+        os.remove(cache.path)
+        second = self.daemon()
+        self.addCleanup(second.prepared.replay_cache.close)
+        error = self.assertRaises(
+            MessageRejected,
+            second.prepared.replay_cache.check_and_remember,
+            b"2" * 12,
+            int(NOW * 1000),
+            NOW,
+        )
+        self.assertEqual(error.reason, "replay")
 
     def test_stateDirOpenToOthersRefused(self) -> None:
         state = os.path.join(self.directory, "state")

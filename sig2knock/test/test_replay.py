@@ -30,6 +30,7 @@ class ReplayCacheTests(SynchronousTestCase):
         self.path = os.path.join(self.directory, "replay.cache")
 
     def cache(self, now: float = NOW, **kwargs) -> ReplayCache:
+        kwargs.setdefault("first_start", not os.path.exists(self.path))
         cache = ReplayCache(self.path, SKEW, now, **kwargs)
         self.addCleanup(cache.close)
         return cache
@@ -52,7 +53,7 @@ class ReplayCacheTests(SynchronousTestCase):
         """
         A nonce seen before a restart (even a SIGKILL: no close) is still refused after it.
         """
-        first = ReplayCache(self.path, SKEW, NOW)
+        first = ReplayCache(self.path, SKEW, NOW, first_start=True)
         self.remember(first, 7)
         # No close(): the record must already be on disk.
         second = self.cache(now=NOW + 5)
@@ -60,7 +61,7 @@ class ReplayCacheTests(SynchronousTestCase):
         first.close()
 
     def test_refusedAfterCleanRestart(self) -> None:
-        first = ReplayCache(self.path, SKEW, NOW)
+        first = ReplayCache(self.path, SKEW, NOW, first_start=True)
         self.remember(first, 7)
         first.close()
         self.assertRefused(wire.REASON_REPLAY, self.cache(now=NOW + 5), 7, now=NOW + 5)
@@ -115,7 +116,7 @@ class ReplayCacheTests(SynchronousTestCase):
         """
         Loading drops expired records and rewrites the file with the live ones only.
         """
-        first = ReplayCache(self.path, SKEW, NOW)
+        first = ReplayCache(self.path, SKEW, NOW, first_start=True)
         for number in range(50):
             self.remember(first, number)
         first.close()
@@ -138,7 +139,7 @@ class ReplayCacheTests(SynchronousTestCase):
         """
         A record cut short by a crash is ignored; the whole ones before it are kept.
         """
-        first = ReplayCache(self.path, SKEW, NOW)
+        first = ReplayCache(self.path, SKEW, NOW, first_start=True)
         self.remember(first, 1)
         self.remember(first, 2)
         first._file.close()
@@ -162,6 +163,25 @@ class ReplayCacheTests(SynchronousTestCase):
         self.remember(cache, 3, now=NOW + SKEW + 1)
         with open(self.path, "rb") as log:
             self.assertTrue(log.read().startswith(MAGIC))
+
+    def test_missingFileClosesTheWindow(self) -> None:
+        """
+        A cache file that disappeared (deleted, or STATE_DIR on tmpfs) is treated as lost.
+        """
+        cache = self.cache(first_start=False)
+        self.assertRefused(wire.REASON_REPLAY, cache, 1, now=NOW + SKEW - 1)
+        self.remember(cache, 2, now=NOW + SKEW + 1)
+
+    def test_damagedExpiryCannotPinEntries(self) -> None:
+        """
+        A record with an absurd expiry is kept no longer than any real record could need.
+        """
+        with open(self.path, "wb") as log:
+            log.write(MAGIC + nonce(1) + (2 ** 63).to_bytes(8, "big"))
+        cache = self.cache()
+        self.assertRefused(wire.REASON_REPLAY, cache, 1)
+        self.remember(cache, 2, now=NOW + 2 * SKEW + 2)
+        self.assertEqual(len(cache), 1)
 
     def test_unreadableDirectoryIsAnError(self) -> None:
         blocker = os.path.join(self.directory, "not-a-directory")
