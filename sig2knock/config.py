@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple, Union
 
+from sig2knock.text import one_line
 from sig2knock.wire import MAX_KNOCKS
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -36,7 +37,8 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         where = self.path if self.line is None else f"{self.path}:{self.line}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        return one_line(text)
 
 
 class _BadValue(ValueError):
@@ -81,9 +83,13 @@ def _choice(choices: Tuple[str, ...]) -> Callable[[str], str]:
 
 def _address(text: str) -> IPAddress:
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise _BadValue(f"{text!r} is not an IPv4 or IPv6 address") from None
+    # ::ffff:a.b.c.d reaches a.b.c.d: judge it (loopback, unspecified) as the IPv4 address.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _forward_address(text: str) -> IPAddress:
@@ -110,13 +116,28 @@ def _port_range(text: str) -> Tuple[int, int]:
     return low, high
 
 
+def _is_interface_name(text: str) -> bool:
+    # Linux: at most 15 bytes, no white space, '/' or ':', and not "." or "..".
+    return (
+        _INTERFACE_RE.fullmatch(text) is not None
+        and len(text.encode("utf-8")) <= 15
+        and text not in (".", "..")
+    )
+
+
 def _interface(text: str) -> str:
-    if not _INTERFACE_RE.fullmatch(text):
+    if not _is_interface_name(text):
         raise _BadValue(f"{text!r} is not an interface name")
     return text
 
 
 def _text(text: str) -> str:
+    return text
+
+
+def _path(text: str) -> str:
+    if "\x00" in text:
+        raise _BadValue("a path cannot contain a NUL character")
     return text
 
 
@@ -156,7 +177,7 @@ _KEYS: Dict[str, Tuple[str, Callable[[str], object]]] = {
     "SINGLECONN_PORTOPEN_TIME": ("singleconn_portopen_time", _seconds(1, 86400)),
     "PKTFILTER_INTERFACE": ("pktfilter_interface", _text),
     "INTERFACE": ("interface", _interface),
-    "USERS_FILE": ("users_file", _text),
+    "USERS_FILE": ("users_file", _path),
     "FIREWALL": ("firewall", _choice(FIREWALLS)),
     "FIREWALL_POLICY": ("firewall_policy", _choice(FIREWALL_POLICIES)),
     "ASSIGN_PORT_RANGE": ("assign_port_range", _port_range),
@@ -165,7 +186,7 @@ _KEYS: Dict[str, Tuple[str, Callable[[str], object]]] = {
     "KNOCK_TIMEOUT": ("knock_timeout", _seconds(1, 300)),
     "MAX_CLOCK_SKEW": ("max_clock_skew", _seconds(1, 3600)),
     "LISTEN_ADDRESS": ("listen_address", _listen_address),
-    "STATE_DIR": ("state_dir", _text),
+    "STATE_DIR": ("state_dir", _path),
 }
 KNOWN_KEYS = tuple(_KEYS)
 
@@ -179,7 +200,8 @@ def parse_config(text: str, path: str, interface: Optional[str] = None) -> Confi
     """
     values: Dict[str, object] = {}
     lines: Dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Split on newlines only (not splitlines()), so line numbers are the ones an editor shows.
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
         if not line:
             continue
@@ -214,17 +236,17 @@ def parse_config(text: str, path: str, interface: Optional[str] = None) -> Confi
     elif "interface" not in values and "pktfilter_interface" in values:
         pktfilter_interface = values["pktfilter_interface"]
         assert isinstance(pktfilter_interface, str)
-        if _INTERFACE_RE.fullmatch(pktfilter_interface):
+        if _is_interface_name(pktfilter_interface):
             values["interface"] = pktfilter_interface
 
     directory = os.path.dirname(os.path.abspath(path))
     users_file = values.get("users_file") or "user.txt"
     assert isinstance(users_file, str)
-    values["users_file"] = os.path.join(directory, users_file)
+    values["users_file"] = os.path.normpath(os.path.join(directory, users_file))
     if "state_dir" in values:
         state_dir = values["state_dir"]
         assert isinstance(state_dir, str)
-        values["state_dir"] = os.path.join(directory, state_dir)
+        values["state_dir"] = os.path.normpath(os.path.join(directory, state_dir))
 
     config = Config(path=path, lines=lines, **values)  # type: ignore[arg-type]
     _check_combinations(config)

@@ -24,6 +24,7 @@ from sig2knock.kdf import (
     derive_key,
     salt_for,
 )
+from sig2knock.text import one_line
 from sig2knock.wire import UserKey
 
 
@@ -32,6 +33,9 @@ class UsersError(Exception):
     The users file cannot be used; ``str()`` is one line naming the file (and line, where there is
     one) and never contains key material.
     """
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ def parse_users(text: str, path: str) -> Users:
     entries: List[UserEntry] = []
     seen: Dict[str, int] = {}
     key_ids: Dict[bytes, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Split on newlines only (not splitlines()), so line numbers are the ones an editor shows.
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -148,21 +153,7 @@ def _owner_name(uid: int) -> str:
         return str(uid)
 
 
-def check_permissions(path: str, uid: Optional[int] = None) -> None:
-    """
-    Refuse a users file that is not a regular file owned by ``uid`` (default: the effective user)
-    and closed to group and others, the way sshd's StrictModes refuses key files.
-    """
-    if uid is None:
-        uid = os.geteuid()
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        raise UsersError(
-            f"{path}: no such file; create it with: sig2knockd_useradd --users-file {path} USER"
-        ) from None
-    except OSError as error:
-        raise UsersError(f"{path}: cannot read it: {error.strerror}") from None
+def _check_status(path: str, status: os.stat_result, uid: int) -> None:
     if not stat.S_ISREG(status.st_mode):
         raise UsersError(f"{path}: not a regular file")
     if status.st_uid != uid:
@@ -178,15 +169,43 @@ def check_permissions(path: str, uid: Optional[int] = None) -> None:
         )
 
 
+def _missing(path: str) -> UsersError:
+    return UsersError(
+        f"{path}: no such file; create it with: sig2knockd_useradd --users-file {path} USER"
+    )
+
+
+def check_permissions(path: str, uid: Optional[int] = None) -> None:
+    """
+    Refuse a users file that is not a regular file owned by ``uid`` (default: the effective user)
+    and closed to group and others, the way sshd's StrictModes refuses key files.
+    """
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise _missing(path) from None
+    except (OSError, ValueError) as error:
+        raise UsersError(f"{path!r}: cannot read it: {getattr(error, 'strerror', error)}") from None
+    _check_status(path, status, os.geteuid() if uid is None else uid)
+
+
 def load_users(path: str, uid: Optional[int] = None) -> Users:
     """
-    Check the permissions of the users file at ``path``, then read and parse it.
+    Read and parse the users file at ``path``, after checking the permissions of the very file
+    opened (as ``check_permissions`` describes).
     """
-    check_permissions(path, uid)
     try:
-        with open(path, encoding="utf-8") as source:
-            text = source.read()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or "not UTF-8 text"
-        raise UsersError(f"{path}: cannot read it: {reason}") from None
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise _missing(path) from None
+    except (OSError, ValueError) as error:
+        raise UsersError(f"{path!r}: cannot read it: {getattr(error, 'strerror', error)}") from None
+    with os.fdopen(descriptor, "rb") as source:
+        _check_status(path, os.fstat(descriptor), os.geteuid() if uid is None else uid)
+        try:
+            text = source.read().decode("utf-8")
+        except OSError as error:
+            raise UsersError(f"{path}: cannot read it: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsersError(f"{path}: cannot read it: not UTF-8 text") from None
     return parse_users(text, path)
