@@ -1,0 +1,142 @@
+"""
+The UDP control channel: receives P1 and P2, answers a granted P2 with P3, and nothing else.
+
+Checks run cheapest first (``sig2knock.wire.decode``: size, version, type, binding, key id, then
+the AEAD; then the replay cache), so junk costs a few comparisons. Every refusal is logged with the
+source address and a fixed reason and is never answered.
+"""
+
+import collections
+from typing import Any, Callable, Counter, Mapping, Tuple
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sig2knock import wire
+from sig2knock.forward import normalize_address
+from sig2knock.replay import ReplayCache
+from sig2knock.sessions import GrantInfo, SessionRefused, SessionTable
+from sig2knock.wire import Binding, BindingCheck, MessageRejected, Received, UserKey
+
+EXPECTED_TYPES = (wire.TYPE_KNOCK_REQUEST, wire.TYPE_CONFIRM)
+
+
+class ControlProtocol(DatagramProtocol):
+    """
+    The daemon's side of the control protocol.
+
+    ``keys`` returns the users by key id (a callable, so a reload can swap them); ``accepts``
+    says which server bindings (address and control port) this daemon answers for; ``sessions``
+    is the session table; ``replay_cache`` remembers accepted nonces. ``refusals`` counts refused
+    datagrams by reason.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        keys: Callable[[], Mapping[bytes, UserKey]],
+        accepts: BindingCheck,
+        sessions: SessionTable,
+        replay_cache: ReplayCache,
+        max_skew: float,
+    ) -> None:
+        self.clock = clock
+        self.keys = keys
+        self.accepts = accepts
+        self.sessions = sessions
+        self.replay_cache = replay_cache
+        self.max_skew = max_skew
+        self.refusals: Counter[str] = collections.Counter()
+        self.grants_sent = 0
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """
+        Handle one datagram from ``addr`` (host, port[, flow, scope]).
+        """
+        host, port = addr[0], addr[1]
+        source = normalize_address(host)
+        if source is None:
+            return
+        now = self.clock.seconds()
+        try:
+            received = wire.decode(
+                datagram,
+                keys=self.keys(),
+                bindings=self.accepts,
+                expect=EXPECTED_TYPES,
+                now=now,
+                max_skew=self.max_skew,
+            )
+            self.replay_cache.check_and_remember(
+                received.nonce, received.message.timestamp_ms, now
+            )
+        except MessageRejected as rejection:
+            self._refused(source, port, rejection.reason, rejection.detail)
+            return
+        user = received.user.name
+        message = received.message
+        if isinstance(message, wire.KnockRequest):
+            try:
+                self.sessions.open(source, user, message)
+            except SessionRefused as refusal:
+                self._refused(source, port, refusal.reason, f"user {user}: {refusal.detail}")
+            return
+        confirming = self.sessions.confirm(source, user, message.session_id)
+        confirming.addCallbacks(
+            self._sendGrant,
+            self._confirmRefused,
+            callbackArgs=(received, addr),
+            errbackArgs=(source, port, user),
+        )
+
+    def _sendGrant(self, grant: GrantInfo, received: Received, addr: Tuple[Any, ...]) -> None:
+        reply = wire.Grant(
+            received.message.session_id,
+            wire.now_ms(self.clock.seconds()),
+            grant.port,
+            wire.now_ms(grant.deadline),
+        )
+        if self.transport is None:
+            return
+        self.transport.write(wire.encode(reply, received.user, received.binding), addr)
+        self.grants_sent += 1
+        self.log.info(
+            "P3 sent: port {port} to {user} at {source}",
+            port=grant.port,
+            user=received.user.name,
+            source=str(normalize_address(addr[0])),
+        )
+
+    def _confirmRefused(self, failure: Failure, source: object, port: int, user: str) -> None:
+        failure.trap(SessionRefused)
+        refusal = failure.value
+        self._refused(source, port, refusal.reason, f"user {user}: {refusal.detail}")
+
+    def _refused(self, source: object, port: int, reason: str, detail: str) -> None:
+        self.refusals[reason] += 1
+        self.log.info(
+            "refused datagram from {source} port {source_port}: {reason} ({detail})",
+            source=str(source),
+            source_port=port,
+            reason=reason,
+            detail=detail,
+        )
+
+
+def binding_check(
+    control_port: int, addresses: Callable[[], "frozenset[wire.IPAddress]"]
+) -> Callable[[Binding], bool]:
+    """
+    Accept messages bound to ``control_port`` at one of ``addresses()`` (read at each message,
+    so address changes apply at once).
+    """
+
+    def accepts(binding: Binding) -> bool:
+        return binding.port == control_port and binding.address in addresses()
+
+    return accepts

@@ -1,0 +1,160 @@
+"""
+The assigned port: a one-shot port forwarder that admits only the knocking address.
+
+``GrantForwardFactory`` is a ``twisted.protocols.portforward.ProxyFactory`` that keeps
+portforward's wiring (the client side is paused until the outgoing connection exists, then each
+transport is the other's producer, so a slow reader stops the fast side instead of filling the
+daemon's memory) and adds what a grant needs: connections from any other address are closed at
+once and do not use the grant up, exactly one connection is forwarded, and the factory tells its
+owner when that connection came (so the listener can stop) and when it ended.
+"""
+
+import ipaddress
+from typing import Callable, Optional
+
+from twisted.internet.interfaces import IAddress, IReactorTCP
+from twisted.logger import Logger
+from twisted.protocols import portforward
+
+from sig2knock.wire import IPAddress
+
+
+def normalize_address(host: str) -> Optional[IPAddress]:
+    """
+    ``host`` as an address, IPv4-mapped IPv6 folded to IPv4 and any scope dropped; ``None`` when
+    it is not an IP address.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class ForwardClientFactory(portforward.ProxyClientFactory):
+    """
+    The outgoing side of a granted connection; says so in the log when the hidden service cannot
+    be reached (the client's connection is then closed).
+    """
+
+    noisy = False
+    log = Logger()
+
+    def clientConnectionFailed(self, connector: object, reason: object) -> None:
+        """
+        Log why the forward target refused, then close the client's side.
+        """
+        self.log.error(
+            "cannot reach the forward target {target}: {error}",
+            target=f"{connector.host} port {connector.port}",  # type: ignore[attr-defined]
+            error=reason.getErrorMessage(),  # type: ignore[attr-defined]
+        )
+        super().clientConnectionFailed(connector, reason)
+
+
+class GrantProxyServer(portforward.ProxyServer):
+    """
+    The accepted side of a granted connection: checks the peer, then forwards like portforward.
+    """
+
+    factory: "GrantForwardFactory"
+    clientProtocolFactory = ForwardClientFactory
+    noisy = False
+
+    def connectionMade(self) -> None:
+        """
+        Forward the connection if it is the grant's one; otherwise close it at once.
+        """
+        peer = self.transport.getPeer()
+        if not self.factory.admit(peer):
+            self.transport.abortConnection()
+            return
+        self.admitted = True
+        super().connectionMade()
+
+    def connectionLost(self, reason: object) -> None:
+        """
+        Close the other side too, and tell the factory when its one connection ended.
+        """
+        super().connectionLost(reason)
+        if getattr(self, "admitted", False):
+            self.factory.connectionEnded()
+
+
+class GrantForwardFactory(portforward.ProxyFactory):
+    """
+    Forwards one connection from ``source`` to ``host:port``.
+
+    ``on_connection`` is called once, when the granted connection is admitted (its owner stops
+    listening then); ``on_end`` when that connection has closed. ``reactor`` makes the outgoing
+    connection.
+    """
+
+    protocol = GrantProxyServer
+    noisy = False
+    log = Logger()
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        source: IPAddress,
+        reactor: IReactorTCP,
+        on_connection: Callable[[], None] = lambda: None,
+        on_end: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(host, port)
+        self.source = source
+        self.reactor = reactor
+        self.on_connection = on_connection
+        self.on_end = on_end
+        self.used = False
+        self.refused = 0
+
+    def buildProtocol(self, addr: IAddress) -> GrantProxyServer:
+        """
+        A protocol that makes its outgoing connection through this factory's reactor.
+        """
+        protocol = super().buildProtocol(addr)
+        protocol.reactor = self.reactor
+        return protocol
+
+    def admit(self, peer: IAddress) -> bool:
+        """
+        Whether a connection from ``peer`` is the grant's one; the first from ``source`` is, every
+        later one and every one from elsewhere is not (and does not use the grant up).
+        """
+        address = normalize_address(getattr(peer, "host", ""))
+        if address != self.source:
+            self.refused += 1
+            self.log.warn(
+                "connection from {peer} to a port granted to {source} refused",
+                peer=str(address or peer),
+                source=str(self.source),
+            )
+            return False
+        if self.used:
+            self.refused += 1
+            self.log.warn(
+                "second connection from {source} refused: a grant admits one connection",
+                source=str(self.source),
+            )
+            return False
+        self.used = True
+        self.log.info(
+            "connection accepted from {source}, forwarding to {host} port {port}",
+            source=str(self.source),
+            host=self.host,
+            port=self.port,
+        )
+        self.on_connection()
+        return True
+
+    def connectionEnded(self) -> None:
+        """
+        The granted connection has closed (either side).
+        """
+        self.log.info("forwarded connection from {source} closed", source=str(self.source))
+        self.on_end()

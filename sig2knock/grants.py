@@ -1,0 +1,125 @@
+"""
+Grants: a random free port from ``ASSIGN_PORT_RANGE``, listening for one connection from the
+knocking address, forwarded to the hidden service, closed after that connection or after
+``SINGLECONN_PORTOPEN_TIME``, whichever comes first.
+"""
+
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.logger import Logger
+
+from sig2knock.forward import GrantForwardFactory
+from sig2knock.sessions import GrantInfo, Session, SessionRefused
+
+# Random tries before a full range is reported; a range with free ports is found long before.
+MAX_PORT_ATTEMPTS = 64
+
+
+@dataclass(eq=False)
+class OpenGrant:
+    """
+    One open assigned port: whose it is, its listener and the timer that closes it.
+    """
+
+    port: int
+    session: Session
+    listener: IListeningPort
+    factory: GrantForwardFactory
+    deadline: float
+    timer: Optional[IDelayedCall] = None
+
+
+class PortGranter:
+    """
+    Opens assigned ports for sessions (``grant`` is the ``SessionTable``'s granter).
+
+    ``reactor`` provides ``IReactorTCP`` and ``IReactorTime``; ``forward_host``/``forward_port``
+    is the hidden service; ``port_range`` the inclusive range to assign from; ``open_time`` how
+    long a port waits for its connection.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        forward_host: str,
+        forward_port: int,
+        port_range: Tuple[int, int],
+        open_time: float,
+        chooser: Optional[random.Random] = None,
+    ) -> None:
+        self.reactor = reactor
+        self.forward_host = forward_host
+        self.forward_port = forward_port
+        self.port_range = port_range
+        self.open_time = open_time
+        self._chooser = chooser if chooser is not None else random.SystemRandom()
+        self.open: Dict[int, OpenGrant] = {}
+
+    def grant(self, session: Session) -> "Deferred[GrantInfo]":
+        """
+        Open a random free port for ``session``'s address; fires with its ``GrantInfo``, or fails
+        with ``SessionRefused`` when no port can be opened.
+        """
+        low, high = self.port_range
+        for _ in range(MAX_PORT_ATTEMPTS):
+            port = self._chooser.randint(low, high)
+            if port in self.open:
+                continue
+            factory = GrantForwardFactory(
+                self.forward_host, self.forward_port, session.source, self.reactor
+            )
+            interface = "::" if session.source.version == 6 else "0.0.0.0"
+            try:
+                listener = self.reactor.listenTCP(port, factory, interface=interface)
+            except CannotListenError:
+                continue  # in use by something else: skip it
+            deadline = self.reactor.seconds() + self.open_time
+            opened = OpenGrant(port, session, listener, factory, deadline)
+            factory.on_connection = lambda opened=opened: self._close(opened, "used")
+            opened.timer = self.reactor.callLater(
+                self.open_time, self._close, opened, "unused, open time over"
+            )
+            self.open[port] = opened
+            self.log.info(
+                "port {port} granted to {user} from {source} for {open_time}s",
+                port=port,
+                user=session.user,
+                source=str(session.source),
+                open_time=self.open_time,
+            )
+            return succeed(GrantInfo(port, deadline))
+        return fail(
+            SessionRefused("no-free-port", f"no free port found in {low}-{high} (ASSIGN_PORT_RANGE)")
+        )
+
+    def _close(self, opened: OpenGrant, why: str) -> "Deferred[None]":
+        if self.open.get(opened.port) is not opened:
+            return succeed(None)
+        del self.open[opened.port]
+        if opened.timer is not None and opened.timer.active():
+            opened.timer.cancel()
+        opened.timer = None
+        self.log.info(
+            "grant of port {port} to {source} closed: {why}",
+            port=opened.port,
+            source=str(opened.session.source),
+            why=why,
+        )
+        return opened.listener.stopListening() or succeed(None)
+
+    def close_all(self) -> "Deferred[Any]":
+        """
+        Stop listening on every open assigned port (the daemon is stopping); established forwarded
+        connections are left alone.
+        """
+        closing: List[Deferred] = [
+            self._close(opened, "daemon stopping") for opened in list(self.open.values())
+        ]
+        return DeferredList(closing, consumeErrors=True)
