@@ -1,0 +1,190 @@
+"""
+Tests for sig2knock.control: the daemon answers only a valid P2 after a completed sequence, and
+logs every refusal with its source and reason.
+"""
+
+import ipaddress
+from typing import List, Tuple
+
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock import wire
+from sig2knock.control import ControlProtocol, binding_check
+from sig2knock.replay import ReplayCache
+from sig2knock.sessions import GrantInfo, SessionTable
+from sig2knock.wire import Binding, Confirm, KnockRequest, UserKey
+
+NOW = 1_800_000_000.0
+ALICE = UserKey("alice", bytes(range(32)))
+MALLORY = UserKey("alice", bytes(range(1, 33)))
+SERVER = Binding.of("198.18.0.1", 1001)
+CLIENT = ("198.18.0.2", 40404)
+CLIENT_ADDRESS = ipaddress.ip_address("198.18.0.2")
+PORTS = (1111, 2222, 3333, 4444)
+SESSION = b"S" * 16
+
+
+class DatagramTransport:
+    """
+    Records what the protocol sends.
+    """
+
+    def __init__(self) -> None:
+        self.sent: List[Tuple[bytes, tuple]] = []
+
+    def write(self, data: bytes, addr: tuple) -> None:
+        self.sent.append((data, addr))
+
+
+class ControlProtocolTests(SynchronousTestCase):
+    """
+    P1 is never answered, a P2 after the sequence gets P3, junk and replays get silence.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.events: List[dict] = []
+        self.patch(ControlProtocol, "log", Logger(observer=self.events.append))
+        self.patch(SessionTable, "log", Logger(observer=lambda event: None))
+        self.sessions = SessionTable(
+            self.clock,
+            grant=lambda session: succeed(GrantInfo(45678, self.clock.seconds() + 30)),
+            on_watch_change=lambda watched: None,
+            knock_protocol=wire.PROTO_TCP,
+            min_knocks=4,
+            knock_timeout=10,
+            hold_time=30,
+        )
+        self.protocol = ControlProtocol(
+            self.clock,
+            keys=lambda: {ALICE.key_id: ALICE},
+            accepts=binding_check(1001, lambda: frozenset({SERVER.address})),
+            sessions=self.sessions,
+            replay_cache=ReplayCache(None, 60, NOW),
+            max_skew=60,
+        )
+        self.transport = DatagramTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def p1(self, user: UserKey = ALICE, binding: Binding = SERVER, when: float = NOW) -> bytes:
+        request = KnockRequest(SESSION, wire.now_ms(when), wire.PROTO_TCP, PORTS)
+        return wire.encode(request, user, binding)
+
+    def p2(self, user: UserKey = ALICE, binding: Binding = SERVER) -> bytes:
+        return wire.encode(Confirm(SESSION, wire.now_ms(self.clock.seconds())), user, binding)
+
+    def knock(self) -> None:
+        for port in PORTS:
+            self.sessions.knock(CLIENT_ADDRESS, wire.PROTO_TCP, port)
+
+    def grants(self) -> List[wire.Grant]:
+        received = []
+        for data, addr in self.transport.sent:
+            self.assertEqual(addr, CLIENT)
+            decoded = wire.decode(
+                data,
+                keys={ALICE.key_id: ALICE},
+                bindings=(SERVER,),
+                expect=(wire.TYPE_GRANT,),
+                now=self.clock.seconds(),
+                max_skew=60,
+            )
+            received.append(decoded.message)
+        return received
+
+    def refusals(self) -> List[str]:
+        return [event["reason"] for event in self.events if "reason" in event]
+
+    def test_fullExchange(self) -> None:
+        self.protocol.datagramReceived(self.p1(), CLIENT)
+        self.assertEqual(self.transport.sent, [], "P1 must never be answered")
+        self.knock()
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        (grant,) = self.grants()
+        self.assertEqual((grant.session_id, grant.port), (SESSION, 45678))
+        self.assertEqual(grant.deadline_ms, wire.now_ms(NOW + 30))
+
+    def test_repeatedConfirmSamePort(self) -> None:
+        self.protocol.datagramReceived(self.p1(), CLIENT)
+        self.knock()
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.assertEqual([grant.port for grant in self.grants()], [45678, 45678])
+
+    def test_confirmWithoutKnocksSilent(self) -> None:
+        self.protocol.datagramReceived(self.p1(), CLIENT)
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.clock.advance(11)
+        self.assertEqual(self.transport.sent, [])
+        self.assertIn("knock-timeout", self.refusals())
+
+    def test_confirmWithoutRequestSilent(self) -> None:
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.assertEqual(self.transport.sent, [])
+        self.assertEqual(self.refusals(), ["unknown-session"])
+
+    def test_replayedDatagramSilent(self) -> None:
+        p1 = self.p1()
+        self.protocol.datagramReceived(p1, CLIENT)
+        self.protocol.datagramReceived(p1, CLIENT)
+        self.assertEqual(self.refusals(), ["replay"])
+
+    def test_refusals(self) -> None:
+        """
+        Junk, wrong key, wrong server binding and stale messages are refused, logged with the
+        source and reason, and never answered.
+        """
+        cases = [
+            (b"", "size"),
+            (b"\x00" * 80, "version"),
+            (self.p1(user=MALLORY), "unknown-key"),
+            (self.p1(binding=Binding.of("198.18.0.77", 1001)), "binding"),
+            (self.p1(binding=Binding.of("198.18.0.1", 1002)), "binding"),
+            (self.p1(when=NOW - 61), "stale"),
+        ]
+        for data, _ in cases:
+            self.protocol.datagramReceived(data, CLIENT)
+        self.assertEqual(self.refusals(), [reason for _, reason in cases])
+        self.assertEqual(self.transport.sent, [])
+        for event in self.events:
+            self.assertEqual(event["source"], "198.18.0.2")
+            self.assertNotIn(ALICE.key.hex(), repr(event))
+        self.assertEqual(sum(self.protocol.refusals.values()), len(cases))
+
+    def test_tamperedSilent(self) -> None:
+        p1 = bytearray(self.p1())
+        p1[-1] ^= 1
+        self.protocol.datagramReceived(bytes(p1), CLIENT)
+        self.assertEqual(self.refusals(), ["auth"])
+
+    def test_mappedSourceIsIPv4Session(self) -> None:
+        mapped = ("::ffff:198.18.0.2", 40404, 0, 0)
+        self.protocol.datagramReceived(self.p1(), mapped)
+        self.knock()
+        self.protocol.datagramReceived(self.p2(), mapped)
+        self.assertEqual(len(self.transport.sent), 1)
+        self.assertEqual(self.transport.sent[0][1], mapped)
+
+    def test_sessionRefusalLogged(self) -> None:
+        request = KnockRequest(SESSION, wire.now_ms(NOW), wire.PROTO_UDP, PORTS)
+        self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), CLIENT)
+        self.assertEqual(self.refusals(), ["knock-protocol"])
+        self.assertEqual(len(self.sessions), 0)
+
+
+class BindingCheckTests(SynchronousTestCase):
+    """
+    The server answers for its own addresses and control port only, as they are now.
+    """
+
+    def test_addressesReadEachTime(self) -> None:
+        addresses = {SERVER.address}
+        accepts = binding_check(1001, lambda: frozenset(addresses))
+        self.assertTrue(accepts(SERVER))
+        self.assertFalse(accepts(Binding.of("198.18.0.1", 1002)))
+        addresses.clear()
+        self.assertFalse(accepts(SERVER))

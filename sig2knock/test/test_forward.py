@@ -1,0 +1,217 @@
+"""
+Tests for sig2knock.forward and sig2knock.grants: the assigned port admits one connection from
+the knocking address, forwards it with flow control, and closes on time.
+"""
+
+import ipaddress
+import random
+from typing import List
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock.forward import GrantForwardFactory, normalize_address
+from sig2knock.grants import PortGranter
+from sig2knock.sessions import Session, SessionRefused
+
+CLIENT = ipaddress.ip_address("198.18.0.2")
+CLIENT6 = ipaddress.ip_address("2001:db8::2")
+
+
+def connect(factory: GrantForwardFactory, host: str, version: int = 4) -> StringTransport:
+    """
+    Build a protocol from ``factory`` as if ``host`` connected, and return its transport.
+    """
+    address_type = IPv6Address if version == 6 else IPv4Address
+    peer = address_type("TCP", host, 50000)
+    transport = StringTransport(peerAddress=peer)
+    protocol = factory.buildProtocol(peer)
+    protocol.makeConnection(transport)
+    return transport
+
+
+class ForwardFactoryTests(SynchronousTestCase):
+    """
+    The factory's address check and single-connection rule.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.connections: List[str] = []
+        self.ends: List[str] = []
+        self.factory = GrantForwardFactory(
+            "127.0.0.1",
+            22,
+            CLIENT,
+            self.reactor,
+            on_connection=lambda: self.connections.append("in"),
+            on_end=lambda: self.ends.append("end"),
+        )
+
+    def test_grantedAddressForwarded(self) -> None:
+        transport = connect(self.factory, "198.18.0.2")
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.producerState, "paused")
+        ((host, port, _client_factory, _timeout, _bind),) = self.reactor.tcpClients
+        self.assertEqual((host, port), ("127.0.0.1", 22))
+        self.assertEqual(self.connections, ["in"])
+
+    def test_mappedAddressIsTheSameClient(self) -> None:
+        transport = connect(self.factory, "::ffff:198.18.0.2", version=6)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_otherAddressClosedAndGrantKept(self) -> None:
+        intruder = connect(self.factory, "198.18.0.99")
+        self.assertTrue(intruder.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(self.connections, [])
+        client = connect(self.factory, "198.18.0.2")
+        self.assertFalse(client.disconnecting)
+        self.assertEqual(self.factory.refused, 1)
+
+    def test_secondConnectionRefused(self) -> None:
+        connect(self.factory, "198.18.0.2")
+        second = connect(self.factory, "198.18.0.2")
+        self.assertTrue(second.disconnecting)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(self.connections, ["in"])
+
+    def test_flowControlWiring(self) -> None:
+        """
+        Once the outgoing connection exists each transport produces for the other, so a slow
+        reader pauses the fast side instead of growing a buffer.
+        """
+        client_transport = connect(self.factory, "198.18.0.2")
+        (_, _, client_factory, _, _) = self.reactor.tcpClients[0]
+        outgoing = client_factory.buildProtocol(None)
+        service_transport = StringTransport()
+        outgoing.makeConnection(service_transport)
+        self.assertIs(service_transport.producer, client_transport)
+        self.assertIs(client_transport.producer, service_transport)
+        self.assertEqual(client_transport.producerState, "producing")
+        client_transport.protocol = None
+        outgoing.dataReceived(b"from the service")
+        self.assertEqual(client_transport.value(), b"from the service")
+
+    def test_endReported(self) -> None:
+        peer = IPv4Address("TCP", "198.18.0.2", 50000)
+        granted = self.factory.buildProtocol(peer)
+        granted.makeConnection(StringTransport(peerAddress=peer))
+        refused = self.factory.buildProtocol(peer)
+        refused.makeConnection(StringTransport(peerAddress=peer))
+        refused.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.ends, [], "a refused connection is not the grant's")
+        granted.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.ends, ["end"])
+
+    def test_normalizeAddress(self) -> None:
+        self.assertEqual(normalize_address("::ffff:198.18.0.2"), CLIENT)
+        self.assertEqual(normalize_address("fe80::1%eth0"), ipaddress.ip_address("fe80::1"))
+        self.assertIsNone(normalize_address("not an address"))
+
+
+class RecordingPort:
+    """
+    A listening port that records whether it was stopped.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stopped = False
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class GranterReactor(MemoryReactorClock):
+    """
+    A memory reactor whose ``listenTCP`` refuses the ports in ``busy`` like a real one would.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy: set = set()
+        self.ports: List[RecordingPort] = []
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):  # type: ignore[no-untyped-def]
+        if port in self.busy:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        self.tcpServers.append((port, factory, backlog, interface))
+        recording = RecordingPort(port)
+        self.ports.append(recording)
+        return recording
+
+
+def session(source=CLIENT) -> Session:
+    return Session(source, "alice", b"S" * 16, 6, (1, 2, 3, 4))
+
+
+class PortGranterTests(SynchronousTestCase):
+    """
+    Grants open a random free port in the range and close it after one connection or on time.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = GranterReactor()
+        self.reactor.advance(1000)
+        self.granter = PortGranter(
+            self.reactor, "127.0.0.1", 22, (40000, 40009), 30, chooser=random.Random(7)
+        )
+
+    def test_grantListensInRange(self) -> None:
+        grant = self.successResultOf(self.granter.grant(session()))
+        self.assertTrue(40000 <= grant.port <= 40009)
+        self.assertEqual(grant.deadline, 1030)
+        ((port, factory, _backlog, interface),) = self.reactor.tcpServers
+        self.assertEqual((port, interface), (grant.port, "0.0.0.0"))
+        self.assertEqual(factory.source, CLIENT)
+        self.assertEqual((factory.host, factory.port), ("127.0.0.1", 22))
+
+    def test_ipv6ClientListensOnIPv6(self) -> None:
+        self.successResultOf(self.granter.grant(session(CLIENT6)))
+        self.assertEqual(self.reactor.tcpServers[0][3], "::")
+
+    def test_busyPortSkipped(self) -> None:
+        self.reactor.busy = set(range(40000, 40009))
+        grant = self.successResultOf(self.granter.grant(session()))
+        self.assertEqual(grant.port, 40009)
+
+    def test_fullRangeRefused(self) -> None:
+        self.reactor.busy = set(range(40000, 40010))
+        failure = self.failureResultOf(self.granter.grant(session()), SessionRefused)
+        self.assertEqual(failure.value.reason, "no-free-port")
+
+    def test_portsNeverShared(self) -> None:
+        ports = {self.successResultOf(self.granter.grant(session())).port for _ in range(10)}
+        self.assertEqual(len(ports), 10)
+
+    def test_unusedPortClosesAfterOpenTime(self) -> None:
+        self.successResultOf(self.granter.grant(session()))
+        (listening,) = self.reactor.ports
+        self.reactor.advance(29.9)
+        self.assertFalse(listening.stopped)
+        self.reactor.advance(0.2)
+        self.assertTrue(listening.stopped)
+        self.assertEqual(self.granter.open, {})
+
+    def test_firstConnectionClosesListener(self) -> None:
+        grant = self.successResultOf(self.granter.grant(session()))
+        (listening,) = self.reactor.ports
+        factory = self.reactor.tcpServers[0][1]
+        connect(factory, "198.18.0.99")
+        self.assertFalse(listening.stopped, "an intruder must not use the grant up")
+        connect(factory, "198.18.0.2")
+        self.assertTrue(listening.stopped)
+        self.assertNotIn(grant.port, self.granter.open)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_closeAll(self) -> None:
+        self.successResultOf(self.granter.grant(session()))
+        self.successResultOf(self.granter.grant(session()))
+        self.successResultOf(self.granter.close_all())
+        self.assertTrue(all(port.stopped for port in self.reactor.ports))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
