@@ -34,6 +34,7 @@ class ControlProtocol(DatagramProtocol):
     """
 
     log = Logger()
+    noisy = False
 
     def __init__(
         self,

@@ -7,15 +7,24 @@ state. ``Sig2knockService`` is the ``MultiService`` twistd runs.
 """
 
 import os
+import socket
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, FrozenSet, List, Optional
 
-from twisted.application.service import MultiService
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import DeferredList
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from sig2knock import __version__
-from sig2knock.config import Config, load_config
+from sig2knock import __version__, netif, wire
+from sig2knock.capture import KnockCapture
+from sig2knock.config import Config, ConfigError, load_config
+from sig2knock.control import ControlProtocol, binding_check
+from sig2knock.grants import PortGranter
+from sig2knock.packets import Knock
+from sig2knock.sessions import SessionTable
+from sig2knock.wire import IPAddress
 from sig2knock.replay import FILE_NAME, ReplayCache, ReplayCacheError
 from sig2knock.users import Users, load_users
 
@@ -29,6 +38,7 @@ class Prepared:
     config: Config
     users: Users
     replay_cache: ReplayCache
+    interface: str
 
 
 def ensure_state_dir(path: str) -> bool:
@@ -51,10 +61,12 @@ def ensure_state_dir(path: str) -> bool:
 
 def prepare(config_path: str, interface: Optional[str], now: float) -> Prepared:
     """
-    Load the configuration at ``config_path`` (``interface`` is the ``-i`` override), the users
-    file and the replay cache. Raises ``ConfigError``, ``UsersError`` or ``ReplayCacheError``.
+    Load the configuration at ``config_path`` (``interface`` is the ``-i`` override), resolve the
+    capture interface, load the users file and the replay cache. Raises ``ConfigError``,
+    ``UsersError`` or ``ReplayCacheError``.
     """
     config = load_config(config_path, interface)
+    capture_interface = resolve_interface(config)
     users = load_users(config.users_file)
     first_start = ensure_state_dir(config.state_dir)
     replay_cache = ReplayCache(
@@ -63,21 +75,152 @@ def prepare(config_path: str, interface: Optional[str], now: float) -> Prepared:
         now,
         first_start=first_start,
     )
-    return Prepared(config, users, replay_cache)
+    return Prepared(config, users, replay_cache, capture_interface)
+
+
+def resolve_interface(config: Config) -> str:
+    """
+    The capture interface: ``INTERFACE`` (or ``-i``, or ``PKTFILTER_INTERFACE``), else the
+    interface of the default route. Raises ``ConfigError`` naming it when it does not exist.
+    """
+    line = config.lines.get("INTERFACE", config.lines.get("PKTFILTER_INTERFACE"))
+    if config.interface is None:
+        try:
+            return netif.default_route_interface()
+        except netif.InterfaceError as error:
+            raise ConfigError(config.path, None, "INTERFACE", f"{error}; set INTERFACE") from None
+    if not netif.interface_exists(config.interface):
+        raise ConfigError(
+            config.path, line, "INTERFACE", f"{config.interface}: no such network interface"
+        )
+    return config.interface
+
+
+class ControlPortError(Exception):
+    """
+    The control port cannot be opened (in use, or an address this host does not have).
+    """
 
 
 class Sig2knockService(MultiService):
     """
-    The daemon: logs what it runs with, and owns the replay cache for its lifetime.
+    The daemon: the control channel, the knock capture, the sessions and the grants, wired
+    together (data flows one way: capture and control, then sessions, then grants).
+
+    ``open`` opens the capture handle and the control port; ``tap.makeService`` calls it before
+    twistd starts anything, so a missing permission or a port in use stops the daemon with one
+    line. ``watch_addresses(reactor, interface, on_change)`` builds the services that keep the
+    host's and the capture interface's addresses current (a fake in tests).
     """
 
     log = Logger()
 
-    def __init__(self, prepared: Prepared, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        reactor: Any,
+        open_handle: Optional[Callable[[str], Any]] = None,
+        watch_addresses: Callable[..., IService] = netif.AddressWatcher,
+    ) -> None:
         super().__init__()
         self.prepared = prepared
         self.reactor = reactor
+        config = prepared.config
+        self.interface = prepared.interface
+        self.host_addresses: FrozenSet[IPAddress] = frozenset()
         self._readyCall: Optional[IDelayedCall] = None
+        self._control_ports: List[Any] = []
+        knock_protocol = wire.PROTO_TCP if config.knock_proto == "tcp" else wire.PROTO_UDP
+        self.granter = PortGranter(
+            reactor,
+            str(config.forward_to_ip),
+            config.forward_to_port,
+            config.assign_port_range,
+            config.singleconn_portopen_time,
+        )
+        capture_options = {} if open_handle is None else {"open_handle": open_handle}
+        self.capture = KnockCapture(
+            reactor,
+            self.interface,
+            knock_protocol,
+            config.udp_port,
+            self._knockSeen,
+            **capture_options,
+        )
+        self.sessions = SessionTable(
+            reactor,
+            grant=self.granter.grant,
+            on_watch_change=self.capture.watch,
+            knock_protocol=knock_protocol,
+            min_knocks=config.knock_count,
+            knock_timeout=config.knock_timeout,
+            hold_time=config.singleconn_portopen_time,
+        )
+        if config.listen_address is not None:
+            listen_address = config.listen_address
+            self.accepts = binding_check(config.udp_port, lambda: frozenset({listen_address}))
+        else:
+            self.accepts = binding_check(config.udp_port, lambda: self.host_addresses)
+        watch_addresses(reactor, None, self._hostAddressesChanged).setServiceParent(self)
+        watch_addresses(reactor, self.interface, self.capture.set_destinations).setServiceParent(
+            self
+        )
+
+    def control_protocol(self) -> ControlProtocol:
+        """
+        A control protocol for one listening socket; all of them share the sessions and replay
+        cache.
+        """
+        config = self.prepared.config
+        return ControlProtocol(
+            self.reactor,
+            keys=lambda: self.prepared.users.by_key_id,
+            accepts=self.accepts,
+            sessions=self.sessions,
+            replay_cache=self.prepared.replay_cache,
+            max_skew=config.max_clock_skew,
+        )
+
+    def open(self) -> None:
+        """
+        Open the capture handle and bind the control port. Raises ``CaptureError`` or
+        ``ControlPortError``; on failure nothing stays open.
+        """
+        self.capture.start()
+        try:
+            self._listen()
+        except ControlPortError:
+            self.capture.stop()
+            raise
+
+    def _listen(self) -> None:
+        config = self.prepared.config
+        port = config.udp_port
+        if config.listen_address is not None:
+            interfaces = [str(config.listen_address)]
+        else:
+            interfaces = ["::", "0.0.0.0"]
+        for interface in interfaces:
+            try:
+                listening = self.reactor.listenUDP(port, self.control_protocol(), interface)
+            except CannotListenError as error:
+                if interface == "::":
+                    continue  # no IPv6 on this host: IPv4 alone
+                for opened in self._control_ports:
+                    opened.stopListening()
+                self._control_ports = []
+                raise ControlPortError(
+                    f"UDP_PORT {port}: cannot listen on {interface}: {error.socketError}"
+                ) from None
+            self._control_ports.append(listening)
+            if interface == "::" and not _ipv6_only(listening):
+                break  # dual stack: IPv4 arrives as IPv4-mapped IPv6
+
+    def _knockSeen(self, knock: Knock) -> None:
+        self.sessions.knock(knock.source, knock.protocol, knock.port)
+
+    def _hostAddressesChanged(self, addresses: FrozenSet[IPAddress]) -> None:
+        self.host_addresses = frozenset(addresses)
 
     def startService(self) -> None:
         """
@@ -86,7 +229,8 @@ class Sig2knockService(MultiService):
         config, users = self.prepared.config, self.prepared.users
         self.log.info(
             "sig2knock {version} starting with {config_path}: control port {port}/udp,"
-            " forwarding to {forward_ip} port {forward_port}, {count} user(s) from {users_file}",
+            " forwarding to {forward_ip} port {forward_port}, {count} user(s) from {users_file},"
+            " knocks captured on {interface}",
             version=__version__,
             config_path=config.path,
             port=config.udp_port,
@@ -94,12 +238,19 @@ class Sig2knockService(MultiService):
             forward_port=config.forward_to_port,
             count=len(users),
             users_file=users.path,
+            interface=self.interface,
         )
         if not users.entries:
             self.log.warn(
                 "{users_file} has no users; add one with: sig2knockd_useradd --users-file"
                 " {users_file} NAME",
                 users_file=users.path,
+            )
+        if config.firewall != "none":
+            self.log.warn(
+                "FIREWALL = {firewall}: the firewall backends are not in this version yet; the"
+                " assigned port's own address check is the only gate (as with FIREWALL = none)",
+                firewall=config.firewall,
             )
         super().startService()
         # Logged from the first turn of the reactor, once signal handlers are in place.
@@ -111,14 +262,28 @@ class Sig2knockService(MultiService):
 
     def stopService(self):  # type: ignore[no-untyped-def]
         """
-        Stop the children, then close the replay cache (compacting it on disk).
+        Stop listening, forget pending sessions, close unused assigned ports (connections already
+        forwarded go on), then close the replay cache (compacting it on disk).
         """
         if self._readyCall is not None and self._readyCall.active():
             self._readyCall.cancel()
-        stopped = super().stopService()
+        stopping = [port.stopListening() for port in self._control_ports]
+        self._control_ports = []
+        self.sessions.stop()
+        self.capture.stop()
+        stopping.append(self.granter.close_all())
+        stopping.append(super().stopService())
+        stopped = DeferredList([d for d in stopping if d is not None], consumeErrors=True)
         stopped.addBoth(self._closeReplayCache)
         return stopped
 
-    def _closeReplayCache(self, result: object) -> object:
+    def _closeReplayCache(self, result: object) -> None:
         self.prepared.replay_cache.close()
-        return result
+
+
+def _ipv6_only(listening: Any) -> bool:
+    try:
+        handle = listening.getHandle()
+        return bool(handle.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    except (AttributeError, OSError):
+        return False

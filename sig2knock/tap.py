@@ -10,10 +10,11 @@ from twisted.python import usage
 
 from sig2knock.config import ConfigError, default_config_path
 from sig2knock.replay import ReplayCacheError
-from sig2knock.service import Sig2knockService, prepare
+from sig2knock.capture import CaptureError
+from sig2knock.service import ControlPortError, Sig2knockService, prepare
 from sig2knock.users import UsersError
 
-STARTUP_ERRORS = (ConfigError, UsersError, ReplayCacheError)
+STARTUP_ERRORS = (ConfigError, UsersError, ReplayCacheError, CaptureError, ControlPortError)
 
 
 class Options(usage.Options):
@@ -50,8 +51,8 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> IService:
     """
     Build the daemon's ``MultiService`` from the plugin's options.
 
-    A configuration, users file or state problem is written to stderr as one line and ends the
-    process with exit status 1, before twistd opens anything.
+    A configuration, users file, state, capture or control port problem is written to stderr as
+    one line and ends the process with exit status 1, before twistd starts anything.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -59,8 +60,12 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> IService:
         reactor = default_reactor
     try:
         prepared = prepare(options["config"], options["interface"], reactor.seconds())
+        daemon = Sig2knockService(prepared, reactor)
+        # The capture handle and the control port are opened here, before twistd starts
+        # anything, so a missing capability or a port in use stops the daemon with one line.
+        daemon.open()
     except STARTUP_ERRORS as error:
         sys.stderr.write(f"sig2knockd: {error}\n")
         sys.stderr.flush()
         raise SystemExit(1) from None
-    return Sig2knockService(prepared, reactor)
+    return daemon

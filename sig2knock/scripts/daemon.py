@@ -49,10 +49,12 @@ def check_config(config_path: str, interface: Optional[str]) -> int:
     Validate the configuration and users file without opening anything; return the exit status.
     """
     from sig2knock.config import ConfigError, load_config
+    from sig2knock.service import resolve_interface
     from sig2knock.users import UsersError, load_users
 
     try:
         config = load_config(config_path, interface)
+        capture_interface = resolve_interface(config)
         users = load_users(config.users_file)
     except (ConfigError, UsersError) as error:
         print(f"sig2knockd: {error}", file=sys.stderr)
@@ -61,7 +63,7 @@ def check_config(config_path: str, interface: Optional[str]) -> int:
     print(
         f"{config.path}: OK: control port {config.udp_port}/udp, forward to"
         f" {config.forward_to_ip} port {config.forward_to_port}, ports {low}-{high},"
-        f" firewall {config.firewall} ({config.firewall_policy}),"
+        f" firewall {config.firewall} ({config.firewall_policy}), knocks on {capture_interface},"
         f" {len(users)} user(s) in {users.path}"
     )
     return 0

@@ -37,7 +37,10 @@ def write_config(directory: str, extra: Optional[Dict[str, str]] = None) -> str:
     state directory beside it; return the configuration's path.
     """
     settings = dict(BASE_CONFIG)
-    settings.update({"USERS_FILE": "user.txt", "STATE_DIR": "state", "FIREWALL": "none"})
+    # Loopback exists everywhere: the tests need no default route.
+    settings.update(
+        {"USERS_FILE": "user.txt", "STATE_DIR": "state", "FIREWALL": "none", "INTERFACE": "lo"}
+    )
     settings.update(extra or {})
     path = os.path.join(directory, "sig2knockd.conf")
     with open(path, "w", encoding="utf-8") as config_file:

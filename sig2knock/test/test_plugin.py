@@ -4,11 +4,12 @@ wiring (sig2knock.service).
 """
 
 import io
+import ipaddress
 import os
 import stat
 import sys
 
-from twisted.application.service import IService, IServiceMaker
+from twisted.application.service import IService, IServiceMaker, Service
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.plugin import IPlugin, getPlugins
@@ -18,11 +19,26 @@ from zope.interface.verify import verifyObject
 
 from sig2knock import config as config_module
 from sig2knock import service, tap
+from sig2knock.capture import CaptureError
 from sig2knock.replay import ReplayCacheError
 from sig2knock.wire import MessageRejected
 from sig2knock.test.common import REPOSITORY, write_config, write_users
 
 NOW = 1_800_000_000.0
+
+
+class FakeAddressWatcher(Service):
+    """
+    Stands in for ``netif.AddressWatcher``: reports fixed addresses when started.
+    """
+
+    def __init__(self, reactor, interface, on_change) -> None:
+        self.interface = interface
+        self.on_change = on_change
+
+    def startService(self) -> None:
+        super().startService()
+        self.on_change(frozenset({ipaddress.ip_address("127.0.0.1")}))
 
 
 def sig2knock_plugin():
@@ -99,6 +115,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.patch(sys, "stderr", self.stderr)
         self.clock = Clock()
         self.clock.advance(NOW)
+        self.opened = []
+        self.patch(service.Sig2knockService, "open", lambda daemon: self.opened.append(daemon))
 
     def make(self, config_path: str):
         options = tap.Options()
@@ -114,6 +132,8 @@ class MakeServiceTests(SynchronousTestCase):
         state = os.path.join(self.directory, "state")
         self.assertEqual(stat.S_IMODE(os.stat(state).st_mode), 0o700)
         self.assertTrue(os.path.exists(os.path.join(state, "replay.cache")))
+        self.assertEqual(self.opened, [daemon], "capture and control port open before twistd")
+        self.assertEqual(daemon.interface, "lo")
 
     def assertStopsWithOneLine(self, config_path: str, *fragments: str) -> None:
         error = self.assertRaises(SystemExit, self.make, config_path)
@@ -126,7 +146,7 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_badConfig(self) -> None:
         path = write_config(self.directory, {"KNOCK_COUNT": "zero"})
-        self.assertStopsWithOneLine(path, path, ":7:", "KNOCK_COUNT")
+        self.assertStopsWithOneLine(path, path, ":8:", "KNOCK_COUNT")
 
     def test_missingConfig(self) -> None:
         self.assertStopsWithOneLine(os.path.join(self.directory, "nope.conf"), "no such file")
@@ -135,6 +155,24 @@ class MakeServiceTests(SynchronousTestCase):
         path = write_config(self.directory)
         os.chmod(os.path.join(self.directory, "user.txt"), 0o644)
         self.assertStopsWithOneLine(path, "chmod 600")
+
+    def test_captureProblemStopsWithOneLine(self) -> None:
+        def refuse(daemon):
+            raise CaptureError("interface lo: permission denied (needs CAP_NET_RAW)")
+
+        self.patch(service.Sig2knockService, "open", refuse)
+        self.assertStopsWithOneLine(write_config(self.directory), "CAP_NET_RAW")
+
+    def test_controlPortProblemStopsWithOneLine(self) -> None:
+        def refuse(daemon):
+            raise service.ControlPortError("UDP_PORT 1001: cannot listen on ::: in use")
+
+        self.patch(service.Sig2knockService, "open", refuse)
+        self.assertStopsWithOneLine(write_config(self.directory), "UDP_PORT 1001")
+
+    def test_missingInterface(self) -> None:
+        path = write_config(self.directory, {"INTERFACE": "nosuchif0"})
+        self.assertStopsWithOneLine(path, path, ":7:", "INTERFACE", "nosuchif0", "no such")
 
     def test_unusableStateDir(self) -> None:
         open(os.path.join(self.directory, "state"), "w").close()
@@ -154,7 +192,7 @@ class ServiceTests(SynchronousTestCase):
 
     def daemon(self) -> service.Sig2knockService:
         prepared = service.prepare(write_config(self.directory), None, NOW)
-        return service.Sig2knockService(prepared, Clock())
+        return service.Sig2knockService(prepared, Clock(), watch_addresses=FakeAddressWatcher)
 
     def test_startLogsConfiguration(self) -> None:
         daemon = self.daemon()

@@ -1,0 +1,443 @@
+"""
+Knock capture: a pcap handle on the knock interface, read by the reactor like any socket.
+
+``KnockCapture`` is an ``IReadDescriptor`` around a non-blocking pcapy-ng handle. Its kernel filter
+(BPF, built by ``knock_filter``) lets through only knock-shaped packets (an opening TCP SYN, or a
+UDP datagram not aimed at the control port) from the *watched* source addresses to the server's own
+addresses, so a scan or a flood from anyone else never reaches Python. Every packet that does is
+decoded by ``sig2knock.packets.parse_frame`` and checked again against the same sets before
+``on_knock`` sees it: the filter is a first line, not the only one (packets queued before a filter
+change, userland filtering when the kernel refuses a program, fragments).
+
+A source is only captured once it is watched: knocks that reach the interface before the daemon
+has handled the client's P1 are dropped by the kernel.
+
+Addresses are compared in their plain form: an IPv4-mapped IPv6 address given to ``watch`` or
+``set_destinations`` stands for its IPv4 address (which is what the wire carries).
+"""
+
+import ipaddress
+from typing import Any, Callable, FrozenSet, Iterable, List, Optional
+
+import pcapy
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sig2knock.packets import SUPPORTED_DATALINKS, Knock, parse_frame
+from sig2knock.wire import PROTO_TCP, PROTO_UDP, PROTOCOL_NAMES, IPAddress
+
+SNAPLEN = 128  # link + IP + TCP/UDP headers, without IPv6 extension headers
+READ_TIMEOUT_MS = 1  # no immediate mode in pcapy-ng: the kernel hands over a block every 1 ms
+BUFFER_SIZE = 2 * 1024 * 1024
+MAX_PACKETS_PER_READ = 1000
+
+# A filter that no packet passes. libpcap refuses a program its optimizer proves empty ("expression
+# rejects all packets"), so this one is an unsigned comparison the optimizer leaves alone.
+MATCH_NOTHING = "len < 0"
+
+# pcap_activate() status codes (pcapy-ng returns them instead of raising).
+_PCAP_ERROR_NO_SUCH_DEVICE = -5
+_PCAP_ERROR_PERM_DENIED = -8
+_PCAP_ERROR_IFACE_NOT_UP = -9
+_PCAP_ERROR_PROMISC_PERM_DENIED = -11
+
+_PERMISSION_HINT = "run the daemon as root or give it CAP_NET_RAW (and CAP_NET_ADMIN)"
+
+
+class CaptureError(Exception):
+    """
+    The knock interface cannot be captured on; the message says why, for the operator.
+    """
+
+
+def knock_filter(
+    protocol: int,
+    sources: Iterable[IPAddress],
+    destinations: Iterable[IPAddress],
+    control_port: int,
+) -> str:
+    """
+    The BPF filter (pcap syntax) passing the knocks of ``protocol`` (``PROTO_TCP``: a SYN without
+    ACK; ``PROTO_UDP``: any datagram not to ``control_port``) from one of ``sources`` to one of
+    ``destinations``. IPv4 and IPv6 addresses may be mixed. Without a source or a destination of
+    some family the filter passes nothing.
+    """
+    return _build_filter(protocol, _plain_set(sources), _plain_set(destinations), control_port)
+
+
+def _build_filter(
+    protocol: int,
+    sources: Optional[FrozenSet[IPAddress]],
+    destinations: FrozenSet[IPAddress],
+    control_port: int,
+) -> str:
+    """
+    ``knock_filter`` for plain address sets; ``sources=None`` accepts every source (the fallback
+    when the exact filter cannot be compiled).
+    """
+    if protocol not in (PROTO_TCP, PROTO_UDP):
+        raise ValueError(f"knock protocol must be TCP or UDP, not {protocol}")
+    if not 0 <= control_port <= 0xFFFF:
+        raise ValueError(f"control port out of range: {control_port}")
+    clauses: List[str] = []
+    for version in (4, 6):
+        family_destinations = sorted(a for a in destinations if a.version == version)
+        if sources is None:
+            family_sources: Optional[List[IPAddress]] = None
+        else:
+            family_sources = sorted(a for a in sources if a.version == version)
+            if not family_sources:
+                continue
+        if not family_destinations:
+            continue
+        parts = [_shape(version, protocol, control_port)]
+        if family_sources is not None:
+            parts.append(_hosts("src", family_sources))
+        parts.append(_hosts("dst", family_destinations))
+        clauses.append("(" + " and ".join(parts) + ")")
+    return " or ".join(clauses) if clauses else MATCH_NOTHING
+
+
+def _shape(version: int, protocol: int, control_port: int) -> str:
+    """
+    The filter for a knock-shaped packet of IP ``version``.
+    """
+    if version == 4:
+        # libpcap's tcp[...] and port tests skip IPv4 options and only match first fragments.
+        if protocol == PROTO_TCP:
+            return "ip and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn"
+        return f"ip and udp and ip[6:2] & 0x1fff == 0 and not dst port {control_port}"
+    # libpcap's tcp[tcpflags] does not work for IPv6, and its port tests assume the transport
+    # header right after the fixed header. So test that layout explicitly: next header TCP/UDP at
+    # ip6[6], transport header at ip6[40]. A knock behind IPv6 extension headers is not passed by
+    # the kernel (clients' connect() and sendto() never add any); parse_frame would accept it.
+    if protocol == PROTO_TCP:
+        return "ip6 and ip6[6] == 6 and ip6[53] & 0x12 == 0x02"
+    return f"ip6 and ip6[6] == 17 and ip6[42:2] != {control_port}"
+
+
+def _hosts(direction: str, addresses: List[IPAddress]) -> str:
+    return "(" + " or ".join(f"{direction} host {address}" for address in addresses) + ")"
+
+
+def _plain(address: IPAddress) -> IPAddress:
+    """
+    ``address``, or the IPv4 address an IPv4-mapped IPv6 address stands for.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _plain_set(addresses: Iterable[IPAddress]) -> FrozenSet[IPAddress]:
+    return frozenset(_plain(address) for address in addresses)
+
+
+def open_live_handle(interface: str, create: Callable[[str], Any] = pcapy.create) -> Any:
+    """
+    An activated, non-blocking pcapy handle on ``interface``: snap length ``SNAPLEN``, not
+    promiscuous, a 1 ms read timeout and a 2 MiB buffer. Raises ``CaptureError`` when it cannot be
+    opened (no such interface, not permitted, interface down).
+    """
+    try:
+        handle = create(interface)
+    except pcapy.PcapError as error:
+        raise CaptureError(f"interface {interface}: cannot capture: {error}") from error
+    try:
+        handle.set_snaplen(SNAPLEN)
+        handle.set_promisc(0)
+        handle.set_timeout(READ_TIMEOUT_MS)
+        handle.set_buffer_size(BUFFER_SIZE)
+        status = handle.activate()
+        if status is not None and status < 0:
+            raise CaptureError(_activation_error(interface, status))
+        handle.setnonblock(1)
+    except pcapy.PcapError as error:
+        handle.close()
+        text = str(error)
+        if "permitted" in text or "permission" in text.lower():
+            text = f"{text}; {_PERMISSION_HINT}"
+        raise CaptureError(f"interface {interface}: cannot capture: {text}") from error
+    except CaptureError:
+        handle.close()
+        raise
+    return handle
+
+
+def _activation_error(interface: str, status: int) -> str:
+    """
+    The operator's message for a failed ``pcap_activate`` returning ``status``.
+    """
+    if status == _PCAP_ERROR_NO_SUCH_DEVICE:
+        return f"interface {interface}: no such device"
+    if status in (_PCAP_ERROR_PERM_DENIED, _PCAP_ERROR_PROMISC_PERM_DENIED):
+        return f"interface {interface}: permission denied; {_PERMISSION_HINT}"
+    if status == _PCAP_ERROR_IFACE_NOT_UP:
+        return f"interface {interface}: interface is down"
+    return (
+        f"interface {interface}: cannot capture (pcap error {status}; is it a capturable device?)"
+    )
+
+
+@implementer(IReadDescriptor)
+class KnockCapture:
+    """
+    Knocks of ``protocol`` on ``interface``, delivered to ``on_knock``.
+
+    ``reactor`` provides ``IReactorFDSet`` and ``IReactorTime``; ``open_handle(interface)`` returns
+    an activated pcapy-like handle (``open_live_handle``, or a fake in tests). Only knocks from a source
+    given to ``watch`` to a destination given to ``set_destinations`` are delivered; UDP datagrams
+    to ``control_port`` are never knocks. ``packets_seen`` and ``knocks_accepted`` count what the
+    handle delivered and what reached ``on_knock``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        interface: str,
+        protocol: int,
+        control_port: int,
+        on_knock: Callable[[Knock], None],
+        open_handle: Callable[[str], Any] = open_live_handle,
+        max_per_read: int = MAX_PACKETS_PER_READ,
+    ) -> None:
+        if protocol not in (PROTO_TCP, PROTO_UDP):
+            raise ValueError(f"knock protocol must be TCP or UDP, not {protocol}")
+        self._reactor = reactor
+        self.interface = interface
+        self.protocol = protocol
+        self.control_port = control_port
+        self._on_knock = on_knock
+        self._open_handle = open_handle
+        self.max_per_read = max_per_read
+        self._handle: Any = None
+        self._fd = -1
+        self._datalink = -1
+        self._sources: FrozenSet[IPAddress] = frozenset()
+        self._destinations: FrozenSet[IPAddress] = frozenset()
+        self._installed: Optional[str] = None
+        self._continuation: Any = None
+        self.packets_seen = 0
+        self.knocks_accepted = 0
+        self.filter_installs = 0
+
+    @property
+    def installed_filter(self) -> Optional[str]:
+        """
+        The filter text installed on the handle, ``None`` before ``start``.
+        """
+        return self._installed
+
+    def start(self) -> None:
+        """
+        Open the handle, install the filter for the current sets and start reading. Raises
+        ``CaptureError`` when the interface cannot be captured on.
+        """
+        if self._handle is not None:
+            return
+        handle = self._open_handle(self.interface)
+        datalink = handle.datalink()
+        if datalink not in SUPPORTED_DATALINKS:
+            handle.close()
+            raise CaptureError(
+                f"interface {self.interface}: unsupported link type {datalink}"
+                " (Ethernet, loopback, Linux cooked or raw IP are supported)"
+            )
+        self._handle = handle
+        self._datalink = datalink
+        self._fd = handle.getfd()
+        self._installed = None
+        # Nothing passes until the first filter is in place: then the one for the current sets.
+        self._set_filter(MATCH_NOTHING)
+        self._install()
+        self._reactor.addReader(self)
+        self.log.info(
+            "capturing {protocol} knocks on {interface} (link type {datalink})",
+            protocol=PROTOCOL_NAMES[self.protocol],
+            interface=self.interface,
+            datalink=datalink,
+        )
+
+    def stop(self) -> None:
+        """
+        Stop reading and close the handle. Harmless when not started.
+        """
+        if self._handle is None:
+            return
+        self._reactor.removeReader(self)
+        self._close()
+        self.log.info("stopped capturing on {interface}", interface=self.interface)
+
+    def watch(self, sources: FrozenSet[IPAddress]) -> None:
+        """
+        Capture the knocks of exactly ``sources`` from now on.
+        """
+        plain = _plain_set(sources)
+        if plain != self._sources:
+            self._sources = plain
+            self._install()
+
+    def set_destinations(self, addresses: FrozenSet[IPAddress]) -> None:
+        """
+        The server's addresses: knocks aimed anywhere else are ignored.
+        """
+        plain = _plain_set(addresses)
+        if plain != self._destinations:
+            self._destinations = plain
+            self.log.info(
+                "knock destinations on {interface}: {addresses}",
+                interface=self.interface,
+                addresses=sorted(str(address) for address in plain),
+            )
+            self._install()
+
+    def _install(self) -> None:
+        if self._handle is None:
+            return
+        text = _build_filter(self.protocol, self._sources, self._destinations, self.control_port)
+        if text == self._installed:
+            return
+        try:
+            self._set_filter(text)
+        except pcapy.PcapError as error:
+            # Too many addresses for one program, say: let every source through to userland.
+            broad = _build_filter(self.protocol, None, self._destinations, self.control_port)
+            self.log.warn(
+                "cannot install the knock filter for {count} sources ({error});"
+                " filtering sources in userland",
+                count=len(self._sources),
+                error=str(error),
+            )
+            try:
+                self._set_filter(broad)
+            except pcapy.PcapError as second:
+                self.log.error(
+                    "cannot install a knock filter ({error}); keeping {installed!r}",
+                    error=str(second),
+                    installed=self._installed,
+                )
+
+    def _set_filter(self, text: str) -> None:
+        self._handle.setfilter(text)
+        self._installed = text
+        self.filter_installs += 1
+        self.log.debug("knock filter: {filter}", filter=text)
+
+    # IReadDescriptor
+
+    def fileno(self) -> int:
+        """
+        The pcap handle's file descriptor (-1 when not started).
+        """
+        return self._fd
+
+    def logPrefix(self) -> str:
+        """
+        The prefix of the reactor's log messages about this reader.
+        """
+        return f"KnockCapture({self.interface})"
+
+    def doRead(self) -> None:
+        """
+        Handle the packets waiting on the handle, at most ``max_per_read`` in one call; when more
+        may be waiting, continue on the next reactor iteration.
+        """
+        self._continuation = None
+        handle = self._handle
+        if handle is None:
+            return
+        budget = self.max_per_read
+        while budget > 0 and self._handle is handle:
+            try:
+                count = handle.dispatch(budget, self._packet)
+            except pcapy.PcapError as error:
+                self.log.error(
+                    "reading from {interface} failed: {error}",
+                    interface=self.interface,
+                    error=str(error),
+                )
+                return
+            if count <= 0:
+                return
+            budget -= count
+        if self._handle is handle and self._continuation is None:
+            # The budget is spent: let the reactor serve others, then carry on.
+            self._continuation = self._reactor.callLater(0, self.doRead)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor gave up on the descriptor (shutdown, or an error): close the handle.
+        """
+        if self._handle is not None:
+            self.log.info(
+                "capture on {interface} ended: {reason}",
+                interface=self.interface,
+                reason=reason.getErrorMessage(),
+            )
+            self._close()
+
+    def _close(self) -> None:
+        handle, self._handle = self._handle, None
+        self._fd = -1
+        self._installed = None
+        if self._continuation is not None and self._continuation.active():
+            self._continuation.cancel()
+        self._continuation = None
+        handle.close()
+
+    def _packet(self, header: Any, data: bytes) -> None:
+        """
+        The handle's callback for one packet: nothing may escape from here into pcapy.
+        """
+        self.packets_seen += 1
+        knock = parse_frame(self._datalink, data)
+        if knock is None or not self._accepts(knock):
+            return
+        self.knocks_accepted += 1
+        try:
+            self._on_knock(knock)
+        except Exception:
+            self.log.failure(
+                "knock handler failed for {source} -> {protocol}/{port}",
+                source=str(knock.source),
+                protocol=PROTOCOL_NAMES[knock.protocol],
+                port=knock.port,
+            )
+
+    def _accepts(self, knock: Knock) -> bool:
+        """
+        Whether ``knock`` is one of ours: the userland twin of the kernel filter.
+        """
+        if knock.protocol != self.protocol:
+            return False
+        if knock.source not in self._sources or knock.destination not in self._destinations:
+            return False
+        return not (knock.protocol == PROTO_UDP and knock.port == self.control_port)
+
+
+class CaptureService(Service):
+    """
+    Runs a ``KnockCapture`` while the service runs.
+    """
+
+    def __init__(self, capture: KnockCapture) -> None:
+        self.capture = capture
+
+    def startService(self) -> None:
+        """
+        Start capturing; ``CaptureError`` propagates, so the daemon does not run blind.
+        """
+        self.capture.start()
+        Service.startService(self)
+
+    def stopService(self) -> None:
+        """
+        Stop capturing.
+        """
+        Service.stopService(self)
+        self.capture.stop()

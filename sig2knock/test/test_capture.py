@@ -1,0 +1,543 @@
+"""
+Tests for sig2knock.capture: the kernel filter (compiled by libpcap and run over pcap files written
+here) and the reactor-driven reader around a fake pcap handle.
+"""
+
+import ipaddress
+import struct
+from collections import deque
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
+
+import pcapy
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from sig2knock import capture
+from sig2knock.capture import (
+    MATCH_NOTHING,
+    CaptureError,
+    CaptureService,
+    KnockCapture,
+    knock_filter,
+    open_live_handle,
+)
+from sig2knock.packets import Knock
+from sig2knock.test.test_packets import (
+    ACK,
+    RST,
+    SYN,
+    extension,
+    framed,
+    ipv4,
+    ipv6,
+    tcp,
+    udp,
+)
+from sig2knock.wire import PROTO_TCP, PROTO_UDP
+
+CONTROL_PORT = 1001
+CLIENT4 = ipaddress.IPv4Address("198.18.0.2")
+OTHER4 = ipaddress.IPv4Address("198.18.0.3")
+SERVER4 = ipaddress.IPv4Address("198.18.0.1")
+SECOND_SERVER4 = ipaddress.IPv4Address("198.18.1.1")
+CLIENT6 = ipaddress.IPv6Address("2001:db8::2")
+OTHER6 = ipaddress.IPv6Address("2001:db8::3")
+SERVER6 = ipaddress.IPv6Address("2001:db8::1")
+MAPPED_CLIENT4 = ipaddress.IPv6Address("::ffff:198.18.0.2")
+
+# Link types a Linux capture can give us (pcap files store raw IP as 101, read back as DLT_RAW).
+LIVE_DATALINKS = (0, 1, 12, 108, 113, 276)
+FILE_DATALINKS = (0, 1, 101, 108, 113, 276)
+
+
+def packet4(
+    protocol: int, port: int, flags: int = SYN, source=CLIENT4, destination=SERVER4, **kw
+) -> bytes:
+    """An IPv4 TCP segment (with ``flags``) or UDP datagram to ``port``."""
+    payload = tcp(port, flags) if protocol == PROTO_TCP else udp(port)
+    return ipv4(protocol, payload, source=source, destination=destination, **kw)
+
+
+def packet6(
+    protocol: int, port: int, flags: int = SYN, source=CLIENT6, destination=SERVER6
+) -> bytes:
+    """An IPv6 TCP segment (with ``flags``) or UDP datagram to ``port``."""
+    payload = tcp(port, flags) if protocol == PROTO_TCP else udp(port)
+    return ipv6(protocol, payload, source=source, destination=destination)
+
+
+# (name, packet, passes a TCP knock filter, passes a UDP knock filter), for the filter built from
+# sources {CLIENT4, CLIENT6} and destinations {SERVER4, SERVER6}.
+CASES: List[Tuple[str, bytes, bool, bool]] = [
+    ("v4 syn", packet4(PROTO_TCP, 2222), True, False),
+    (
+        "v4 syn with options",
+        ipv4(PROTO_TCP, tcp(2222), CLIENT4, SERVER4, options=bytes(8)),
+        True,
+        False,
+    ),
+    ("v4 syn-ack", packet4(PROTO_TCP, 2222, SYN | ACK), False, False),
+    ("v4 ack", packet4(PROTO_TCP, 2222, ACK), False, False),
+    ("v4 rst", packet4(PROTO_TCP, 2222, RST), False, False),
+    ("v4 syn from other", packet4(PROTO_TCP, 2222, source=OTHER4), False, False),
+    ("v4 syn to other", packet4(PROTO_TCP, 2222, destination=SECOND_SERVER4), False, False),
+    (
+        "v4 syn reversed",
+        packet4(PROTO_TCP, 2222, source=SERVER4, destination=CLIENT4),
+        False,
+        False,
+    ),
+    ("v4 udp", packet4(PROTO_UDP, 3333), False, True),
+    ("v4 udp to control port", packet4(PROTO_UDP, CONTROL_PORT), False, False),
+    ("v4 udp from other", packet4(PROTO_UDP, 3333, source=OTHER4), False, False),
+    ("v4 udp later fragment", packet4(PROTO_UDP, 3333, fragment=0x0010), False, False),
+    ("v4 icmp", ipv4(1, bytes(16), CLIENT4, SERVER4), False, False),
+    ("v6 syn", packet6(PROTO_TCP, 2222), True, False),
+    ("v6 syn-ack", packet6(PROTO_TCP, 2222, SYN | ACK), False, False),
+    ("v6 ack", packet6(PROTO_TCP, 2222, ACK), False, False),
+    ("v6 rst", packet6(PROTO_TCP, 2222, RST), False, False),
+    ("v6 syn from other", packet6(PROTO_TCP, 2222, source=OTHER6), False, False),
+    ("v6 syn to other", packet6(PROTO_TCP, 2222, destination=OTHER6), False, False),
+    ("v6 udp", packet6(PROTO_UDP, 3333), False, True),
+    ("v6 udp to control port", packet6(PROTO_UDP, CONTROL_PORT), False, False),
+    ("v6 udp from other", packet6(PROTO_UDP, 3333, source=OTHER6), False, False),
+    # Knocks behind extension headers are left to userland (see capture._shape).
+    (
+        "v6 syn behind dst options",
+        ipv6(60, extension(6) + tcp(2222), CLIENT6, SERVER6),
+        False,
+        False,
+    ),
+    ("v6 icmp", ipv6(58, bytes(16), CLIENT6, SERVER6), False, False),
+]
+
+
+def write_pcap(path: str, linktype: int, frames: Sequence[bytes]) -> None:
+    """Write ``frames`` as a classic (microsecond) pcap file of ``linktype``."""
+    with open(path, "wb") as pcap_file:
+        pcap_file.write(struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype))
+        for index, frame in enumerate(frames):
+            pcap_file.write(struct.pack("=IIII", 1_800_000_000 + index, 0, len(frame), len(frame)))
+            pcap_file.write(frame)
+
+
+class KnockFilterTests(SynchronousTestCase):
+    """
+    The filter compiles for every live link type and passes exactly the knocks meant.
+    """
+
+    def passing(self, linktype: int, text: str, frames: Sequence[bytes]) -> List[int]:
+        """The indexes of ``frames`` that pass ``text``, run by libpcap over a pcap file."""
+        path = self.mktemp()
+        write_pcap(path, linktype, frames)
+        handle = pcapy.open_offline(path)
+        self.addCleanup(handle.close)
+        handle.setfilter(text)
+        passed: List[int] = []
+        while True:
+            header, data = handle.next()
+            if header is None:
+                return passed
+            passed.append(frames.index(data))
+
+    def assertCompiles(self, text: str) -> None:
+        for datalink in LIVE_DATALINKS:
+            try:
+                pcapy.compile(datalink, capture.SNAPLEN, text, 1, 0)
+            except pcapy.PcapError as error:
+                self.fail(f"{text!r} does not compile for link type {datalink}: {error}")
+
+    def test_exactKnocksPass(self) -> None:
+        sources = [CLIENT4, CLIENT6]
+        destinations = [SERVER4, SERVER6]
+        for protocol, column in ((PROTO_TCP, 2), (PROTO_UDP, 3)):
+            text = knock_filter(protocol, sources, destinations, CONTROL_PORT)
+            expected = [case[0] for case in CASES if case[column]]
+            for linktype in FILE_DATALINKS:
+                frames = [framed(linktype, case[1]) for case in CASES]
+                passed = [CASES[index][0] for index in self.passing(linktype, text, frames)]
+                self.assertEqual(passed, expected, f"protocol {protocol} link type {linktype}")
+
+    def test_oneFamilyOnly(self) -> None:
+        # Only IPv4 sources: no IPv6 packet passes, even from an IPv6 client to the server.
+        text = knock_filter(PROTO_TCP, [CLIENT4], [SERVER4, SERVER6], CONTROL_PORT)
+        frames = [framed(1, packet4(PROTO_TCP, 22)), framed(1, packet6(PROTO_TCP, 22))]
+        self.assertEqual(self.passing(1, text, frames), [0])
+        # Sources and destinations of different families: nothing can match.
+        self.assertEqual(knock_filter(PROTO_TCP, [CLIENT4], [SERVER6], CONTROL_PORT), MATCH_NOTHING)
+
+    def test_nothingToMatch(self) -> None:
+        for sources, destinations in (([], [SERVER4]), ([CLIENT4], []), ([], [])):
+            for protocol in (PROTO_TCP, PROTO_UDP):
+                self.assertEqual(
+                    knock_filter(protocol, sources, destinations, CONTROL_PORT), MATCH_NOTHING
+                )
+
+    def test_matchNothingPassesNothing(self) -> None:
+        self.assertCompiles(MATCH_NOTHING)
+        frames = [case[1] for case in CASES] + [b"", b"\x45", bytes(1500)]
+        for linktype in FILE_DATALINKS:
+            framed_frames = [framed(linktype, frame) if frame[:1] else frame for frame in frames]
+            self.assertEqual(self.passing(linktype, MATCH_NOTHING, framed_frames), [])
+
+    def test_everyFilterCompiles(self) -> None:
+        many4 = [ipaddress.IPv4Address(0xC6120000 + n) for n in range(300)]
+        many6 = [ipaddress.IPv6Address((0x20010DB8 << 96) + n) for n in range(300)]
+        for protocol in (PROTO_TCP, PROTO_UDP):
+            for sources, destinations in (
+                ([CLIENT4], [SERVER4]),
+                ([CLIENT6], [SERVER6]),
+                ([CLIENT4, CLIENT6], [SERVER4, SERVER6]),
+                ([CLIENT4, CLIENT6], [SERVER4]),
+                (many4 + many6, [SERVER4, SECOND_SERVER4, SERVER6]),
+                ([], []),
+            ):
+                self.assertCompiles(knock_filter(protocol, sources, destinations, CONTROL_PORT))
+
+    def test_mappedAddressesArePlain(self) -> None:
+        self.assertEqual(
+            knock_filter(PROTO_TCP, [MAPPED_CLIENT4], [SERVER4], CONTROL_PORT),
+            knock_filter(PROTO_TCP, [CLIENT4], [SERVER4], CONTROL_PORT),
+        )
+
+    def test_deterministic(self) -> None:
+        first = knock_filter(PROTO_UDP, [CLIENT6, CLIENT4, OTHER4], [SERVER4], CONTROL_PORT)
+        second = knock_filter(PROTO_UDP, [OTHER4, CLIENT4, CLIENT6], [SERVER4], CONTROL_PORT)
+        self.assertEqual(first, second)
+
+    def test_badArguments(self) -> None:
+        self.assertRaises(ValueError, knock_filter, 1, [CLIENT4], [SERVER4], CONTROL_PORT)
+        self.assertRaises(ValueError, knock_filter, PROTO_UDP, [CLIENT4], [SERVER4], 70000)
+
+
+class FakeHandle:
+    """
+    A deterministic stand-in for a live pcapy handle: frames queued by the test, filters
+    compiled by libpcap (so a bad one raises like the real thing) and recorded.
+    """
+
+    def __init__(self, datalink: int = 1, reject: Callable[[str], bool] = lambda text: False):
+        self._datalink = datalink
+        self._reject = reject
+        self.frames: Deque[bytes] = deque()
+        self.filters: List[str] = []
+        self.dispatches: List[int] = []
+        self.closed = False
+
+    def datalink(self) -> int:
+        return self._datalink
+
+    def getfd(self) -> int:
+        return 42
+
+    def setfilter(self, text: str) -> None:
+        if self._reject(text):
+            raise pcapy.PcapError("filter too long")
+        pcapy.compile(self._datalink, capture.SNAPLEN, text, 1, 0)
+        self.filters.append(text)
+
+    def dispatch(self, count: int, callback: Callable[[Any, bytes], None]) -> int:
+        self.dispatches.append(count)
+        delivered = 0
+        while self.frames and (count <= 0 or delivered < count):
+            callback(None, self.frames.popleft())
+            delivered += 1
+        return delivered
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class KnockCaptureTests(SynchronousTestCase):
+    """
+    The reader installs filters as the sets change and delivers exactly the watched knocks.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.handle = FakeHandle()
+        self.knocks: List[Knock] = []
+
+    def make(
+        self, protocol: int = PROTO_TCP, handle: Optional[FakeHandle] = None, **kwargs
+    ) -> KnockCapture:
+        handle = handle or self.handle
+        return KnockCapture(
+            self.reactor,
+            "eth0",
+            protocol,
+            CONTROL_PORT,
+            self.knocks.append,
+            open_handle=lambda interface: handle,
+            **kwargs,
+        )
+
+    def started(self, protocol: int = PROTO_TCP, **kwargs) -> KnockCapture:
+        reader = self.make(protocol, **kwargs)
+        reader.start()
+        reader.set_destinations(frozenset([SERVER4, SERVER6]))
+        reader.watch(frozenset([CLIENT4, CLIENT6]))
+        return reader
+
+    def feed(self, *packets: bytes) -> None:
+        self.handle.frames.extend(framed(1, packet) for packet in packets)
+
+    def test_interface(self) -> None:
+        reader = self.started()
+        self.assertTrue(verifyObject(IReadDescriptor, reader))
+        self.assertEqual(reader.fileno(), 42)
+        self.assertIn("eth0", reader.logPrefix())
+
+    def test_startInstallsMatchNothingAndReads(self) -> None:
+        reader = self.make()
+        self.assertEqual(reader.fileno(), -1)
+        reader.start()
+        self.assertEqual(self.handle.filters, [MATCH_NOTHING])
+        self.assertIn(reader, self.reactor.getReaders())
+
+    def test_filterFollowsTheSets(self) -> None:
+        reader = self.make()
+        reader.start()
+        reader.set_destinations(frozenset([SERVER4]))
+        self.assertEqual(len(self.handle.filters), 1)  # still nothing to match: no reinstall
+        reader.watch(frozenset([CLIENT4]))
+        self.assertEqual(
+            self.handle.filters[-1], knock_filter(PROTO_TCP, [CLIENT4], [SERVER4], CONTROL_PORT)
+        )
+        reader.watch(frozenset([CLIENT4]))
+        reader.watch(frozenset([MAPPED_CLIENT4]))  # the same address
+        reader.set_destinations(frozenset([SERVER4]))
+        self.assertEqual(len(self.handle.filters), 2)
+        reader.watch(frozenset([CLIENT4, OTHER4]))
+        self.assertEqual(len(self.handle.filters), 3)
+        reader.watch(frozenset())
+        self.assertEqual(self.handle.filters[-1], MATCH_NOTHING)
+        self.assertEqual(reader.installed_filter, MATCH_NOTHING)
+
+    def test_setsGivenBeforeStart(self) -> None:
+        reader = self.make()
+        reader.watch(frozenset([CLIENT4]))
+        reader.set_destinations(frozenset([SERVER4]))
+        self.assertEqual(self.handle.filters, [])
+        reader.start()
+        self.assertEqual(
+            self.handle.filters,
+            [MATCH_NOTHING, knock_filter(PROTO_TCP, [CLIENT4], [SERVER4], CONTROL_PORT)],
+        )
+
+    def test_deliversKnocks(self) -> None:
+        reader = self.started()
+        self.feed(packet4(PROTO_TCP, 2222), packet6(PROTO_TCP, 3333))
+        reader.doRead()
+        self.assertEqual(
+            self.knocks,
+            [Knock(CLIENT4, SERVER4, PROTO_TCP, 2222), Knock(CLIENT6, SERVER6, PROTO_TCP, 3333)],
+        )
+        self.assertEqual((reader.packets_seen, reader.knocks_accepted), (2, 2))
+
+    def test_userlandChecks(self) -> None:
+        # Packets a stale or broad kernel filter could let through are still refused.
+        reader = self.started()
+        self.feed(
+            packet4(PROTO_TCP, 1, source=OTHER4),
+            packet4(PROTO_TCP, 2, destination=SECOND_SERVER4),
+            packet4(PROTO_UDP, 3),
+            packet4(PROTO_TCP, 4, SYN | ACK),
+            packet6(PROTO_TCP, 5, source=OTHER6),
+            b"garbage",
+            packet4(PROTO_TCP, 6),
+        )
+        reader.doRead()
+        self.assertEqual(self.knocks, [Knock(CLIENT4, SERVER4, PROTO_TCP, 6)])
+        self.assertEqual((reader.packets_seen, reader.knocks_accepted), (7, 1))
+
+    def test_udpKnocksButNotControlPort(self) -> None:
+        reader = self.started(PROTO_UDP)
+        self.feed(packet4(PROTO_UDP, CONTROL_PORT), packet4(PROTO_TCP, 7), packet4(PROTO_UDP, 7))
+        reader.doRead()
+        self.assertEqual(self.knocks, [Knock(CLIENT4, SERVER4, PROTO_UDP, 7)])
+
+    def test_handlerFailureIsolated(self) -> None:
+        calls: List[Knock] = []
+
+        def on_knock(knock: Knock) -> None:
+            calls.append(knock)
+            if len(calls) == 1:
+                raise ZeroDivisionError("handler bug")
+
+        reader = KnockCapture(
+            self.reactor, "eth0", PROTO_TCP, CONTROL_PORT, on_knock, lambda name: self.handle
+        )
+        reader.start()
+        reader.set_destinations(frozenset([SERVER4]))
+        reader.watch(frozenset([CLIENT4]))
+        self.feed(packet4(PROTO_TCP, 1), packet4(PROTO_TCP, 2))
+        reader.doRead()
+        self.assertEqual([knock.port for knock in calls], [1, 2])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIn(reader, self.reactor.getReaders())
+
+    def test_boundedPerRead(self) -> None:
+        reader = self.started(max_per_read=10)
+        self.feed(*(packet4(PROTO_TCP, port) for port in range(1, 26)))
+        reader.doRead()
+        self.assertEqual(len(self.knocks), 10)
+        self.assertTrue(all(count <= 10 for count in self.handle.dispatches))
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.reactor.advance(0)  # runs the continuations, each bounded, until nothing is left
+        self.assertEqual([knock.port for knock in self.knocks], list(range(1, 26)))
+        self.assertTrue(all(count <= 10 for count in self.handle.dispatches))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_stopClosesAndCancels(self) -> None:
+        reader = self.started(max_per_read=1)
+        self.feed(packet4(PROTO_TCP, 1), packet4(PROTO_TCP, 2))
+        reader.doRead()
+        reader.stop()
+        self.assertTrue(self.handle.closed)
+        self.assertNotIn(reader, self.reactor.getReaders())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(reader.fileno(), -1)
+        reader.stop()  # harmless
+        reader.doRead()  # a late call from the reactor does nothing
+        self.assertEqual(len(self.knocks), 1)
+
+    def test_connectionLostCloses(self) -> None:
+        reader = self.started()
+        reader.connectionLost(Failure(OSError("gone")))
+        self.assertTrue(self.handle.closed)
+
+    def test_readErrorLogged(self) -> None:
+        reader = self.started()
+
+        def broken(count, callback):
+            raise pcapy.PcapError("The interface went down")
+
+        self.handle.dispatch = broken
+        reader.doRead()  # logged, not raised
+        self.assertEqual(self.knocks, [])
+
+    def test_fallbackWhenTheExactFilterFails(self) -> None:
+        handle = FakeHandle(reject=lambda text: "src host" in text)
+        reader = self.started(handle=handle)
+        self.assertNotIn("src host", reader.installed_filter)
+        self.assertIn("dst host", reader.installed_filter)
+        handle.frames.extend(
+            [framed(1, packet4(PROTO_TCP, 1, source=OTHER4)), framed(1, packet4(PROTO_TCP, 2))]
+        )
+        reader.doRead()
+        self.assertEqual([knock.port for knock in self.knocks], [2])
+
+    def test_unsupportedLinkType(self) -> None:
+        handle = FakeHandle(datalink=1)
+        handle.datalink = lambda: 127  # radiotap
+        reader = self.make(handle=handle)
+        error = self.assertRaises(CaptureError, reader.start)
+        self.assertIn("link type 127", str(error))
+        self.assertTrue(handle.closed)
+        self.assertEqual(self.reactor.getReaders(), [])
+
+    def test_badProtocol(self) -> None:
+        self.assertRaises(ValueError, self.make, 1)
+
+
+class CaptureServiceTests(SynchronousTestCase):
+    """
+    The service starts and stops its capture.
+    """
+
+    def test_lifetime(self) -> None:
+        reactor = MemoryReactorClock()
+        handle = FakeHandle()
+        reader = KnockCapture(
+            reactor, "eth0", PROTO_TCP, CONTROL_PORT, lambda knock: None, lambda n: handle
+        )
+        service = CaptureService(reader)
+        service.startService()
+        self.assertTrue(service.running)
+        self.assertIn(reader, reactor.getReaders())
+        service.stopService()
+        self.assertFalse(service.running)
+        self.assertTrue(handle.closed)
+
+    def test_startFailureNotRunning(self) -> None:
+        reader = KnockCapture(
+            MemoryReactorClock(), "nosuchif0", PROTO_TCP, CONTROL_PORT, lambda knock: None
+        )
+        service = CaptureService(reader)
+        self.assertRaises(CaptureError, service.startService)
+        self.assertFalse(service.running)
+
+
+class OpenLiveHandleTests(SynchronousTestCase):
+    """
+    Opening a real interface fails with a message an operator can act on.
+    """
+
+    def test_noSuchInterface(self) -> None:
+        error = self.assertRaises(CaptureError, open_live_handle, "nosuchif0")
+        self.assertEqual(str(error), "interface nosuchif0: no such device")
+
+    def test_startNoSuchInterface(self) -> None:
+        reactor = MemoryReactorClock()
+        reader = KnockCapture(reactor, "nosuchif0", PROTO_TCP, CONTROL_PORT, lambda knock: None)
+        self.assertRaises(CaptureError, reader.start)
+        self.assertEqual(reactor.getReaders(), [])
+
+    def fake_create(self, status: int) -> Tuple[Callable[[str], Any], List[str]]:
+        calls: List[str] = []
+
+        class Handle:
+            def __getattr__(self, name: str):
+                return lambda *args: calls.append(name)
+
+            def activate(self) -> int:
+                calls.append("activate")
+                return status
+
+        return (lambda interface: Handle()), calls
+
+    def test_permissionDenied(self) -> None:
+        create, calls = self.fake_create(-8)
+        error = self.assertRaises(CaptureError, open_live_handle, "eth0", create)
+        self.assertIn("permission denied", str(error))
+        self.assertIn("CAP_NET_RAW", str(error))
+        self.assertEqual(calls[-1], "close")
+
+    def test_interfaceDown(self) -> None:
+        create, calls = self.fake_create(-9)
+        error = self.assertRaises(CaptureError, open_live_handle, "eth0", create)
+        self.assertEqual(str(error), "interface eth0: interface is down")
+
+    def test_settings(self) -> None:
+        create, calls = self.fake_create(0)
+        open_live_handle("eth0", create)
+        self.assertEqual(
+            calls,
+            [
+                "set_snaplen",
+                "set_promisc",
+                "set_timeout",
+                "set_buffer_size",
+                "activate",
+                "setnonblock",
+            ],
+        )
+
+    def test_warningIsNotAnError(self) -> None:
+        create, calls = self.fake_create(2)  # PCAP_WARNING_PROMISC_NOTSUP
+        open_live_handle("eth0", create)
+        self.assertIn("setnonblock", calls)
+
+    def test_liveLoopback(self) -> None:
+        try:
+            handle = open_live_handle("lo")
+        except CaptureError as error:
+            raise self.skipTest(f"cannot capture on lo here: {error}")
+        self.addCleanup(handle.close)
+        self.assertEqual(handle.datalink(), 1)
+        self.assertGreaterEqual(handle.getfd(), 0)
+        self.assertEqual(handle.dispatch(10, lambda header, data: None), 0)  # non-blocking
