@@ -10,11 +10,12 @@ owner when that connection came (so the listener can stop) and when it ended.
 """
 
 import ipaddress
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from twisted.internet.interfaces import IAddress, IReactorTCP
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTCP
 from twisted.logger import Logger
 from twisted.protocols import portforward
+from zope.interface import implementer
 
 from sig2knock.wire import IPAddress
 
@@ -33,12 +34,57 @@ def normalize_address(host: str) -> Optional[IPAddress]:
     return address
 
 
+class HalfCloseRelay:
+    """
+    Passes a half-close through the proxy: when one side ends its sending (``shutdown(SHUT_WR)``,
+    as ``ssh`` and ``sig2knockc --stdio`` do at end of input), the other side's sending is ended
+    too, and answers still in flight keep flowing back. The connection closes once both
+    directions have ended. (portforward alone closes everything at the first end of input,
+    cutting off the answer.)
+    """
+
+    peer: Optional[portforward.Proxy]
+    transport: Any
+    _readDone = False
+    _writeDone = False
+
+    def readConnectionLost(self) -> None:
+        """
+        This side will send no more: end the peer's sending side once its buffer is written.
+        """
+        self._readDone = True
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseWriteConnection()
+        else:
+            self.transport.loseConnection()
+        if self._writeDone:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our sending side has ended; close once the other direction has ended too.
+        """
+        self._writeDone = True
+        if self._readDone:
+            self.transport.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class ForwardClient(HalfCloseRelay, portforward.ProxyClient):
+    """
+    The connection to the hidden service.
+    """
+
+    noisy = False
+
+
 class ForwardClientFactory(portforward.ProxyClientFactory):
     """
     The outgoing side of a granted connection; says so in the log when the hidden service cannot
     be reached (the client's connection is then closed).
     """
 
+    protocol = ForwardClient
     noisy = False
     log = Logger()
 
@@ -54,7 +100,8 @@ class ForwardClientFactory(portforward.ProxyClientFactory):
         super().clientConnectionFailed(connector, reason)
 
 
-class GrantProxyServer(portforward.ProxyServer):
+@implementer(IHalfCloseableProtocol)
+class GrantProxyServer(HalfCloseRelay, portforward.ProxyServer):
     """
     The accepted side of a granted connection: checks the peer, then forwards like portforward.
     """

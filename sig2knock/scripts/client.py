@@ -1,23 +1,30 @@
 """
-``sig2knockc SERVER PORT``: knock on a sig2knock server and print the port it opens.
+``sig2knockc SERVER PORT``: knock on a sig2knock server and print the port it opens, run a command
+with it (``--exec``), or relay standard input and output to it (``--stdio``).
 
 Start-up time matters here (every login pays it), so this module imports neither Twisted nor
-anything else it does not need; ``sig2knock.wire`` and ``sig2knock.kdf`` are Twisted-free.
+anything else it does not need; ``sig2knock.client``, ``wire`` and ``kdf`` are Twisted-free.
 """
 
 import argparse
 import getpass
 import os
+import shlex
 import stat
 import sys
+import time
 from typing import List, Optional, TextIO
 
 from sig2knock import __version__
+from sig2knock.client import DEFAULT_KNOCKS, ClientError, connect, knock, relay, user_key
 from sig2knock.kdf import KdfError, KdfParams, check_user_name
+from sig2knock.wire import MAX_KNOCKS, PROTO_TCP, PROTO_UDP
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+_PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
 
 
 class PasswordError(Exception):
@@ -64,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("tcp", "udp"),
         default="tcp",
         help="knock with TCP SYNs or UDP datagrams; must match the server's KNOCK_PROTO"
+        " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--knocks",
+        type=int,
+        default=DEFAULT_KNOCKS,
+        metavar="N",
+        help=f"knock N random ports (1-{MAX_KNOCKS}); must be at least the server's KNOCK_COUNT"
         " (default: %(default)s)",
     )
     parser.add_argument(
@@ -123,9 +138,29 @@ def read_password(options: argparse.Namespace, stdin: TextIO = sys.stdin) -> str
         return read_password_file(options.password_file)
     if options.password_stdin:
         return stdin.readline().rstrip("\r\n")
-    if not stdin.isatty():
-        raise PasswordError("no terminal to ask for the password on; use --password-stdin")
+    if not stdin.isatty() and not (options.stdio and _have_terminal()):
+        hint = "--password-file" if options.stdio else "--password-stdin"
+        raise PasswordError(f"no terminal to ask for the password on; use {hint}")
     return getpass.getpass(f"Password for {options.user}@{options.server}: ")
+
+
+def _have_terminal() -> bool:
+    """
+    Whether a controlling terminal can be opened (getpass prompts there, not on stdin).
+    """
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return False
+    return True
+
+
+def command_line(template: str, port: int, host: str) -> List[str]:
+    """
+    ``--exec``'s COMMAND split like a shell would, with ``{port}`` and ``{host}`` filled in each
+    word. Raises ``ValueError`` for unbalanced quotes or braces, ``KeyError`` for unknown fields.
+    """
+    return [word.format(port=port, host=host) for word in shlex.split(template)]
 
 
 def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
@@ -136,6 +171,8 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
         parser.error(f"PORT {options.port} is not a port number (1-65535)")
     if not options.timeout > 0:
         parser.error("--timeout must be a positive number of seconds")
+    if not 1 <= options.knocks <= MAX_KNOCKS:
+        parser.error(f"--knocks must be from 1 to {MAX_KNOCKS}")
     try:
         check_user_name(options.user)
         KdfParams.parse(options.kdf)
@@ -143,6 +180,62 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
         parser.error(str(error))
     if options.password_stdin and options.stdio:
         parser.error("--stdio relays standard input, so the password cannot come from it")
+    if options.command is not None:
+        try:
+            words = command_line(options.command, 1, options.server)
+        except (KeyError, IndexError) as error:
+            parser.error(f"--exec: unknown field {{{error.args[0]}}}: only {{port}} and {{host}}")
+        except ValueError as error:
+            parser.error(f"--exec: {error}")
+        if not words:
+            parser.error("--exec: empty command")
+
+
+def _report(line: str) -> None:
+    print(f"sig2knockc: {line}", file=sys.stderr, flush=True)
+
+
+def _silent(line: str) -> None:
+    pass
+
+
+def run(options: argparse.Namespace) -> int:
+    """
+    Derive the key, knock, and act on the grant as the options say. Returns the exit status
+    (unless ``--exec`` replaces the process).
+    """
+    report = _report if options.verbose else _silent
+    password = read_password(options)
+    if not password:
+        raise PasswordError("the password is empty")
+    started = time.monotonic()
+    key = user_key(password, options.user, options.kdf)
+    report(f"key derived in {(time.monotonic() - started) * 1000:.0f} ms")
+    result = knock(
+        options.server,
+        options.port,
+        key,
+        protocol=_PROTOCOLS[options.knock_proto],
+        knocks=options.knocks,
+        timeout=options.timeout,
+        report=report,
+    )
+    if options.command is not None:
+        words = command_line(options.command, result.port, options.server)
+        report(f"running {words[0]}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execvp(words[0], words)
+        except OSError as error:
+            raise ClientError(f"cannot run {words[0]}: {error.strerror or error}") from None
+    if options.stdio:
+        with connect(result, options.timeout) as sock:
+            report(f"connected to {result.target.address} port {result.port}")
+            relay(sock)
+        return EXIT_OK
+    print(result.port, flush=True)
+    return EXIT_OK
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -153,17 +246,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     options = parser.parse_args(argv)
     check_options(parser, options)
     try:
-        read_password(options)
-    except PasswordError as error:
+        return run(options)
+    except (PasswordError, ClientError) as error:
         print(f"sig2knockc: {error}", file=sys.stderr)
-        return EXIT_FAILED
     except (KeyboardInterrupt, EOFError):
         print("sig2knockc: interrupted", file=sys.stderr)
-        return EXIT_FAILED
-    print(
-        "sig2knockc: knocking is not available in this version yet: the daemon side lands first",
-        file=sys.stderr,
-    )
+    except OSError as error:
+        print(f"sig2knockc: {error.strerror or error}", file=sys.stderr)
     return EXIT_FAILED
 
 

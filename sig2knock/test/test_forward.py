@@ -108,10 +108,44 @@ class ForwardFactoryTests(SynchronousTestCase):
         granted.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.ends, ["end"])
 
+    def test_halfCloseLetsTheAnswerBack(self) -> None:
+        """
+        End of input from the client ends only the service's input: the service's answer still
+        comes back, and the connection closes when both directions are done.
+        """
+        client_transport = HalfClosingTransport(peerAddress=IPv4Address("TCP", "198.18.0.2", 1))
+        accepted = self.factory.buildProtocol(client_transport.getPeer())
+        accepted.makeConnection(client_transport)
+        (_, _, client_factory, _, _) = self.reactor.tcpClients[0]
+        outgoing = client_factory.buildProtocol(None)
+        service_transport = HalfClosingTransport()
+        outgoing.makeConnection(service_transport)
+        accepted.dataReceived(b"question")
+        accepted.readConnectionLost()
+        self.assertTrue(service_transport.write_closed)
+        self.assertFalse(client_transport.disconnecting)
+        outgoing.writeConnectionLost()
+        outgoing.dataReceived(b"answer")
+        self.assertEqual(client_transport.value(), b"answer")
+        outgoing.readConnectionLost()
+        self.assertTrue(client_transport.write_closed)
+        self.assertTrue(service_transport.disconnecting)
+
     def test_normalizeAddress(self) -> None:
         self.assertEqual(normalize_address("::ffff:198.18.0.2"), CLIENT)
         self.assertEqual(normalize_address("fe80::1%eth0"), ipaddress.ip_address("fe80::1"))
         self.assertIsNone(normalize_address("not an address"))
+
+
+class HalfClosingTransport(StringTransport):
+    """
+    A string transport that records a half-close.
+    """
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
 
 
 class RecordingPort:

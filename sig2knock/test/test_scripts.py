@@ -160,7 +160,7 @@ class DaemonCommandTests(SynchronousTestCase):
         """
         path = write_config(self.directory, {"BOGUS_KEY": "1"})
         result = run_module(DAEMON, ["-c", path])
-        self.assertOneLineError(result, f"{path}:7: BOGUS_KEY: unknown key")
+        self.assertOneLineError(result, f"{path}:8: BOGUS_KEY: unknown key")
 
     def test_runsUntilTerminated(self) -> None:
         """

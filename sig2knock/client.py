@@ -1,0 +1,392 @@
+"""
+The client side of the exchange: send P1, knock, send P2, wait for P3 (docs/PROTOCOL.md §1).
+
+Plain sockets only: no raw sockets, no root, and no Twisted (every login pays the client's start-up
+time). The server only captures a source's knocks once it has processed that source's P1, so the
+first knocks are often missed; the client therefore repeats the whole round (P1, knocks, P2, each
+P1/P2 freshly encrypted, same session id and ports) on a short doubling schedule until P3 arrives
+or the timeout passes. Repeats are harmless: the server ignores duplicate knocks and answers a
+repeated P2 with the same P3.
+
+Clock, sockets and randomness are injected so that the exchange can be tested deterministically.
+"""
+
+import os
+import random
+import secrets
+import select
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+from sig2knock import wire
+from sig2knock.kdf import KdfParams, derive_key
+from sig2knock.wire import Binding, Confirm, Grant, KnockRequest, MessageRejected, UserKey
+
+# How far P3's timestamp may be from this clock. Generous on purpose: the server enforces its own
+# MAX_CLOCK_SKEW on P1/P2, and P3 is already tied to this session's random id.
+MAX_SKEW = 300.0
+DEFAULT_KNOCKS = 4
+DEFAULT_TIMEOUT = 10.0
+KNOCK_PORT_MIN = 1024
+KNOCK_PORT_MAX = 65535
+_RECV_SIZE = 2048
+
+SocketFactory = Callable[[int, int], Any]
+Reporter = Callable[[str], None]
+
+
+class ClientError(Exception):
+    """
+    The exchange failed; the message is one line for the user and never contains the password.
+    """
+
+
+def _quiet(line: str) -> None:
+    """
+    The default reporter: says nothing.
+    """
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """
+    How long to wait for P3 after each round: ``first``, doubling each round, at most ``cap``.
+    """
+
+    first: float = 0.01
+    factor: float = 2.0
+    cap: float = 1.0
+
+    def intervals(self) -> Iterator[float]:
+        """
+        The wait after round 1, 2, 3, ... (an endless iterator).
+        """
+        interval = self.first
+        while True:
+            yield min(interval, self.cap)
+            interval = min(interval * self.factor, self.cap)
+
+
+@dataclass(frozen=True)
+class Target:
+    """
+    The server as resolved: socket family, numeric address, control port, socket address, and
+    the name it was resolved from (for messages).
+    """
+
+    family: int
+    address: str
+    port: int
+    sockaddr: Tuple[Any, ...]
+    name: str = ""
+
+    def __str__(self) -> str:
+        if self.name and self.name != self.address:
+            return f"{self.name} ({self.address}) port {self.port}"
+        return f"{self.address} port {self.port}"
+
+    @property
+    def binding(self) -> Binding:
+        """
+        What messages of this exchange are bound to: the server address and control port.
+        """
+        return Binding.of(self.address, self.port)
+
+    def sockaddr_for(self, port: int) -> Tuple[Any, ...]:
+        """
+        The socket address of ``port`` on the server (keeps IPv6 flow info and scope).
+        """
+        return (self.sockaddr[0], port) + tuple(self.sockaddr[2:])
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    """
+    A successful exchange: the assigned ``port`` on ``target``, open until ``deadline_ms``.
+    """
+
+    target: Target
+    port: int
+    deadline_ms: int
+    session_id: bytes
+    rounds: int
+
+
+def resolve(
+    server: str, port: int, getaddrinfo: Callable[..., List[Any]] = socket.getaddrinfo
+) -> Target:
+    """
+    Resolve ``server`` for UDP and take the first result (IPv4 or IPv6); raise ``ClientError``.
+    """
+    try:
+        results = getaddrinfo(server, port, 0, socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError) as error:
+        detail = getattr(error, "strerror", None) or str(error)
+        raise ClientError(f"cannot resolve {server}: {detail}") from None
+    if not results:
+        raise ClientError(f"cannot resolve {server}: no address")
+    family, _, _, _, sockaddr = results[0]
+    return Target(family, str(sockaddr[0]), port, tuple(sockaddr), server)
+
+
+def user_key(password: str, user: str, kdf: str) -> UserKey:
+    """
+    ``user``'s key from ``password`` with the scrypt parameters ``kdf`` (``scrypt:n=..,r=..,p=..``).
+    """
+    return UserKey(user, derive_key(password, user, KdfParams.parse(kdf)))
+
+
+def choose_ports(rng: random.Random, count: int, control_port: int) -> Tuple[int, ...]:
+    """
+    ``count`` distinct random knock ports from 1024-65535, never the control port.
+    """
+    if not 1 <= count <= wire.MAX_KNOCKS:
+        raise ValueError(f"a knock sequence has 1 to {wire.MAX_KNOCKS} ports, not {count}")
+    population = [
+        port for port in range(KNOCK_PORT_MIN, KNOCK_PORT_MAX + 1) if port != control_port
+    ]
+    return tuple(rng.sample(population, count))
+
+
+class Knocker:
+    """
+    One exchange with one server: rounds of P1, knocks and P2 until a P3 for this session arrives.
+
+    ``clock`` gives the time for message timestamps and for checking P3, ``monotonic`` measures the
+    timeout and the retry intervals, ``socket_factory(family, type)`` makes the sockets, ``rng``
+    chooses the knock ports and ``new_session_id`` the session id. Tests replace them all.
+    """
+
+    def __init__(
+        self,
+        user: UserKey,
+        target: Target,
+        *,
+        protocol: int = wire.PROTO_TCP,
+        knocks: int = DEFAULT_KNOCKS,
+        timeout: float = DEFAULT_TIMEOUT,
+        schedule: RetrySchedule = RetrySchedule(),
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        socket_factory: SocketFactory = socket.socket,
+        rng: Optional[random.Random] = None,
+        new_session_id: Callable[[], bytes] = wire.new_session_id,
+        report: Reporter = _quiet,
+    ) -> None:
+        if protocol not in wire.PROTOCOL_NAMES:
+            raise ValueError(f"knock protocol {protocol!r} is neither TCP nor UDP")
+        self.user = user
+        self.target = target
+        self.binding = target.binding
+        self.protocol = protocol
+        self.timeout = timeout
+        self.schedule = schedule
+        self.clock = clock
+        self.monotonic = monotonic
+        self.socket_factory = socket_factory
+        self.rng = rng if rng is not None else secrets.SystemRandom()
+        self.session_id = new_session_id()
+        self.ports = choose_ports(self.rng, knocks, target.port)
+        self.report = report
+
+    def run(self) -> GrantResult:
+        """
+        Knock until granted; raise ``ClientError`` when no P3 came within the timeout.
+        """
+        deadline = self.monotonic() + self.timeout
+        control = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
+        knocker = None
+        if self.protocol == wire.PROTO_UDP:
+            knocker = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
+        try:
+            rounds = 0
+            for interval in self.schedule.intervals():
+                if self.monotonic() >= deadline:
+                    break
+                rounds += 1
+                self._round(control, knocker, rounds)
+                grant = self._await_grant(control, min(self.monotonic() + interval, deadline))
+                if grant is not None:
+                    deadline_s = grant.deadline_ms / 1000
+                    self.report(
+                        f"P3 received: port {grant.port}, deadline"
+                        f" {time.strftime('%H:%M:%S', time.localtime(deadline_s))}"
+                        f" (in {deadline_s - self.clock():.1f} s; round {rounds})"
+                    )
+                    return GrantResult(
+                        self.target, grant.port, grant.deadline_ms, self.session_id, rounds
+                    )
+        finally:
+            control.close()
+            if knocker is not None:
+                knocker.close()
+        raise ClientError(
+            f"no answer from {self.target} within"
+            f" {self.timeout:g} s: wrong user or password, a knock port filtered on the way,"
+            " the server's clock more than MAX_CLOCK_SKEW away from this one,"
+            " or the server is down"
+        )
+
+    def _round(self, control: Any, knocker: Any, number: int) -> None:
+        """
+        Send P1, the knocks and P2, each P1/P2 freshly encrypted.
+        """
+        request = KnockRequest(
+            self.session_id, wire.now_ms(self.clock()), self.protocol, self.ports
+        )
+        self._send_control(control, wire.encode(request, self.user, self.binding))
+        self.report(f"round {number}: P1 sent to {self.target}")
+        for port in self.ports:
+            if knocker is None:
+                self._knock_tcp(port)
+            else:
+                self._knock_udp(knocker, port)
+        self.report(
+            f"round {number}: knocked {wire.PROTOCOL_NAMES[self.protocol]}"
+            f" {' '.join(map(str, self.ports))}"
+        )
+        confirm = Confirm(self.session_id, wire.now_ms(self.clock()))
+        self._send_control(control, wire.encode(confirm, self.user, self.binding))
+        self.report(f"round {number}: P2 sent")
+
+    def _send_control(self, control: Any, data: bytes) -> None:
+        try:
+            control.sendto(data, self.target.sockaddr)
+        except OSError:
+            pass  # e.g. a late ICMP error reported here; the next round tries again
+
+    def _knock_tcp(self, port: int) -> None:
+        """
+        One SYN: a non-blocking connect (Linux sends the SYN inside it), closed at once so the
+        kernel never retransmits it.
+        """
+        sock = self.socket_factory(self.target.family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.connect_ex(self.target.sockaddr_for(port))
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def _knock_udp(self, knocker: Any, port: int) -> None:
+        """
+        One datagram of one random byte.
+        """
+        try:
+            knocker.sendto(bytes([self.rng.getrandbits(8)]), self.target.sockaddr_for(port))
+        except OSError:
+            pass
+
+    def _await_grant(self, control: Any, until: float) -> Optional[Grant]:
+        """
+        The P3 of this session if one arrives from the server before ``until``, else ``None``.
+        """
+        while True:
+            remaining = until - self.monotonic()
+            if remaining <= 0:
+                return None
+            control.settimeout(remaining)
+            try:
+                data, source = control.recvfrom(_RECV_SIZE)
+            except socket.timeout:
+                return None
+            except OSError:
+                continue  # ConnectionRefusedError and the like: an old ICMP error, carry on
+            grant = self._grant_from(data, source)
+            if grant is not None:
+                return grant
+
+    def _grant_from(self, data: bytes, source: Sequence[Any]) -> Optional[Grant]:
+        try:
+            if Binding.of(str(source[0]), int(source[1])) != self.binding:
+                return None
+        except (ValueError, TypeError, IndexError):
+            return None
+        try:
+            received = wire.decode(
+                data,
+                keys={self.user.key_id: self.user},
+                bindings=(self.binding,),
+                expect=(wire.TYPE_GRANT,),
+                now=self.clock(),
+                max_skew=MAX_SKEW,
+            )
+        except MessageRejected:
+            return None
+        message = received.message
+        if not isinstance(message, Grant) or message.session_id != self.session_id:
+            return None
+        return message
+
+
+def knock(
+    server: str,
+    port: int,
+    user: UserKey,
+    *,
+    protocol: int = wire.PROTO_TCP,
+    knocks: int = DEFAULT_KNOCKS,
+    timeout: float = DEFAULT_TIMEOUT,
+    report: Reporter = _quiet,
+) -> GrantResult:
+    """
+    Resolve ``server`` and run one exchange with its control ``port``; raise ``ClientError``.
+    """
+    target = resolve(server, port)
+    knocker = Knocker(
+        user, target, protocol=protocol, knocks=knocks, timeout=timeout, report=report
+    )
+    return knocker.run()
+
+
+def connect(result: GrantResult, timeout: float = DEFAULT_TIMEOUT) -> socket.socket:
+    """
+    A TCP connection to the assigned port; raise ``ClientError``.
+    """
+    sock = socket.socket(result.target.family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(result.target.sockaddr_for(result.port))
+        sock.settimeout(None)
+    except OSError as error:
+        sock.close()
+        raise ClientError(
+            f"cannot connect to {result.target.address} port {result.port}:"
+            f" {error.strerror or error}"
+        ) from None
+    return sock
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def relay(sock: socket.socket, input_fd: int = 0, output_fd: int = 1) -> None:
+    """
+    Copy ``input_fd`` to ``sock`` and ``sock`` to ``output_fd`` until the socket closes; at EOF on
+    the input, half-close the socket so the peer sees it.
+    """
+    reading_input = True
+    while True:
+        watched = [sock, input_fd] if reading_input else [sock]
+        readable, _, _ = select.select(watched, [], [])
+        if sock in readable:
+            data = sock.recv(65536)
+            if not data:
+                return
+            _write_all(output_fd, data)
+        if reading_input and input_fd in readable:
+            data = os.read(input_fd, 65536)
+            if data:
+                sock.sendall(data)
+            else:
+                reading_input = False
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    return

@@ -1,0 +1,763 @@
+"""
+Tests for ``sig2knock.client`` and the ``sig2knockc`` command: the retry schedule, the exchange
+against a fake network and clock, a real exchange with a small UDP server on 127.0.0.1, and the
+command line as a subprocess. Nothing leaves the loopback interface.
+"""
+
+import errno
+import itertools
+import os
+import random
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from sig2knock import wire
+from sig2knock.client import (
+    KNOCK_PORT_MAX,
+    KNOCK_PORT_MIN,
+    ClientError,
+    GrantResult,
+    Knocker,
+    RetrySchedule,
+    Target,
+    choose_ports,
+    relay,
+    resolve,
+    user_key,
+)
+from sig2knock.scripts.client import command_line
+from sig2knock.test.common import CHEAP_KDF, run_module
+from sig2knock.wire import Binding, Confirm, Grant, KnockRequest, MessageRejected, UserKey
+
+PASSWORD = "a long enough password"
+USER = user_key(PASSWORD, "alice", CHEAP_KDF.format())
+OTHER_USER = user_key("another password", "bob", CHEAP_KDF.format())
+CLIENT = "sig2knock.scripts.client"
+
+SERVER = "192.0.2.7"  # TEST-NET-1: the fake network never sends anything
+CONTROL_PORT = 1001
+TARGET = Target(socket.AF_INET, SERVER, CONTROL_PORT, (SERVER, CONTROL_PORT))
+BINDING = Binding.of(SERVER, CONTROL_PORT)
+START = 1_700_000_000.0
+SESSION = bytes(range(16))
+
+
+class FakeClock:
+    """
+    A clock that moves only when told (or when a fake socket waits).
+    """
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeSocket:
+    """
+    A socket that records what it sends and answers ``recvfrom`` from its network's inbox.
+    """
+
+    def __init__(self, network: "FakeNetwork", family: int, kind: int) -> None:
+        self.network = network
+        self.family = family
+        self.kind = kind
+        self.timeout: Optional[float] = None
+        self.blocking = True
+        self.closed = False
+
+    def sendto(self, data: bytes, address: Tuple[Any, ...]) -> int:
+        self.network.sent.append(("udp", self, address, bytes(data)))
+        if self.network.send_error is not None:
+            raise self.network.send_error
+        self.network.server(self.network, address, bytes(data))
+        return len(data)
+
+    def setblocking(self, flag: bool) -> None:
+        self.blocking = flag
+
+    def connect_ex(self, address: Tuple[Any, ...]) -> int:
+        self.network.sent.append(("tcp", self, address, b""))
+        return errno.EINPROGRESS
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        self.timeout = timeout
+
+    def recvfrom(self, size: int) -> Tuple[bytes, Tuple[Any, ...]]:
+        assert self.timeout is not None and self.timeout > 0
+        clock = self.network.clock
+        inbox = self.network.inbox
+        inbox.sort(key=lambda item: item[0])
+        if inbox and inbox[0][0] <= clock.now + self.timeout:
+            when, data, source = inbox.pop(0)
+            clock.now = max(clock.now, when)
+            if isinstance(data, BaseException):
+                raise data
+            return data, source
+        clock.now += self.timeout
+        raise socket.timeout("timed out")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def silent_server(network: "FakeNetwork", address: Tuple[Any, ...], data: bytes) -> None:
+    """
+    A server that never answers.
+    """
+
+
+class FakeNetwork:
+    """
+    Sockets, a clock and a server callback ``server(network, address, data)`` for each datagram.
+    """
+
+    def __init__(self, server: Callable[["FakeNetwork", Tuple[Any, ...], bytes], None]) -> None:
+        self.clock = FakeClock()
+        self.server = server
+        self.sent: List[Tuple[str, FakeSocket, Tuple[Any, ...], bytes]] = []
+        self.sockets: List[FakeSocket] = []
+        self.inbox: List[Tuple[float, Any, Tuple[Any, ...]]] = []
+        self.send_error: Optional[OSError] = None
+
+    def socket(self, family: int, kind: int) -> FakeSocket:
+        sock = FakeSocket(self, family, kind)
+        self.sockets.append(sock)
+        return sock
+
+    def deliver(self, delay: float, data: Any, source: Tuple[Any, ...] = TARGET.sockaddr) -> None:
+        self.inbox.append((self.clock.now + delay, data, source))
+
+    def control_messages(self) -> List[wire.Received]:
+        """
+        Every P1/P2 sent to the control port, decoded in order.
+        """
+        return [
+            decode_request(data, self.clock.now)
+            for kind, _, address, data in self.sent
+            if kind == "udp" and address == TARGET.sockaddr
+        ]
+
+    def knocks(self) -> List[Tuple[str, int]]:
+        return [
+            (kind, address[1])
+            for kind, _, address, _ in self.sent
+            if address != TARGET.sockaddr
+        ]
+
+
+def decode_request(data: bytes, now: float, binding: Binding = BINDING) -> wire.Received:
+    return wire.decode(
+        data,
+        keys={USER.key_id: USER},
+        bindings=(binding,),
+        expect=(wire.TYPE_KNOCK_REQUEST, wire.TYPE_CONFIRM),
+        now=now,
+        max_skew=60,
+    )
+
+
+def grant_bytes(
+    session_id: bytes,
+    now: float,
+    port: int = 40001,
+    user: UserKey = USER,
+    binding: Binding = BINDING,
+) -> bytes:
+    message = Grant(session_id, wire.now_ms(now), port, wire.now_ms(now + 10))
+    return wire.encode(message, user, binding)
+
+
+def grant_on_confirm(number: int, port: int = 40001) -> Callable[..., None]:
+    """
+    A server that answers the ``number``-th P2 (and later ones) with a P3 after 1 ms.
+    """
+    confirms = []
+
+    def server(network: FakeNetwork, address: Tuple[Any, ...], data: bytes) -> None:
+        if address != TARGET.sockaddr:
+            return
+        received = decode_request(data, network.clock.now)
+        if isinstance(received.message, Confirm):
+            confirms.append(received)
+            if len(confirms) >= number:
+                network.deliver(
+                    0.001, grant_bytes(received.message.session_id, network.clock.now, port)
+                )
+
+    return server
+
+
+class FixedRandom(random.Random):
+    """
+    A random source whose ``sample`` returns given ports (and checks what it was asked).
+    """
+
+    def __init__(self, ports: Sequence[int]) -> None:
+        super().__init__(0)
+        self.ports = tuple(ports)
+        self.population: Optional[Sequence[int]] = None
+
+    def sample(  # type: ignore[override]
+        self, population: Sequence[int], k: int, **kwargs: Any
+    ) -> List[int]:
+        self.population = population
+        assert k == len(self.ports)
+        return list(self.ports)
+
+
+def knocker(network: FakeNetwork, **kwargs: Any) -> Knocker:
+    kwargs.setdefault("timeout", 10.0)
+    return Knocker(
+        USER,
+        TARGET,
+        clock=network.clock,
+        monotonic=network.clock,
+        socket_factory=network.socket,
+        rng=random.Random(1),
+        new_session_id=lambda: SESSION,
+        **kwargs,
+    )
+
+
+class RetryScheduleTests(SynchronousTestCase):
+    """
+    The wait for P3 starts at 10 ms and doubles up to 1 s.
+    """
+
+    def test_default(self) -> None:
+        intervals = list(itertools.islice(RetrySchedule().intervals(), 10))
+        expected = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0, 1.0]
+        self.assertEqual(len(intervals), len(expected))
+        for got, want in zip(intervals, expected):
+            self.assertAlmostEqual(got, want)
+
+    def test_custom(self) -> None:
+        schedule = RetrySchedule(first=1.0, factor=3.0, cap=5.0)
+        self.assertEqual(list(itertools.islice(schedule.intervals(), 4)), [1.0, 3.0, 5.0, 5.0])
+
+
+class ChoosePortsTests(SynchronousTestCase):
+    """
+    Knock ports are distinct, above 1023, and never the control port.
+    """
+
+    def test_distinctInRange(self) -> None:
+        ports = choose_ports(random.Random(7), 64, 1001)
+        self.assertEqual(len(set(ports)), 64)
+        for port in ports:
+            self.assertTrue(KNOCK_PORT_MIN <= port <= KNOCK_PORT_MAX)
+
+    def test_excludesControlPort(self) -> None:
+        rng = FixedRandom([2000])
+        choose_ports(rng, 1, 5000)
+        assert rng.population is not None
+        self.assertNotIn(5000, rng.population)
+        self.assertEqual(len(rng.population), KNOCK_PORT_MAX - KNOCK_PORT_MIN)
+        self.assertEqual((min(rng.population), max(rng.population)), (1024, 65535))
+
+    def test_countChecked(self) -> None:
+        for count in (0, 65):
+            self.assertRaises(ValueError, choose_ports, random.Random(), count, 1001)
+
+
+class ResolveTests(SynchronousTestCase):
+    """
+    The first getaddrinfo result is the target; failures are a ``ClientError``.
+    """
+
+    def test_ipv4(self) -> None:
+        target = resolve("127.0.0.1", 1001)
+        self.assertEqual(
+            (target.family, target.address, target.port), (socket.AF_INET, "127.0.0.1", 1001)
+        )
+        self.assertEqual(target.binding, Binding.of("127.0.0.1", 1001))
+        self.assertEqual(target.sockaddr_for(2000), ("127.0.0.1", 2000))
+
+    def test_ipv6FirstResult(self) -> None:
+        def getaddrinfo(*args: Any) -> List[Any]:
+            return [
+                (socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("2001:db8::1", 1001, 0, 3)),
+                (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("192.0.2.1", 1001)),
+            ]
+
+        target = resolve("example", 1001, getaddrinfo)
+        self.assertEqual(str(target), "example (2001:db8::1) port 1001")
+        self.assertEqual(target.family, socket.AF_INET6)
+        self.assertEqual(target.binding, Binding.of("2001:db8::1", 1001))
+        self.assertEqual(target.sockaddr_for(2000), ("2001:db8::1", 2000, 0, 3))
+
+    def test_failure(self) -> None:
+        def getaddrinfo(*args: Any) -> List[Any]:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+        error = self.assertRaises(ClientError, resolve, "nowhere.invalid", 1001, getaddrinfo)
+        self.assertEqual(str(error), "cannot resolve nowhere.invalid: Name or service not known")
+
+
+class KnockerTests(SynchronousTestCase):
+    """
+    The exchange against a fake network: rounds, retries, what is ignored, and the timeout.
+    """
+
+    def assertClosed(self, network: FakeNetwork) -> None:
+        for sock in network.sockets:
+            self.assertTrue(sock.closed)
+
+    def test_firstRound(self) -> None:
+        network = FakeNetwork(grant_on_confirm(1, port=40001))
+        result = knocker(network).run()
+        self.assertIsInstance(result, GrantResult)
+        self.assertEqual((result.port, result.rounds, result.session_id), (40001, 1, SESSION))
+        self.assertEqual(result.deadline_ms, wire.now_ms(START + 10))
+        p1, p2 = network.control_messages()
+        self.assertIsInstance(p1.message, KnockRequest)
+        self.assertIsInstance(p2.message, Confirm)
+        self.assertEqual(p1.message.session_id, SESSION)
+        self.assertEqual(p2.message.session_id, SESSION)
+        self.assertEqual(p1.message.protocol, wire.PROTO_TCP)
+        ports = p1.message.ports
+        self.assertEqual(len(ports), 4)
+        self.assertNotIn(CONTROL_PORT, ports)
+        # P1, then each knock in order as a TCP connect, then P2.
+        self.assertEqual([entry[0] for entry in network.sent], ["udp"] + ["tcp"] * 4 + ["udp"])
+        self.assertEqual(network.knocks(), [("tcp", port) for port in ports])
+        for _, sock, _, _ in network.sent[1:5]:
+            self.assertEqual(sock.kind, socket.SOCK_STREAM)
+            self.assertFalse(sock.blocking)
+        self.assertClosed(network)
+
+    def test_grantAfterThirdRound(self) -> None:
+        """
+        Rounds repeat after 10 ms, then 20 ms; each repeats P1, the same knocks and P2, with fresh
+        nonces and timestamps and the same session id and ports.
+        """
+        network = FakeNetwork(grant_on_confirm(3, port=40002))
+        result = knocker(network).run()
+        self.assertEqual((result.port, result.rounds), (40002, 3))
+        messages = network.control_messages()
+        self.assertEqual(
+            [type(received.message) for received in messages],
+            [KnockRequest, Confirm] * 3,
+        )
+        self.assertEqual(len({received.nonce for received in messages}), 6)
+        self.assertEqual({received.message.session_id for received in messages}, {SESSION})
+        requests = [received.message for received in messages[::2]]
+        self.assertEqual(len({request.ports for request in requests}), 1)
+        self.assertEqual(
+            [request.timestamp_ms - wire.now_ms(START) for request in requests], [0, 10, 30]
+        )
+        self.assertEqual(network.knocks(), [("tcp", port) for port in requests[0].ports] * 3)
+        self.assertAlmostEqual(network.clock.now - START, 0.031, places=5)
+        self.assertClosed(network)
+
+    def test_udpKnocks(self) -> None:
+        network = FakeNetwork(grant_on_confirm(1))
+        knocker(network, protocol=wire.PROTO_UDP, knocks=6).run()
+        p1 = network.control_messages()[0].message
+        self.assertEqual(p1.protocol, wire.PROTO_UDP)
+        self.assertEqual(network.knocks(), [("udp", port) for port in p1.ports])
+        control = network.sent[0][1]
+        for _, sock, _, data in network.sent[1:7]:
+            self.assertEqual(len(data), 1)
+            self.assertEqual(sock.kind, socket.SOCK_DGRAM)
+            self.assertIsNot(sock, control)
+        self.assertClosed(network)
+
+    def test_injectedPorts(self) -> None:
+        network = FakeNetwork(grant_on_confirm(1))
+        Knocker(
+            USER,
+            TARGET,
+            clock=network.clock,
+            monotonic=network.clock,
+            socket_factory=network.socket,
+            rng=FixedRandom([3000, 2000, 4000]),
+            knocks=3,
+        ).run()
+        self.assertEqual(network.knocks(), [("tcp", 3000), ("tcp", 2000), ("tcp", 4000)])
+
+    def test_ignoresOtherDatagrams(self) -> None:
+        """
+        Garbage, a P3 of another session, a P3 from another source, a P3 for another user, one
+        bound to another server, and an ICMP error reported by recvfrom are all skipped.
+        """
+        network = FakeNetwork(silent_server)
+        now = START
+        network.deliver(0.001, b"garbage")
+        network.deliver(0.001, b"\x01" * 90)
+        network.deliver(0.002, grant_bytes(b"\x00" * 16, now, 1111))
+        network.deliver(0.002, grant_bytes(SESSION, now, 2222), source=(SERVER, 1002))
+        network.deliver(0.002, grant_bytes(SESSION, now, 3333), source=("192.0.2.8", 1001))
+        network.deliver(0.003, grant_bytes(SESSION, now, 4444, user=OTHER_USER))
+        network.deliver(
+            0.003, grant_bytes(SESSION, now, 5555, binding=Binding.of("192.0.2.8", 1001))
+        )
+        network.deliver(0.004, ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+        network.deliver(0.004, OSError(errno.EHOSTUNREACH, "unreachable"))
+        network.deliver(0.005, grant_bytes(SESSION, now, 6666))
+        result = knocker(network).run()
+        self.assertEqual((result.port, result.rounds), (6666, 1))
+        self.assertEqual(network.inbox, [])
+
+    def test_staleGrantIgnored(self) -> None:
+        network = FakeNetwork(silent_server)
+        network.deliver(0.001, grant_bytes(SESSION, START - 301, 1111))
+        network.deliver(0.012, grant_bytes(SESSION, START, 2222))
+        result = knocker(network).run()
+        self.assertEqual((result.port, result.rounds), (2222, 2))
+
+    def test_lateGrantOfEarlierRoundAccepted(self) -> None:
+        network = FakeNetwork(silent_server)
+        network.deliver(0.025, grant_bytes(SESSION, START, 2222))
+        self.assertEqual(knocker(network).run().rounds, 2)
+
+    def test_sendErrorsIgnored(self) -> None:
+        network = FakeNetwork(silent_server)
+        network.send_error = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+        network.deliver(0.005, grant_bytes(SESSION, START, 6666))
+        self.assertEqual(knocker(network, protocol=wire.PROTO_UDP).run().port, 6666)
+
+    def test_timeout(self) -> None:
+        """
+        Without P3 the client gives up at the timeout, having retried on the schedule.
+        """
+        network = FakeNetwork(silent_server)
+        reports: List[str] = []
+        error = self.assertRaises(
+            ClientError, knocker(network, timeout=1.0, report=reports.append).run
+        )
+        self.assertIn(f"no answer from {SERVER} port {CONTROL_PORT} within 1 s", str(error))
+        self.assertIn("wrong user or password", str(error))
+        self.assertAlmostEqual(network.clock.now - START, 1.0, places=5)
+        # 10+20+40+80+160+320 ms, then the 7th round's wait is cut short by the timeout.
+        self.assertEqual(len(network.control_messages()), 14)
+        self.assertEqual(len(reports), 21)
+        self.assertClosed(network)
+
+    def test_reports(self) -> None:
+        network = FakeNetwork(grant_on_confirm(1, port=40001))
+        reports: List[str] = []
+        knocker(network, report=reports.append).run()
+        self.assertEqual(len(reports), 4)
+        self.assertIn("P1 sent", reports[0])
+        self.assertIn("knocked tcp", reports[1])
+        self.assertIn("P2 sent", reports[2])
+        self.assertIn("P3 received: port 40001", reports[3])
+
+
+class LoopbackServer:
+    """
+    A tiny sig2knock server on 127.0.0.1 in a thread: it decodes P1/P2 with ``wire.decode``,
+    watches UDP knock ports it owns, and answers a P2 with P3 once P1 and every knock of its
+    session have arrived.
+    """
+
+    def __init__(self, grant_port: int, knock_ports: int = 0, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.control = socket.socket(family, socket.SOCK_DGRAM)
+        self.control.bind((host, 0))
+        self.port = self.control.getsockname()[1]
+        self.binding = Binding.of(host, self.port)
+        self.grant_port = grant_port
+        self.knock_sockets = []
+        for _ in range(knock_ports):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            sock.setblocking(False)
+            self.knock_sockets.append(sock)
+        self.knock_ports = [sock.getsockname()[1] for sock in self.knock_sockets]
+        self.seen_knocks: List[int] = []
+        self.requests: List[KnockRequest] = []
+        self.grants = 0
+        self.errors: List[str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        self.control.close()
+        for sock in self.knock_sockets:
+            sock.close()
+
+    def _serve(self) -> None:
+        self.control.settimeout(0.01)
+        while not self.stopping.is_set():
+            for sock in self.knock_sockets:
+                try:
+                    sock.recvfrom(16)
+                except BlockingIOError:
+                    continue
+                self.seen_knocks.append(sock.getsockname()[1])
+            try:
+                data, source = self.control.recvfrom(2048)
+            except socket.timeout:
+                continue
+            try:
+                received = decode_request(data, time.time(), self.binding)
+            except MessageRejected as error:
+                self.errors.append(str(error))
+                continue
+            message = received.message
+            if isinstance(message, KnockRequest):
+                self.requests.append(message)
+                continue
+            if not any(request.session_id == message.session_id for request in self.requests):
+                continue
+            if self.knock_sockets and set(self.seen_knocks) != set(self.knock_ports):
+                continue
+            self.grants += 1
+            self.control.sendto(
+                grant_bytes(message.session_id, time.time(), self.grant_port, binding=self.binding),
+                source,
+            )
+
+
+class LoopbackTests(SynchronousTestCase):
+    """
+    The real client code path against a small server on 127.0.0.1.
+    """
+
+    def test_udpKnocks(self) -> None:
+        server = LoopbackServer(grant_port=45678, knock_ports=4)
+        self.addCleanup(server.stop)
+        target = resolve("127.0.0.1", server.port)
+        result = Knocker(
+            USER, target, protocol=wire.PROTO_UDP, timeout=5.0, rng=FixedRandom(server.knock_ports)
+        ).run()
+        self.assertEqual(result.port, 45678)
+        self.assertEqual(server.errors, [])
+        self.assertEqual(server.requests[0].ports, tuple(server.knock_ports))
+        self.assertEqual(server.seen_knocks[:4], server.knock_ports)
+
+    def test_ipv6(self) -> None:
+        try:
+            server = LoopbackServer(grant_port=45677, knock_ports=2, host="::1")
+        except OSError as error:
+            raise SkipTest(f"no IPv6 loopback: {error}")
+        self.addCleanup(server.stop)
+        target = resolve("::1", server.port)
+        self.assertEqual(target.family, socket.AF_INET6)
+        result = Knocker(
+            USER, target, protocol=wire.PROTO_UDP, knocks=2, rng=FixedRandom(server.knock_ports)
+        ).run()
+        self.assertEqual(result.port, 45677)
+        self.assertEqual(server.seen_knocks[:2], server.knock_ports)
+
+    def test_tcpKnocks(self) -> None:
+        """
+        TCP knocks go to ports bound here but not listening, so they meet a reset.
+        """
+        closed = []
+        for _ in range(4):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            self.addCleanup(sock.close)
+            closed.append(sock.getsockname()[1])
+        server = LoopbackServer(grant_port=45679)
+        self.addCleanup(server.stop)
+        result = Knocker(
+            USER, resolve("127.0.0.1", server.port), timeout=5.0, rng=FixedRandom(closed)
+        ).run()
+        self.assertEqual(result.port, 45679)
+
+
+class RelayTests(SynchronousTestCase):
+    """
+    ``relay`` copies both ways, half-closes at input EOF and ends when the socket closes.
+    """
+
+    def test_bothWays(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        input_read, input_write = os.pipe()
+        output_read, output_write = os.pipe()
+        for fd in (input_read, output_read, output_write):
+            self.addCleanup(os.close, fd)
+        thread = threading.Thread(target=relay, args=(ours, input_read, output_write))
+        thread.start()
+        os.write(input_write, b"hello")
+        os.close(input_write)
+        received = b""
+        while True:
+            data = theirs.recv(100)
+            if not data:
+                break
+            received += data
+        self.assertEqual(received, b"hello")
+        theirs.sendall(b"world")
+        theirs.close()
+        thread.join(10)
+        self.assertFalse(thread.is_alive())
+        ours.close()
+        self.assertEqual(os.read(output_read, 100), b"world")
+
+
+class CommandLineTests(SynchronousTestCase):
+    """
+    ``sig2knockc`` as a subprocess: failure without a server, and the three ways to use a grant.
+    """
+
+    def password_file(self) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as password_file:
+            password_file.write(PASSWORD + "\n")
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+        return path
+
+    def client(
+        self, port: int, *arguments: str, stdin: str = PASSWORD + "\n"
+    ) -> subprocess.CompletedProcess:
+        return run_module(
+            CLIENT,
+            ["127.0.0.1", str(port), "--user", "alice", "--kdf", CHEAP_KDF.format(), *arguments],
+            stdin=stdin,
+        )
+
+    def test_emptyPassword(self) -> None:
+        result = self.client(1001, "--password-stdin", stdin="\n")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr, "sig2knockc: the password is empty\n")
+
+    def test_help(self) -> None:
+        result = run_module(CLIENT, ["--help"])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("--knocks", result.stdout)
+
+    def test_noServer(self) -> None:
+        """
+        Nothing answers on a free port: status 1, nothing on stdout, one line on stderr.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        started = time.monotonic()
+        result = self.client(port, "--password-stdin", "--timeout", "0.5")
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(result.stdout, "")
+        self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
+        self.assertIn(f"no answer from 127.0.0.1 port {port} within 0.5 s", result.stderr)
+        self.assertNotIn(PASSWORD, result.stderr)
+        self.assertLess(time.monotonic() - started, 30)
+
+    def test_interrupted(self) -> None:
+        """
+        Ctrl-C while waiting for P3: a message, status 1, no traceback.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))  # a silent server
+        process = subprocess.Popen(
+            [sys.executable, "-m", CLIENT, "127.0.0.1", str(sock.getsockname()[1]), "-v"]
+            + ["--user", "alice", "--kdf", CHEAP_KDF.format(), "--password-stdin"]
+            + ["--knock-proto", "udp", "--timeout", "60"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        assert process.stdin is not None and process.stderr is not None
+        process.stdin.write(PASSWORD + "\n")
+        process.stdin.close()
+        lines = [process.stderr.readline() for _ in range(4)]
+        self.assertIn("P2 sent", lines[-1])
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+        assert process.stdout is not None
+        with process.stdout, process.stderr:
+            stdout, stderr = process.stdout.read(), process.stderr.read()
+        self.assertEqual(process.returncode, 1)
+        self.assertEqual(stdout, "")
+        self.assertIn("sig2knockc: interrupted", stderr)
+        self.assertNotIn("Traceback", stderr)
+
+    def test_printsPort(self) -> None:
+        server = LoopbackServer(grant_port=45680)
+        self.addCleanup(server.stop)
+        result = self.client(server.port, "--password-stdin", "-v")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, "45680\n")
+        for fragment in ("key derived in", "P1 sent", "knocked tcp", "P2 sent", "P3 received"):
+            self.assertIn(fragment, result.stderr)
+        self.assertNotIn(PASSWORD, result.stderr)
+
+    def test_quietWithoutVerbose(self) -> None:
+        server = LoopbackServer(grant_port=45681)
+        self.addCleanup(server.stop)
+        result = self.client(
+            server.port, "--password-stdin", "--knock-proto", "udp", "--knocks", "2"
+        )
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "45681\n", ""))
+        self.assertEqual([len(request.ports) for request in server.requests][:1], [2])
+        self.assertEqual(server.requests[0].protocol, wire.PROTO_UDP)
+
+    def test_exec(self) -> None:
+        server = LoopbackServer(grant_port=45682)
+        self.addCleanup(server.stop)
+        script = "import sys; print(sys.argv[1:]); sys.exit(3)"
+        command = f"{sys.executable} -c '{script}' {{port}} {{host}}"
+        result = self.client(server.port, "--password-stdin", "--exec", command)
+        self.assertEqual(result.returncode, 3, result.stderr)
+        self.assertEqual(result.stdout, "['45682', '127.0.0.1']\n")
+
+    def test_stdio(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(20)
+
+        def echo() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                received = b""
+                while True:
+                    data = connection.recv(100)
+                    if not data:
+                        break
+                    received += data
+                connection.sendall(b"echo:" + received)
+
+        thread = threading.Thread(target=echo, daemon=True)
+        thread.start()
+        server = LoopbackServer(grant_port=listener.getsockname()[1])
+        self.addCleanup(server.stop)
+        result = self.client(
+            server.port, "--password-file", self.password_file(), "--stdio", stdin="hello"
+        )
+        thread.join(10)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, "echo:hello")
+
+    def test_usageErrors(self) -> None:
+        for arguments in (
+            ["--knocks", "0"],
+            ["--knocks", "65"],
+            ["--exec", "ssh -p {port} {user}@{host}"],
+            ["--exec", "ssh -p {port"],
+            ["--exec", "ssh 'unbalanced"],
+            ["--exec", ""],
+            ["--exec", "ssh {0}"],
+        ):
+            with self.subTest(arguments=arguments):
+                result = run_module(CLIENT, ["host", "1001", *arguments])
+                self.assertEqual(result.returncode, 2, result.stderr)
+
+    def test_commandLine(self) -> None:
+        self.assertEqual(
+            command_line("ssh -p {port} 'me@{host}' -o 'A B'", 4242, "example.org"),
+            ["ssh", "-p", "4242", "me@example.org", "-o", "A B"],
+        )
