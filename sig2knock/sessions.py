@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from sig2knock.wire import PROTOCOL_NAMES, IPAddress, KnockRequest
+from sig2knock.wire import PROTOCOL_NAMES, IPAddress, KnockRequest, Refusal
 
 PENDING = "pending"
 COMPLETE = "complete"
@@ -42,19 +42,11 @@ EARLY_SOURCES = 1024
 MAX_WAITERS = 8
 
 
-class SessionRefused(Exception):
+class SessionRefused(Refusal):
     """
     A P1 or P2 that was authentic but is refused by the session rules. ``reason`` is short and
     fixed (for counters and logs); ``detail`` adds what is useful to an operator.
     """
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
 @dataclass(frozen=True)

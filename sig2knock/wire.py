@@ -84,12 +84,10 @@ REASONS = (
 )
 
 
-class MessageRejected(Exception):
+class Refusal(Exception):
     """
-    The one error a received control message can cause.
-
-    ``reason`` is one of ``REASONS``; ``detail`` is a short text for the log. Neither ever contains
-    key material or plaintext of a message that failed authentication.
+    Why the daemon did not act on something: ``reason`` is short and fixed (for counters and
+    logs), ``detail`` a short text for the operator.
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -99,6 +97,15 @@ class MessageRejected(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+class MessageRejected(Refusal):
+    """
+    The one error a received control message can cause.
+
+    ``reason`` is one of ``REASONS``; ``detail`` is a short text for the log. Neither ever contains
+    key material or plaintext of a message that failed authentication.
+    """
 
 
 @dataclass(frozen=True)
