@@ -1,18 +1,22 @@
 """
 Grants: a random free port from ``ASSIGN_PORT_RANGE``, listening for one connection from the
-knocking address, forwarded to the hidden service, closed after that connection or after
-``SINGLECONN_PORTOPEN_TIME``, whichever comes first.
+knocking address, forwarded to the hidden service, opened in the firewall for that address alone,
+and closed (listener and firewall) after that connection or after ``SINGLECONN_PORTOPEN_TIME``,
+whichever comes first. A firewall that refuses the grant refuses the session, and the listener is
+closed again: nothing stays half-open.
 """
 
 import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.logger import Logger
 
+from sig2knock.firewall import IFirewall
+from sig2knock.firewall.null import NoFirewall
 from sig2knock.forward import GrantForwardFactory
 from sig2knock.sessions import GrantInfo, Session, SessionRefused
 
@@ -40,7 +44,7 @@ class PortGranter:
 
     ``reactor`` provides ``IReactorTCP`` and ``IReactorTime``; ``forward_host``/``forward_port``
     is the hidden service; ``port_range`` the inclusive range to assign from; ``open_time`` how
-    long a port waits for its connection.
+    long a port waits for its connection; ``firewall`` opens the port for the session's address.
     """
 
     log = Logger()
@@ -53,6 +57,7 @@ class PortGranter:
         port_range: Tuple[int, int],
         open_time: float,
         chooser: Optional[random.Random] = None,
+        firewall: Optional[IFirewall] = None,
     ) -> None:
         self.reactor = reactor
         self.forward_host = forward_host
@@ -60,6 +65,7 @@ class PortGranter:
         self.port_range = port_range
         self.open_time = open_time
         self._chooser = chooser if chooser is not None else random.SystemRandom()
+        self.firewall: IFirewall = firewall if firewall is not None else NoFirewall()
         self.open: Dict[int, OpenGrant] = {}
 
     def grant(self, session: Session) -> "Deferred[GrantInfo]":
@@ -87,17 +93,36 @@ class PortGranter:
                 self.open_time, self._close, opened, "unused, open time over"
             )
             self.open[port] = opened
-            self.log.info(
-                "port {port} granted to {user} from {source} for {open_time}s",
-                port=port,
-                user=session.user,
-                source=str(session.source),
-                open_time=self.open_time,
-            )
-            return succeed(GrantInfo(port, deadline))
+            opening = maybeDeferred(self.firewall.grant, session.source, port, deadline)
+            opening.addCallbacks(self._opened, self._firewallRefused, (opened,), None, (opened,))
+            return opening
         return fail(
             SessionRefused("no-free-port", f"no free port found in {low}-{high} (ASSIGN_PORT_RANGE)")
         )
+
+    def _opened(self, _: object, opened: OpenGrant) -> GrantInfo:
+        if self.open.get(opened.port) is not opened:
+            # Closed while the firewall was still opening it (the daemon is stopping).
+            self.firewall.revoke(opened.session.source, opened.port)
+            raise SessionRefused("closed", "the grant was closed while it was being opened")
+        self.log.info(
+            "port {port} granted to {user} from {source} for {open_time}s",
+            port=opened.port,
+            user=opened.session.user,
+            source=str(opened.session.source),
+            open_time=self.open_time,
+        )
+        return GrantInfo(opened.port, opened.deadline)
+
+    def _firewallRefused(self, failure: Any, opened: OpenGrant) -> None:
+        self.log.error(
+            "firewall refused the grant of port {port} to {source}: {error}",
+            port=opened.port,
+            source=str(opened.session.source),
+            error=failure.getErrorMessage(),
+        )
+        self._close(opened, "the firewall refused it")
+        raise SessionRefused("firewall", failure.getErrorMessage())
 
     def _close(self, opened: OpenGrant, why: str) -> "Deferred[None]":
         if self.open.get(opened.port) is not opened:
@@ -112,7 +137,18 @@ class PortGranter:
             source=str(opened.session.source),
             why=why,
         )
-        return opened.listener.stopListening() or succeed(None)
+        revoking = maybeDeferred(self.firewall.revoke, opened.session.source, opened.port)
+        revoking.addErrback(
+            lambda failure: self.log.error(
+                "firewall could not revoke port {port} of {source} (the kernel still ends it at"
+                " its deadline): {error}",
+                port=opened.port,
+                source=str(opened.session.source),
+                error=failure.getErrorMessage(),
+            )
+        )
+        stopping = maybeDeferred(opened.listener.stopListening)
+        return DeferredList([revoking, stopping], consumeErrors=True)
 
     def close_all(self) -> "Deferred[Any]":
         """

@@ -12,18 +12,21 @@ from dataclasses import dataclass
 from typing import Any, Callable, FrozenSet, List, Optional
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sig2knock import __version__, netif, wire
 from sig2knock.capture import KnockCapture
 from sig2knock.config import Config, ConfigError, load_config
 from sig2knock.control import ControlProtocol, binding_check
+from sig2knock.firewall import IFirewall
+from sig2knock.firewall.choose import build_firewall, resolve_name
 from sig2knock.grants import PortGranter
 from sig2knock.packets import Knock
-from sig2knock.sessions import SessionTable
+from sig2knock.sessions import GrantInfo, Session, SessionRefused, SessionTable
 from sig2knock.wire import IPAddress
 from sig2knock.replay import FILE_NAME, ReplayCache, ReplayCacheError
 from sig2knock.users import Users, load_users
@@ -96,6 +99,11 @@ def resolve_interface(config: Config) -> str:
     return config.interface
 
 
+# Why a daemon of this process stopped itself (its firewall rules could not be installed), so
+# ``sig2knockd`` can end with a failure status after twistd returns.
+start_failures: List[str] = []
+
+
 class ControlPortError(Exception):
     """
     The control port cannot be opened (in use, or an address this host does not have).
@@ -121,11 +129,21 @@ class Sig2knockService(MultiService):
         reactor: Any,
         open_handle: Optional[Callable[[str], Any]] = None,
         watch_addresses: Callable[..., IService] = netif.AddressWatcher,
+        firewall: Optional[IFirewall] = None,
     ) -> None:
         super().__init__()
         self.prepared = prepared
         self.reactor = reactor
         config = prepared.config
+        if firewall is None:
+            name, self.firewall_reason = resolve_name(config)
+            firewall = build_firewall(name, config, prepared.interface, reactor)
+        else:
+            self.firewall_reason = "given"
+        self.firewall = firewall
+        self.firewall_ready = False
+        # Set when the firewall rules could not be installed: the daemon stopped for that.
+        self.failed: Optional[str] = None
         self.interface = prepared.interface
         self.host_addresses: FrozenSet[IPAddress] = frozenset()
         self._readyCall: Optional[IDelayedCall] = None
@@ -137,6 +155,7 @@ class Sig2knockService(MultiService):
             config.forward_to_port,
             config.assign_port_range,
             config.singleconn_portopen_time,
+            firewall=firewall,
         )
         capture_options = {} if open_handle is None else {"open_handle": open_handle}
         self.capture = KnockCapture(
@@ -149,7 +168,7 @@ class Sig2knockService(MultiService):
         )
         self.sessions = SessionTable(
             reactor,
-            grant=self.granter.grant,
+            grant=self._grant,
             on_watch_change=self.capture.watch,
             knock_protocol=knock_protocol,
             min_knocks=config.knock_count,
@@ -216,6 +235,11 @@ class Sig2knockService(MultiService):
             if interface == "::" and not _ipv6_only(listening):
                 break  # dual stack: IPv4 arrives as IPv4-mapped IPv6
 
+    def _grant(self, session: Session) -> "Deferred[GrantInfo]":
+        if not self.firewall_ready:
+            return fail(SessionRefused("firewall-not-ready", "the firewall rules are not in place"))
+        return self.granter.grant(session)
+
     def _knockSeen(self, knock: Knock) -> None:
         self.sessions.knock(knock.source, knock.protocol, knock.port)
 
@@ -246,15 +270,38 @@ class Sig2knockService(MultiService):
                 " {users_file} NAME",
                 users_file=users.path,
             )
-        if config.firewall != "none":
+        if self.firewall.name == "none":
             self.log.warn(
-                "FIREWALL = {firewall}: the firewall backends are not in this version yet; the"
-                " assigned port's own address check is the only gate (as with FIREWALL = none)",
-                firewall=config.firewall,
+                "no firewall ({reason}): the host's ports stay as they are; the assigned port's"
+                " own address check is the only gate",
+                reason=self.firewall_reason,
             )
         super().startService()
-        # Logged from the first turn of the reactor, once signal handlers are in place.
+        starting = maybeDeferred(self.firewall.start)
+        starting.addCallbacks(self._firewallStarted, self._firewallFailed)
+
+    def _firewallStarted(self, _: object) -> None:
+        self.firewall_ready = True
+        if self.firewall.name != "none":
+            self.log.info(
+                "firewall {firewall} ({reason}): rules in place, policy {policy}",
+                firewall=self.firewall.name,
+                reason=self.firewall_reason,
+                policy=self.prepared.config.firewall_policy,
+            )
+        # Logged from a turn of the reactor, once signal handlers are in place.
         self._readyCall = self.reactor.callLater(0, self._ready)
+
+    def _firewallFailed(self, failure: Failure) -> None:
+        self.failed = failure.getErrorMessage()
+        start_failures.append(self.failed)
+        self.log.critical(
+            "cannot install the firewall rules, stopping: {error}", error=self.failed
+        )
+        if self.reactor.running:
+            self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def _ready(self) -> None:
         self._readyCall = None
@@ -271,7 +318,18 @@ class Sig2knockService(MultiService):
         self._control_ports = []
         self.sessions.stop()
         self.capture.stop()
-        stopping.append(self.granter.close_all())
+        closing = self.granter.close_all()
+        if self.firewall_ready:
+            # Grants go, the base rules stay: the host is left closed.
+            closing.addCallback(lambda _: self.firewall.stop())
+            closing.addErrback(
+                lambda failure: self.log.error(
+                    "firewall: cannot remove the grants at stop (the kernel ends each at its"
+                    " deadline): {error}",
+                    error=failure.getErrorMessage(),
+                )
+            )
+        stopping.append(closing)
         stopping.append(super().stopService())
         stopped = DeferredList([d for d in stopping if d is not None], consumeErrors=True)
         stopped.addBoth(self._closeReplayCache)

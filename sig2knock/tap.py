@@ -11,10 +11,18 @@ from twisted.python import usage
 from sig2knock.config import ConfigError, default_config_path
 from sig2knock.replay import ReplayCacheError
 from sig2knock.capture import CaptureError
+from sig2knock.firewall import FirewallError
 from sig2knock.service import ControlPortError, Sig2knockService, prepare
 from sig2knock.users import UsersError
 
-STARTUP_ERRORS = (ConfigError, UsersError, ReplayCacheError, CaptureError, ControlPortError)
+STARTUP_ERRORS = (
+    ConfigError,
+    UsersError,
+    ReplayCacheError,
+    CaptureError,
+    ControlPortError,
+    FirewallError,
+)
 
 
 class Options(usage.Options):

@@ -82,7 +82,7 @@ PROBE = textwrap.dedent(
     host, port, payload, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), float(sys.argv[4])
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     probe = socket.socket(family, socket.SOCK_STREAM)
-    probe.settimeout(3)
+    probe.settimeout(float(sys.argv[5]))
     try:
         probe.connect((host, port))
         probe.sendall(payload)
@@ -238,6 +238,7 @@ class Lab:
         it logs that it is ready.
         """
         config = self.write_server_files(settings or {}, users or {"alice": PASSWORD})
+        self.daemon_log_start = len(self.log())
         log = open(self.daemon_log, "a", encoding="utf-8")
         self.daemon = self.start(
             "server",
@@ -249,12 +250,25 @@ class Lab:
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if "sig2knock ready" in self.log():
+            if "sig2knock ready" in self.log()[self.daemon_log_start :]:
                 return
             if self.daemon.poll() is not None:
                 break
             time.sleep(0.05)
         raise RuntimeError(f"the daemon did not start:\n{self.log()}")
+
+    def daemon_command(self, *arguments: str) -> subprocess.CompletedProcess:
+        """
+        Run ``sig2knockd ARGUMENTS -c CONFIG`` in the server's namespace (``--flush``,
+        ``--check-config``).
+        """
+        config = os.path.join(self.directory, "sig2knockd.conf")
+        return self.ns(
+            "server",
+            [os.path.join(BIN, "sig2knockd"), *arguments, "-c", config],
+            check=False,
+            timeout=60,
+        )
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> None:
         """
@@ -302,18 +316,24 @@ class Lab:
         return self.ns(role, command, check=False, input=password + "\n", timeout=timeout + 30)
 
     def probe(
-        self, role: str, host: str, port: int, payload: str = "hello", hold: float = 0
+        self,
+        role: str,
+        host: str,
+        port: int,
+        payload: str = "hello",
+        hold: float = 0,
+        timeout: float = 3,
     ) -> str:
         """
         Connect from ``role`` to ``host:port``, send ``payload``, and say what came back
-        (``echo:...``, ``closed``, ``refused`` or ``timeout``). With ``hold``, wait that long on
-        the open connection and echo again.
+        (``echo:...``, ``closed``, ``refused`` or ``timeout``: the SYN was dropped). With
+        ``hold``, wait that long on the open connection and echo again.
         """
         result = self.ns(
             role,
-            [sys.executable, "-c", PROBE, host, str(port), payload, str(hold)],
+            [sys.executable, "-c", PROBE, host, str(port), payload, str(hold), str(timeout)],
             check=False,
-            timeout=hold + 30,
+            timeout=hold + timeout + 30,
         )
         return result.stdout.strip() or f"error: {result.stderr.strip()}"
 

@@ -5,9 +5,11 @@ or check a configuration with ``--check-config``.
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 from sig2knock import __version__
+from twisted.python.failure import Failure
+
 from sig2knock.config import default_config_path
 
 
@@ -40,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the configuration and the users file, print a summary and exit",
     )
+    parser.add_argument(
+        "--flush",
+        action="store_true",
+        help="remove every firewall rule and table sig2knockd installed (nftables and iptables"
+        " with FIREWALL = auto, else the configured backend) and exit",
+    )
     parser.add_argument("--version", action="version", version=f"sig2knockd {__version__}")
     return parser
 
@@ -69,6 +77,62 @@ def check_config(config_path: str, interface: Optional[str]) -> int:
     return 0
 
 
+def flush_names(firewall: str, available: Callable[[str], bool]) -> List[str]:
+    """
+    The backends ``--flush`` cleans: the configured one, or with ``auto`` (or ``none``, after a
+    change of mind) every backend this host has, since an earlier run may have used either.
+    """
+    if firewall in ("nftables", "iptables", "pktfilter"):
+        return [firewall]
+    return [name for name in ("nftables", "iptables") if available(name)]
+
+
+def flush(config_path: str, interface: Optional[str]) -> int:
+    """
+    Remove what the daemon installed in the firewall; return the exit status.
+    """
+    from twisted.internet.defer import gatherResults, maybeDeferred
+    from twisted.internet.task import react
+
+    from sig2knock.config import ConfigError, load_config
+    from sig2knock.firewall import FirewallError
+    from sig2knock.firewall.choose import build_firewall, tool_available
+
+    try:
+        config = load_config(config_path, interface)
+    except ConfigError as error:
+        print(f"sig2knockd: {error}", file=sys.stderr)
+        return 1
+    names = flush_names(config.firewall, tool_available)
+    status = {"code": 0}
+
+    def run(reactor: Any) -> Any:
+        def flush_one(name: str) -> Any:
+            backend = build_firewall(name, config, config.interface or "", reactor)
+            flushing = maybeDeferred(backend.flush)
+
+            def report(result: Any) -> None:
+                if isinstance(result, Failure):
+                    result.trap(FirewallError)
+                    status["code"] = 1
+                    print(f"sig2knockd: {name}: {result.getErrorMessage()}", file=sys.stderr)
+                else:
+                    print(f"sig2knockd: {name}: everything sig2knock installed is removed")
+
+            return flushing.addBoth(report)
+
+        return gatherResults([flush_one(name) for name in names])
+
+    if not names:
+        print("sig2knockd: no firewall tool on this host: nothing to remove")
+        return 0
+    try:
+        react(run)
+    except SystemExit:
+        pass
+    return status["code"]
+
+
 def twistd_arguments(config_path: str, interface: Optional[str]) -> List[str]:
     """
     The twistd command line equivalent to ``sig2knockd -c CONFIG [-i IFACE]``: foreground, no
@@ -87,11 +151,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     options = build_parser().parse_args(argv)
     if options.check_config:
         return check_config(options.config, options.interface)
+    if options.flush:
+        return flush(options.config, options.interface)
     from twisted.scripts import twistd
+
+    from sig2knock import service
 
     sys.argv = ["sig2knockd"] + twistd_arguments(options.config, options.interface)
     twistd.run()
-    return 0
+    # The daemon stopped itself because its firewall rules could not be installed.
+    return 1 if service.start_failures else 0
 
 
 if __name__ == "__main__":

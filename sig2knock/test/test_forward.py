@@ -5,14 +5,16 @@ the knocking address, forwards it with flow control, and closes on time.
 
 import ipaddress
 import random
-from typing import List
+from typing import List, Optional
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from sig2knock.firewall import FirewallError
 from sig2knock.forward import GrantForwardFactory, normalize_address
 from sig2knock.grants import PortGranter
 from sig2knock.sessions import Session, SessionRefused
@@ -180,6 +182,27 @@ class GranterReactor(MemoryReactorClock):
         return recording
 
 
+class RecordingFirewall:
+    """
+    A firewall that records grants and revokes, and can refuse.
+    """
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.calls: List[tuple] = []
+        self.pending: Optional[Deferred] = None
+
+    def grant(self, source, port, deadline):  # type: ignore[no-untyped-def]
+        self.calls.append(("grant", source, port, deadline))
+        if self.refuse:
+            return fail(FirewallError("nft said no"))
+        return self.pending if self.pending is not None else succeed(None)
+
+    def revoke(self, source, port):  # type: ignore[no-untyped-def]
+        self.calls.append(("revoke", source, port))
+        return succeed(None)
+
+
 def session(source=CLIENT) -> Session:
     return Session(source, "alice", b"S" * 16, 6, (1, 2, 3, 4))
 
@@ -242,6 +265,47 @@ class PortGranterTests(SynchronousTestCase):
         self.assertTrue(listening.stopped)
         self.assertNotIn(grant.port, self.granter.open)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_firewallOpensAndClosesTheGrant(self) -> None:
+        firewall = RecordingFirewall()
+        self.granter.firewall = firewall
+        grant = self.successResultOf(self.granter.grant(session()))
+        self.assertEqual(firewall.calls, [("grant", CLIENT, grant.port, 1030)])
+        factory = self.reactor.tcpServers[0][1]
+        connect(factory, "198.18.0.2")
+        self.assertEqual(firewall.calls[-1], ("revoke", CLIENT, grant.port))
+
+    def test_firewallRevokesUnusedGrant(self) -> None:
+        firewall = RecordingFirewall()
+        self.granter.firewall = firewall
+        grant = self.successResultOf(self.granter.grant(session()))
+        self.reactor.advance(30)
+        self.assertEqual(firewall.calls[-1], ("revoke", CLIENT, grant.port))
+
+    def test_firewallRefusalClosesEverything(self) -> None:
+        """
+        Fail closed: a grant the firewall refuses refuses the session, and the listener opened
+        for it is closed again.
+        """
+        firewall = RecordingFirewall(refuse=True)
+        self.granter.firewall = firewall
+        failure = self.failureResultOf(self.granter.grant(session()), SessionRefused)
+        self.assertEqual(failure.value.reason, "firewall")
+        self.assertIn("nft said no", failure.value.detail)
+        (listening,) = self.reactor.ports
+        self.assertTrue(listening.stopped)
+        self.assertEqual(self.granter.open, {})
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_closedWhileFirewallOpening(self) -> None:
+        firewall = RecordingFirewall()
+        firewall.pending = Deferred()
+        self.granter.firewall = firewall
+        opening = self.granter.grant(session())
+        self.successResultOf(self.granter.close_all())
+        firewall.pending.callback(None)
+        self.failureResultOf(opening, SessionRefused)
+        self.assertEqual(firewall.calls[-1][0], "revoke")
 
     def test_closeAll(self) -> None:
         self.successResultOf(self.granter.grant(session()))

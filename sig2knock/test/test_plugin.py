@@ -198,7 +198,8 @@ class ServiceTests(SynchronousTestCase):
         daemon = self.daemon()
         daemon.startService()
         self.addCleanup(daemon.stopService)
-        (event,) = self.events
+        event, no_firewall = self.events
+        self.assertIn("no firewall", no_firewall["log_format"])
         daemon.reactor.advance(0)
         self.assertEqual(self.events[-1]["log_format"], "sig2knock ready")
         self.assertEqual(event["port"], 1001)
@@ -211,7 +212,7 @@ class ServiceTests(SynchronousTestCase):
         daemon = self.daemon()
         daemon.startService()
         self.addCleanup(daemon.stopService)
-        self.assertEqual([e["log_level"].name for e in self.events], ["info", "warn"])
+        self.assertEqual([e["log_level"].name for e in self.events], ["info", "warn", "warn"])
         self.assertIn("sig2knockd_useradd", self.events[1]["log_format"])
 
     def test_stopClosesReplayCache(self) -> None:

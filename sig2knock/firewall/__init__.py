@@ -1,0 +1,74 @@
+"""
+Firewall backends: the host shows no open port until a knock succeeds.
+
+``IFirewall`` is what the daemon asks of a backend; ``sig2knock.firewall.nftables``,
+``.iptables``, ``.pktfilter`` and ``.null`` implement it, and ``sig2knock.firewall.choose`` picks
+one from ``FIREWALL``. Every call that touches the system runs the tool without blocking the
+reactor and fails with ``FirewallError``; the daemon then refuses the session (fail closed).
+"""
+
+from dataclasses import dataclass
+from typing import Tuple
+
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+from sig2knock.wire import IPAddress
+
+
+class FirewallError(Exception):
+    """
+    The firewall refused a change or its tool could not be run; the message says which and why.
+    """
+
+
+@dataclass(frozen=True)
+class FirewallSettings:
+    """
+    What every backend needs to know: the control port (always open), the range of assigned
+    ports (gated), the policy (``ports`` or ``lockdown``) and, for backends that name it, the
+    interface.
+    """
+
+    control_port: int
+    port_range: Tuple[int, int]
+    policy: str = "ports"
+    interface: str = ""
+
+
+class IFirewall(Interface):
+    """
+    A firewall the daemon drives. Every method returns a ``Deferred`` that fails with
+    ``FirewallError`` when the system refused the change.
+    """
+
+    name = Attribute("The backend's name, as in the FIREWALL setting.")
+
+    def start() -> Deferred:
+        """
+        Install the daemon's rules, replacing whatever an earlier run left (after a crash too).
+        """
+
+    def grant(source: IPAddress, port: int, deadline: float) -> Deferred:
+        """
+        Let ``source`` open new connections to TCP ``port`` until ``deadline`` (seconds since the
+        epoch). The kernel ends the grant at the deadline even if the daemon is gone.
+        Established connections outlive it.
+        """
+
+    def revoke(source: IPAddress, port: int) -> Deferred:
+        """
+        End the grant of ``source`` to ``port`` now (it is used, or its time is over); never
+        touches any other grant. Revoking a grant that is already gone is not an error.
+        """
+
+    def stop() -> Deferred:
+        """
+        The daemon is stopping: remove every grant and leave the host closed (the base rules
+        stay).
+        """
+
+    def flush() -> Deferred:
+        """
+        Remove everything the daemon ever installed (``sig2knockd --flush``).
+        """

@@ -1,0 +1,336 @@
+"""
+``FIREWALL = nftables``: the daemon owns one table, ``inet sig2knock``, and replaces it whole on
+every start. Grants are elements of the sets ``grants4`` and ``grants6`` (source address . TCP
+port) with a timeout, so the kernel ends each grant at its deadline even if the daemon is gone.
+
+The ``render_*`` functions produce the ``nft -f`` scripts (pure, tested for their exact text);
+``NftablesFirewall`` runs each one with a single ``nft -f -`` call, so every change is one
+transaction: it happens whole or not at all.
+"""
+
+import ipaddress
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
+from sig2knock.firewall.runner import find_tool, run_tool
+from sig2knock.wire import IPAddress
+
+FAMILY = "inet"
+TABLE = "sig2knock"
+CHAIN = "input"
+SET4 = "grants4"
+SET6 = "grants6"
+POLICIES = ("ports", "lockdown")
+
+# nft 1.0.6 refuses a timeout written as more than 8 digits of "ms" ("value too large"); a grant
+# that long (over 27 hours) is a bug anyway, so it is refused before nft is asked.
+MAX_TIMEOUT_MS = 99_999_999
+
+_HEADER = (
+    "# Owned by sig2knock: this table is replaced whole every time the daemon starts and\n"
+    "# removed by 'sig2knockd --flush'; changes made by hand are lost.\n"
+    "# Creating it empty first makes the delete succeed when it does not exist yet; the whole\n"
+    "# script is one transaction, so nothing is ever half-installed.\n"
+)
+
+
+def _table() -> str:
+    return f"{FAMILY} {TABLE}"
+
+
+def _check_port(port: Any, what: str) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise FirewallError(f"nftables: {what} {port!r} is not a port number (1-65535)")
+    return port
+
+
+def _address(source: Any) -> IPAddress:
+    """
+    ``source`` as an address nft reads: no IPv6 zone, IPv4-mapped IPv6 folded to IPv4 (such
+    packets reach the input hook as IPv4).
+    """
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        raise FirewallError(f"nftables: {source!r} is not an IP address") from None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        return ipaddress.IPv6Address(address.packed)
+    return address
+
+
+def _element(source: Any, port: int) -> Tuple[str, str]:
+    """
+    The set and the key for ``source`` and ``port``: ``("grants4", "198.18.0.2 . 45678")``.
+    """
+    address = _address(source)
+    port = _check_port(port, "port")
+    return (SET4 if address.version == 4 else SET6), f"{address} . {port}"
+
+
+def _check_settings(settings: FirewallSettings) -> None:
+    if settings.policy not in POLICIES:
+        raise FirewallError(
+            f"nftables: unknown policy {settings.policy!r} (expected one of {', '.join(POLICIES)})"
+        )
+    _check_port(settings.control_port, "control port")
+    low, high = settings.port_range
+    _check_port(low, "lowest assigned port")
+    _check_port(high, "highest assigned port")
+    if low > high:
+        raise FirewallError(f"nftables: empty port range {low}-{high}")
+
+
+def render_ruleset(settings: FirewallSettings) -> str:
+    """
+    The ``nft -f`` script that replaces the daemon's table atomically (after a crash too).
+
+    Policy ``ports``: only the assigned port range is gated; everything else is left to the
+    host's other rules. Policy ``lockdown``: the input chain drops everything that is not
+    loopback, an established flow, the control port, the ICMP and DHCP a host needs, or a grant.
+    Knocks still reach the daemon: pcap sees packets before the input hook.
+    """
+    _check_settings(settings)
+    low, high = settings.port_range
+    ports = f"{low}-{high}"
+    if settings.policy == "ports":
+        policy = "accept"
+        rules = [
+            f"tcp dport {ports} ct state established,related accept",
+            f"tcp dport {ports} ip saddr . tcp dport @{SET4} accept",
+            f"tcp dport {ports} ip6 saddr . tcp dport @{SET6} accept",
+            "# drop, never reject: a scanner gets no RST, the port looks like nothing is there",
+            f"tcp dport {ports} drop",
+        ]
+    else:
+        policy = "drop"
+        rules = [
+            'iif "lo" accept',
+            "ct state established,related accept",
+            "ct state invalid drop",
+            f"udp dport {settings.control_port} accept",
+            "# IPv6 does not work without neighbour discovery, router advertisements, MLD queries",
+            "# (or a snooping switch stops forwarding our multicast) and path MTU discovery",
+            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert, nd-redirect,"
+            " mld-listener-query, packet-too-big, destination-unreachable, time-exceeded,"
+            " parameter-problem } accept",
+            "# ICMP errors about our own flows are 'related' already; these few cover the rest,",
+            "# no echo: the host stays silent",
+            "icmp type { destination-unreachable, time-exceeded, parameter-problem } accept",
+            "# DHCP replies: a server that gets its address by DHCP must keep it",
+            "udp sport 67 udp dport 68 accept",
+            "udp sport 547 udp dport 546 accept",
+            f"ip saddr . tcp dport @{SET4} accept",
+            f"ip6 saddr . tcp dport @{SET6} accept",
+            "# everything else: the chain's policy drops it",
+        ]
+    lines = [
+        _HEADER.rstrip("\n"),
+        f"table {_table()} {{}}",
+        f"delete table {_table()}",
+        f"table {_table()} {{",
+        f"\tset {SET4} {{",
+        "\t\ttype ipv4_addr . inet_service; flags timeout;",
+        "\t}",
+        f"\tset {SET6} {{",
+        "\t\ttype ipv6_addr . inet_service; flags timeout;",
+        "\t}",
+        f"\tchain {CHAIN} {{",
+        f"\t\ttype filter hook input priority filter - 10; policy {policy};",
+    ]
+    lines.extend(f"\t\t{rule}" for rule in rules)
+    lines.extend(["\t}", "}"])
+    return "\n".join(lines) + "\n"
+
+
+def render_grant(source: IPAddress, port: int, timeout_ms: int) -> str:
+    """
+    The script that lets ``source`` reach TCP ``port`` for ``timeout_ms`` milliseconds (whole
+    milliseconds, rounded down by the caller; at least 1: nft reads a zero timeout as "never
+    expires", so a grant whose deadline is past is refused).
+
+    An earlier element for the same address and port is replaced, not kept with its own
+    timeout: ``add`` (a no-op if it exists), ``delete``, then ``add`` with the new timeout.
+    """
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int):
+        raise FirewallError(f"nftables: timeout {timeout_ms!r} is not a whole number of ms")
+    if timeout_ms < 1:
+        raise FirewallError(f"nftables: grant deadline already past ({timeout_ms} ms); not opened")
+    if timeout_ms > MAX_TIMEOUT_MS:
+        raise FirewallError(
+            f"nftables: grant of {timeout_ms} ms is longer than {MAX_TIMEOUT_MS} ms; not opened"
+        )
+    name, key = _element(source, port)
+    return (
+        f"add element {_table()} {name} {{ {key} timeout 1ms }}\n"
+        f"delete element {_table()} {name} {{ {key} }}\n"
+        f"add element {_table()} {name} {{ {key} timeout {timeout_ms}ms }}\n"
+    )
+
+
+def render_revoke(source: IPAddress, port: int) -> str:
+    """
+    The script that removes the grant of ``source`` to ``port`` and nothing else. Deleting an
+    element that is not there (it expired) makes nft fail, so it is first added with a 1 ms
+    timeout (a no-op when it exists): the pair succeeds either way, in one transaction.
+    """
+    name, key = _element(source, port)
+    return (
+        f"add element {_table()} {name} {{ {key} timeout 1ms }}\n"
+        f"delete element {_table()} {name} {{ {key} }}\n"
+    )
+
+
+def render_flush() -> str:
+    """
+    The script that removes the daemon's table; succeeds when it is already gone.
+    """
+    return f"table {_table()} {{}}\ndelete table {_table()}\n"
+
+
+def render_stop(settings: Optional[FirewallSettings] = None) -> str:
+    """
+    The script that removes every grant and keeps the base rules (the host stays closed).
+    """
+    return f"flush set {_table()} {SET4}\nflush set {_table()} {SET6}\n"
+
+
+@implementer(IFirewall)
+class NftablesFirewall:
+    """
+    The nftables backend: one ``nft -f -`` call per operation, the script on standard input.
+
+    ``command_prefix`` is put before the nft command (``["ip", "netns", "exec", "NS"]`` runs it
+    in a network namespace); its first word is looked up like the tool when it is not a path.
+    """
+
+    name = "nftables"
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: FirewallSettings,
+        tool: str = "nft",
+        run: Callable[..., Deferred] = run_tool,
+        command_prefix: Sequence[str] = (),
+    ) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.tool = tool
+        self.run = run
+        self.command_prefix = list(command_prefix)
+
+    @staticmethod
+    def available() -> bool:
+        """
+        Whether this host has ``nft``.
+        """
+        return find_tool("nft") is not None
+
+    def _argv(self) -> List[str]:
+        path = find_tool(self.tool)
+        if path is None:
+            raise FirewallError(f"{self.tool}: not found; install nftables or set FIREWALL")
+        prefix = list(self.command_prefix)
+        if prefix:
+            first = find_tool(prefix[0])
+            if first is None:
+                raise FirewallError(f"{prefix[0]}: not found")
+            prefix[0] = first
+        return prefix + [path, "-f", "-"]
+
+    def _apply(
+        self, operation: str, message: str, render: Callable[[], str], **fields: Any
+    ) -> Deferred:
+        """
+        Render the script and run it; fire with ``None`` and log ``message`` (a format string
+        over ``fields``), or fail with ``FirewallError`` whatever went wrong, so the daemon
+        always fails closed.
+        """
+
+        def go() -> Deferred:
+            script = render()
+            return self.run(self.reactor, self._argv(), stdin=script.encode("utf-8"))
+
+        def done(_: Any) -> None:
+            self.log.info(message, operation=operation, table=TABLE, **fields)
+
+        def failed(reason: Failure) -> Failure:
+            if not reason.check(FirewallError):
+                reason = Failure(FirewallError(f"nftables: {operation}: {reason.value}"))
+            self.log.error(
+                "nftables: {operation} failed: {error}",
+                operation=operation,
+                error=str(reason.value),
+                table=TABLE,
+                **fields,
+            )
+            return reason
+
+        return maybeDeferred(go).addCallbacks(done, failed)
+
+    def start(self) -> Deferred:
+        """
+        Replace the table (``policy``, assigned port range and control port from the settings).
+        """
+        low, high = self.settings.port_range
+        return self._apply(
+            "start",
+            "nftables: installed table inet {table} (policy {policy}, assigned ports"
+            " {low}-{high}, control port {control_port})",
+            lambda: render_ruleset(self.settings),
+            policy=self.settings.policy,
+            control_port=self.settings.control_port,
+            low=low,
+            high=high,
+        )
+
+    def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
+        """
+        Add ``source . port`` with the time left until ``deadline``, rounded down to the ms.
+        """
+        timeout_ms = int((deadline - self.reactor.seconds()) * 1000)
+        # A past deadline makes render_grant refuse (FirewallError): nothing is opened.
+        return self._apply(
+            "grant",
+            "nftables: granted {source} TCP port {port} for {timeout_ms} ms",
+            lambda: render_grant(source, port, timeout_ms),
+            source=str(source),
+            port=port,
+            timeout_ms=timeout_ms,
+        )
+
+    def revoke(self, source: IPAddress, port: int) -> Deferred:
+        """
+        Remove ``source . port``; succeeds when it already expired.
+        """
+        return self._apply(
+            "revoke",
+            "nftables: revoked {source} TCP port {port}",
+            lambda: render_revoke(source, port),
+            source=str(source),
+            port=port,
+        )
+
+    def stop(self) -> Deferred:
+        """
+        Empty both grant sets; the base rules stay, so the host stays closed.
+        """
+        return self._apply(
+            "stop",
+            "nftables: removed every grant (the base rules stay)",
+            lambda: render_stop(self.settings),
+        )
+
+    def flush(self) -> Deferred:
+        """
+        Remove the table.
+        """
+        return self._apply("flush", "nftables: removed table inet {table}", render_flush)

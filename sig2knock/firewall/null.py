@@ -1,0 +1,49 @@
+"""
+``FIREWALL = none``: no firewall. The assigned port's own listener is the gate: it admits only
+the knocking address, once.
+"""
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from sig2knock.firewall import IFirewall
+from sig2knock.wire import IPAddress
+
+
+@implementer(IFirewall)
+class NoFirewall:
+    """
+    The backend that changes nothing.
+    """
+
+    name = "none"
+
+    def start(self) -> Deferred:
+        """
+        Nothing to install.
+        """
+        return succeed(None)
+
+    def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
+        """
+        Nothing to open: the listener checks the address.
+        """
+        return succeed(None)
+
+    def revoke(self, source: IPAddress, port: int) -> Deferred:
+        """
+        Nothing to close.
+        """
+        return succeed(None)
+
+    def stop(self) -> Deferred:
+        """
+        Nothing to remove.
+        """
+        return succeed(None)
+
+    def flush(self) -> Deferred:
+        """
+        Nothing was installed.
+        """
+        return succeed(None)

@@ -1,0 +1,654 @@
+"""
+Tests for sig2knock.firewall.nftables: the exact scripts, the backend around a fake runner and a
+fake clock, and (as root, with nft) the scripts loaded for real in a network namespace made for
+each test and deleted after it.
+"""
+
+import ipaddress
+import itertools
+import os
+import re
+import subprocess
+from typing import Any, List, Optional, Sequence, Tuple
+
+from twisted.internet import reactor as globalReactor
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
+from sig2knock.firewall import nftables
+from sig2knock.firewall.nftables import (
+    NftablesFirewall,
+    render_flush,
+    render_grant,
+    render_revoke,
+    render_ruleset,
+    render_stop,
+)
+from sig2knock.firewall.runner import find_tool
+
+PORTS = FirewallSettings(control_port=1001, port_range=(40000, 49999))
+LOCKDOWN = FirewallSettings(control_port=1001, port_range=(40000, 49999), policy="lockdown")
+V4 = ipaddress.ip_address("198.18.0.2")
+V6 = ipaddress.ip_address("2001:db8::2")
+
+HEADER = (
+    "# Owned by sig2knock: this table is replaced whole every time the daemon starts and\n"
+    "# removed by 'sig2knockd --flush'; changes made by hand are lost.\n"
+    "# Creating it empty first makes the delete succeed when it does not exist yet; the whole\n"
+    "# script is one transaction, so nothing is ever half-installed.\n"
+    "table inet sig2knock {}\n"
+    "delete table inet sig2knock\n"
+    "table inet sig2knock {\n"
+    "\tset grants4 {\n"
+    "\t\ttype ipv4_addr . inet_service; flags timeout;\n"
+    "\t}\n"
+    "\tset grants6 {\n"
+    "\t\ttype ipv6_addr . inet_service; flags timeout;\n"
+    "\t}\n"
+)
+
+PORTS_RULESET = HEADER + (
+    "\tchain input {\n"
+    "\t\ttype filter hook input priority filter - 10; policy accept;\n"
+    "\t\ttcp dport 40000-49999 ct state established,related accept\n"
+    "\t\ttcp dport 40000-49999 ip saddr . tcp dport @grants4 accept\n"
+    "\t\ttcp dport 40000-49999 ip6 saddr . tcp dport @grants6 accept\n"
+    "\t\t# drop, never reject: a scanner gets no RST, the port looks like nothing is there\n"
+    "\t\ttcp dport 40000-49999 drop\n"
+    "\t}\n"
+    "}\n"
+)
+
+LOCKDOWN_RULESET = HEADER + (
+    "\tchain input {\n"
+    "\t\ttype filter hook input priority filter - 10; policy drop;\n"
+    '\t\tiif "lo" accept\n'
+    "\t\tct state established,related accept\n"
+    "\t\tct state invalid drop\n"
+    "\t\tudp dport 1001 accept\n"
+    "\t\t# IPv6 does not work without neighbour discovery, router advertisements, MLD queries\n"
+    "\t\t# (or a snooping switch stops forwarding our multicast) and path MTU discovery\n"
+    "\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert, nd-redirect,"
+    " mld-listener-query, packet-too-big, destination-unreachable, time-exceeded,"
+    " parameter-problem } accept\n"
+    "\t\t# ICMP errors about our own flows are 'related' already; these few cover the rest,\n"
+    "\t\t# no echo: the host stays silent\n"
+    "\t\ticmp type { destination-unreachable, time-exceeded, parameter-problem } accept\n"
+    "\t\t# DHCP replies: a server that gets its address by DHCP must keep it\n"
+    "\t\tudp sport 67 udp dport 68 accept\n"
+    "\t\tudp sport 547 udp dport 546 accept\n"
+    "\t\tip saddr . tcp dport @grants4 accept\n"
+    "\t\tip6 saddr . tcp dport @grants6 accept\n"
+    "\t\t# everything else: the chain's policy drops it\n"
+    "\t}\n"
+    "}\n"
+)
+
+
+class RenderTests(SynchronousTestCase):
+    """
+    The scripts, to the character.
+    """
+
+    def test_rulesetPorts(self) -> None:
+        """
+        Policy ``ports`` gates only the assigned range: established flows and grants pass, the
+        rest is dropped; the chain accepts everything else.
+        """
+        self.assertEqual(render_ruleset(PORTS), PORTS_RULESET)
+
+    def test_rulesetLockdown(self) -> None:
+        """
+        Policy ``lockdown`` drops by default and lets in loopback, established flows, the
+        control port, the ICMP and DHCP a host needs, and grants.
+        """
+        self.assertEqual(render_ruleset(LOCKDOWN), LOCKDOWN_RULESET)
+
+    def test_rulesetOnePort(self) -> None:
+        """
+        A range of one port is written as a range all the same (nft accepts it).
+        """
+        settings = FirewallSettings(control_port=1001, port_range=(45678, 45678))
+        self.assertIn("\t\ttcp dport 45678-45678 drop\n", render_ruleset(settings))
+
+    def test_rulesetBadSettings(self) -> None:
+        """
+        An unknown policy, a port out of range or an empty range is refused, not rendered.
+        """
+        for settings in [
+            FirewallSettings(1001, (40000, 49999), policy="open"),
+            FirewallSettings(0, (40000, 49999)),
+            FirewallSettings(1001, (40000, 65536)),
+            FirewallSettings(1001, (49999, 40000)),
+        ]:
+            self.assertRaises(FirewallError, render_ruleset, settings)
+
+    def test_grantIPv4(self) -> None:
+        """
+        A grant replaces any element for the same address and port with one that has the new
+        timeout, in milliseconds.
+        """
+        self.assertEqual(
+            render_grant(V4, 45678, 30000),
+            "add element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 1ms }\n"
+            "delete element inet sig2knock grants4 { 198.18.0.2 . 45678 }\n"
+            "add element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 30000ms }\n",
+        )
+
+    def test_grantIPv6(self) -> None:
+        """
+        An IPv6 source goes into ``grants6``.
+        """
+        self.assertEqual(
+            render_grant(V6, 45678, 1500),
+            "add element inet sig2knock grants6 { 2001:db8::2 . 45678 timeout 1ms }\n"
+            "delete element inet sig2knock grants6 { 2001:db8::2 . 45678 }\n"
+            "add element inet sig2knock grants6 { 2001:db8::2 . 45678 timeout 1500ms }\n",
+        )
+
+    def test_grantAddressForms(self) -> None:
+        """
+        An IPv4-mapped IPv6 address is granted as IPv4 (that is how its packets arrive); an IPv6
+        zone is dropped (nft does not read it); text works too.
+        """
+        mapped = ipaddress.ip_address("::ffff:198.18.0.2")
+        self.assertEqual(render_grant(mapped, 45678, 1000), render_grant(V4, 45678, 1000))
+        zoned = ipaddress.ip_address("fe80::1%eth0")
+        self.assertIn(
+            "grants6 { fe80::1 . 45678 timeout 1000ms }", render_grant(zoned, 45678, 1000)
+        )
+        self.assertEqual(render_grant("198.18.0.2", 45678, 1000), render_grant(V4, 45678, 1000))
+
+    def test_grantRefused(self) -> None:
+        """
+        A timeout below 1 ms (nft reads 0 as "never expires"), beyond what nft accepts, or not a
+        whole number, and a bad address or port, are refused.
+        """
+        self.assertIn("timeout 1ms }\n", render_grant(V4, 45678, 1).splitlines(True)[-1])
+        for timeout in [0, -1, -30000, nftables.MAX_TIMEOUT_MS + 1, 1.5, True]:
+            self.assertRaises(FirewallError, render_grant, V4, 45678, timeout)
+        self.assertIn(f"timeout {nftables.MAX_TIMEOUT_MS}ms", render_grant(V4, 1, 99_999_999))
+        self.assertRaises(FirewallError, render_grant, "not an address", 45678, 1000)
+        for port in [0, 65536, -1, "22", None]:
+            self.assertRaises(FirewallError, render_grant, V4, port, 1000)
+
+    def test_revokeIPv4(self) -> None:
+        """
+        Revoke adds the element with a 1 ms timeout (nothing if it is there) and deletes it: it
+        succeeds whether or not the element expired, and names no other element.
+        """
+        self.assertEqual(
+            render_revoke(V4, 45678),
+            "add element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 1ms }\n"
+            "delete element inet sig2knock grants4 { 198.18.0.2 . 45678 }\n",
+        )
+
+    def test_revokeIPv6(self) -> None:
+        """
+        Revoking an IPv6 grant touches ``grants6``.
+        """
+        self.assertEqual(
+            render_revoke(V6, 45678),
+            "add element inet sig2knock grants6 { 2001:db8::2 . 45678 timeout 1ms }\n"
+            "delete element inet sig2knock grants6 { 2001:db8::2 . 45678 }\n",
+        )
+
+    def test_flush(self) -> None:
+        """
+        Flush creates the table empty (if absent) and deletes it: it never fails on absence.
+        """
+        self.assertEqual(render_flush(), "table inet sig2knock {}\ndelete table inet sig2knock\n")
+
+    def test_stop(self) -> None:
+        """
+        Stop empties both grant sets and keeps the chain.
+        """
+        self.assertEqual(
+            render_stop(PORTS),
+            "flush set inet sig2knock grants4\nflush set inet sig2knock grants6\n",
+        )
+
+
+class FakeRun:
+    """
+    Stands for ``run_tool``: records every call and answers with ``result`` (a callable giving
+    a Deferred).
+    """
+
+    def __init__(self, result: Any = None) -> None:
+        self.calls: List[Tuple[Any, List[str], bytes]] = []
+        self.result = result or (lambda: succeed(b""))
+
+    def __call__(self, reactor: Any, argv: Sequence[str], stdin: bytes = b"") -> Deferred:
+        self.calls.append((reactor, list(argv), stdin))
+        return self.result()
+
+
+def fakeFindTool(name: str) -> Optional[str]:
+    """
+    ``find_tool`` for a host with ``nft`` and ``ip`` in /usr/sbin and nothing else.
+    """
+    known = {"nft": "/usr/sbin/nft", "ip": "/usr/sbin/ip"}
+    if os.path.isabs(name):
+        return name if name in known.values() else None
+    return known.get(name)
+
+
+class BackendTests(SynchronousTestCase):
+    """
+    ``NftablesFirewall`` around a fake runner and a fake clock.
+    """
+
+    def setUp(self) -> None:
+        self.patch(nftables, "find_tool", fakeFindTool)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.run = FakeRun()
+        self.firewall = NftablesFirewall(self.clock, LOCKDOWN, run=self.run)
+
+    def test_interface(self) -> None:
+        """
+        The backend provides ``IFirewall`` and is named as in the FIREWALL setting.
+        """
+        self.assertTrue(verifyObject(IFirewall, self.firewall))
+        self.assertEqual(self.firewall.name, "nftables")
+
+    def test_available(self) -> None:
+        """
+        ``available`` says whether nft is found.
+        """
+        self.assertIs(NftablesFirewall.available(), True)
+        self.patch(nftables, "find_tool", lambda name: None)
+        self.assertIs(NftablesFirewall.available(), False)
+
+    def assertOneCall(self, script: str) -> None:
+        """
+        The backend ran nft once, with the script on its standard input.
+        """
+        argv = ["/usr/sbin/nft", "-f", "-"]
+        self.assertEqual(self.run.calls, [(self.clock, argv, script.encode())])
+
+    def test_start(self) -> None:
+        """
+        Start loads the whole ruleset in one nft call.
+        """
+        self.assertIsNone(self.successResultOf(self.firewall.start()))
+        self.assertOneCall(LOCKDOWN_RULESET)
+
+    def test_grant(self) -> None:
+        """
+        Grant asks for the time left until the deadline, in ms, rounded down.
+        """
+        deadline = self.clock.seconds() + 30.5
+        self.assertIsNone(self.successResultOf(self.firewall.grant(V4, 45678, deadline)))
+        self.assertOneCall(render_grant(V4, 45678, 30500))
+
+    def test_grantRoundsDown(self) -> None:
+        """
+        A fraction of a millisecond is dropped, never rounded up: the grant ends no later than
+        its deadline.
+        """
+        self.clock.advance(0.25)
+        self.successResultOf(self.firewall.grant(V6, 45678, self.clock.seconds() + 1.9999))
+        self.assertOneCall(render_grant(V6, 45678, 1999))
+
+    def test_grantShortest(self) -> None:
+        """
+        A deadline one millisecond ahead still gets its grant.
+        """
+        self.successResultOf(self.firewall.grant(V4, 45678, self.clock.seconds() + 0.0015))
+        self.assertOneCall(render_grant(V4, 45678, 1))
+
+    def test_grantPastDeadline(self) -> None:
+        """
+        A deadline already past (or less than a millisecond ahead) fails with FirewallError and
+        runs nothing.
+        """
+        for ahead in [-5.0, 0.0, 0.0004]:
+            failure = self.failureResultOf(
+                self.firewall.grant(V4, 45678, self.clock.seconds() + ahead), FirewallError
+            )
+            self.assertIn("past", str(failure.value))
+        self.assertEqual(self.run.calls, [])
+
+    def test_revoke(self) -> None:
+        """
+        Revoke runs the add-then-delete pair for that one element.
+        """
+        self.successResultOf(self.firewall.revoke(V4, 45678))
+        self.assertOneCall(render_revoke(V4, 45678))
+
+    def test_revokeExpired(self) -> None:
+        """
+        Revoking a grant that already expired succeeds: the script does not depend on the
+        element being there (nft runs it successfully; the real test below checks that), and
+        the backend does not look at the clock.
+        """
+        self.successResultOf(self.firewall.grant(V4, 45678, self.clock.seconds() + 1))
+        self.clock.advance(60)
+        self.successResultOf(self.firewall.revoke(V4, 45678))
+        self.assertEqual(self.run.calls[-1][2], render_revoke(V4, 45678).encode())
+
+    def test_stop(self) -> None:
+        """
+        Stop empties the grant sets.
+        """
+        self.successResultOf(self.firewall.stop())
+        self.assertOneCall(render_stop(LOCKDOWN))
+
+    def test_flush(self) -> None:
+        """
+        Flush removes the table.
+        """
+        self.successResultOf(self.firewall.flush())
+        self.assertOneCall(render_flush())
+
+    def test_commandPrefix(self) -> None:
+        """
+        The command prefix goes before nft; its first word is looked up like the tool.
+        """
+        firewall = NftablesFirewall(
+            self.clock, PORTS, run=self.run, command_prefix=["ip", "netns", "exec", "lab"]
+        )
+        self.successResultOf(firewall.flush())
+        self.assertEqual(
+            self.run.calls[0][1],
+            ["/usr/sbin/ip", "netns", "exec", "lab", "/usr/sbin/nft", "-f", "-"],
+        )
+        missing = NftablesFirewall(self.clock, PORTS, run=self.run, command_prefix=["nsenter"])
+        self.failureResultOf(missing.flush(), FirewallError)
+        self.assertEqual(len(self.run.calls), 1)
+
+    def test_toolPath(self) -> None:
+        """
+        A tool given as a path is used as it is.
+        """
+        firewall = NftablesFirewall(self.clock, PORTS, tool="/usr/sbin/nft", run=self.run)
+        self.successResultOf(firewall.stop())
+        self.assertEqual(self.run.calls[0][1], ["/usr/sbin/nft", "-f", "-"])
+
+    def test_toolMissing(self) -> None:
+        """
+        Without nft every operation fails with FirewallError saying what to do; nothing runs.
+        """
+        firewall = NftablesFirewall(self.clock, PORTS, tool="/nowhere/nft", run=self.run)
+        self.failureResultOf(firewall.start(), FirewallError)
+        self.patch(nftables, "find_tool", lambda name: None)
+        firewall = NftablesFirewall(self.clock, PORTS, run=self.run)
+        operations = [
+            firewall.start(),
+            firewall.grant(V4, 45678, self.clock.seconds() + 30),
+            firewall.revoke(V4, 45678),
+            firewall.stop(),
+            firewall.flush(),
+        ]
+        for result in operations:
+            failure = self.failureResultOf(result, FirewallError)
+            message = "nft: not found; install nftables or set FIREWALL"
+            self.assertEqual(str(failure.value), message)
+        self.assertEqual(self.run.calls, [])
+
+    def test_runFails(self) -> None:
+        """
+        When nft refuses the change the Deferred fails with its FirewallError (the daemon then
+        refuses the session).
+        """
+        error = FirewallError("/usr/sbin/nft -f -: exit status 1: Error: Could not process rule")
+        self.run.result = lambda: fail(error)
+        deadline = self.clock.seconds() + 30
+        for result in [self.firewall.start(), self.firewall.grant(V4, 45678, deadline)]:
+            self.assertIs(self.failureResultOf(result, FirewallError).value, error)
+
+    def test_runRaises(self) -> None:
+        """
+        Any other failure of the runner, raised or in the Deferred, becomes a FirewallError too.
+        """
+
+        def raising() -> Deferred:
+            raise OSError("no processes left")
+
+        self.run.result = raising
+        self.failureResultOf(self.firewall.revoke(V4, 45678), FirewallError)
+        self.run.result = lambda: fail(RuntimeError("boom"))
+        failure = self.failureResultOf(self.firewall.stop(), FirewallError)
+        self.assertIn("boom", str(failure.value))
+
+    def test_logs(self) -> None:
+        """
+        Every change is logged as a structured event with its fields.
+        """
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.successResultOf(self.firewall.grant(V4, 45678, self.clock.seconds() + 2))
+        granted = [event for event in events if event.get("operation") == "grant"]
+        self.assertEqual(len(granted), 1)
+        self.assertEqual(
+            (granted[0]["source"], granted[0]["port"], granted[0]["timeout_ms"]),
+            ("198.18.0.2", 45678, 2000),
+        )
+        self.assertEqual(
+            formatEvent(granted[0]), "nftables: granted 198.18.0.2 TCP port 45678 for 2000 ms"
+        )
+        self.successResultOf(self.firewall.start())
+        self.assertEqual(
+            formatEvent(events[-1]),
+            "nftables: installed table inet sig2knock (policy lockdown, assigned ports"
+            " 40000-49999, control port 1001)",
+        )
+        self.failureResultOf(self.firewall.grant(V4, 45678, 0), FirewallError)
+        self.assertEqual(events[-1]["log_level"].name, "error")
+        self.assertIn("past", formatEvent(events[-1]))
+
+
+_namespaces = itertools.count()
+_UNITS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+
+
+def nftMilliseconds(text: str) -> int:
+    """
+    A time as nft prints it (``1m``, ``1s500ms``, ``1d3h46m39s996ms``) in milliseconds.
+    """
+    parts = re.findall(r"(\d+)(ms|d|h|m|s)", text)
+    if "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not an nft time: {text!r}")
+    return sum(int(number) * _UNITS[unit] for number, unit in parts)
+
+
+def _realSkip() -> Optional[str]:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "needs root (network namespaces and nft)"
+    if find_tool("nft") is None:
+        return "needs nft (nftables)"
+    if find_tool("ip") is None:
+        return "needs ip (iproute2) for network namespaces"
+    return None
+
+
+class RealNftTests(TestCase):
+    """
+    The scripts loaded by the real nft in a network namespace created for each test and deleted
+    after it (never in the namespace the tests run in), through ``NftablesFirewall`` with the
+    real reactor and ``command_prefix``.
+    """
+
+    skip = _realSkip()
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.namespace = f"s2knft{os.getpid()}x{next(_namespaces)}"
+        self.ip = find_tool("ip")
+        self.nftPath = find_tool("nft")
+        created = subprocess.run(
+            [self.ip, "netns", "add", self.namespace], capture_output=True, text=True, timeout=10
+        )
+        if created.returncode != 0:
+            raise self.skipTest(f"cannot create a network namespace: {created.stderr.strip()}")
+        self.addCleanup(
+            subprocess.run,
+            [self.ip, "netns", "delete", self.namespace],
+            capture_output=True,
+            timeout=10,
+        )
+        self.prefix = [self.ip, "netns", "exec", self.namespace]
+        self.firewall = NftablesFirewall(globalReactor, PORTS, command_prefix=self.prefix)
+
+    def nft(self, *arguments: str, stdin: str = "", check: bool = True) -> str:
+        """
+        Run nft in the test's namespace; its standard output.
+        """
+        done = subprocess.run(
+            self.prefix + [self.nftPath, *arguments],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if check and done.returncode != 0:
+            self.fail(f"nft {' '.join(arguments)}: {done.returncode}: {done.stderr}")
+        return done.stdout
+
+    def elements(self, name: str = "grants4") -> List[Tuple[str, int, int]]:
+        """
+        The set's elements: (address, port, timeout in ms), sorted.
+        """
+        listing = self.nft("list", "set", "inet", "sig2knock", name)
+        found = re.findall(r"([0-9a-f:.]+) \. (\d+) timeout ([0-9dhms]+)", listing)
+        return sorted((address, int(port), nftMilliseconds(time)) for address, port, time in found)
+
+    def keys(self, name: str = "grants4") -> List[Tuple[str, int]]:
+        """
+        The set's elements: (address, port), sorted.
+        """
+        return [(address, port) for address, port, _ in self.elements(name)]
+
+    def test_rulesetsLoad(self) -> None:
+        """
+        Both rulesets load, replace each other and come back from nft as rendered (comments
+        aside), with no rule twice after loading twice.
+        """
+        listings = {}
+        for settings in [PORTS, LOCKDOWN]:
+            self.nft("-f", "-", stdin=render_ruleset(settings))
+            first = self.nft("list", "table", "inet", "sig2knock")
+            self.nft("-f", "-", stdin=render_grant(V4, 45678, 60000))
+            self.nft("-f", "-", stdin=render_ruleset(settings))
+            self.assertEqual(self.nft("list", "table", "inet", "sig2knock"), first)
+            self.assertEqual(self.nft("list", "ruleset").count("chain input"), 1)
+            listings[settings.policy] = first
+        self.assertIn("policy accept;", listings["ports"])
+        self.assertIn("\t\ttcp dport 40000-49999 drop\n", listings["ports"])
+        self.assertEqual(listings["ports"].count("\t\ttcp dport 40000-49999"), 4)
+        self.assertIn("policy drop;", listings["lockdown"])
+        self.assertIn("\t\tip6 saddr . tcp dport @grants6 accept\n", listings["lockdown"])
+        self.assertIn("mld-listener-query", listings["lockdown"])
+        self.assertEqual(len(re.findall(r"^\t\t\S", listings["lockdown"], re.M)), 11 + 4)
+
+    async def test_grantExpires(self) -> None:
+        """
+        A grant shows in its set with its timeout and is gone after it.
+        """
+        await self.firewall.start()
+        await self.firewall.grant(V4, 45678, globalReactor.seconds() + 1.2)
+        await self.firewall.grant(V6, 45679, globalReactor.seconds() + 60)
+        [(address, port, timeout)] = self.elements()
+        self.assertEqual((address, port), ("198.18.0.2", 45678))
+        self.assertTrue(1000 < timeout <= 1200, timeout)
+        [(address, port, timeout)] = self.elements("grants6")
+        self.assertEqual((address, port), ("2001:db8::2", 45679))
+        self.assertTrue(59000 < timeout <= 60000, timeout)
+        await deferLater(globalReactor, 1.5, lambda: None)
+        self.assertEqual(self.elements(), [])
+        self.assertEqual(self.keys("grants6"), [("2001:db8::2", 45679)])
+
+    async def test_grantReplaces(self) -> None:
+        """
+        Granting the same address and port again sets the new timeout, shorter ones too.
+        """
+        await self.firewall.start()
+        await self.firewall.grant(V4, 45678, globalReactor.seconds() + 600)
+        await self.firewall.grant(V4, 45678, globalReactor.seconds() + 60)
+        [(address, port, timeout)] = self.elements()
+        self.assertEqual((address, port), ("198.18.0.2", 45678))
+        self.assertTrue(59000 < timeout <= 60000, timeout)
+
+    async def test_grantPastOpensNothing(self) -> None:
+        """
+        A grant whose deadline is past fails and adds nothing.
+        """
+        await self.firewall.start()
+        with self.assertRaises(FirewallError):
+            await self.firewall.grant(V4, 45678, globalReactor.seconds() - 1)
+        self.assertEqual(self.elements(), [])
+
+    async def test_revokeOnlyItsElement(self) -> None:
+        """
+        Revoke removes its element and no other; revoking again, or one that expired, or one
+        never granted, succeeds.
+        """
+        await self.firewall.start()
+        ahead = globalReactor.seconds() + 60
+        await self.firewall.grant(V4, 45678, ahead)
+        await self.firewall.grant(V4, 45679, ahead)
+        await self.firewall.grant(ipaddress.ip_address("198.18.0.3"), 45678, ahead)
+        await self.firewall.grant(V6, 45678, ahead)
+        await self.firewall.revoke(V4, 45678)
+        self.assertEqual(self.keys(), [("198.18.0.2", 45679), ("198.18.0.3", 45678)])
+        self.assertEqual(self.keys("grants6"), [("2001:db8::2", 45678)])
+        short = ipaddress.ip_address("198.18.0.4")
+        await self.firewall.grant(short, 45000, globalReactor.seconds() + 0.05)
+        await deferLater(globalReactor, 0.2, lambda: None)
+        await self.firewall.revoke(short, 45000)
+        await self.firewall.revoke(V4, 45678)
+        await self.firewall.revoke(ipaddress.ip_address("2001:db8::99"), 45678)
+        self.assertEqual(self.keys(), [("198.18.0.2", 45679), ("198.18.0.3", 45678)])
+        self.assertEqual(self.keys("grants6"), [("2001:db8::2", 45678)])
+
+    async def test_stopKeepsRules(self) -> None:
+        """
+        Stop empties both sets and leaves the chain in place.
+        """
+        await self.firewall.start()
+        await self.firewall.grant(V4, 45678, globalReactor.seconds() + 60)
+        await self.firewall.grant(V6, 45678, globalReactor.seconds() + 60)
+        await self.firewall.stop()
+        self.assertEqual(self.elements(), [])
+        self.assertEqual(self.elements("grants6"), [])
+        self.assertIn("tcp dport 40000-49999 drop", self.nft("list", "table", "inet", "sig2knock"))
+
+    async def test_flushRemovesTable(self) -> None:
+        """
+        Flush removes the table, and succeeds again when it is already gone.
+        """
+        await self.firewall.start()
+        await self.firewall.flush()
+        self.assertNotIn("sig2knock", self.nft("list", "tables"))
+        await self.firewall.flush()
+        self.assertEqual(self.nft("list", "ruleset"), "")
+
+    async def test_refusalFails(self) -> None:
+        """
+        When nft refuses (no table: a grant before start), the grant fails with FirewallError.
+        """
+        with self.assertRaises(FirewallError) as caught:
+            await self.firewall.grant(V4, 45678, globalReactor.seconds() + 60)
+        self.assertIn("No such file or directory", str(caught.exception))
+
+
+class NftTimeTests(SynchronousTestCase):
+    """
+    The helper that reads nft's times.
+    """
+
+    def test_parse(self) -> None:
+        """
+        Every unit nft prints is read; anything else is refused.
+        """
+        self.assertEqual(nftMilliseconds("1m"), 60_000)
+        self.assertEqual(nftMilliseconds("1s500ms"), 1500)
+        self.assertEqual(nftMilliseconds("1d3h46m39s996ms"), 99_999_996)
+        self.assertRaises(ValueError, nftMilliseconds, "1x")

@@ -1,0 +1,169 @@
+"""
+The firewall promises, proven in the namespace lab with the real daemon, the real client and the
+real nft or iptables inside the server's namespace: before a knock the host drops everything, after
+it only the client reaches only its port, an established session outlives the grant, a grant ends
+at its deadline even when the daemon is killed, and a firewall that refuses leaves nothing open.
+"""
+
+import signal
+import shutil
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests import lab
+from tests.lab import Lab
+
+# A service on every address of the server: what the lockdown policy must hide.
+OPEN_SERVICE_PORT = 8080
+# A service inside ASSIGN_PORT_RANGE: what the ports policy must hide.
+RANGE_SERVICE_PORT = 40000
+# How long a probe waits for a SYN's answer before it calls it dropped.
+DROP_WAIT = 1.0
+
+
+class FirewallLabMixin:
+    """
+    The tests, run once per backend by the subclasses below (``backend`` is the FIREWALL value).
+    """
+
+    backend = ""
+
+    def setUp(self) -> None:
+        self.lab = Lab()
+        self.addCleanup(self.lab.close)
+        self.lab.build()
+        self.lab.start_echo_service()
+        self.lab.start_echo_service("0.0.0.0", OPEN_SERVICE_PORT)
+        self.lab.start_echo_service("0.0.0.0", RANGE_SERVICE_PORT)
+
+    def start(self, policy: str = "lockdown", open_time: str = "5") -> None:
+        self.lab.start_daemon(
+            {
+                "FIREWALL": self.backend,
+                "FIREWALL_POLICY": policy,
+                "SINGLECONN_PORTOPEN_TIME": open_time,
+                "ASSIGN_PORT_RANGE": "40000-40999",
+            }
+        )
+        self.assertIn(f"firewall {self.backend}", self.lab.log())
+
+    def knocked_port(self) -> int:
+        result = self.lab.knock()
+        self.assertEqual(result.returncode, 0, f"{result.stderr}\n--- daemon ---\n{self.lab.log()}")
+        return int(result.stdout)
+
+    def assertDropped(self, role: str, port: int) -> None:
+        """
+        A SYN from ``role`` to ``port`` is dropped: no answer at all, not even a reset.
+        """
+        self.assertEqual(self.lab.probe(role, lab.SERVER_IP, port, timeout=DROP_WAIT), "timeout")
+
+    def test_lockdownHidesEverythingBeforeAKnock(self) -> None:
+        self.start()
+        for role in ("client", "intruder"):
+            self.assertDropped(role, OPEN_SERVICE_PORT)
+            self.assertDropped(role, RANGE_SERVICE_PORT)
+            self.assertDropped(role, 22)
+
+    def test_onlyTheClientReachesOnlyItsPort(self) -> None:
+        self.start()
+        port = self.knocked_port()
+        self.assertDropped("intruder", port)
+        self.assertDropped("client", OPEN_SERVICE_PORT)
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
+
+    def test_portsPolicyGatesOnlyTheRange(self) -> None:
+        self.start(policy="ports")
+        self.assertEqual(
+            self.lab.probe("intruder", lab.SERVER_IP, OPEN_SERVICE_PORT), "echo:hello"
+        )
+        self.assertDropped("client", RANGE_SERVICE_PORT)
+        port = self.knocked_port()
+        self.assertDropped("intruder", port)
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
+
+    def test_establishedSessionOutlivesTheGrant(self) -> None:
+        self.start(open_time="1")
+        port = self.knocked_port()
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port, hold=2.5), "echo:hello")
+
+    def test_grantEndsAtDeadlineAfterSigkill(self) -> None:
+        """
+        Killed right after a grant, the daemon cannot revoke it: the kernel ends it at its
+        deadline anyway. The daemon then starts again cleanly and serves a new knock.
+        """
+        self.start(open_time="3")
+        started = time.monotonic()
+        port = self.knocked_port()
+        self.lab.stop_daemon(signal.SIGKILL)
+        if time.monotonic() - started < 2.5:
+            # Still granted: the SYN passes the firewall and meets a closed port.
+            self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "refused")
+        time.sleep(max(0.0, 3.5 - (time.monotonic() - started)))
+        self.assertDropped("client", port)
+        self.start(open_time="3")
+        port = self.knocked_port()
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
+
+    def test_cleanStopLeavesHostClosedAndFlushOpensIt(self) -> None:
+        self.start()
+        self.knocked_port()
+        self.lab.stop_daemon(signal.SIGTERM)
+        self.assertEqual(self.lab.daemon.returncode, -signal.SIGTERM)
+        self.assertDropped("client", OPEN_SERVICE_PORT)
+        flushed = self.lab.daemon_command("--flush")
+        self.assertEqual(flushed.returncode, 0, flushed.stderr)
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, OPEN_SERVICE_PORT), "echo:hello")
+
+    def test_refusingFirewallRefusesTheSession(self) -> None:
+        """
+        Fail closed: when the firewall refuses the grant (here the daemon's rules were removed
+        behind its back), the client gets no port, no listener stays open, and the daemon keeps
+        running.
+        """
+        self.start()
+        self.remove_rules_behind_the_daemons_back()
+        result = self.lab.knock(timeout=2)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout, "")
+        log = self.lab.log()
+        self.assertIn("firewall refused the grant", log)
+        self.assertNotIn("P3 sent", log)
+        self.assertIsNone(self.lab.daemon.poll(), "the daemon must keep running")
+        in_range = [p for p in self.lab.listening_ports() if 40000 < p <= 40999]
+        self.assertEqual(in_range, [])
+
+    def remove_rules_behind_the_daemons_back(self) -> None:
+        raise NotImplementedError
+
+
+def why_not(tool: str) -> str:
+    return lab.why_not_runnable() or (None if shutil.which(tool) else f"{tool} is not installed")
+
+
+class NftablesTests(FirewallLabMixin, SynchronousTestCase):
+    """
+    The promises with ``FIREWALL = nftables``.
+    """
+
+    backend = "nftables"
+    skip = why_not("nft")
+
+    def remove_rules_behind_the_daemons_back(self) -> None:
+        self.lab.ns("server", ["nft", "delete", "table", "inet", "sig2knock"])
+
+
+class IptablesTests(FirewallLabMixin, SynchronousTestCase):
+    """
+    The promises with ``FIREWALL = iptables``.
+    """
+
+    backend = "iptables"
+    skip = why_not("iptables")
+
+    def remove_rules_behind_the_daemons_back(self) -> None:
+        for tool in ("iptables", "ip6tables"):
+            self.lab.ns("server", [tool, "-w", "-D", "INPUT", "-j", "SIG2KNOCK"])
+            self.lab.ns("server", [tool, "-w", "-F", "SIG2KNOCK"])
+            self.lab.ns("server", [tool, "-w", "-X", "SIG2KNOCK"])
