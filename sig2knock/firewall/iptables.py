@@ -1,0 +1,346 @@
+"""
+``FIREWALL = iptables``: netfilter through ``iptables``/``ip6tables`` (either variant, legacy or
+nf_tables), both address families every time.
+
+The daemon owns one chain, ``SIG2KNOCK`` in the ``filter`` table, jumped to from ``INPUT`` by
+exactly one rule at position 1. ``start`` replaces the chain and its jump in one
+``iptables-restore --noflush`` transaction, so a restart after a crash never duplicates a rule
+and never leaves a moment without the chain. A grant is one rule at the top of the chain that
+carries its own end: ``-m time --datestop`` (UTC, inclusive to the second), so the kernel stops
+matching at the deadline even when the daemon has been killed; the daemon deletes the rule
+when the grant ends, and ``start`` sweeps any expired leftovers with the chain. Established
+connections are accepted by conntrack state, so they outlive the grant.
+"""
+
+import ipaddress
+import math
+import time
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, maybeDeferred
+from zope.interface import implementer
+
+from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
+from sig2knock.firewall.runner import find_tool, run_tool
+from sig2knock.wire import IPAddress
+
+CHAIN = "SIG2KNOCK"
+JUMP = f"-A INPUT -j {CHAIN}"  # our jump as ``iptables -S`` prints it
+GRANT_COMMENT = "sig2knock grant"
+
+# ICMP needed for IPv4 to keep working (path MTU discovery, traceroute, errors).
+_ICMP4_TYPES = ("destination-unreachable", "time-exceeded", "parameter-problem")
+# ICMPv6 without which IPv6 does not work at all (neighbour discovery, routers, PMTU, errors).
+_ICMP6_TYPES = (
+    "destination-unreachable",
+    "packet-too-big",
+    "time-exceeded",
+    "parameter-problem",
+    "router-advertisement",
+    "neighbour-solicitation",
+    "neighbour-advertisement",
+    "redirect",
+)
+
+Run = Callable[..., "Deferred[bytes]"]
+
+
+def _ports(settings: FirewallSettings) -> str:
+    low, high = settings.port_range
+    return str(low) if low == high else f"{low}:{high}"
+
+
+def render_rules(settings: FirewallSettings, family: int) -> List[str]:
+    """
+    The base rules of the chain for ``settings`` and address ``family`` (4 or 6), as
+    ``-A SIG2KNOCK ...`` lines in order.
+    """
+    if family not in (4, 6):
+        raise ValueError(f"address family must be 4 or 6, not {family!r}")
+    add = f"-A {CHAIN}"
+    established = "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+    if settings.policy == "ports":
+        # Only the assigned range is gated; everything else falls off the end of the chain
+        # (an implicit RETURN) into the host's own INPUT rules. DROP, not REJECT: no RST.
+        ports = _ports(settings)
+        return [
+            f"{add} -p tcp --dport {ports} {established}",
+            f"{add} -p tcp --dport {ports} -j DROP",
+        ]
+    if settings.policy != "lockdown":
+        raise ValueError(f"unknown firewall policy {settings.policy!r}")
+    rules = [f"{add} -i lo -j ACCEPT", f"{add} {established}"]
+    # ICMP comes before the INVALID drop: conntrack leaves neighbour discovery untracked or
+    # INVALID, and an error unrelated to any connection is INVALID too.
+    if family == 4:
+        rules += [f"{add} -p icmp --icmp-type {name} -j ACCEPT" for name in _ICMP4_TYPES]
+    else:
+        rules += [f"{add} -p ipv6-icmp --icmpv6-type {name} -j ACCEPT" for name in _ICMP6_TYPES]
+    rules += [
+        f"{add} -m conntrack --ctstate INVALID -j DROP",
+        f"{add} -p udp --dport {settings.control_port} -j ACCEPT",
+        # DHCP replies (the host may need its lease renewed while locked down).
+        f"{add} -p udp --sport 67 --dport 68 -j ACCEPT"
+        if family == 4
+        else f"{add} -p udp --sport 547 --dport 546 -j ACCEPT",
+        # Knocks are still seen: pcap taps packets before netfilter drops them.
+        f"{add} -j DROP",
+    ]
+    return rules
+
+
+def render_chain(settings: FirewallSettings, family: int, stale_jumps: int = 0) -> str:
+    """
+    The ``iptables-restore --noflush`` script that (re)installs the chain for ``family``:
+    declares and so empties ``SIG2KNOCK``, deletes ``stale_jumps`` leftover jumps to it, adds the
+    base rules and the one jump at the top of ``INPUT``. One transaction: all or nothing.
+    """
+    lines = ["*filter", f":{CHAIN} - [0:0]"]
+    lines += ["-D INPUT -j " + CHAIN] * stale_jumps
+    lines += render_rules(settings, family)
+    lines += [f"-I INPUT 1 -j {CHAIN}", "COMMIT"]
+    return "\n".join(lines) + "\n"
+
+
+def render_flush(stale_jumps: int, chain_exists: bool) -> str:
+    """
+    The ``iptables-restore --noflush`` script that removes ``stale_jumps`` jumps and, when it
+    exists, the chain (emptied first).
+    """
+    lines = ["*filter"]
+    if chain_exists:
+        lines.append(f":{CHAIN} - [0:0]")
+    lines += ["-D INPUT -j " + CHAIN] * stale_jumps
+    if chain_exists:
+        lines.append(f"-X {CHAIN}")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def datestop(deadline: float) -> str:
+    """
+    The ``--datestop`` value that ends a grant by ``deadline`` (seconds since the epoch).
+
+    ``xt_time`` compares whole UTC seconds and still matches *during* the datestop second
+    (``stamp > date_stop`` is the test; measured with iptables 1.8.9), so the last second
+    allowed is the one that ends at or before the deadline: ``floor(deadline) - 1``.
+    """
+    last = math.floor(deadline) - 1
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(last))
+
+
+def render_grant_args(source: IPAddress, port: int, deadline: float) -> List[str]:
+    """
+    The rule specification (without ``-I``/``-D`` and chain) of the grant that lets ``source``
+    open new TCP connections to ``port`` until ``deadline``.
+    """
+    address = ipaddress.ip_address(str(source))
+    return [
+        "-s",
+        f"{address}/{address.max_prefixlen}",
+        "-p",
+        "tcp",
+        "--dport",
+        str(port),
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "NEW",
+        "-m",
+        "time",
+        "--datestop",
+        datestop(deadline),
+        "-m",
+        "comment",
+        "--comment",
+        GRANT_COMMENT,
+        "-j",
+        "ACCEPT",
+    ]
+
+
+def _count_jumps(listing: bytes) -> Tuple[int, bool]:
+    """
+    From ``iptables -t filter -S``: how many of our jumps there are, and whether our chain
+    exists.
+    """
+    lines = [line.strip() for line in listing.decode("utf-8", "replace").splitlines()]
+    return lines.count(JUMP), f"-N {CHAIN}" in lines
+
+
+@implementer(IFirewall)
+class IptablesFirewall:
+    """
+    The iptables backend. ``tools`` names ``iptables`` and ``ip6tables`` (their
+    ``-restore`` companions are found beside them by name); ``run`` runs an argv
+    (``run_tool``'s signature); ``command_prefix`` is put before every argv (the tests run the
+    tools in a network namespace with ``ip netns exec NS``).
+    """
+
+    name = "iptables"
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: FirewallSettings,
+        tools: Tuple[str, str] = ("iptables", "ip6tables"),
+        run: Run = run_tool,
+        command_prefix: Sequence[str] = (),
+    ) -> None:
+        # Fail now, not at the first grant, on a policy the backend cannot render.
+        try:
+            render_rules(settings, 4)
+        except ValueError as error:
+            raise FirewallError(f"iptables: {error}") from None
+        self.reactor = reactor
+        self.settings = settings
+        self.tools = {4: tools[0], 6: tools[1]}
+        self.run = run
+        self.command_prefix = list(command_prefix)
+        # (source, port) -> (family, rule spec): what revoke must delete, datestop included.
+        self.grants: Dict[Tuple[IPAddress, int], Tuple[int, List[str]]] = {}
+        # One change at a time: a listing and the restore that depends on it stay together.
+        self._lock = DeferredLock()
+
+    @staticmethod
+    def available() -> bool:
+        """
+        Whether this host has ``iptables`` and ``ip6tables`` (and their ``-restore``).
+        """
+        return all(
+            find_tool(name) is not None
+            for name in ("iptables", "ip6tables", "iptables-restore", "ip6tables-restore")
+        )
+
+    # -- running the tools
+
+    def _tool(self, family: int, restore: bool = False) -> str:
+        name = self.tools[family] + ("-restore" if restore else "")
+        path = find_tool(name)
+        if path is None:
+            raise FirewallError(
+                f"{name}: not found; install iptables or set FIREWALL to another backend"
+            )
+        return path
+
+    def _run(
+        self, family: int, arguments: Sequence[str], stdin: str = "", restore: bool = False
+    ) -> "Deferred[bytes]":
+        try:
+            argv = [*self.command_prefix, self._tool(family, restore), "-w", *arguments]
+        except FirewallError as error:
+            return fail(error)
+        if stdin:
+            return maybeDeferred(self.run, self.reactor, argv, stdin.encode("ascii"))
+        return maybeDeferred(self.run, self.reactor, argv)
+
+    def _locked(self, function: Callable[..., Any], *args: Any) -> Deferred:
+        return self._lock.run(inlineCallbacks(function), *args)
+
+    # -- IFirewall
+
+    def start(self) -> Deferred:
+        """
+        Replace the chain and its jump for both families (after a crash too): leftover jumps
+        are deleted and the chain emptied in the same transaction that installs the new rules.
+        """
+        return self._locked(self._start)
+
+    def _start(self) -> Any:
+        for family in (4, 6):
+            listing = yield self._run(family, ["-t", "filter", "-S"])
+            jumps, _exists = _count_jumps(listing)
+            script = render_chain(self.settings, family, jumps)
+            yield self._run(family, ["--noflush"], script, restore=True)
+        # The chains were replaced: whatever grants an earlier start knew of are gone.
+        self.grants.clear()
+
+    def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
+        """
+        Insert the grant at the top of the chain; refused (nothing added) when its deadline
+        leaves no whole second to match in.
+        """
+        return self._locked(self._grant, source, port, deadline)
+
+    def _grant(self, source: IPAddress, port: int, deadline: float) -> Any:
+        now = self.reactor.seconds()
+        # The rule matches through second floor(deadline) - 1: it must not lie in the past.
+        if math.floor(deadline) <= math.floor(now):
+            raise FirewallError(
+                f"grant of port {port} to {source} refused: its deadline has passed"
+                f" ({deadline:.3f} <= now {now:.3f})"
+            )
+        address = ipaddress.ip_address(str(source))
+        family = address.version
+        spec = render_grant_args(address, port, deadline)
+        key = (address, port)
+        yield self._run(family, ["-I", CHAIN, "1", *spec])
+        previous = self.grants.get(key)
+        self.grants[key] = (family, spec)
+        if previous is not None and previous[1] != spec:
+            # A renewed grant: the older rule (another datestop) goes.
+            yield self._delete(*previous)
+
+    def revoke(self, source: IPAddress, port: int) -> Deferred:
+        """
+        Delete exactly the rule ``grant`` inserted for ``source`` and ``port``; a rule that is
+        already gone (or never known to this object) is not an error.
+        """
+        return self._locked(self._revoke, source, port)
+
+    def _revoke(self, source: IPAddress, port: int) -> Any:
+        key = (ipaddress.ip_address(str(source)), port)
+        known = self.grants.pop(key, None)
+        if known is None:
+            return
+        try:
+            yield self._delete(*known)
+        except FirewallError:
+            self.grants[key] = known  # still there: stop() will try again
+            raise
+
+    @inlineCallbacks
+    def _delete(self, family: int, spec: List[str]) -> Any:
+        try:
+            yield self._run(family, ["-D", CHAIN, *spec])
+        except FirewallError as error:
+            # Gone already (a restart replaced the chain, a flush, a hand)? Then all is well.
+            try:
+                yield self._run(family, ["-C", CHAIN, *spec])
+            except FirewallError:
+                return
+            raise error
+
+    def stop(self) -> Deferred:
+        """
+        Delete every grant this object knows of; the base rules stay, the host stays closed.
+        Every grant is tried; the first failure is reported.
+        """
+        return self._locked(self._stop)
+
+    def _stop(self) -> Any:
+        failures: List[FirewallError] = []
+        for key in list(self.grants):
+            try:
+                yield from self._revoke(*key)
+            except FirewallError as error:
+                failures.append(error)
+        if failures:
+            raise FirewallError(
+                f"{len(failures)} grant(s) could not be removed; first: {failures[0]}"
+            )
+
+    def flush(self) -> Deferred:
+        """
+        Remove the jumps and the chain for both families; nothing installed is not an error.
+        """
+        return self._locked(self._flush)
+
+    def _flush(self) -> Any:
+        for family in (4, 6):
+            listing = yield self._run(family, ["-t", "filter", "-S"])
+            jumps, exists = _count_jumps(listing)
+            if jumps or exists:
+                script = render_flush(jumps, exists)
+                yield self._run(family, ["--noflush"], script, restore=True)
+        self.grants.clear()
