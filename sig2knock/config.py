@@ -155,6 +155,7 @@ class Config:
     singleconn_portopen_time: float = 30.0
     interface: Optional[str] = None
     pktfilter_interface: Optional[str] = None
+    interface_wait: float = 60.0
     users_file: str = ""
     firewall: str = "auto"
     firewall_policy: str = "ports"
@@ -177,6 +178,7 @@ _KEYS: Dict[str, Tuple[str, Callable[[str], object]]] = {
     "SINGLECONN_PORTOPEN_TIME": ("singleconn_portopen_time", _seconds(1, 86400)),
     "PKTFILTER_INTERFACE": ("pktfilter_interface", _text),
     "INTERFACE": ("interface", _interface),
+    "INTERFACE_WAIT": ("interface_wait", _seconds(0, 3600)),
     "USERS_FILE": ("users_file", _path),
     "FIREWALL": ("firewall", _choice(FIREWALLS)),
     "FIREWALL_POLICY": ("firewall_policy", _choice(FIREWALL_POLICIES)),

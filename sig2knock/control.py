@@ -2,12 +2,13 @@
 The UDP control channel: receives P1 and P2, answers a granted P2 with P3, and nothing else.
 
 Checks run cheapest first (``sig2knock.wire.decode``: size, version, type, binding, key id, then
-the AEAD; then the replay cache), so junk costs a few comparisons. Every refusal is logged with the
-source address and a fixed reason and is never answered.
+the rate limits, then the AEAD; then the replay cache), so junk costs a few comparisons and a
+flood of valid-looking datagrams costs at most the rate limits' worth of cryptography. Every
+refusal is counted and reported with the source address and a fixed reason (``RefusalLog``) and is
+never answered.
 """
 
-import collections
-from typing import Any, Callable, Counter, Mapping, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
@@ -16,6 +17,8 @@ from twisted.python.failure import Failure
 
 from sig2knock import wire
 from sig2knock.forward import normalize_address
+from sig2knock.ratelimit import RateLimiter
+from sig2knock.refusals import RefusalLog
 from sig2knock.replay import ReplayCache
 from sig2knock.sessions import GrantInfo, SessionRefused, SessionTable
 from sig2knock.wire import Binding, BindingCheck, MessageRejected, Received, UserKey
@@ -29,8 +32,8 @@ class ControlProtocol(DatagramProtocol):
 
     ``keys`` returns the users by key id (a callable, so a reload can swap them); ``accepts``
     says which server bindings (address and control port) this daemon answers for; ``sessions``
-    is the session table; ``replay_cache`` remembers accepted nonces. ``refusals`` counts refused
-    datagrams by reason.
+    is the session table; ``replay_cache`` remembers accepted nonces; ``limiter`` decides which
+    datagrams may cost cryptography; ``refusals`` counts and logs what is refused.
     """
 
     log = Logger()
@@ -45,6 +48,8 @@ class ControlProtocol(DatagramProtocol):
         sessions: SessionTable,
         replay_cache: ReplayCache,
         max_skew: float,
+        limiter: Optional[RateLimiter] = None,
+        refusals: Optional[RefusalLog] = None,
     ) -> None:
         self.clock = clock
         self.keys = keys
@@ -52,7 +57,8 @@ class ControlProtocol(DatagramProtocol):
         self.sessions = sessions
         self.replay_cache = replay_cache
         self.max_skew = max_skew
-        self.refusals: Counter[str] = collections.Counter()
+        self.limiter = limiter if limiter is not None else RateLimiter(clock)
+        self.refusals = refusals if refusals is not None else RefusalLog(clock)
         self.grants_sent = 0
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
@@ -72,6 +78,7 @@ class ControlProtocol(DatagramProtocol):
                 expect=EXPECTED_TYPES,
                 now=now,
                 max_skew=self.max_skew,
+                admit=lambda: self.limiter.allow(source),
             )
             self.replay_cache.check_and_remember(
                 received.nonce, received.message.timestamp_ms, now
@@ -119,14 +126,7 @@ class ControlProtocol(DatagramProtocol):
         self._refused(source, port, refusal.reason, f"user {user}: {refusal.detail}")
 
     def _refused(self, source: object, port: int, reason: str, detail: str) -> None:
-        self.refusals[reason] += 1
-        self.log.info(
-            "refused datagram from {source} port {source_port}: {reason} ({detail})",
-            source=str(source),
-            source_port=port,
-            reason=reason,
-            detail=detail,
-        )
+        self.refusals.refused(str(source), port, reason, detail)
 
 
 def binding_check(

@@ -7,6 +7,7 @@ state. ``Sig2knockService`` is the ``MultiService`` twistd runs.
 """
 
 import os
+import signal
 import socket
 from dataclasses import dataclass
 from typing import Any, Callable, FrozenSet, List, Optional
@@ -18,18 +19,20 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sig2knock import __version__, netif, wire
+from sig2knock import __version__, netif, reload, wire
 from sig2knock.capture import KnockCapture
 from sig2knock.config import Config, ConfigError, load_config
 from sig2knock.control import ControlProtocol, binding_check
 from sig2knock.firewall import IFirewall
 from sig2knock.firewall.choose import build_firewall, resolve_name
 from sig2knock.grants import PortGranter
+from sig2knock.ratelimit import RateLimiter
+from sig2knock.refusals import RefusalLog
 from sig2knock.packets import Knock
 from sig2knock.sessions import GrantInfo, Session, SessionRefused, SessionTable
 from sig2knock.wire import IPAddress
 from sig2knock.replay import FILE_NAME, ReplayCache, ReplayCacheError
-from sig2knock.users import Users, load_users
+from sig2knock.users import Users, UsersError, load_users
 
 
 @dataclass
@@ -42,6 +45,8 @@ class Prepared:
     users: Users
     replay_cache: ReplayCache
     interface: str
+    # The -i option, which a reload must apply again.
+    interface_override: Optional[str] = None
 
 
 def ensure_state_dir(path: str) -> bool:
@@ -78,7 +83,14 @@ def prepare(config_path: str, interface: Optional[str], now: float) -> Prepared:
         now,
         first_start=first_start,
     )
-    return Prepared(config, users, replay_cache, capture_interface)
+    return Prepared(config, users, replay_cache, capture_interface, interface)
+
+
+class InterfaceNotReady(ConfigError):
+    """
+    The capture interface is not there yet (or there is no default route yet): at boot the
+    daemon waits ``INTERFACE_WAIT`` seconds for it before this is an error.
+    """
 
 
 def resolve_interface(config: Config) -> str:
@@ -91,9 +103,11 @@ def resolve_interface(config: Config) -> str:
         try:
             return netif.default_route_interface()
         except netif.InterfaceError as error:
-            raise ConfigError(config.path, None, "INTERFACE", f"{error}; set INTERFACE") from None
+            raise InterfaceNotReady(
+                config.path, None, "INTERFACE", f"{error}; set INTERFACE"
+            ) from None
     if not netif.interface_exists(config.interface):
-        raise ConfigError(
+        raise InterfaceNotReady(
             config.path, line, "INTERFACE", f"{config.interface}: no such network interface"
         )
     return config.interface
@@ -148,6 +162,9 @@ class Sig2knockService(MultiService):
         self.host_addresses: FrozenSet[IPAddress] = frozenset()
         self._readyCall: Optional[IDelayedCall] = None
         self._control_ports: List[Any] = []
+        self._previous_hangup: Any = None
+        self.limiter = RateLimiter(reactor)
+        self.refusals = RefusalLog(reactor)
         knock_protocol = wire.PROTO_TCP if config.knock_proto == "tcp" else wire.PROTO_UDP
         self.granter = PortGranter(
             reactor,
@@ -198,7 +215,46 @@ class Sig2knockService(MultiService):
             sessions=self.sessions,
             replay_cache=self.prepared.replay_cache,
             max_skew=config.max_clock_skew,
+            limiter=self.limiter,
+            refusals=self.refusals,
         )
+
+    def reload(self) -> None:
+        """
+        Read the configuration and users file again (SIGHUP). A file with an error is refused
+        with one log line and the daemon keeps running on what it had; settings bound to open
+        sockets, the capture, the firewall or the replay cache wait for a restart (logged).
+        """
+        running = self.prepared.config
+        try:
+            loaded = load_config(running.path, self.prepared.interface_override)
+            users = load_users(loaded.users_file)
+        except (ConfigError, UsersError) as error:
+            self.log.error(
+                "reload refused, still running on the previous configuration: {error}",
+                error=str(error),
+            )
+            return
+        config, applied, pending = reload.merge(running, loaded)
+        self.prepared.config = config
+        self.prepared.users = users
+        self.sessions.min_knocks = config.knock_count
+        self.sessions.knock_timeout = config.knock_timeout
+        self.sessions.hold_time = config.singleconn_portopen_time
+        self.granter.forward_host = str(config.forward_to_ip)
+        self.granter.forward_port = config.forward_to_port
+        self.granter.open_time = config.singleconn_portopen_time
+        self.log.info(
+            "reloaded {config_path}: {count} user(s); changed now: {applied}; waiting for a"
+            " restart: {pending}",
+            config_path=config.path,
+            count=len(users),
+            applied=", ".join(applied) or "nothing",
+            pending=", ".join(pending) or "nothing",
+        )
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        self.reactor.callFromThread(self.reload)
 
     def open(self) -> None:
         """
@@ -277,6 +333,9 @@ class Sig2knockService(MultiService):
                 reason=self.firewall_reason,
             )
         super().startService()
+        self.refusals.start()
+        if hasattr(self.reactor, "callFromThread"):
+            self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
         starting = maybeDeferred(self.firewall.start)
         starting.addCallbacks(self._firewallStarted, self._firewallFailed)
 
@@ -314,6 +373,10 @@ class Sig2knockService(MultiService):
         """
         if self._readyCall is not None and self._readyCall.active():
             self._readyCall.cancel()
+        if self._previous_hangup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hangup)
+            self._previous_hangup = None
+        self.refusals.stop()
         stopping = [port.stopListening() for port in self._control_ports]
         self._control_ports = []
         self.sessions.stop()

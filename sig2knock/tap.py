@@ -3,16 +3,17 @@ The twistd plugin's options and service maker: ``twistd -n sig2knock --config FI
 """
 
 import sys
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 from twisted.application.service import IService
 from twisted.python import usage
 
-from sig2knock.config import ConfigError, default_config_path
+from sig2knock.config import ConfigError, default_config_path, load_config
 from sig2knock.replay import ReplayCacheError
 from sig2knock.capture import CaptureError
 from sig2knock.firewall import FirewallError
-from sig2knock.service import ControlPortError, Sig2knockService, prepare
+from sig2knock.service import ControlPortError, InterfaceNotReady, Sig2knockService, prepare
 from sig2knock.users import UsersError
 
 STARTUP_ERRORS = (
@@ -67,13 +68,59 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> IService:
 
         reactor = default_reactor
     try:
-        prepared = prepare(options["config"], options["interface"], reactor.seconds())
-        daemon = Sig2knockService(prepared, reactor)
-        # The capture handle and the control port are opened here, before twistd starts
-        # anything, so a missing capability or a port in use stops the daemon with one line.
-        daemon.open()
+        return open_daemon(options["config"], options["interface"], reactor)
     except STARTUP_ERRORS as error:
         sys.stderr.write(f"sig2knockd: {error}\n")
         sys.stderr.flush()
         raise SystemExit(1) from None
-    return daemon
+
+
+def open_daemon(
+    config_path: str,
+    interface: Optional[str],
+    reactor: Any,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Sig2knockService:
+    """
+    Load everything and open the capture handle and the control port, before twistd starts
+    anything, so a missing capability or a port in use stops the daemon with one line.
+
+    At boot the capture interface may not exist or be up yet: that is waited for, up to
+    ``INTERFACE_WAIT`` seconds, checking once a second (the reactor is not running yet, so the
+    wait blocks nothing).
+    """
+    started = monotonic()
+    announced = False
+    while True:
+        prepared = None
+        try:
+            prepared = prepare(config_path, interface, reactor.seconds())
+            daemon = Sig2knockService(prepared, reactor)
+            daemon.open()
+            return daemon
+        except (InterfaceNotReady, CaptureError) as error:
+            if prepared is not None:
+                prepared.replay_cache.close()
+            if isinstance(error, CaptureError):
+                if prepared is None or not _interface_not_ready(error):
+                    raise
+                wait = prepared.config.interface_wait
+            else:
+                wait = _interface_wait(config_path, interface)
+            if monotonic() - started >= wait:
+                raise
+            if not announced:
+                sys.stderr.write(f"sig2knockd: waiting up to {wait:g}s: {error}\n")
+                sys.stderr.flush()
+                announced = True
+            sleep(1.0)
+
+
+def _interface_not_ready(error: CaptureError) -> bool:
+    text = str(error)
+    return text.endswith("no such device") or text.endswith("interface is down")
+
+
+def _interface_wait(config_path: str, interface: Optional[str]) -> float:
+    return load_config(config_path, interface).interface_wait

@@ -63,6 +63,7 @@ REASON_VERSION = "version"
 REASON_TYPE = "type"
 REASON_BINDING = "binding"
 REASON_UNKNOWN_KEY = "unknown-key"
+REASON_RATE = "rate-limited"
 REASON_AUTH = "auth"
 REASON_MALFORMED = "malformed"
 REASON_STALE = "stale"
@@ -75,6 +76,7 @@ REASONS = (
     REASON_TYPE,
     REASON_BINDING,
     REASON_UNKNOWN_KEY,
+    REASON_RATE,
     REASON_AUTH,
     REASON_MALFORMED,
     REASON_STALE,
@@ -330,6 +332,7 @@ def decode(
     expect: Sequence[int],
     now: float,
     max_skew: float,
+    admit: Optional[Callable[[], bool]] = None,
 ) -> Received:
     """
     Check and decrypt one datagram.
@@ -337,10 +340,12 @@ def decode(
     ``keys`` maps key ids to user keys; ``bindings`` says which (address, port) the receiver
     accepts, as a container or a predicate; ``expect`` lists the message types this side accepts;
     ``now`` is the receiver's time in seconds since the epoch and ``max_skew`` how far in seconds a
-    timestamp may be from it. Raises ``MessageRejected`` and nothing else.
+    timestamp may be from it. ``admit``, when given, is asked after the cheap checks and before
+    the cryptography whether this datagram may cost that work (a rate limit). Raises
+    ``MessageRejected`` and nothing else.
     """
     try:
-        return _decode(data, keys, bindings, expect, now, max_skew)
+        return _decode(data, keys, bindings, expect, now, max_skew, admit)
     except MessageRejected:
         raise
     except Exception as error:  # noqa: BLE001 - the documented contract: one error type only
@@ -354,6 +359,7 @@ def _decode(
     expect: Sequence[int],
     now: float,
     max_skew: float,
+    admit: Optional[Callable[[], bool]] = None,
 ) -> Received:
     data = bytes(data)
     size = len(data)
@@ -375,6 +381,8 @@ def _decode(
     user = keys.get(received_key_id)
     if user is None:
         raise MessageRejected(REASON_UNKNOWN_KEY, f"key id {received_key_id.hex()}")
+    if admit is not None and not admit():
+        raise MessageRejected(REASON_RATE, f"user {user.name}: over the rate limit")
 
     header = data[:HEADER_SIZE]
     cipher = AES.new(user.key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_SIZE)

@@ -112,6 +112,7 @@ class DefaultsTests(SynchronousTestCase):
                 "singleconn_portopen_time": 30.0,
                 "interface": None,
                 "pktfilter_interface": None,
+                "interface_wait": 60.0,
                 "users_file": os.path.join(DIRECTORY, "user.txt"),
                 "firewall": "auto",
                 "firewall_policy": "ports",

@@ -13,6 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock import wire
 from sig2knock.control import ControlProtocol, binding_check
+from sig2knock.ratelimit import RateLimiter
+from sig2knock.refusals import RefusalLog
 from sig2knock.replay import ReplayCache
 from sig2knock.sessions import GrantInfo, SessionTable
 from sig2knock.wire import Binding, Confirm, KnockRequest, UserKey
@@ -49,6 +51,7 @@ class ControlProtocolTests(SynchronousTestCase):
         self.clock.advance(NOW)
         self.events: List[dict] = []
         self.patch(ControlProtocol, "log", Logger(observer=self.events.append))
+        self.patch(RefusalLog, "log", Logger(observer=self.events.append))
         self.patch(SessionTable, "log", Logger(observer=lambda event: None))
         self.sessions = SessionTable(
             self.clock,
@@ -153,7 +156,7 @@ class ControlProtocolTests(SynchronousTestCase):
         for event in self.events:
             self.assertEqual(event["source"], "198.18.0.2")
             self.assertNotIn(ALICE.key.hex(), repr(event))
-        self.assertEqual(sum(self.protocol.refusals.values()), len(cases))
+        self.assertEqual(sum(self.protocol.refusals.totals.values()), len(cases))
 
     def test_tamperedSilent(self) -> None:
         p1 = bytearray(self.p1())
@@ -168,6 +171,29 @@ class ControlProtocolTests(SynchronousTestCase):
         self.protocol.datagramReceived(self.p2(), mapped)
         self.assertEqual(len(self.transport.sent), 1)
         self.assertEqual(self.transport.sent[0][1], mapped)
+
+    def test_rateLimitBeforeCrypto(self) -> None:
+        """
+        Past its rate limit a source's datagrams are refused before any decryption; other
+        sources are served.
+        """
+        self.protocol.limiter = RateLimiter(
+            self.clock, per_source_rate=1, per_source_burst=2, global_rate=100, global_burst=100
+        )
+        flipped = bytearray(self.p1())
+        flipped[-1] ^= 1
+        for _ in range(5):
+            self.protocol.datagramReceived(bytes(flipped), ("198.18.0.66", 5000))
+        self.assertEqual(self.refusals(), ["auth", "auth"] + ["rate-limited"] * 3)
+        self.protocol.datagramReceived(self.p1(), CLIENT)
+        self.knock()
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.assertEqual(len(self.grants()), 1)
+
+    def test_junkNeverReachesTheLimiter(self) -> None:
+        for _ in range(100):
+            self.protocol.datagramReceived(b"\x01" * 90, ("198.18.0.66", 5000))
+        self.assertEqual(len(self.protocol.limiter), 0)
 
     def test_sessionRefusalLogged(self) -> None:
         request = KnockRequest(SESSION, wire.now_ms(NOW), wire.PROTO_UDP, PORTS)

@@ -171,8 +171,52 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertStopsWithOneLine(write_config(self.directory), "UDP_PORT 1001")
 
     def test_missingInterface(self) -> None:
-        path = write_config(self.directory, {"INTERFACE": "nosuchif0"})
+        path = write_config(self.directory, {"INTERFACE": "nosuchif0", "INTERFACE_WAIT": "0"})
         self.assertStopsWithOneLine(path, path, ":7:", "INTERFACE", "nosuchif0", "no such")
+
+    def test_interfaceWaitedForAtBoot(self) -> None:
+        """
+        An interface that appears a few seconds after start (boot, hotplug) is waited for.
+        """
+        path = write_config(self.directory, {"INTERFACE": "late0", "INTERFACE_WAIT": "10"})
+        checks = []
+
+        def exists(name: str) -> bool:
+            checks.append(name)
+            return len(checks) > 3
+
+        self.patch(service.netif, "interface_exists", exists)
+        now = [0.0]
+        sleeps = []
+
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            now[0] += seconds
+
+        daemon = tap.open_daemon(path, None, self.clock, sleep=sleep, monotonic=lambda: now[0])
+        self.addCleanup(daemon.prepared.replay_cache.close)
+        self.assertEqual(daemon.interface, "late0")
+        self.assertEqual(sleeps, [1.0, 1.0, 1.0])
+        self.assertEqual(self.stderr.getvalue().count("waiting up to 10s"), 1)
+
+    def test_interfaceWaitHasAnEnd(self) -> None:
+        path = write_config(self.directory, {"INTERFACE": "never0", "INTERFACE_WAIT": "3"})
+        now = [0.0]
+
+        def sleep(seconds: float) -> None:
+            now[0] += seconds
+
+        error = self.assertRaises(
+            config_module.ConfigError,
+            tap.open_daemon,
+            path,
+            None,
+            self.clock,
+            sleep=sleep,
+            monotonic=lambda: now[0],
+        )
+        self.assertIn("never0", str(error))
+        self.assertEqual(now[0], 3.0)
 
     def test_unusableStateDir(self) -> None:
         open(os.path.join(self.directory, "state"), "w").close()

@@ -1,0 +1,105 @@
+"""
+Refusals: counted by reason for as long as the daemon runs, logged one by one while they are few,
+and summed up once a minute under a flood, so junk can neither flood the log nor fill the disk.
+"""
+
+import collections
+from typing import Counter, Optional
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+# Refusals logged one by one in each interval; the rest go into the interval's summary.
+DETAILED_PER_INTERVAL = 20
+INTERVAL = 60.0
+# Distinct sources remembered per interval for the summary's "busiest sources".
+MAX_SOURCES_PER_INTERVAL = 1024
+BUSIEST_SHOWN = 5
+
+
+class RefusalLog:
+    """
+    Where every refused datagram is reported (``refused``). ``totals`` counts them by reason
+    since start; ``start``/``stop`` run the once-an-interval summary on ``clock``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        detailed_per_interval: int = DETAILED_PER_INTERVAL,
+        interval: float = INTERVAL,
+    ) -> None:
+        self.clock = clock
+        self.detailed_per_interval = detailed_per_interval
+        self.interval = interval
+        self.totals: Counter[str] = collections.Counter()
+        self._reasons: Counter[str] = collections.Counter()
+        self._sources: Counter[str] = collections.Counter()
+        self._detailed = 0
+        self._suppressed = 0
+        self._loop: Optional[LoopingCall] = None
+
+    def refused(self, source: str, port: int, reason: str, detail: str) -> None:
+        """
+        Count one refusal from ``source``/``port`` and log it if the interval's quota allows.
+        """
+        self.totals[reason] += 1
+        self._reasons[reason] += 1
+        if source in self._sources or len(self._sources) < MAX_SOURCES_PER_INTERVAL:
+            self._sources[source] += 1
+        if self._detailed < self.detailed_per_interval:
+            self._detailed += 1
+            self.log.info(
+                "refused datagram from {source} port {source_port}: {reason} ({detail})",
+                source=source,
+                source_port=port,
+                reason=reason,
+                detail=detail,
+            )
+        else:
+            self._suppressed += 1
+
+    def summarize(self) -> None:
+        """
+        End the interval: if refusals were left out of the log, say how many and of what kind,
+        in one line.
+        """
+        if self._suppressed:
+            busiest = ", ".join(
+                f"{source} ({count})" for source, count in self._sources.most_common(BUSIEST_SHOWN)
+            )
+            reasons = ", ".join(f"{reason} {count}" for reason, count in self._reasons.most_common())
+            self.log.warn(
+                "refused {total} datagrams in the last {interval:.0f}s, {suppressed} of them not"
+                " logged one by one: {reasons}; busiest sources: {busiest}",
+                total=sum(self._reasons.values()),
+                interval=self.interval,
+                suppressed=self._suppressed,
+                reasons=reasons,
+                reason_counts=dict(self._reasons),
+                busiest=busiest,
+            )
+        self._reasons.clear()
+        self._sources.clear()
+        self._detailed = 0
+        self._suppressed = 0
+
+    def start(self) -> None:
+        """
+        Summarize once an interval from now on.
+        """
+        self._loop = LoopingCall(self.summarize)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        """
+        Stop summarizing, after a last summary.
+        """
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        self.summarize()

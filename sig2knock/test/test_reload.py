@@ -1,0 +1,92 @@
+"""
+Tests for reloading on SIGHUP (sig2knock.reload and Sig2knockService.reload): new users and
+settings apply at once, a broken file is refused and the daemon keeps what it had.
+"""
+
+import os
+from typing import List
+
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock import reload, service
+from sig2knock.config import parse_config
+from sig2knock.test.common import write_config, write_users
+from sig2knock.test.test_plugin import NOW, FakeAddressWatcher
+
+
+class MergeTests(SynchronousTestCase):
+    """
+    What a reload may change at once, and what waits for a restart.
+    """
+
+    def config(self, extra: str = ""):
+        text = "UDP_PORT = 1001\nFORWARD_TO_IP = 127.0.0.1\nFORWARD_TO_PORT = 22\n" + extra
+        return parse_config(text, "/etc/sig2knock/sig2knockd.conf")
+
+    def test_liveAndRestartOnly(self) -> None:
+        running = self.config()
+        loaded = self.config("KNOCK_COUNT = 6\nFIREWALL_POLICY = lockdown\nFIREWALL = nftables\n")
+        merged, applied, pending = reload.merge(running, loaded)
+        self.assertEqual(merged.knock_count, 6)
+        self.assertEqual(applied, ["KNOCK_COUNT"])
+        self.assertEqual(pending, ["FIREWALL", "FIREWALL_POLICY"])
+        self.assertEqual((merged.firewall, merged.firewall_policy), ("auto", "ports"))
+
+    def test_everyKeyClassified(self) -> None:
+        from sig2knock.config import KNOWN_KEYS
+
+        classified = set(reload.LIVE) | set(reload.RESTART_ONLY) | {"PKTFILTER_INTERFACE"}
+        self.assertEqual(classified, set(KNOWN_KEYS))
+
+
+class ServiceReloadTests(SynchronousTestCase):
+    """
+    ``Sig2knockService.reload`` on real files.
+    """
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.config_path = write_config(self.directory)
+        prepared = service.prepare(self.config_path, None, NOW)
+        self.addCleanup(prepared.replay_cache.close)
+        self.daemon = service.Sig2knockService(
+            prepared, Clock(), watch_addresses=FakeAddressWatcher
+        )
+        self.events: List[dict] = []
+        self.patch(service.Sig2knockService, "log", Logger(observer=self.events.append))
+
+    def test_newUsersAndSettingsApply(self) -> None:
+        write_users(
+            os.path.join(self.directory, "user.txt"),
+            {"alice": "alice's password", "bob": "bob's password"},
+        )
+        write_config(self.directory, {"KNOCK_COUNT": "6", "SINGLECONN_PORTOPEN_TIME": "5"})
+        self.daemon.reload()
+        self.assertEqual(sorted(self.daemon.prepared.users.names()), ["alice", "bob"])
+        self.assertEqual(self.daemon.sessions.min_knocks, 6)
+        self.assertEqual(self.daemon.granter.open_time, 5)
+        self.assertIn("KNOCK_COUNT", self.events[-1]["applied"])
+
+    def test_brokenFileKeepsTheRunningConfiguration(self) -> None:
+        write_config(self.directory, {"KNOCK_COUNT": "many"})
+        self.daemon.reload()
+        self.assertEqual(self.daemon.prepared.config.knock_count, 4)
+        self.assertEqual(self.daemon.prepared.users.names(), ["alice"])
+        (event,) = self.events
+        self.assertEqual(event["log_level"].name, "error")
+        self.assertIn("KNOCK_COUNT", event["error"])
+
+    def test_openUsersFileRefused(self) -> None:
+        os.chmod(os.path.join(self.directory, "user.txt"), 0o644)
+        self.daemon.reload()
+        self.assertEqual(self.daemon.prepared.users.names(), ["alice"])
+        self.assertIn("chmod 600", self.events[-1]["error"])
+
+    def test_restartOnlyChangeWaits(self) -> None:
+        write_config(self.directory, {"UDP_PORT": "2002"})
+        self.daemon.reload()
+        self.assertEqual(self.daemon.prepared.config.udp_port, 1001)
+        self.assertEqual(self.events[-1]["pending"], "UDP_PORT")
