@@ -1,0 +1,55 @@
+"""
+SIGHUP on the real daemon: a new user can knock at once; a broken configuration is refused and
+the daemon keeps serving on the one it had (knockd exits on a bad reload).
+"""
+
+import os
+import signal
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests import lab
+from tests.lab import Lab
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    Reload with SIGHUP in the namespace lab.
+    """
+
+    skip = lab.why_not_runnable()
+
+    def setUp(self) -> None:
+        self.lab = Lab()
+        self.addCleanup(self.lab.close)
+        self.lab.build()
+        self.lab.start_echo_service()
+        self.lab.start_daemon()
+
+    def hangup_and_wait(self, marker: str) -> None:
+        before = self.lab.log().count(marker)
+        self.lab.daemon.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while self.lab.log().count(marker) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertGreater(self.lab.log().count(marker), before, self.lab.log())
+
+    def test_newUserKnocksAfterReload(self) -> None:
+        self.assertEqual(self.lab.knock(user="bob", password="bob's long password", timeout=1.5)
+                         .returncode, 1)
+        self.lab.write_server_files({}, {"alice": lab.PASSWORD, "bob": "bob's long password"})
+        self.hangup_and_wait("reloaded")
+        result = self.lab.knock(user="bob", password="bob's long password")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, int(result.stdout)), "echo:hello")
+
+    def test_brokenConfigurationKeepsTheDaemonServing(self) -> None:
+        config = os.path.join(self.lab.directory, "sig2knockd.conf")
+        with open(config, "a", encoding="utf-8") as config_file:
+            config_file.write("KNOCK_COUNT = lots\n")
+        self.hangup_and_wait("reload refused")
+        self.assertIsNone(self.lab.daemon.poll())
+        self.assertIn("KNOCK_COUNT", self.lab.log())
+        result = self.lab.knock()
+        self.assertEqual(result.returncode, 0, result.stderr)
