@@ -49,6 +49,7 @@ class ControlProtocol(DatagramProtocol):
         replay_cache: ReplayCache,
         max_skew: float,
         limiter: Optional[RateLimiter] = None,
+        user_limiter: Optional[RateLimiter] = None,
         refusals: Optional[RefusalLog] = None,
     ) -> None:
         self.clock = clock
@@ -58,6 +59,7 @@ class ControlProtocol(DatagramProtocol):
         self.replay_cache = replay_cache
         self.max_skew = max_skew
         self.limiter = limiter if limiter is not None else RateLimiter(clock)
+        self.user_limiter = user_limiter if user_limiter is not None else user_rate_limiter(clock)
         self.refusals = refusals if refusals is not None else RefusalLog(clock)
         self.grants_sent = 0
 
@@ -80,6 +82,12 @@ class ControlProtocol(DatagramProtocol):
                 max_skew=self.max_skew,
                 admit=lambda: self.limiter.allow(source),
             )
+            # Per user, and only once authenticated (so nobody can spend another's allowance):
+            # one key holder with many addresses cannot fill the replay cache for everyone.
+            if not self.user_limiter.allow(received.user.name):
+                raise MessageRejected(
+                    wire.REASON_RATE, f"user {received.user.name}: over the per-user rate limit"
+                )
             self.replay_cache.check_and_remember(
                 received.nonce, received.message.timestamp_ms, now
             )
@@ -127,6 +135,14 @@ class ControlProtocol(DatagramProtocol):
 
     def _refused(self, source: object, port: int, reason: str, detail: str) -> None:
         self.refusals.refused(str(source), port, reason, detail)
+
+
+def user_rate_limiter(clock: IReactorTime) -> RateLimiter:
+    """
+    The per-user limit on authenticated messages: like the per-source one, with no global cap of
+    its own.
+    """
+    return RateLimiter(clock, global_rate=None)
 
 
 def binding_check(

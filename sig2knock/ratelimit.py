@@ -8,7 +8,7 @@ addresses are forgotten first), so a flood from many addresses costs a fixed amo
 
 import collections
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Hashable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -50,8 +50,9 @@ class TokenBucket:
 
 class RateLimiter:
     """
-    One bucket per source address and one for everything; ``allow(source)`` says whether one more
-    datagram from ``source`` may be worked on now.
+    One bucket per source (an address, or a user name) and one for everything (none when
+    ``global_rate`` is ``None``); ``allow(source)`` says whether one more datagram from ``source``
+    may be worked on now.
     """
 
     def __init__(
@@ -59,7 +60,7 @@ class RateLimiter:
         clock: IReactorTime,
         per_source_rate: float = PER_SOURCE_RATE,
         per_source_burst: float = PER_SOURCE_BURST,
-        global_rate: float = GLOBAL_RATE,
+        global_rate: Optional[float] = GLOBAL_RATE,
         global_burst: float = GLOBAL_BURST,
         max_sources: int = MAX_SOURCES,
     ) -> None:
@@ -67,7 +68,11 @@ class RateLimiter:
         self.per_source_rate = per_source_rate
         self.per_source_burst = per_source_burst
         self.max_sources = max_sources
-        self._global = TokenBucket(global_rate, global_burst, global_burst, clock.seconds())
+        self._global = (
+            None
+            if global_rate is None
+            else TokenBucket(global_rate, global_burst, global_burst, clock.seconds())
+        )
         self._sources: "collections.OrderedDict[Hashable, TokenBucket]" = (
             collections.OrderedDict()
         )
@@ -94,4 +99,4 @@ class RateLimiter:
             self._sources.move_to_end(source)
         if not bucket.take(now):
             return False
-        return self._global.take(now)
+        return self._global is None or self._global.take(now)

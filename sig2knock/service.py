@@ -6,6 +6,7 @@ state directory, replay cache), so a mistake stops the daemon with one line and 
 state. ``Sig2knockService`` is the ``MultiService`` twistd runs.
 """
 
+import errno
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ from twisted.python.failure import Failure
 from sig2knock import __version__, netif, reload, wire
 from sig2knock.capture import KnockCapture
 from sig2knock.config import Config, ConfigError, load_config
-from sig2knock.control import ControlProtocol, binding_check
+from sig2knock.control import ControlProtocol, binding_check, user_rate_limiter
 from sig2knock.firewall import IFirewall
 from sig2knock.firewall.choose import build_firewall, resolve_name
 from sig2knock.grants import PortGranter
@@ -52,9 +53,13 @@ class Prepared:
 def ensure_state_dir(path: str) -> bool:
     """
     Create ``STATE_DIR`` (mode 0700) if needed and refuse one that others could write to. Return
-    whether it was created now.
+    whether this is a first start: the directory was created now, or prepared empty for the
+    daemon (systemd's ``StateDirectory=``, ``install -d``).
     """
-    created = not os.path.exists(path)
+    try:
+        created = not os.path.exists(path) or not os.listdir(path)
+    except OSError:
+        created = False
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         status = os.stat(path)
@@ -83,7 +88,19 @@ def prepare(config_path: str, interface: Optional[str], now: float) -> Prepared:
         now,
         first_start=first_start,
     )
+    # A second file, so that a replay cache deleted on its own is seen as lost, not as a first
+    # start (only an empty or new STATE_DIR is one).
+    marker = os.path.join(config.state_dir, STARTED_MARKER)
+    if not os.path.exists(marker):
+        try:
+            with open(marker, "w", encoding="utf-8") as started:
+                started.write("sig2knock has run with this STATE_DIR; see docs/PROTOCOL.md\n")
+        except OSError as error:
+            raise ReplayCacheError(f"STATE_DIR {config.state_dir}: {error.strerror}") from None
     return Prepared(config, users, replay_cache, capture_interface, interface)
+
+
+STARTED_MARKER = "started"
 
 
 class InterfaceNotReady(ConfigError):
@@ -164,6 +181,7 @@ class Sig2knockService(MultiService):
         self._control_ports: List[Any] = []
         self._previous_hangup: Any = None
         self.limiter = RateLimiter(reactor)
+        self.user_limiter = user_rate_limiter(reactor)
         self.refusals = RefusalLog(reactor)
         knock_protocol = wire.PROTO_TCP if config.knock_proto == "tcp" else wire.PROTO_UDP
         self.granter = PortGranter(
@@ -216,6 +234,7 @@ class Sig2knockService(MultiService):
             replay_cache=self.prepared.replay_cache,
             max_skew=config.max_clock_skew,
             limiter=self.limiter,
+            user_limiter=self.user_limiter,
             refusals=self.refusals,
         )
 
@@ -279,13 +298,20 @@ class Sig2knockService(MultiService):
             try:
                 listening = self.reactor.listenUDP(port, self.control_protocol(), interface)
             except CannotListenError as error:
-                if interface == "::":
+                reason = error.socketError
+                code = getattr(reason, "errno", None)
+                if interface == "::" and code in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                     continue  # no IPv6 on this host: IPv4 alone
                 for opened in self._control_ports:
                     opened.stopListening()
                 self._control_ports = []
+                text = getattr(reason, "strerror", None) or str(reason)
+                if code == errno.EACCES and port < 1024:
+                    text += "; a port below 1024 needs root or CAP_NET_BIND_SERVICE"
+                elif code == errno.EADDRINUSE:
+                    text += " (another program, or another sig2knockd, has it)"
                 raise ControlPortError(
-                    f"UDP_PORT {port}: cannot listen on {interface}: {error.socketError}"
+                    f"UDP_PORT {port}: cannot listen on {interface}: {text}"
                 ) from None
             self._control_ports.append(listening)
             if interface == "::" and not _ipv6_only(listening):

@@ -33,6 +33,9 @@ GRANTING = "granting"
 GRANTED = "granted"
 
 DEFAULT_MAX_PER_SOURCE = 8
+# One key holder with many addresses (an IPv6 prefix, a botnet, a stolen key) must not fill the
+# table and lock the other users out.
+DEFAULT_MAX_PER_USER = 16
 DEFAULT_MAX_TOTAL = 1024
 DEFAULT_EARLY_WINDOW = 2.0
 # Remembered early knocks: per address, and addresses at once.
@@ -126,6 +129,7 @@ class SessionTable:
         knock_timeout: float,
         hold_time: float,
         max_per_source: int = DEFAULT_MAX_PER_SOURCE,
+        max_per_user: int = DEFAULT_MAX_PER_USER,
         max_total: int = DEFAULT_MAX_TOTAL,
         early_window: float = DEFAULT_EARLY_WINDOW,
     ) -> None:
@@ -137,10 +141,12 @@ class SessionTable:
         self.knock_timeout = knock_timeout
         self.hold_time = hold_time
         self.max_per_source = max_per_source
+        self.max_per_user = max_per_user
         self.max_total = max_total
         self.early_window = early_window
         self._sessions: Dict[Tuple[IPAddress, bytes], Session] = {}
         self._pending: Dict[IPAddress, List[Session]] = {}
+        self._pending_by_user: Dict[str, int] = {}
         self._early: "collections.OrderedDict[IPAddress, Deque[Tuple[float, int, int]]]" = (
             collections.OrderedDict()
         )
@@ -187,11 +193,16 @@ class SessionTable:
             )
         if self.pending_count(source) >= self.max_per_source:
             raise SessionRefused("source-limit", f"{self.max_per_source} pending sessions")
+        if self._pending_by_user.get(user, 0) >= self.max_per_user:
+            raise SessionRefused(
+                "user-limit", f"{self.max_per_user} pending sessions of user {user}"
+            )
         if len(self._sessions) >= self.max_total:
             raise SessionRefused("table-full", f"{self.max_total} sessions")
         session = Session(source, user, request.session_id, request.protocol, request.ports)
         self._sessions[session.key] = session
         self._pending.setdefault(source, []).append(session)
+        self._pending_by_user[user] = self._pending_by_user.get(user, 0) + 1
         session.timer = self.clock.callLater(self.knock_timeout, self._expire, session)
         self.log.info(
             "P1 accepted: {user} from {source}, {count} {protocol} knocks",
@@ -342,6 +353,11 @@ class SessionTable:
             pending.remove(session)
             if not pending:
                 del self._pending[session.source]
+            remaining = self._pending_by_user[session.user] - 1
+            if remaining:
+                self._pending_by_user[session.user] = remaining
+            else:
+                del self._pending_by_user[session.user]
 
     def _remove(self, session: Session, notify: bool = True) -> None:
         if session.timer is not None and session.timer.active():

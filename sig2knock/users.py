@@ -157,8 +157,16 @@ def _check_status(path: str, status: os.stat_result, uid: int) -> None:
     if not stat.S_ISREG(status.st_mode):
         raise UsersError(f"{path}: not a regular file")
     if status.st_uid != uid:
+        owner = _owner_name(status.st_uid)
+        if uid == 0:
+            # Checked as root for a daemon that probably runs as the file's owner.
+            raise UsersError(
+                f"{path}: owned by {owner}, and this runs as root; if the daemon runs as {owner},"
+                f" check as that user: runuser -u {owner} -- sig2knockd --check-config; if it"
+                f" runs as root, fix with: chown root {path}"
+            )
         raise UsersError(
-            f"{path}: owned by {_owner_name(status.st_uid)}, but the daemon runs as"
+            f"{path}: owned by {owner}, but the daemon runs as"
             f" {_owner_name(uid)}; fix with: chown {_owner_name(uid)} {path}"
         )
     mode = stat.S_IMODE(status.st_mode)

@@ -74,8 +74,11 @@ def append_line(path: str, user: str, line: str) -> None:
     from sig2knock.users import UsersError, load_users
 
     if os.path.exists(path):
+        # root appends to the file of whatever user the daemon runs as (a service user): the
+        # owner stays, so the file must be that user's; the mode check is the same.
+        owner = os.stat(path).st_uid if os.geteuid() == 0 else None
         try:
-            existing = load_users(path)
+            existing = load_users(path, owner)
         except UsersError as error:
             raise UserAddError(str(error)) from None
         if user in existing.entries:

@@ -190,6 +190,26 @@ class ControlProtocolTests(SynchronousTestCase):
         self.protocol.datagramReceived(self.p2(), CLIENT)
         self.assertEqual(len(self.grants()), 1)
 
+    def test_perUserRateLimitAfterAuthentication(self) -> None:
+        """
+        One user sending from many addresses is limited as a user, once authenticated; other
+        users are not affected, and nobody without the key can spend the user's allowance.
+        """
+        self.protocol.user_limiter = RateLimiter(
+            self.clock, per_source_rate=1, per_source_burst=3, global_rate=None
+        )
+        forged = bytearray(self.p1())
+        forged[-1] ^= 1
+        for n in range(10):
+            self.protocol.datagramReceived(bytes(forged), (f"198.18.3.{n}", 5000))
+        for n in range(5):
+            request = KnockRequest(bytes([n]) * 16, wire.now_ms(NOW), wire.PROTO_TCP, PORTS)
+            self.protocol.datagramReceived(
+                wire.encode(request, ALICE, SERVER), (f"198.18.4.{n}", 5000)
+            )
+        self.assertEqual(self.refusals().count("rate-limited"), 2)
+        self.assertEqual(self.sessions.pending_count(), 3)
+
     def test_junkNeverReachesTheLimiter(self) -> None:
         for _ in range(100):
             self.protocol.datagramReceived(b"\x01" * 90, ("198.18.0.66", 5000))

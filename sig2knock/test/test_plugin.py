@@ -286,6 +286,18 @@ class ServiceTests(SynchronousTestCase):
         )
         self.assertEqual(error.reason, "replay")
 
+    def test_emptyPreparedStateDirIsFirstStart(self) -> None:
+        """
+        A STATE_DIR prepared empty for the daemon (systemd's StateDirectory=) is a first start:
+        messages are accepted at once.
+        """
+        state = os.path.join(self.directory, "state")
+        os.makedirs(state, mode=0o700)
+        daemon = self.daemon()
+        self.addCleanup(daemon.prepared.replay_cache.close)
+        daemon.prepared.replay_cache.check_and_remember(b"1" * 12, int(NOW * 1000), NOW)
+        self.assertTrue(os.path.exists(os.path.join(state, service.STARTED_MARKER)))
+
     def test_stateDirOpenToOthersRefused(self) -> None:
         state = os.path.join(self.directory, "state")
         os.makedirs(state)

@@ -205,6 +205,25 @@ class SessionTableTests(SynchronousTestCase):
         self.assertEqual(error.reason, "source-limit")
         table.open(OTHER, "alice", request(b"3" * 16))
 
+    def test_perUserLimit(self) -> None:
+        """
+        One user with many addresses cannot fill the table: others still get sessions.
+        """
+        table = self.make(max_per_user=3)
+        for n in range(3):
+            table.open(ipaddress.ip_address(f"198.18.1.{n}"), "bob", request(bytes([n]) * 16))
+        error = self.assertRaises(
+            SessionRefused, table.open, ipaddress.ip_address("198.18.1.9"), "bob", request()
+        )
+        self.assertEqual(error.reason, "user-limit")
+        table.open(CLIENT, "alice", request())
+        for port in PORTS:  # a completed session is no longer pending
+            table.knock(ipaddress.ip_address("198.18.1.0"), TCP, port)
+        table.open(ipaddress.ip_address("198.18.1.9"), "bob", request())
+        self.clock.advance(11)
+        self.assertEqual(table.pending_count(), 0)
+        table.open(ipaddress.ip_address("198.18.1.8"), "bob", request(b"X" * 16))
+
     def test_totalLimit(self) -> None:
         table = self.make(max_total=2)
         table.open(CLIENT, "alice", request(b"1" * 16))

@@ -1,0 +1,491 @@
+"""
+Attacks on the real daemon in the namespace lab, against the security requirements of
+DESIGN.md: replay (same server, after a restart, at another server), spoofed noise during a
+knock, floods of junk and of almost-valid messages, session-state exhaustion, and clocks.
+
+The attack programs are in ``tests/attack_tools.py``; they run inside the lab's namespaces and
+send only to lab addresses (198.18.0.0/15), bounded in packets and in time. The daemon runs with
+``FIREWALL = nftables`` and ``FIREWALL_POLICY = lockdown``. Needs root; skipped otherwise.
+"""
+
+import os
+import shutil
+import time
+from typing import Dict, List, Optional
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests import attack_tools as tools
+from tests import lab
+from tests.lab import Lab
+
+RANGE = (40000, 40999)
+SETTINGS = {
+    "FIREWALL": "nftables",
+    "FIREWALL_POLICY": "lockdown",
+    "ASSIGN_PORT_RANGE": f"{RANGE[0]}-{RANGE[1]}",
+    "SINGLECONN_PORTOPEN_TIME": "3",
+}
+# Extra addresses of the intruder: the sources of floods.
+FLOOD_SOURCES = [f"198.18.0.{host}" for host in range(10, 20)]
+SECOND_SERVER_IP = "198.18.0.9"
+BOB_PASSWORD = "bob has a long passphrase too"
+MIB = 1024
+RSS_GROWTH_LIMIT_KIB = 64 * MIB
+# Limit refusals the session table (or a rate limiter) may log under state exhaustion.
+LIMIT_REASONS = ("source-limit", "user-limit", "table-full", "rate-limited")
+
+
+def why_not() -> Optional[str]:
+    return lab.why_not_runnable() or (None if shutil.which("nft") else "nft is not installed")
+
+
+class AttackLabMixin:
+    """
+    A fresh lab per test, with the echo service as the hidden service.
+    """
+
+    skip = why_not()
+
+    def setUp(self) -> None:
+        self.lab = Lab()
+        self.addCleanup(self.lab.close)
+        self.lab.build()
+        self.lab.start_echo_service()
+
+    def start(self, users: Optional[Dict[str, str]] = None, **settings: str) -> None:
+        self.lab.start_daemon({**SETTINGS, **settings}, users)
+
+    def knocked_port(self, timeout: float = 5, **options) -> int:
+        result = self.lab.knock(timeout=timeout, **options)
+        self.assertEqual(
+            result.returncode, 0, f"client failed: {result.stderr}\n--- daemon ---\n"
+            f"{self.lab.log()[-5000:]}"
+        )
+        return int(result.stdout)
+
+    def ports_in_range(self) -> List[int]:
+        return [port for port in self.lab.listening_ports() if RANGE[0] <= port <= RANGE[1]]
+
+    def assertDaemonAlive(self) -> None:
+        self.assertIsNone(self.lab.daemon.poll(), f"the daemon died:\n{self.lab.log()[-3000:]}")
+
+
+class ReplayTests(AttackLabMixin, SynchronousTestCase):
+    """
+    Datagrams captured from a real knock, re-sent with the client's own source address and port
+    (spoofed from the intruder through a raw socket), get nothing: not at the same server, not
+    after it restarts, not at another server with the same users file.
+    """
+
+    def capture_knock(self) -> List[Dict]:
+        """
+        Capture the control datagrams of one real, used knock; return them.
+        """
+        path = os.path.join(self.lab.directory, "p1p2.jsonl")
+        capture = tools.Background(self.lab, "server", "capture", {
+            "interface": "br0",
+            "filter": f"udp and src host {lab.CLIENT_IP} and dst port {lab.CONTROL_PORT}",
+            "out": path, "seconds": 30, "max": 1000,
+        })
+        port = self.knocked_port()
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
+        time.sleep(0.2)
+        capture.stop()
+        capture.result()
+        datagrams = tools.read_capture(path)
+        sizes = {len(bytes.fromhex(d["payload"])) for d in datagrams}
+        self.assertIn(90, sizes, "a P1 (4 knocks) was captured")
+        self.assertIn(80, sizes, "a P2 was captured")
+        # The grant is used: its one-connection listener is gone.
+        self.assertTrue(tools.wait_for(lambda: port not in self.ports_in_range(), 5))
+        return datagrams
+
+    def replay(self, datagrams: List[Dict], reason: str, destination: str = lab.SERVER_IP,
+               payload=lambda data: data) -> None:
+        """
+        Re-send ``datagrams`` from the intruder, spoofing their original source, to
+        ``destination``; assert nothing answers and every one is refused with ``reason``.
+        """
+        before_ports = set(self.ports_in_range())
+        offset = len(self.lab.log())
+        source_ports = sorted({d["sport"] for d in datagrams})
+        listener = tools.Background(self.lab, "client", "listen", {
+            "address": lab.CLIENT_IP, "ports": source_ports, "seconds": 2.0,
+        })
+        answers_path = os.path.join(self.lab.directory, f"answers-{offset}.jsonl")
+        sniffer = tools.Background(self.lab, "client", "capture", {
+            "interface": "eth0", "filter": "udp and not dst host 255.255.255.255",
+            "out": answers_path, "seconds": 10, "max": 1000,
+        })
+        packets = [
+            {**d, "dst": destination,
+             "payload": payload(bytes.fromhex(d["payload"])).hex()}
+            for d in datagrams
+        ]
+        sent = tools.run_tool(self.lab, "intruder", "rawsend", {"packets": packets,
+                                                                "interval": 0.002})
+        self.assertEqual(sent["sent"], len(datagrams))
+        received = listener.result()["received"]
+        sniffer.stop()
+        sniffer.result()
+        # Replies to the spoofed source would land in the client's namespace.
+        answers = [a for a in tools.read_capture(answers_path) if a["src"] != lab.CLIENT_IP]
+        self.assertEqual(received, [], "a replayed datagram was answered")
+        self.assertEqual(answers, [], "UDP reached the client's address during the replay")
+        self.assertTrue(
+            tools.wait_for(
+                lambda: tools.refusal_count(tools.log_since(self.lab, offset), reason)
+                >= len(datagrams), 5),
+            f"expected {len(datagrams)} '{reason}' refusals:\n"
+            f"{tools.log_since(self.lab, offset)[-4000:]}",
+        )
+        log = tools.log_since(self.lab, offset)
+        for step in ("P1 accepted", "knock sequence complete", "granted", "P3 sent"):
+            self.assertNotIn(step, log)
+        self.assertFalse(set(self.ports_in_range()) - before_ports, "a new port was opened")
+        print(f"\nreplayed {len(datagrams)} datagrams to {destination}: "
+              f"{tools.refusal_count(log, reason)} refused '{reason}', 0 answered")
+
+    def fresh_p2_is_answered(self, datagrams: List[Dict]) -> None:
+        """
+        The control experiment: the same spoofed path, with the captured P2 re-encrypted under
+        alice's key (fresh nonce and timestamp), does get its P3 at the client's address, so
+        the silence of a replay is the replay cache's doing, not the harness's.
+        """
+        from sig2knock import wire
+
+        alice = wire.UserKey("alice", tools.lab_key("alice", lab.PASSWORD))
+        binding = wire.Binding.of(lab.SERVER_IP, lab.CONTROL_PORT)
+        captured = next(d for d in datagrams if len(d["payload"]) == 2 * wire.CONFIRM_SIZE)
+        confirm = wire.decode(
+            bytes.fromhex(captured["payload"]), keys={alice.key_id: alice}, bindings=(binding,),
+            expect=(wire.TYPE_CONFIRM,), now=time.time(), max_skew=3600,
+        ).message
+        fresh = wire.encode(wire.Confirm(confirm.session_id, wire.now_ms(time.time())), alice,
+                            binding)
+        listener = tools.Background(self.lab, "client", "listen", {
+            "address": lab.CLIENT_IP, "ports": [captured["sport"]], "seconds": 1.5,
+        })
+        tools.run_tool(self.lab, "intruder", "rawsend",
+                       {"packets": [{**captured, "payload": fresh.hex()}]})
+        received = listener.result()["received"]
+        self.assertEqual([r["size"] for r in received], [wire.GRANT_SIZE],
+                         "the control experiment got no P3: the harness sees nothing")
+
+    def test_replayRefusedNowAfterRestartAndElsewhere(self) -> None:
+        self.start(SINGLECONN_PORTOPEN_TIME="10")
+        datagrams = self.capture_knock()
+        # At once, while the used grant's session is still remembered (it answers a repeated
+        # P2 with the same port for SINGLECONN_PORTOPEN_TIME): only the replay cache stands in
+        # the way.
+        self.replay(datagrams, "replay")
+        self.fresh_p2_is_answered(datagrams)
+        self.assertDaemonAlive()
+
+        # After a clean restart on the same STATE_DIR: the cache was persisted.
+        self.lab.stop_daemon()
+        self.start()
+        self.replay(datagrams, "replay")
+
+        # At a second server with the same users file: the binding is the other server's.
+        self.lab.stop_daemon()
+        self.lab.ns("server", ["ip", "addr", "add", f"{SECOND_SERVER_IP}/24", "dev", "br0"])
+        self.start(LISTEN_ADDRESS=SECOND_SERVER_IP, STATE_DIR="state-second")
+        self.replay(datagrams, "binding", destination=SECOND_SERVER_IP)
+
+        # Rewriting the clear binding to the second server breaks the authentication instead.
+        from sig2knock import wire
+
+        rebound = wire.Binding.of(SECOND_SERVER_IP, lab.CONTROL_PORT).packed_address()
+        self.replay(datagrams, "auth", destination=SECOND_SERVER_IP,
+                    payload=lambda data: data[:10] + rebound + data[26:])
+        self.assertDaemonAlive()
+
+
+class NoiseTests(AttackLabMixin, SynchronousTestCase):
+    """
+    Spoofed noise from the client's own address (extra SYNs and datagrams to random ports)
+    during a real knock does not break the knock.
+    """
+
+    def knock_through_noise(self, protocol: str) -> None:
+        self.start(KNOCK_PROTO=protocol)
+        noise = tools.Background(self.lab, "client", "noise", {
+            "target": lab.SERVER_IP, "count": 20000, "seconds": 2.0,
+            "protocols": ["tcp", "udp"], "exclude": [lab.CONTROL_PORT], "seed": 1,
+            # Not the assigned ports: the noise comes from the client's own stack, so a SYN to
+            # the granted port completes a handshake and uses the one connection up, which is
+            # the grant working as specified, not the noise breaking the knock.
+            "exclude_ranges": [list(RANGE)],
+        })
+        started = time.monotonic()
+        port = self.knocked_port(extra=["--knock-proto", protocol])
+        elapsed = time.monotonic() - started
+        self.assertTrue(noise.running(), "the noise ended before the knock did")
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
+        sent = noise.result()
+        rate = sent["sent"] / sent["elapsed"]
+        print(f"\n{protocol} knock through noise: {elapsed:.2f} s; noise {sent},"
+              f" {rate:.0f} packets/s, about {rate * elapsed:.0f} while sig2knockc ran")
+        self.assertGreater(sent["sent"], 2000)
+        self.assertDaemonAlive()
+
+    def test_tcpKnockThroughNoise(self) -> None:
+        self.knock_through_noise("tcp")
+
+    def test_udpKnockThroughNoise(self) -> None:
+        self.knock_through_noise("udp")
+
+
+class FloodTests(AttackLabMixin, SynchronousTestCase):
+    """
+    Tens of thousands of junk and almost-valid datagrams from ten addresses: none answered, the
+    daemon stays alive and small, and a real knock succeeds during and after the flood.
+    """
+
+    def templates(self) -> List[str]:
+        alice = tools.lab_key("alice", lab.PASSWORD)
+        stranger = tools.lab_key("mallory", "mallory is not in the users file")
+        made = []
+        for name, key in (("alice", alice), ("mallory", stranger)):
+            for _ in range(8):
+                made.append(tools.make_p1(name, key, lab.SERVER_IP, lab.CONTROL_PORT))
+                made.append(tools.make_p2(name, key, lab.SERVER_IP, lab.CONTROL_PORT))
+        return [data.hex() for data in made]
+
+    def test_floodIsSilentAndDoesNotStopAKnock(self) -> None:
+        self.start()
+        tools.add_addresses(self.lab, "intruder", "eth0", FLOOD_SOURCES)
+        sniff_path = os.path.join(self.lab.directory, "intruder-in.jsonl")
+        sniffer = tools.Background(self.lab, "intruder", "capture", {
+            "interface": "eth0", "filter": f"udp and src host {lab.SERVER_IP}",
+            "out": sniff_path, "seconds": 60, "max": 1000,
+        })
+        templates = self.templates()
+        pid = self.lab.daemon.pid
+        before = tools.rss_kib(pid)
+        sampler = tools.RssSampler(pid)
+        sampler.start()
+        floods = [
+            tools.Background(self.lab, "intruder", "flood", {
+                "target": [lab.SERVER_IP, lab.CONTROL_PORT], "sources": FLOOD_SOURCES[i::2],
+                "count": 20000, "pace": 6.0, "seconds": 12.0, "seed": i,
+                "templates": templates,
+                "mix": {"junk": 4, "shaped": 2, "flip": 4},
+            })
+            for i in range(2)
+        ]
+        time.sleep(1.0)
+        started = time.monotonic()
+        port = self.knocked_port(timeout=10)
+        during = time.monotonic() - started
+        still_flooding = all(flood.running() for flood in floods)
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
+        results = [flood.result(timeout=60) for flood in floods]
+        peak = sampler.stop()
+        time.sleep(0.5)
+        after_flood = tools.rss_kib(pid)
+        self.assertDaemonAlive()
+        started = time.monotonic()
+        port = self.knocked_port()
+        after = time.monotonic() - started
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
+        sniffer.stop()
+        sniffer.result()
+        # A clean stop logs the last summary of refusals (the daemon logs only the first few of
+        # each minute one by one).
+        self.lab.stop_daemon()
+
+        sent = sum(r["sent"] for r in results)
+        kinds = ", ".join(
+            f"{kind}={sum(r['by_kind'][kind] for r in results)}" for kind in results[0]["by_kind"]
+        )
+        log = self.lab.log()
+        print(
+            f"\nflood: {sent} datagrams from {len(FLOOD_SOURCES)} addresses in"
+            f" {max(r['elapsed'] for r in results):.1f} s"
+            f" ({kinds}),"
+            f" send errors {sum(r['errors'] for r in results)}"
+            f"\ndaemon VmRSS: before {before} KiB, peak {peak} KiB, after {after_flood} KiB"
+            f" (growth {after_flood - before} KiB, peak growth {peak - before} KiB,"
+            f" {sampler.samples} samples)"
+            f"\nknock during the flood: {during:.2f} s (flood still running: {still_flooding});"
+            f" after: {after:.2f} s"
+            f"\nrefusals logged: "
+            + ", ".join(f"{reason}={tools.refusal_count(log, reason)}"
+                        for reason in ("size", "version", "type", "binding", "unknown-key",
+                                       "rate-limited", "auth", "malformed", "replay"))
+        )
+        self.assertGreaterEqual(sent, 30000)
+        self.assertTrue(still_flooding, "the knock did not happen during the flood")
+        for result in results:
+            self.assertEqual(result["answered"], [], "a flood datagram was answered")
+        self.assertEqual(tools.read_capture(sniff_path), [], "the server sent UDP to the intruder")
+        self.assertLess(peak - before, RSS_GROWTH_LIMIT_KIB)
+        self.assertLess(after_flood - before, RSS_GROWTH_LIMIT_KIB)
+
+
+class ExhaustionTests(AttackLabMixin, SynchronousTestCase):
+    """
+    P1s as fast as possible, from ten addresses under keys of users not in the users file, and
+    valid ones from bob at one address, fill no table that alice needs: she still gets in,
+    promptly. (P1s under alice's own key from elsewhere would be alice herself: whoever holds
+    her key spends her per-user allowance.)
+    """
+
+    def test_sessionFloodsLeaveRoomForAlice(self) -> None:
+        self.start(users={"alice": lab.PASSWORD, "bob": BOB_PASSWORD})
+        tools.add_addresses(self.lab, "intruder", "eth0", FLOOD_SOURCES)
+        bob = tools.lab_key("bob", BOB_PASSWORD)
+        strangers = [
+            {"name": name, "key": tools.lab_key(name, f"{name} is not in the users file").hex()}
+            for name in ("carol", "dave", "erin")
+        ]
+        pid = self.lab.daemon.pid
+        before = tools.rss_kib(pid)
+        sampler = tools.RssSampler(pid)
+        sampler.start()
+        offset = len(self.lab.log())
+        floods = [
+            tools.Background(self.lab, "intruder", "flood", {
+                "target": [lab.SERVER_IP, lab.CONTROL_PORT], "sources": FLOOD_SOURCES,
+                "count": 60000, "seconds": 4.0, "seed": 7,
+                "keys": strangers,
+                "mix": {"p1": 1},
+            }),
+            tools.Background(self.lab, "intruder", "flood", {
+                "target": [lab.SERVER_IP, lab.CONTROL_PORT], "sources": [lab.INTRUDER_IP],
+                "count": 60000, "seconds": 4.0, "seed": 8,
+                "keys": [{"name": "bob", "key": bob.hex()}],
+                "mix": {"p1": 1},
+            }),
+        ]
+        time.sleep(2.0)
+        started = time.monotonic()
+        port = self.knocked_port(timeout=10)  # sig2knockc's default timeout
+        during = time.monotonic() - started
+        still_flooding = all(flood.running() for flood in floods)
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
+        results = [flood.result(timeout=60) for flood in floods]
+        peak = sampler.stop()
+        started = time.monotonic()
+        port = self.knocked_port(timeout=10)
+        after = time.monotonic() - started
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
+        self.assertDaemonAlive()
+        self.lab.stop_daemon()  # logs the last summary of refusals
+
+        log = tools.log_since(self.lab, offset)
+        limits = {reason: tools.refusal_count(log, reason) for reason in LIMIT_REASONS}
+        accepted = log.count("P1 accepted")
+        print(
+            f"\nsession flood: {results[0]['sent']} P1s from {len(FLOOD_SOURCES)} addresses"
+            f" (unknown keys) and {results[1]['sent']} of bob's from one address,"
+            f" in {max(r['elapsed'] for r in results):.1f} s"
+            f"\nlogged: P1 accepted={accepted}, "
+            + ", ".join(f"{reason}={tools.refusal_count(log, reason)}"
+                        for reason in ("unknown-key", "replay", "cache-full"))
+            + f", limits={limits}"
+            f"\ndaemon VmRSS: before {before} KiB, peak {peak} KiB"
+            f"\nalice during the flood: {during:.2f} s (flood still running: {still_flooding});"
+            f" after: {after:.2f} s"
+        )
+        for result in results:
+            self.assertEqual(result["answered"], [], "a P1 was answered")
+        self.assertTrue(any(limits.values()), f"no limit refusal logged: {log[-3000:]}")
+        self.assertTrue(still_flooding, "alice's knock did not happen during the flood")
+
+    def test_oneUserFromManyAddressesCannotLockOthersOut(self) -> None:
+        """
+        Bob spreads valid P1s over 140 addresses, at most ten from each (inside the per-address
+        limits: 8 pending sessions, 20 datagrams a second), and so holds more pending sessions
+        than the whole table has room for. Alice must still get in promptly, as fast as without
+        him: one key must not be able to take every session slot (an IPv6 host has addresses to
+        spare, and any user, or anyone who stole one user's key, can do this).
+        """
+        self.start(users={"alice": lab.PASSWORD, "bob": BOB_PASSWORD})
+        sources = [f"198.18.0.{host}" for host in range(20, 160)]
+        tools.add_addresses(self.lab, "intruder", "eth0", sources)
+        bob = tools.lab_key("bob", BOB_PASSWORD)
+        offset = len(self.lab.log())
+        flood = tools.Background(self.lab, "intruder", "flood", {
+            "target": [lab.SERVER_IP, lab.CONTROL_PORT], "sources": sources,
+            "count": 1400, "pace": 2.8, "seconds": 5.0, "seed": 9, "linger": 0.1,
+            "keys": [{"name": "bob", "key": bob.hex()}], "mix": {"p1": 1},
+        })
+        sent = flood.result(timeout=60)
+        # Bob's first sessions expire KNOCK_TIMEOUT (10 s) after they opened; alice knocks
+        # well before that, for 3 s (she needs 0.1-0.4 s without bob, even under the floods of
+        # the other tests).
+        started = time.monotonic()
+        result = self.lab.knock(timeout=3)
+        elapsed = time.monotonic() - started
+        self.assertDaemonAlive()
+        self.lab.stop_daemon()  # logs the last summary of refusals
+        log = tools.log_since(self.lab, offset)
+        print(
+            f"\nbob: {sent['sent']} P1s from {len(sources)} addresses in {sent['elapsed']:.1f} s;"
+            f" P1 accepted={log.count('P1 accepted')}, "
+            + ", ".join(f"{reason}={tools.refusal_count(log, reason)}"
+                        for reason in LIMIT_REASONS + ("cache-full",))
+            + f"\nalice: exit {result.returncode} after {elapsed:.2f} s"
+        )
+        self.assertEqual(sent["answered"], [])
+        self.assertEqual(
+            result.returncode, 0,
+            "alice was locked out: one other user's pending sessions (spread over many"
+            f" addresses) filled the session table (table-full={tools.refusal_count(log, 'table-full')})"
+            f"; client said: {result.stderr.strip()}",
+        )
+
+
+class ClockTests(AttackLabMixin, SynchronousTestCase):
+    """
+    Messages stamped outside MAX_CLOCK_SKEW are refused in silence, and a client with a wrong
+    clock says the clock may be the cause.
+    """
+
+    def test_staleAndFutureP1Refused(self) -> None:
+        self.start(MAX_CLOCK_SKEW="30")
+        alice = tools.lab_key("alice", lab.PASSWORD)
+        offset = len(self.lab.log())
+        now = time.time()
+        payloads = [
+            tools.make_p1("alice", alice, lab.SERVER_IP, lab.CONTROL_PORT, timestamp=now - 60),
+            tools.make_p1("alice", alice, lab.SERVER_IP, lab.CONTROL_PORT, timestamp=now + 60),
+        ]
+        result = tools.run_tool(self.lab, "client", "sendwait", {
+            "source": [lab.CLIENT_IP, 0], "target": [lab.SERVER_IP, lab.CONTROL_PORT],
+            "payloads": [p.hex() for p in payloads], "wait": 1.0,
+        })
+        self.assertEqual(result["answers"], 0)
+        log = tools.log_since(self.lab, offset)
+        self.assertEqual(tools.refusal_count(log, "stale"), 1, log)
+        self.assertEqual(tools.refusal_count(log, "future"), 1, log)
+        self.assertNotIn("P1 accepted", log)
+        # A fresh, valid P1 is accepted, and answered with silence too.
+        fresh = tools.make_p1("alice", alice, lab.SERVER_IP, lab.CONTROL_PORT)
+        result = tools.run_tool(self.lab, "client", "sendwait", {
+            "source": [lab.CLIENT_IP, 0], "target": [lab.SERVER_IP, lab.CONTROL_PORT],
+            "payloads": [fresh.hex()], "wait": 1.0,
+        })
+        self.assertEqual(result["answers"], 0)
+        self.assertIn("P1 accepted", tools.log_since(self.lab, offset))
+
+    def test_clientWithWrongClockBlamesTheClock(self) -> None:
+        if shutil.which("faketime") is None:
+            raise SkipTest("the faketime command is not installed (Debian: apt-get install"
+                                " faketime); cannot run sig2knockc with a wrong clock")
+        self.start()
+        command = [
+            "faketime", "-f", "-600s", os.path.join(lab.BIN, "sig2knockc"), lab.SERVER_IP,
+            str(lab.CONTROL_PORT), "--user", "alice", "--password-stdin", "--kdf",
+            lab.CHEAP_KDF, "--timeout", "2",
+        ]
+        result = self.lab.ns("client", command, check=False, input=lab.PASSWORD + "\n",
+                             timeout=30)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(result.stdout, "")
+        self.assertIn("clock", result.stderr)
+        self.assertIn("stale", self.lab.log())
