@@ -13,7 +13,8 @@ from sig2knock.config import ConfigError, default_config_path, load_config
 from sig2knock.replay import ReplayCacheError
 from sig2knock.capture import CaptureError
 from sig2knock.firewall import FirewallError
-from sig2knock.service import ControlPortError, InterfaceNotReady, Sig2knockService, prepare
+from sig2knock.service import ControlPortError, Sig2knockService
+from sig2knock.startup import InterfaceNotReady, prepare
 from sig2knock.users import UsersError
 
 STARTUP_ERRORS = (

@@ -19,7 +19,6 @@ about to send, and one line of JSON with what they did when they end.
 """
 
 import json
-import os
 import random
 import re
 import select

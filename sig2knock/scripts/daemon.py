@@ -57,7 +57,7 @@ def check_config(config_path: str, interface: Optional[str]) -> int:
     Validate the configuration and users file without opening anything; return the exit status.
     """
     from sig2knock.config import ConfigError, load_config
-    from sig2knock.service import resolve_interface
+    from sig2knock.startup import resolve_interface
     from sig2knock.users import UsersError, load_users
 
     try:

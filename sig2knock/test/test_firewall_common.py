@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock import service
+from sig2knock import service, startup
 from sig2knock.config import parse_config
 from sig2knock.firewall import FirewallError, IFirewall, choose
 from sig2knock.firewall.null import NoFirewall
@@ -167,7 +167,7 @@ class ServiceFirewallTests(SynchronousTestCase):
     def setUp(self) -> None:
         directory = self.mktemp()
         os.makedirs(directory)
-        self.prepared = service.prepare(write_config(directory), None, NOW)
+        self.prepared = startup.prepare(write_config(directory), None, NOW)
         self.addCleanup(self.prepared.replay_cache.close)
         self.reactor = StoppingReactor()
         self.patch(service, "start_failures", [])

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sig2knock import config as config_module
-from sig2knock import service, tap
+from sig2knock import service, startup, tap
 from sig2knock.capture import CaptureError
 from sig2knock.replay import ReplayCacheError
 from sig2knock.wire import MessageRejected
@@ -185,7 +185,7 @@ class MakeServiceTests(SynchronousTestCase):
             checks.append(name)
             return len(checks) > 3
 
-        self.patch(service.netif, "interface_exists", exists)
+        self.patch(startup.netif, "interface_exists", exists)
         now = [0.0]
         sleeps = []
 
@@ -235,7 +235,7 @@ class ServiceTests(SynchronousTestCase):
         self.patch(service.Sig2knockService, "log", Logger(observer=self.events.append))
 
     def daemon(self) -> service.Sig2knockService:
-        prepared = service.prepare(write_config(self.directory), None, NOW)
+        prepared = startup.prepare(write_config(self.directory), None, NOW)
         return service.Sig2knockService(prepared, Clock(), watch_addresses=FakeAddressWatcher)
 
     def test_startLogsConfiguration(self) -> None:
@@ -296,11 +296,11 @@ class ServiceTests(SynchronousTestCase):
         daemon = self.daemon()
         self.addCleanup(daemon.prepared.replay_cache.close)
         daemon.prepared.replay_cache.check_and_remember(b"1" * 12, int(NOW * 1000), NOW)
-        self.assertTrue(os.path.exists(os.path.join(state, service.STARTED_MARKER)))
+        self.assertTrue(os.path.exists(os.path.join(state, startup.STARTED_MARKER)))
 
     def test_stateDirOpenToOthersRefused(self) -> None:
         state = os.path.join(self.directory, "state")
         os.makedirs(state)
         os.chmod(state, 0o777)
-        error = self.assertRaises(ReplayCacheError, service.ensure_state_dir, state)
+        error = self.assertRaises(ReplayCacheError, startup.ensure_state_dir, state)
         self.assertIn("chmod 700", str(error))

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock import reload, service
+from sig2knock import reload, service, startup
 from sig2knock.config import parse_config
 from sig2knock.test.common import write_config, write_users
 from sig2knock.test.test_plugin import NOW, FakeAddressWatcher
@@ -50,7 +50,7 @@ class ServiceReloadTests(SynchronousTestCase):
         self.directory = self.mktemp()
         os.makedirs(self.directory)
         self.config_path = write_config(self.directory)
-        prepared = service.prepare(self.config_path, None, NOW)
+        prepared = startup.prepare(self.config_path, None, NOW)
         self.addCleanup(prepared.replay_cache.close)
         self.daemon = service.Sig2knockService(
             prepared, Clock(), watch_addresses=FakeAddressWatcher

@@ -1,0 +1,108 @@
+"""
+Start-up: load and check everything the daemon needs before anything is opened (configuration,
+capture interface, users file, state directory, replay cache), so a mistake stops the daemon with
+one line and no half-started state.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from sig2knock import netif
+from sig2knock.config import Config, ConfigError, load_config
+from sig2knock.replay import FILE_NAME, ReplayCache, ReplayCacheError
+from sig2knock.users import Users, load_users
+
+
+@dataclass
+class Prepared:
+    """
+    What the daemon loaded at start: its configuration, its users and its replay cache.
+    """
+
+    config: Config
+    users: Users
+    replay_cache: ReplayCache
+    interface: str
+    # The -i option, which a reload must apply again.
+    interface_override: Optional[str] = None
+
+
+def ensure_state_dir(path: str) -> bool:
+    """
+    Create ``STATE_DIR`` (mode 0700) if needed and refuse one that others could write to. Return
+    whether this is a first start: the directory was created now, or prepared empty for the
+    daemon (systemd's ``StateDirectory=``, ``install -d``).
+    """
+    try:
+        created = not os.path.exists(path) or not os.listdir(path)
+    except OSError:
+        created = False
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        status = os.stat(path)
+    except OSError as error:
+        raise ReplayCacheError(f"STATE_DIR {path}: {error.strerror}") from None
+    if status.st_mode & 0o022:
+        raise ReplayCacheError(
+            f"STATE_DIR {path}: writable by group or others; fix with: chmod 700 {path}"
+        )
+    return created
+
+
+def prepare(config_path: str, interface: Optional[str], now: float) -> Prepared:
+    """
+    Load the configuration at ``config_path`` (``interface`` is the ``-i`` override), resolve the
+    capture interface, load the users file and the replay cache. Raises ``ConfigError``,
+    ``UsersError`` or ``ReplayCacheError``.
+    """
+    config = load_config(config_path, interface)
+    capture_interface = resolve_interface(config)
+    users = load_users(config.users_file)
+    first_start = ensure_state_dir(config.state_dir)
+    replay_cache = ReplayCache(
+        os.path.join(config.state_dir, FILE_NAME),
+        config.max_clock_skew,
+        now,
+        first_start=first_start,
+    )
+    # A second file, so that a replay cache deleted on its own is seen as lost, not as a first
+    # start (only an empty or new STATE_DIR is one).
+    marker = os.path.join(config.state_dir, STARTED_MARKER)
+    if not os.path.exists(marker):
+        try:
+            with open(marker, "w", encoding="utf-8") as started:
+                started.write("sig2knock has run with this STATE_DIR; see docs/PROTOCOL.md\n")
+        except OSError as error:
+            raise ReplayCacheError(f"STATE_DIR {config.state_dir}: {error.strerror}") from None
+    return Prepared(config, users, replay_cache, capture_interface, interface)
+
+
+STARTED_MARKER = "started"
+
+
+class InterfaceNotReady(ConfigError):
+    """
+    The capture interface is not there yet (or there is no default route yet): at boot the
+    daemon waits ``INTERFACE_WAIT`` seconds for it before this is an error.
+    """
+
+
+def resolve_interface(config: Config) -> str:
+    """
+    The capture interface: ``INTERFACE`` (or ``-i``, or ``PKTFILTER_INTERFACE``), else the
+    interface of the default route. Raises ``ConfigError`` naming it when it does not exist.
+    """
+    line = config.lines.get("INTERFACE", config.lines.get("PKTFILTER_INTERFACE"))
+    if config.interface is None:
+        try:
+            return netif.default_route_interface()
+        except netif.InterfaceError as error:
+            raise InterfaceNotReady(
+                config.path, None, "INTERFACE", f"{error}; set INTERFACE"
+            ) from None
+    if not netif.interface_exists(config.interface):
+        raise InterfaceNotReady(
+            config.path, line, "INTERFACE", f"{config.interface}: no such network interface"
+        )
+    return config.interface
