@@ -80,7 +80,13 @@ def format_user_line(user: str, password: str, params: KdfParams = KdfParams()) 
     """
     The users file line for ``user`` with ``password`` (without a newline).
     """
-    key = derive_key(password, user, params)
+    return format_key_line(user, derive_key(password, user, params), params)
+
+
+def format_key_line(user: str, key: bytes, params: KdfParams) -> str:
+    """
+    The users file line for ``user`` whose key, derived with ``params``, is ``key``.
+    """
     return ":".join(
         [
             check_user_name(user),

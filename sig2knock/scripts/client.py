@@ -13,12 +13,12 @@ import shlex
 import stat
 import sys
 import time
-from typing import List, Optional, TextIO
+from typing import Callable, List, Optional, TextIO
 
 from sig2knock import __version__
 from sig2knock.client import DEFAULT_KNOCKS, ClientError, connect, knock, relay, user_key
 from sig2knock.kdf import KdfError, KdfParams, check_user_name
-from sig2knock.wire import MAX_KNOCKS, PROTO_TCP, PROTO_UDP
+from sig2knock.wire import MAX_KNOCKS, PROTO_TCP, PROTO_UDP, UserKey
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-file",
         metavar="FILE",
         help="read the password from FILE (refused unless only its owner can read it)",
+    )
+    parser.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="the saved key of --user (default: ~/.config/sig2knock/USER.key); used instead of"
+        " a password when it exists and no --password-* option is given",
+    )
+    parser.add_argument(
+        "--save-key",
+        action="store_true",
+        help="derive the key from the password once and save it to the key file (mode 0600),"
+        " so later knocks need neither the password nor the 0.1 s of scrypt",
     )
     parser.add_argument(
         "--knock-proto",
@@ -199,18 +211,42 @@ def _silent(line: str) -> None:
     pass
 
 
+def obtain_key(options: argparse.Namespace, report: Callable[[str], None]) -> UserKey:
+    """
+    The user's key: from the key file when there is one (and no password option was given),
+    else derived from the password, and saved with ``--save-key``.
+    """
+    from sig2knock.keyfile import KeyFileError, default_key_path, load_key, save_key
+
+    path = options.key_file or default_key_path(options.user)
+    asked_for_password = options.password_stdin or options.password_file or options.save_key
+    try:
+        if not asked_for_password:
+            saved = load_key(path, options.user)
+            if saved is not None:
+                report(f"key read from {path}")
+                return saved
+        password = read_password(options)
+        if not password:
+            raise PasswordError("the password is empty")
+        started = time.monotonic()
+        key = user_key(password, options.user, options.kdf)
+        report(f"key derived in {(time.monotonic() - started) * 1000:.0f} ms")
+        if options.save_key:
+            save_key(path, key, KdfParams.parse(options.kdf))
+            report(f"key saved to {path}")
+    except KeyFileError as error:
+        raise PasswordError(str(error)) from None
+    return key
+
+
 def run(options: argparse.Namespace) -> int:
     """
     Derive the key, knock, and act on the grant as the options say. Returns the exit status
     (unless ``--exec`` replaces the process).
     """
     report = _report if options.verbose else _silent
-    password = read_password(options)
-    if not password:
-        raise PasswordError("the password is empty")
-    started = time.monotonic()
-    key = user_key(password, options.user, options.kdf)
-    report(f"key derived in {(time.monotonic() - started) * 1000:.0f} ms")
+    key = obtain_key(options, report)
     result = knock(
         options.server,
         options.port,
