@@ -18,6 +18,7 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 FIREWALLS = ("auto", "nftables", "iptables", "pktfilter", "none")
 FIREWALL_POLICIES = ("ports", "lockdown")
+FORWARD_MODES = ("proxy", "nat")
 KNOCK_PROTOCOLS = ("tcp", "udp")
 REQUIRED_KEYS = ("UDP_PORT", "FORWARD_TO_IP", "FORWARD_TO_PORT")
 _INTERFACE_RE = re.compile(r"[^\s/:]{1,15}")
@@ -152,6 +153,7 @@ class Config:
     udp_port: int
     forward_to_ip: IPAddress
     forward_to_port: int
+    forward_mode: str = "proxy"
     singleconn_portopen_time: float = 30.0
     interface: Optional[str] = None
     pktfilter_interface: Optional[str] = None
@@ -175,6 +177,7 @@ _KEYS: Dict[str, Tuple[str, Callable[[str], object]]] = {
     "UDP_PORT": ("udp_port", _port),
     "FORWARD_TO_IP": ("forward_to_ip", _forward_address),
     "FORWARD_TO_PORT": ("forward_to_port", _port),
+    "FORWARD_MODE": ("forward_mode", _choice(FORWARD_MODES)),
     "SINGLECONN_PORTOPEN_TIME": ("singleconn_portopen_time", _seconds(1, 86400)),
     "PKTFILTER_INTERFACE": ("pktfilter_interface", _text),
     "INTERFACE": ("interface", _interface),
@@ -271,6 +274,12 @@ def _check_combinations(config: Config) -> None:
         )
     if config.firewall_policy == "lockdown" and config.firewall == "none":
         fail("FIREWALL_POLICY", "lockdown needs a firewall, but FIREWALL is none")
+    if config.forward_mode == "nat":
+        if config.firewall not in ("nftables", "auto"):
+            fail("FORWARD_MODE", f"nat needs FIREWALL = nftables, not {config.firewall}")
+        if config.forward_to_ip.version == 6 and config.forward_to_ip.is_loopback:
+            fail("FORWARD_MODE", "nat cannot forward to ::1 (the kernel routes no IPv6 loopback"
+                 " from outside); use FORWARD_MODE = proxy or another FORWARD_TO_IP")
 
 
 def load_config(path: str, interface: Optional[str] = None) -> Config:

@@ -32,8 +32,8 @@ class OpenGrant:
 
     port: int
     session: Session
-    listener: IListeningPort
-    factory: GrantForwardFactory
+    listener: Optional[IListeningPort]
+    factory: Optional[GrantForwardFactory]
     deadline: float
     timer: Optional[IDelayedCall] = None
 
@@ -58,6 +58,7 @@ class PortGranter:
         open_time: float,
         chooser: Optional[random.Random] = None,
         firewall: Optional[IFirewall] = None,
+        nat: bool = False,
     ) -> None:
         self.reactor = reactor
         self.forward_host = forward_host
@@ -66,6 +67,9 @@ class PortGranter:
         self.open_time = open_time
         self._chooser = chooser if chooser is not None else random.SystemRandom()
         self.firewall: IFirewall = firewall if firewall is not None else NoFirewall()
+        # FORWARD_MODE = nat: the firewall DNATs the grant's one connection in the kernel, so no
+        # listener is opened and the data never enters Python.
+        self.nat = nat
         self.open: Dict[int, OpenGrant] = {}
 
     def grant(self, session: Session) -> "Deferred[GrantInfo]":
@@ -78,19 +82,27 @@ class PortGranter:
             port = self._chooser.randint(low, high)
             if port in self.open:
                 continue
-            factory = GrantForwardFactory(
-                self.forward_host, self.forward_port, session.source, self.reactor
-            )
-            interface = "::" if session.source.version == 6 else "0.0.0.0"
-            try:
-                listener = self.reactor.listenTCP(port, factory, interface=interface)
-            except CannotListenError:
-                continue  # in use by something else: skip it
+            factory: Optional[GrantForwardFactory] = None
+            listener: Optional[IListeningPort] = None
+            if not self.nat:
+                factory = GrantForwardFactory(
+                    self.forward_host, self.forward_port, session.source, self.reactor
+                )
+                interface = "::" if session.source.version == 6 else "0.0.0.0"
+                try:
+                    listener = self.reactor.listenTCP(port, factory, interface=interface)
+                except CannotListenError:
+                    continue  # in use by something else: skip it
             deadline = self.reactor.seconds() + self.open_time
             opened = OpenGrant(port, session, listener, factory, deadline)
-            factory.on_connection = lambda opened=opened: self._close(opened, "used")
+            if factory is not None:
+                factory.on_connection = lambda opened=opened: self._close(opened, "used")
             opened.timer = self.reactor.callLater(
-                self.open_time, self._close, opened, "unused, open time over"
+                self.open_time,
+                self._close,
+                opened,
+                # In nat mode the kernel took the grant's connection (if any) unseen.
+                "open time over" if self.nat else "unused, open time over",
             )
             self.open[port] = opened
             opening = maybeDeferred(self.firewall.grant, session.source, port, deadline)
@@ -147,6 +159,8 @@ class PortGranter:
                 error=failure.getErrorMessage(),
             )
         )
+        if opened.listener is None:
+            return DeferredList([revoking], consumeErrors=True)
         stopping = maybeDeferred(opened.listener.stopListening)
         return DeferredList([revoking, stopping], consumeErrors=True)
 

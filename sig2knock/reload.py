@@ -15,6 +15,7 @@ RESTART_ONLY = {
     "INTERFACE": "interface",
     "INTERFACE_WAIT": "interface_wait",
     "FIREWALL": "firewall",
+    "FORWARD_MODE": "forward_mode",
     "FIREWALL_POLICY": "firewall_policy",
     "ASSIGN_PORT_RANGE": "assign_port_range",
     "KNOCK_PROTO": "knock_proto",

@@ -93,6 +93,7 @@ class Sig2knockService(MultiService):
             config.assign_port_range,
             config.singleconn_portopen_time,
             firewall=firewall,
+            nat=config.forward_mode == "nat",
         )
         capture_options = {} if open_handle is None else {"open_handle": open_handle}
         self.capture = KnockCapture(

@@ -8,7 +8,7 @@ reactor and fails with ``FirewallError``; the daemon then refuses the session (f
 """
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -26,14 +26,16 @@ class FirewallError(Exception):
 class FirewallSettings:
     """
     What every backend needs to know: the control port (always open), the range of assigned
-    ports (gated), the policy (``ports`` or ``lockdown``) and, for backends that name it, the
-    interface.
+    ports (gated), the policy (``ports`` or ``lockdown``), for backends that name it the
+    interface, and with ``FORWARD_MODE = nat`` the forward target the kernel sends grants to.
     """
 
     control_port: int
     port_range: Tuple[int, int]
     policy: str = "ports"
     interface: str = ""
+    # FORWARD_MODE = nat: grants are DNAT'ed by the kernel to this (address, port).
+    nat_to: Optional[Tuple[IPAddress, int]] = None
 
 
 class IFirewall(Interface):

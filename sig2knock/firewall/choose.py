@@ -31,6 +31,8 @@ def resolve_name(config: Config) -> Tuple[str, str]:
     """
     if config.firewall != "auto":
         return config.firewall, "FIREWALL"
+    if config.forward_mode == "nat" and not tool_available("nftables"):
+        raise FirewallError("FORWARD_MODE = nat needs nftables, and FIREWALL = auto found no nft")
     if tool_available("nftables"):
         return "nftables", "FIREWALL = auto: nft found"
     if tool_available("iptables"):
@@ -52,6 +54,11 @@ def build_firewall(name: str, config: Config, interface: str, reactor: Any) -> I
         port_range=config.assign_port_range,
         policy=config.firewall_policy,
         interface=interface,
+        nat_to=(
+            (config.forward_to_ip, config.forward_to_port)
+            if config.forward_mode == "nat"
+            else None
+        ),
     )
     if name == "nftables":
         from sig2knock.firewall.nftables import NftablesFirewall

@@ -11,7 +11,7 @@ transaction: it happens whole or not at all.
 import ipaddress
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -87,6 +87,48 @@ def _check_settings(settings: FirewallSettings) -> None:
         raise FirewallError(f"nftables: empty port range {low}-{high}")
 
 
+# FORWARD_MODE = nat: the maps from a grant to the forward target, the conntrack mark of the
+# connections the daemon DNAT'ed, and the prerouting chain that does it.
+NAT4 = "forward4"
+NAT6 = "forward6"
+NAT_CHAIN = "prerouting"
+NAT_MARK = "0x53324b00"
+
+
+def _nat_rules(settings: FirewallSettings) -> List[str]:
+    """
+    The prerouting rules of nat mode: the first new connection of a grant deletes the grant (one
+    connection, enforced by the kernel), marks the connection and DNATs it to the target.
+    """
+    assert settings.nat_to is not None
+    target, _ = settings.nat_to
+    if target.version == 4:
+        return [
+            f"ct state new ip saddr . tcp dport @{SET4} delete @{SET4} {{ ip saddr . tcp dport }}"
+            f" ct mark set {NAT_MARK} dnat ip to ip saddr . tcp dport map @{NAT4}"
+        ]
+    return [
+        f"ct state new ip6 saddr . tcp dport @{SET6} delete @{SET6} {{ ip6 saddr . tcp dport }}"
+        f" ct mark set {NAT_MARK} dnat ip6 to ip6 saddr . tcp dport map @{NAT6}"
+    ]
+
+
+def _nat_input_rules(settings: FirewallSettings) -> List[str]:
+    """
+    The input rules of nat mode: connections the daemon DNAT'ed are let in; with a loopback
+    target, nothing else from outside may reach 127.0.0.0/8 (route_localnet is on for it).
+    """
+    assert settings.nat_to is not None
+    rules = []
+    if settings.nat_to[0].is_loopback:
+        rules += [
+            "# route_localnet lets the DNAT'ed grants reach 127.0.0.1; nothing else from outside",
+            f'iif != "lo" ip daddr 127.0.0.0/8 ct mark != {NAT_MARK} drop',
+        ]
+    rules.append(f"ct status dnat ct mark {NAT_MARK} accept")
+    return rules
+
+
 def render_ruleset(settings: FirewallSettings) -> str:
     """
     The ``nft -f`` script that replaces the daemon's table atomically (after a crash too).
@@ -99,9 +141,10 @@ def render_ruleset(settings: FirewallSettings) -> str:
     _check_settings(settings)
     low, high = settings.port_range
     ports = f"{low}-{high}"
+    nat_input = _nat_input_rules(settings) if settings.nat_to is not None else []
     if settings.policy == "ports":
         policy = "accept"
-        rules = [
+        rules = nat_input + [
             f"tcp dport {ports} ct state established,related accept",
             f"tcp dport {ports} ip saddr . tcp dport @{SET4} accept",
             f"tcp dport {ports} ip6 saddr . tcp dport @{SET6} accept",
@@ -110,7 +153,7 @@ def render_ruleset(settings: FirewallSettings) -> str:
         ]
     else:
         policy = "drop"
-        rules = [
+        rules = nat_input + [
             'iif "lo" accept',
             "ct state established,related accept",
             "ct state invalid drop",
@@ -130,17 +173,34 @@ def render_ruleset(settings: FirewallSettings) -> str:
             f"ip6 saddr . tcp dport @{SET6} accept",
             "# everything else: the chain's policy drops it",
         ]
+    # In nat mode the kernel deletes a grant at its first connection: the sets are dynamic.
+    flags = "dynamic, timeout" if settings.nat_to is not None else "timeout"
     lines = [
         _HEADER.rstrip("\n"),
         f"table {_table()} {{}}",
         f"delete table {_table()}",
         f"table {_table()} {{",
         f"\tset {SET4} {{",
-        "\t\ttype ipv4_addr . inet_service; flags timeout;",
+        f"\t\ttype ipv4_addr . inet_service; flags {flags};",
         "\t}",
         f"\tset {SET6} {{",
-        "\t\ttype ipv6_addr . inet_service; flags timeout;",
+        f"\t\ttype ipv6_addr . inet_service; flags {flags};",
         "\t}",
+    ]
+    if settings.nat_to is not None:
+        lines += [
+            f"\tmap {NAT4} {{",
+            "\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service; flags timeout;",
+            "\t}",
+            f"\tmap {NAT6} {{",
+            "\t\ttype ipv6_addr . inet_service : ipv6_addr . inet_service; flags timeout;",
+            "\t}",
+            f"\tchain {NAT_CHAIN} {{",
+            "\t\ttype nat hook prerouting priority dstnat - 10; policy accept;",
+        ]
+        lines.extend(f"\t\t{rule}" for rule in _nat_rules(settings))
+        lines.append("\t}")
+    lines += [
         f"\tchain {CHAIN} {{",
         f"\t\ttype filter hook input priority filter - 10; policy {policy};",
     ]
@@ -149,7 +209,12 @@ def render_ruleset(settings: FirewallSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_grant(source: IPAddress, port: int, timeout_ms: int) -> str:
+def render_grant(
+    source: IPAddress,
+    port: int,
+    timeout_ms: int,
+    nat_to: Optional[Tuple[IPAddress, int]] = None,
+) -> str:
     """
     The script that lets ``source`` reach TCP ``port`` for ``timeout_ms`` milliseconds (whole
     milliseconds, rounded down by the caller; at least 1: nft reads a zero timeout as "never
@@ -167,24 +232,55 @@ def render_grant(source: IPAddress, port: int, timeout_ms: int) -> str:
             f"nftables: grant of {timeout_ms} ms is longer than {MAX_TIMEOUT_MS} ms; not opened"
         )
     name, key = _element(source, port)
-    return (
+    script = (
         f"add element {_table()} {name} {{ {key} timeout 1ms }}\n"
         f"delete element {_table()} {name} {{ {key} }}\n"
         f"add element {_table()} {name} {{ {key} timeout {timeout_ms}ms }}\n"
     )
+    if nat_to is not None:
+        map_name, value = _nat_value(source, nat_to)
+        script = (
+            f"add element {_table()} {map_name} {{ {key} timeout 1ms : {value} }}\n"
+            f"delete element {_table()} {map_name} {{ {key} }}\n"
+            f"add element {_table()} {map_name} {{ {key} timeout {timeout_ms}ms : {value} }}\n"
+        ) + script
+    return script
 
 
-def render_revoke(source: IPAddress, port: int) -> str:
+def _nat_value(source: IPAddress, nat_to: Tuple[IPAddress, int]) -> Tuple[str, str]:
+    """
+    The nat map for ``source``'s family and the target as its value; the target must be of
+    the same family (the kernel translates no IPv6 connection to IPv4).
+    """
+    target, target_port = nat_to
+    if _address(source).version != target.version:
+        raise FirewallError(
+            f"nftables: FORWARD_MODE = nat cannot forward an IPv{_address(source).version}"
+            f" client to {target}; use FORWARD_MODE = proxy for both families"
+        )
+    return (NAT4 if target.version == 4 else NAT6), f"{target} . {target_port}"
+
+
+def render_revoke(
+    source: IPAddress, port: int, nat_to: Optional[Tuple[IPAddress, int]] = None
+) -> str:
     """
     The script that removes the grant of ``source`` to ``port`` and nothing else. Deleting an
     element that is not there (it expired) makes nft fail, so it is first added with a 1 ms
     timeout (a no-op when it exists): the pair succeeds either way, in one transaction.
     """
     name, key = _element(source, port)
-    return (
+    script = (
         f"add element {_table()} {name} {{ {key} timeout 1ms }}\n"
         f"delete element {_table()} {name} {{ {key} }}\n"
     )
+    if nat_to is not None:
+        map_name, value = _nat_value(source, nat_to)
+        script += (
+            f"add element {_table()} {map_name} {{ {key} timeout 1ms : {value} }}\n"
+            f"delete element {_table()} {map_name} {{ {key} }}\n"
+        )
+    return script
 
 
 def render_flush() -> str:
@@ -198,7 +294,10 @@ def render_stop(settings: Optional[FirewallSettings] = None) -> str:
     """
     The script that removes every grant and keeps the base rules (the host stays closed).
     """
-    return f"flush set {_table()} {SET4}\nflush set {_table()} {SET6}\n"
+    script = f"flush set {_table()} {SET4}\nflush set {_table()} {SET6}\n"
+    if settings is not None and settings.nat_to is not None:
+        script += f"flush map {_table()} {NAT4}\nflush map {_table()} {NAT6}\n"
+    return script
 
 
 @implementer(IFirewall)
@@ -281,6 +380,10 @@ class NftablesFirewall:
         Replace the table (``policy``, assigned port range and control port from the settings).
         """
         low, high = self.settings.port_range
+        try:
+            self._allow_loopback_target()
+        except FirewallError as error:
+            return fail(error)
         return self._apply(
             "start",
             "nftables: installed table inet {table} (policy {policy}, assigned ports"
@@ -292,6 +395,29 @@ class NftablesFirewall:
             high=high,
         )
 
+    def _allow_loopback_target(self) -> None:
+        """
+        With nat to 127.0.0.0/8, let the kernel route DNAT'ed packets from the interface to
+        loopback (``route_localnet``); the ruleset drops every other such packet.
+        """
+        nat_to = self.settings.nat_to
+        if nat_to is None or not nat_to[0].is_loopback or not self.settings.interface:
+            return
+        path = f"/proc/sys/net/ipv4/conf/{self.settings.interface}/route_localnet"
+        try:
+            with open(path, "w", encoding="ascii") as setting:
+                setting.write("1\n")
+        except OSError as error:
+            raise FirewallError(
+                f"nftables: cannot turn on {path} for FORWARD_MODE = nat to"
+                f" {nat_to[0]}: {error.strerror}"
+            ) from None
+        self.log.info(
+            "nftables: route_localnet on {interface}, so grants can be DNAT'ed to {target}",
+            interface=self.settings.interface,
+            target=str(nat_to[0]),
+        )
+
     def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
         """
         Add ``source . port`` with the time left until ``deadline``, rounded down to the ms.
@@ -301,7 +427,7 @@ class NftablesFirewall:
         return self._apply(
             "grant",
             "nftables: granted {source} TCP port {port} for {timeout_ms} ms",
-            lambda: render_grant(source, port, timeout_ms),
+            lambda: render_grant(source, port, timeout_ms, self.settings.nat_to),
             source=str(source),
             port=port,
             timeout_ms=timeout_ms,
@@ -314,7 +440,7 @@ class NftablesFirewall:
         return self._apply(
             "revoke",
             "nftables: revoked {source} TCP port {port}",
-            lambda: render_revoke(source, port),
+            lambda: render_revoke(source, port, self.settings.nat_to),
             source=str(source),
             port=port,
         )

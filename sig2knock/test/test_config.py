@@ -109,6 +109,7 @@ class DefaultsTests(SynchronousTestCase):
                 "udp_port": 1001,
                 "forward_to_ip": ipaddress.IPv4Address("127.0.0.1"),
                 "forward_to_port": 22,
+                "forward_mode": "proxy",
                 "singleconn_portopen_time": 30.0,
                 "interface": None,
                 "pktfilter_interface": None,
@@ -446,6 +447,21 @@ class ErrorTests(SynchronousTestCase, ConfigErrorAssertions):
             with self.subTest(firewall=firewall):
                 text = settings_text(FIREWALL=firewall, FIREWALL_POLICY="lockdown")
                 self.assertEqual(parse(text).firewall_policy, "lockdown")
+
+    def test_natNeedsNftables(self) -> None:
+        for firewall in ("iptables", "pktfilter", "none"):
+            with self.subTest(firewall=firewall):
+                text = settings_text(FIREWALL=firewall, FORWARD_MODE="nat")
+                error = self.assertConfigError(text, 5, "FORWARD_MODE")
+                self.assertIn("nftables", str(error))
+        for firewall in ("auto", "nftables"):
+            text = settings_text(FIREWALL=firewall, FORWARD_MODE="nat")
+            self.assertEqual(parse(text).forward_mode, "nat")
+
+    def test_natCannotReachIPv6Loopback(self) -> None:
+        text = settings_text(FORWARD_TO_IP="::1", FIREWALL="nftables", FORWARD_MODE="nat")
+        error = self.assertConfigError(text, 5, "FORWARD_MODE")
+        self.assertIn("proxy", str(error))
 
     def test_knockCountOutOfRange(self) -> None:
         for value in ("0", "65"):

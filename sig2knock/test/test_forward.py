@@ -307,6 +307,21 @@ class PortGranterTests(SynchronousTestCase):
         self.failureResultOf(opening, SessionRefused)
         self.assertEqual(firewall.calls[-1][0], "revoke")
 
+    def test_natModeOpensNoListener(self) -> None:
+        """
+        FORWARD_MODE = nat: the firewall DNATs the grant, the daemon listens on nothing, and the
+        grant is revoked when its time is over.
+        """
+        firewall = RecordingFirewall()
+        self.granter.firewall = firewall
+        self.granter.nat = True
+        grant = self.successResultOf(self.granter.grant(session()))
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertEqual(firewall.calls, [("grant", CLIENT, grant.port, 1030)])
+        self.reactor.advance(30)
+        self.assertEqual(firewall.calls[-1], ("revoke", CLIENT, grant.port))
+        self.assertEqual(self.granter.open, {})
+
     def test_closeAll(self) -> None:
         self.successResultOf(self.granter.grant(session()))
         self.successResultOf(self.granter.grant(session()))

@@ -213,6 +213,47 @@ class RenderTests(SynchronousTestCase):
         )
 
 
+NAT_TO = (ipaddress.ip_address("127.0.0.1"), 22)
+NAT_LOCKDOWN = FirewallSettings(1001, (40000, 49999), policy="lockdown", nat_to=NAT_TO)
+
+
+class NatRenderTests(SynchronousTestCase):
+    """
+    FORWARD_MODE = nat: the kernel DNATs a grant's first connection and forgets the grant.
+    """
+
+    def test_ruleset(self) -> None:
+        ruleset = render_ruleset(NAT_LOCKDOWN)
+        self.assertIn("flags dynamic, timeout;", ruleset)
+        self.assertIn(
+            "\t\tct state new ip saddr . tcp dport @grants4 delete @grants4"
+            " { ip saddr . tcp dport } ct mark set 0x53324b00"
+            " dnat ip to ip saddr . tcp dport map @forward4\n",
+            ruleset,
+        )
+        self.assertIn("type nat hook prerouting priority dstnat - 10; policy accept;", ruleset)
+        self.assertIn('\t\tiif != "lo" ip daddr 127.0.0.0/8 ct mark != 0x53324b00 drop\n', ruleset)
+        self.assertIn("\t\tct status dnat ct mark 0x53324b00 accept\n", ruleset)
+        self.assertNotIn("prerouting", render_ruleset(LOCKDOWN))
+
+    def test_grantAndRevoke(self) -> None:
+        grant = render_grant(ipaddress.ip_address("198.18.0.2"), 45678, 30000, NAT_TO)
+        self.assertIn(
+            "add element inet sig2knock forward4 { 198.18.0.2 . 45678 timeout 30000ms :"
+            " 127.0.0.1 . 22 }\n",
+            grant,
+        )
+        self.assertIn("add element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 30000ms }",
+                      grant)
+        revoke = render_revoke(ipaddress.ip_address("198.18.0.2"), 45678, NAT_TO)
+        self.assertIn("delete element inet sig2knock forward4 { 198.18.0.2 . 45678 }", revoke)
+
+    def test_otherFamilyRefused(self) -> None:
+        self.assertRaises(
+            FirewallError, render_grant, ipaddress.ip_address("2001:2::2"), 45678, 30000, NAT_TO
+        )
+
+
 class FakeRun:
     """
     Stands for ``run_tool``: records every call and answers with ``result`` (a callable giving
@@ -532,14 +573,14 @@ class RealNftTests(TestCase):
         aside), with no rule twice after loading twice.
         """
         listings = {}
-        for settings in [PORTS, LOCKDOWN]:
+        for settings in [PORTS, LOCKDOWN, NAT_LOCKDOWN]:
             self.nft("-f", "-", stdin=render_ruleset(settings))
             first = self.nft("list", "table", "inet", "sig2knock")
             self.nft("-f", "-", stdin=render_grant(V4, 45678, 60000))
             self.nft("-f", "-", stdin=render_ruleset(settings))
             self.assertEqual(self.nft("list", "table", "inet", "sig2knock"), first)
             self.assertEqual(self.nft("list", "ruleset").count("chain input"), 1)
-            listings[settings.policy] = first
+            listings[settings.policy + ("-nat" if settings.nat_to else "")] = first
         self.assertIn("policy accept;", listings["ports"])
         self.assertIn("\t\ttcp dport 40000-49999 drop\n", listings["ports"])
         self.assertEqual(listings["ports"].count("\t\ttcp dport 40000-49999"), 4)

@@ -1,0 +1,77 @@
+"""
+FORWARD_MODE = nat in the namespace lab: the kernel DNATs the grant's one connection straight to
+the hidden service on the server's 127.0.0.1 (no Python in the data path), and the promises of
+the firewall hold as in proxy mode: only the client, only its port, one connection, an established
+session outlives the grant, and a grant ends at its deadline even when the daemon is killed.
+"""
+
+import signal
+import shutil
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests import lab
+from tests.lab import Lab
+
+DROP_WAIT = 1.0
+
+
+class NatTests(SynchronousTestCase):
+    """
+    Kernel forwarding with nftables.
+    """
+
+    skip = lab.why_not_runnable() or (None if shutil.which("nft") else "nft is not installed")
+
+    def setUp(self) -> None:
+        self.lab = Lab()
+        self.addCleanup(self.lab.close)
+        self.lab.build()
+        self.lab.start_echo_service()
+
+    def start(self, policy: str = "lockdown", open_time: str = "5") -> None:
+        self.lab.start_daemon(
+            {
+                "FIREWALL": "nftables",
+                "FIREWALL_POLICY": policy,
+                "FORWARD_MODE": "nat",
+                "SINGLECONN_PORTOPEN_TIME": open_time,
+                "ASSIGN_PORT_RANGE": "40000-40999",
+            }
+        )
+
+    def knocked_port(self) -> int:
+        result = self.lab.knock()
+        self.assertEqual(result.returncode, 0, f"{result.stderr}\n--- daemon ---\n{self.lab.log()}")
+        return int(result.stdout)
+
+    def assertDropped(self, role: str, port: int) -> None:
+        self.assertEqual(self.lab.probe(role, lab.SERVER_IP, port, timeout=DROP_WAIT), "timeout")
+
+    def test_oneConnectionFromTheClientOnly(self) -> None:
+        for policy in ("lockdown", "ports"):
+            with self.subTest(policy=policy):
+                if self.lab.daemon is not None:
+                    self.lab.stop_daemon()
+                self.start(policy=policy)
+                port = self.knocked_port()
+                self.assertNotIn(port, self.lab.listening_ports(), "nat mode listens on nothing")
+                self.assertDropped("intruder", port)
+                self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
+                self.assertDropped("client", port)
+
+    def test_establishedSessionOutlivesTheGrant(self) -> None:
+        self.start(open_time="1")
+        port = self.knocked_port()
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port, hold=2.5), "echo:hello")
+
+    def test_grantEndsAtDeadlineAfterSigkill(self) -> None:
+        self.start(open_time="2")
+        port = self.knocked_port()
+        self.lab.stop_daemon(signal.SIGKILL)
+        time.sleep(2.5)
+        self.assertDropped("client", port)
+        self.start(open_time="2")
+        port = self.knocked_port()
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
