@@ -12,11 +12,11 @@ from typing import Hashable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
-# A client sends two messages per round and rounds speed up to one per 10 ms, then slow to one a
-# second: a burst of a few dozen, then a handful a second. These leave room for that, and for
-# several users behind one NAT address.
-PER_SOURCE_RATE = 20.0
-PER_SOURCE_BURST = 60.0
+# A client sends two messages per round, rounds 10, 20, 40 ... ms apart, then one a second: a
+# burst of a dozen, then two a second. These leave room for that many times over (scripts that
+# knock in a loop, several users behind one NAT address) and still bound the work.
+PER_SOURCE_RATE = 50.0
+PER_SOURCE_BURST = 200.0
 # AES-GCM of a control message costs a few microseconds: this keeps a flood of valid-looking
 # datagrams from taking more than a fraction of a core.
 GLOBAL_RATE = 4000.0
