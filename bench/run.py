@@ -194,7 +194,11 @@ class Bench:
         wall0 = time.monotonic()
         try:
             value = body()
+            time.sleep(max(0.0, 5.0 - (time.monotonic() - wall0)))
         finally:
+            with open(f"/proc/{pid}/comm") as comm:
+                self.notes.append(f"attack window: CPU/RSS read from pid {pid} "
+                                  f"({comm.read().strip()}), {time.monotonic() - wall0:.1f} s")
             ticks1, rss = proc_sample(pid)
             wall1 = time.monotonic()
             summary = self.stop_noise(noise)
@@ -332,6 +336,10 @@ class Bench:
         self.results["fwknop_attack"] = {"records": records, "cpu": cpu, "rss": rss,
                                          "noise": noise}
         self.results["fwknop_rss_idle"] = proc_sample(daemon.pid)[1] / 1024
+        if not ms_list(records):
+            self.notes.append("fwknopd alive after the attack: "
+                              f"{daemon.poll() is None}; its log: " + open(os.path.join(
+                                  lab.directory, "fwknopd.log")).read()[-300:].replace("\n", " | "))
         daemon.terminate()
         daemon.wait(timeout=10)
         self.flush_iptables()
@@ -554,7 +562,7 @@ def table(bench):
     parts_scrypt = s2k_breakdown(r.get("s2k_scrypt", []))
     row("2. server reaction first P1 -> P3 on the wire, ms", "n/a", "n/a",
         cell(parts["reaction"], 2), "")
-    row("2. ... last P1 before P3 -> P3 (one round's server work), ms", "n/a", "n/a",
+    row("2. ... final P2 -> P3 (grant step: firewall + listener), ms", "n/a", "n/a",
         cell(parts["last_p2_p3"], 2), "")
     row("2. client rounds needed (cheap / scrypt)", "", "",
         f"{cell(parts['rounds'], 0)} / {cell(parts_scrypt['rounds'], 0)}", "")

@@ -53,9 +53,14 @@ def _quiet(line: str) -> None:
 class RetrySchedule:
     """
     How long to wait for P3 after each round: ``first``, doubling each round, at most ``cap``.
+
+    The first waits are short on purpose: the server captures an address's knocks only once it
+    has handled that address's P1 (about a millisecond), so the knocks of round 1 usually pass
+    unseen and round 2 or 3 is the one that completes (measured in the namespace lab: 2 ms gives
+    access in about 14 ms, 10 ms in about 22 ms). Extra rounds cost the server two messages each.
     """
 
-    first: float = 0.01
+    first: float = 0.002
     factor: float = 2.0
     cap: float = 1.0
 

@@ -13,8 +13,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from Crypto.Protocol.KDF import scrypt
-
 KEY_SIZE = 32
 KEY_ID_SIZE = 8
 MIN_PASSWORD_LENGTH = 8
@@ -109,6 +107,9 @@ def derive_key(password: str, user: str, params: KdfParams = KdfParams()) -> byt
     """
     Derive ``user``'s 256-bit key from ``password`` with scrypt.
     """
+    # Imported here: a client with a saved key (sig2knockc --save-key) never pays for it.
+    from Crypto.Protocol.KDF import scrypt
+
     key = scrypt(
         password.encode("utf-8"), salt_for(user), KEY_SIZE, N=params.n, r=params.r, p=params.p
     )

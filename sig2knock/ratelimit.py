@@ -12,7 +12,7 @@ from typing import Hashable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
-# A client sends two messages per round, rounds 10, 20, 40 ... ms apart, then one a second: a
+# A client sends two messages per round, rounds 2, 4, 8 ... ms apart, then one a second: a
 # burst of a dozen, then two a second. These leave room for that many times over (scripts that
 # knock in a loop, several users behind one NAT address) and still bound the work.
 PER_SOURCE_RATE = 50.0

@@ -217,6 +217,8 @@ class FixedRandom(random.Random):
 
 def knocker(network: FakeNetwork, **kwargs: Any) -> Knocker:
     kwargs.setdefault("timeout", 10.0)
+    # The timings below were written for rounds 10, 20, 40 ... ms apart.
+    kwargs.setdefault("schedule", RetrySchedule(first=0.01))
     return Knocker(
         USER,
         TARGET,
@@ -231,12 +233,12 @@ def knocker(network: FakeNetwork, **kwargs: Any) -> Knocker:
 
 class RetryScheduleTests(SynchronousTestCase):
     """
-    The wait for P3 starts at 10 ms and doubles up to 1 s.
+    The wait for P3 starts at 2 ms and doubles up to 1 s.
     """
 
     def test_default(self) -> None:
-        intervals = list(itertools.islice(RetrySchedule().intervals(), 10))
-        expected = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0, 1.0]
+        intervals = list(itertools.islice(RetrySchedule().intervals(), 12))
+        expected = [0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 1.0, 1.0]
         self.assertEqual(len(intervals), len(expected))
         for got, want in zip(intervals, expected):
             self.assertAlmostEqual(got, want)

@@ -24,6 +24,7 @@ from sig2knock.firewall.nftables import (
     NftablesFirewall,
     render_flush,
     render_grant,
+    render_replace_grant,
     render_revoke,
     render_ruleset,
     render_stop,
@@ -127,13 +128,27 @@ class RenderTests(SynchronousTestCase):
         ]:
             self.assertRaises(FirewallError, render_ruleset, settings)
 
-    def test_grantIPv4(self) -> None:
+    def test_grantCreates(self) -> None:
         """
-        A grant replaces any element for the same address and port with one that has the new
-        timeout, in milliseconds.
+        A grant creates its element with the timeout in milliseconds (``create``: nft refuses
+        it when the element exists, rather than keep the old timeout).
         """
         self.assertEqual(
             render_grant(V4, 45678, 30000),
+            "create element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 30000ms }\n",
+        )
+        self.assertEqual(
+            render_grant(V6, 45678, 1500),
+            "create element inet sig2knock grants6 { 2001:db8::2 . 45678 timeout 1500ms }\n",
+        )
+
+    def test_grantIPv4(self) -> None:
+        """
+        The fallback replaces any element for the same address and port with one that has the
+        new timeout, in milliseconds.
+        """
+        self.assertEqual(
+            render_replace_grant(V4, 45678, 30000),
             "add element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 1ms }\n"
             "delete element inet sig2knock grants4 { 198.18.0.2 . 45678 }\n"
             "add element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 30000ms }\n",
@@ -144,7 +159,7 @@ class RenderTests(SynchronousTestCase):
         An IPv6 source goes into ``grants6``.
         """
         self.assertEqual(
-            render_grant(V6, 45678, 1500),
+            render_replace_grant(V6, 45678, 1500),
             "add element inet sig2knock grants6 { 2001:db8::2 . 45678 timeout 1ms }\n"
             "delete element inet sig2knock grants6 { 2001:db8::2 . 45678 }\n"
             "add element inet sig2knock grants6 { 2001:db8::2 . 45678 timeout 1500ms }\n",
@@ -169,6 +184,7 @@ class RenderTests(SynchronousTestCase):
         whole number, and a bad address or port, are refused.
         """
         self.assertIn("timeout 1ms }\n", render_grant(V4, 45678, 1).splitlines(True)[-1])
+        self.assertRaises(FirewallError, render_replace_grant, V4, 45678, 0)
         for timeout in [0, -1, -30000, nftables.MAX_TIMEOUT_MS + 1, 1.5, True]:
             self.assertRaises(FirewallError, render_grant, V4, 45678, timeout)
         self.assertIn(f"timeout {nftables.MAX_TIMEOUT_MS}ms", render_grant(V4, 1, 99_999_999))
@@ -238,13 +254,18 @@ class NatRenderTests(SynchronousTestCase):
 
     def test_grantAndRevoke(self) -> None:
         grant = render_grant(ipaddress.ip_address("198.18.0.2"), 45678, 30000, NAT_TO)
+        self.assertEqual(
+            grant,
+            "create element inet sig2knock forward4 { 198.18.0.2 . 45678 timeout 30000ms :"
+            " 127.0.0.1 . 22 }\n"
+            "create element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 30000ms }\n",
+        )
+        replace = render_replace_grant(ipaddress.ip_address("198.18.0.2"), 45678, 30000, NAT_TO)
         self.assertIn(
             "add element inet sig2knock forward4 { 198.18.0.2 . 45678 timeout 30000ms :"
             " 127.0.0.1 . 22 }\n",
-            grant,
+            replace,
         )
-        self.assertIn("add element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 30000ms }",
-                      grant)
         revoke = render_revoke(ipaddress.ip_address("198.18.0.2"), 45678, NAT_TO)
         self.assertIn("delete element inet sig2knock forward4 { 198.18.0.2 . 45678 }", revoke)
 
@@ -327,6 +348,23 @@ class BackendTests(SynchronousTestCase):
         deadline = self.clock.seconds() + 30.5
         self.assertIsNone(self.successResultOf(self.firewall.grant(V4, 45678, deadline)))
         self.assertOneCall(render_grant(V4, 45678, 30500))
+
+    def test_grantOfAnExistingElementReplacesIt(self) -> None:
+        """
+        When ``create`` finds the element there already, the grant replaces it (so the new
+        deadline holds, not the old one) instead of failing.
+        """
+        answers = [
+            lambda: fail(FirewallError("nft -f -: exit status 1: Error: Could not process rule:"
+                                       " File exists")),
+            lambda: succeed(b""),
+        ]
+        self.run.result = lambda: answers.pop(0)()
+        deadline = self.clock.seconds() + 30
+        self.successResultOf(self.firewall.grant(V4, 45678, deadline))
+        scripts = [stdin.decode() for _, _, stdin in self.run.calls]
+        self.assertEqual(scripts, [render_grant(V4, 45678, 30000),
+                                   render_replace_grant(V4, 45678, 30000)])
 
     def test_grantRoundsDown(self) -> None:
         """
@@ -552,6 +590,26 @@ class RealNftTests(TestCase):
         if check and done.returncode != 0:
             self.fail(f"nft {' '.join(arguments)}: {done.returncode}: {done.stderr}")
         return done.stdout
+
+    def test_createRefusesAnExistingElement(self) -> None:
+        """
+        The real nft refuses ``create`` of an element that exists (what the backend's fallback
+        relies on), and the replacement then sets the new timeout.
+        """
+        self.nft("-f", "-", stdin=render_ruleset(LOCKDOWN))
+        self.nft("-f", "-", stdin=render_grant(V4, 45678, 60000))
+        again = subprocess.run(
+            self.prefix + [self.nftPath, "-f", "-"],
+            input=render_grant(V4, 45678, 5000),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        self.assertNotEqual(again.returncode, 0)
+        self.assertIn("File exists", again.stderr)
+        self.nft("-f", "-", stdin=render_replace_grant(V4, 45678, 5000))
+        listing = self.nft("list", "set", "inet", "sig2knock", "grants4")
+        self.assertIn("timeout 5s", listing)
 
     def elements(self, name: str = "grants4") -> List[Tuple[str, int, int]]:
         """
