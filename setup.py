@@ -23,7 +23,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sig2knockd = sig2knock.scripts.daemon:main",
-            "sig2knockc = sig2knock.scripts.client:main",
+            "sig2knockc = sig2knock.scripts.client:entry_point",
             "sig2knockd_useradd = sig2knock.scripts.useradd:main",
         ],
     },
