@@ -254,11 +254,14 @@ def parse_config(text: str, path: str, interface: Optional[str] = None) -> Confi
         values["state_dir"] = os.path.normpath(os.path.join(directory, state_dir))
 
     config = Config(path=path, lines=lines, **values)  # type: ignore[arg-type]
-    _check_combinations(config)
+    check_combinations(config)
     return config
 
 
-def _check_combinations(config: Config) -> None:
+def check_combinations(config: Config) -> None:
+    """
+    Refuse settings that cannot work together; raises ``ConfigError`` naming the key.
+    """
     low, high = config.assign_port_range
 
     def fail(key: str, message: str) -> None:

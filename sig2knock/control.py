@@ -82,8 +82,10 @@ class ControlProtocol(DatagramProtocol):
                 max_skew=self.max_skew,
                 admit=lambda: self.limiter.allow(source),
             )
-            # Per user, and only once authenticated (so nobody can spend another's allowance):
-            # one key holder with many addresses cannot fill the replay cache for everyone.
+            # A replay is refused before it can spend anything of its user's allowance.
+            self.replay_cache.check(received.nonce, received.message.timestamp_ms, now)
+            # Per user, and only once authenticated and fresh (so nobody can spend another's
+            # allowance): one key holder with many addresses cannot fill the replay cache.
             if not self.user_limiter.allow(received.user.name):
                 raise MessageRejected(
                     wire.REASON_RATE, f"user {received.user.name}: over the per-user rate limit"

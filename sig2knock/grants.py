@@ -8,7 +8,7 @@ closed again: nothing stays half-open.
 
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
@@ -70,6 +70,7 @@ class PortGranter:
         # FORWARD_MODE = nat: the firewall DNATs the grant's one connection in the kernel, so no
         # listener is opened and the data never enters Python.
         self.nat = nat
+        self._opening: Set[Deferred] = set()
         self.open: Dict[int, OpenGrant] = {}
 
     def grant(self, session: Session) -> "Deferred[GrantInfo]":
@@ -106,6 +107,14 @@ class PortGranter:
             )
             self.open[port] = opened
             opening = maybeDeferred(self.firewall.grant, session.source, port, deadline)
+            # close_all waits for grants still being opened, so none lands after a clean stop.
+            self._opening.add(opening)
+
+            def settled(result: Any, opening: Deferred = opening) -> Any:
+                self._opening.discard(opening)
+                return result
+
+            opening.addBoth(settled)
             opening.addCallbacks(self._opened, self._firewallRefused, (opened,), None, (opened,))
             return opening
         return fail(
@@ -115,7 +124,7 @@ class PortGranter:
     def _opened(self, _: object, opened: OpenGrant) -> GrantInfo:
         if self.open.get(opened.port) is not opened:
             # Closed while the firewall was still opening it (the daemon is stopping).
-            self.firewall.revoke(opened.session.source, opened.port)
+            self._revoke(opened)
             raise SessionRefused("closed", "the grant was closed while it was being opened")
         self.log.info(
             "port {port} granted to {user} from {source} for {open_time}s",
@@ -149,6 +158,13 @@ class PortGranter:
             source=str(opened.session.source),
             why=why,
         )
+        revoking = self._revoke(opened)
+        if opened.listener is None:
+            return DeferredList([revoking], consumeErrors=True)
+        stopping = maybeDeferred(opened.listener.stopListening)
+        return DeferredList([revoking, stopping], consumeErrors=True)
+
+    def _revoke(self, opened: OpenGrant) -> "Deferred[None]":
         revoking = maybeDeferred(self.firewall.revoke, opened.session.source, opened.port)
         revoking.addErrback(
             lambda failure: self.log.error(
@@ -159,17 +175,26 @@ class PortGranter:
                 error=failure.getErrorMessage(),
             )
         )
-        if opened.listener is None:
-            return DeferredList([revoking], consumeErrors=True)
-        stopping = maybeDeferred(opened.listener.stopListening)
-        return DeferredList([revoking, stopping], consumeErrors=True)
+        return revoking
 
     def close_all(self) -> "Deferred[Any]":
         """
-        Stop listening on every open assigned port (the daemon is stopping); established forwarded
-        connections are left alone.
+        Stop listening on every open assigned port (the daemon is stopping), after the grants
+        still being opened have settled; established forwarded connections are left alone.
         """
         closing: List[Deferred] = [
             self._close(opened, "daemon stopping") for opened in list(self.open.values())
         ]
-        return DeferredList(closing, consumeErrors=True)
+        # A grant being opened now is closed by _opened when it lands (it is no longer open).
+        waiting = [_quiet(opening) for opening in list(self._opening)]
+        return DeferredList(closing + waiting, consumeErrors=True)
+
+
+def _quiet(opening: Deferred) -> Deferred:
+    """
+    A Deferred that fires when ``opening`` does, whatever its result, leaving ``opening``'s own
+    callbacks (the session's) untouched.
+    """
+    settled: Deferred = Deferred()
+    opening.addBoth(lambda result: (settled.callback(None), result)[1])
+    return settled

@@ -71,6 +71,16 @@ class ReplayCache:
     def __len__(self) -> int:
         return len(self._expiries)
 
+    def check(self, nonce: bytes, timestamp_ms: int, now: float) -> None:
+        """
+        Refuse ``nonce`` if it was seen, like ``check_and_remember``, without remembering it.
+        """
+        self._prune(int(now * 1000))
+        if nonce in self._expiries:
+            raise MessageRejected(REASON_REPLAY, "nonce seen before")
+        if timestamp_ms < self._floor_ms:
+            raise MessageRejected(REASON_REPLAY, "stamped before the replay cache was lost")
+
     def check_and_remember(self, nonce: bytes, timestamp_ms: int, now: float) -> None:
         """
         Refuse ``nonce`` if it was seen (``MessageRejected`` with reason ``replay``) or if the

@@ -151,13 +151,13 @@ class Sig2knockService(MultiService):
         try:
             loaded = load_config(running.path, self.prepared.interface_override)
             users = load_users(loaded.users_file)
+            config, applied, pending = reload.merge(running, loaded)
         except (ConfigError, UsersError) as error:
             self.log.error(
                 "reload refused, still running on the previous configuration: {error}",
                 error=str(error),
             )
             return
-        config, applied, pending = reload.merge(running, loaded)
         self.prepared.config = config
         self.prepared.users = users
         self.sessions.min_knocks = config.knock_count

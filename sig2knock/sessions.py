@@ -146,7 +146,8 @@ class SessionTable:
         self.early_window = early_window
         self._sessions: Dict[Tuple[IPAddress, bytes], Session] = {}
         self._pending: Dict[IPAddress, List[Session]] = {}
-        self._pending_by_user: Dict[str, int] = {}
+        # Every live session counts (pending, complete, granting, granted): they all hold a slot.
+        self._sessions_by_user: Dict[str, int] = {}
         self._early: "collections.OrderedDict[IPAddress, Deque[Tuple[float, int, int]]]" = (
             collections.OrderedDict()
         )
@@ -193,16 +194,14 @@ class SessionTable:
             )
         if self.pending_count(source) >= self.max_per_source:
             raise SessionRefused("source-limit", f"{self.max_per_source} pending sessions")
-        if self._pending_by_user.get(user, 0) >= self.max_per_user:
-            raise SessionRefused(
-                "user-limit", f"{self.max_per_user} pending sessions of user {user}"
-            )
+        if self._sessions_by_user.get(user, 0) >= self.max_per_user:
+            raise SessionRefused("user-limit", f"{self.max_per_user} sessions of user {user}")
         if len(self._sessions) >= self.max_total:
             raise SessionRefused("table-full", f"{self.max_total} sessions")
         session = Session(source, user, request.session_id, request.protocol, request.ports)
         self._sessions[session.key] = session
         self._pending.setdefault(source, []).append(session)
-        self._pending_by_user[user] = self._pending_by_user.get(user, 0) + 1
+        self._sessions_by_user[user] = self._sessions_by_user.get(user, 0) + 1
         session.timer = self.clock.callLater(self.knock_timeout, self._expire, session)
         self.log.info(
             "P1 accepted: {user} from {source}, {count} {protocol} knocks",
@@ -295,6 +294,11 @@ class SessionTable:
 
     def _start_grant(self, session: Session) -> None:
         session.state = GRANTING
+        # A session being granted does not expire: the grant's own outcome ends it (the firewall
+        # tool has a time limit), so no grant can be opened for a session already forgotten.
+        if session.timer is not None and session.timer.active():
+            session.timer.cancel()
+        session.timer = None
         try:
             granting = self._grant(session)
         except Exception as error:  # noqa: BLE001 - a broken granter refuses, never crashes
@@ -353,11 +357,6 @@ class SessionTable:
             pending.remove(session)
             if not pending:
                 del self._pending[session.source]
-            remaining = self._pending_by_user[session.user] - 1
-            if remaining:
-                self._pending_by_user[session.user] = remaining
-            else:
-                del self._pending_by_user[session.user]
 
     def _remove(self, session: Session, notify: bool = True) -> None:
         if session.timer is not None and session.timer.active():
@@ -366,6 +365,11 @@ class SessionTable:
         self._pending_remove(session)
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
+            remaining = self._sessions_by_user[session.user] - 1
+            if remaining:
+                self._sessions_by_user[session.user] = remaining
+            else:
+                del self._sessions_by_user[session.user]
         if notify:
             self._update_watched()
 

@@ -382,7 +382,8 @@ def _decode(
     if user is None:
         raise MessageRejected(REASON_UNKNOWN_KEY, f"key id {received_key_id.hex()}")
     if admit is not None and not admit():
-        raise MessageRejected(REASON_RATE, f"user {user.name}: over the rate limit")
+        # Not yet authenticated: name the key id, not a user who may have nothing to do with it.
+        raise MessageRejected(REASON_RATE, f"key id {received_key_id.hex()}: over the rate limit")
 
     header = data[:HEADER_SIZE]
     cipher = AES.new(user.key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_SIZE)

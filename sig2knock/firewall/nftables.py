@@ -11,7 +11,7 @@ transaction: it happens whole or not at all.
 import ipaddress
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -30,6 +30,8 @@ POLICIES = ("ports", "lockdown")
 # nft 1.0.6 refuses a timeout written as more than 8 digits of "ms" ("value too large"); a grant
 # that long (over 27 hours) is a bug anyway, so it is refused before nft is asked.
 MAX_TIMEOUT_MS = 99_999_999
+# Taken off every grant's timeout, for the time between writing the script and nft's commit.
+GRANT_MARGIN_MS = 50
 
 _HEADER = (
     "# Owned by sig2knock: this table is replaced whole every time the daemon starts and\n"
@@ -416,62 +418,98 @@ class NftablesFirewall:
     def start(self) -> Deferred:
         """
         Replace the table (``policy``, assigned port range and control port from the settings).
+        With nat to loopback, ``route_localnet`` is turned on only once the table that guards it
+        is in place; a table of an earlier nat run that turned it on is followed by turning it
+        off again.
         """
         low, high = self.settings.port_range
+        looking = self._had_loopback_nat()
+
+        def install(had_nat: bool) -> Deferred:
+            installing = self._apply(
+                "start",
+                "nftables: installed table inet {table} (policy {policy}, assigned ports"
+                " {low}-{high}, control port {control_port})",
+                lambda: render_ruleset(self.settings),
+                policy=self.settings.policy,
+                control_port=self.settings.control_port,
+                low=low,
+                high=high,
+            )
+            return installing.addCallback(lambda _: self._set_route_localnet(had_nat))
+
+        return looking.addCallback(install)
+
+    def _needs_route_localnet(self) -> bool:
+        nat_to = self.settings.nat_to
+        return nat_to is not None and nat_to[0].is_loopback and bool(self.settings.interface)
+
+    def _had_loopback_nat(self) -> Deferred:
+        """
+        Whether the table now installed (by an earlier run) is a nat one: then it may have turned
+        on ``route_localnet``. Only asked when there is an interface to turn it off on.
+        """
+        if not self.settings.interface:
+            return succeed(False)
+        script = f"table {_table()} {{}}\nlist table {_table()}\n"
         try:
-            self._allow_loopback_target()
+            listing = self.run(self.reactor, self._argv(), stdin=script.encode("utf-8"))
         except FirewallError as error:
             return fail(error)
-        return self._apply(
-            "start",
-            "nftables: installed table inet {table} (policy {policy}, assigned ports"
-            " {low}-{high}, control port {control_port})",
-            lambda: render_ruleset(self.settings),
-            policy=self.settings.policy,
-            control_port=self.settings.control_port,
-            low=low,
-            high=high,
+        listing.addCallback(
+            lambda output: f"chain {NAT_CHAIN}" in output.decode("utf-8", "replace")
         )
+        listing.addErrback(lambda _: False)
+        return listing
 
-    def _allow_loopback_target(self) -> None:
+    def _set_route_localnet(self, had_nat: bool) -> None:
         """
-        With nat to 127.0.0.0/8, let the kernel route DNAT'ed packets from the interface to
-        loopback (``route_localnet``); the ruleset drops every other such packet.
+        Turn ``route_localnet`` on for a nat to loopback (after the guarding table is in place),
+        or off when an earlier nat run had turned it on and this one does not need it.
         """
-        nat_to = self.settings.nat_to
-        if nat_to is None or not nat_to[0].is_loopback or not self.settings.interface:
-            return
+        if self._needs_route_localnet():
+            self._write_route_localnet("1")
+        elif had_nat:
+            self._write_route_localnet("0")
+
+    def _write_route_localnet(self, value: str) -> None:
         path = f"/proc/sys/net/ipv4/conf/{self.settings.interface}/route_localnet"
         try:
             with open(path, "w", encoding="ascii") as setting:
-                setting.write("1\n")
+                setting.write(value + "\n")
         except OSError as error:
             raise FirewallError(
-                f"nftables: cannot turn on {path} for FORWARD_MODE = nat to"
-                f" {nat_to[0]}: {error.strerror}"
+                f"nftables: cannot set {path} to {value} (FORWARD_MODE = nat to loopback):"
+                f" {error.strerror}"
             ) from None
         self.log.info(
-            "nftables: route_localnet on {interface}, so grants can be DNAT'ed to {target}",
+            "nftables: route_localnet = {value} on {interface}",
+            value=value,
             interface=self.settings.interface,
-            target=str(nat_to[0]),
         )
 
     def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
         """
-        Add ``source . port`` with the time left until ``deadline``, rounded down to the ms.
+        Add ``source . port`` with the time left until ``deadline``, rounded down to the ms,
+        less ``GRANT_MARGIN_MS``: the kernel counts from nft's commit, a few ms after the script
+        is written, and the grant must not outlive the deadline the client was told.
         """
-        timeout_ms = int((deadline - self.reactor.seconds()) * 1000)
-        # A past deadline makes render_grant refuse (FirewallError): nothing is opened.
+
+        def timeout_ms() -> int:
+            left = int((deadline - self.reactor.seconds()) * 1000) - GRANT_MARGIN_MS
+            # A past deadline makes the rendering refuse (FirewallError): nothing is opened.
+            return max(left, 0)
+
         return self._apply(
             "grant",
-            "nftables: granted {source} TCP port {port} for {timeout_ms} ms",
-            lambda: render_grant(source, port, timeout_ms, self.settings.nat_to),
+            "nftables: granted {source} TCP port {port} until {deadline}",
+            lambda: render_grant(source, port, timeout_ms(), self.settings.nat_to),
             if_exists=lambda: render_replace_grant(
-                source, port, timeout_ms, self.settings.nat_to
+                source, port, timeout_ms(), self.settings.nat_to
             ),
             source=str(source),
             port=port,
-            timeout_ms=timeout_ms,
+            deadline=deadline,
         )
 
     def revoke(self, source: IPAddress, port: int) -> Deferred:
@@ -498,6 +536,14 @@ class NftablesFirewall:
 
     def flush(self) -> Deferred:
         """
-        Remove the table.
+        Remove the table, and turn ``route_localnet`` off again if a nat run had turned it on.
         """
-        return self._apply("flush", "nftables: removed table inet {table}", render_flush)
+        looking = self._had_loopback_nat()
+
+        def remove(had_nat: bool) -> Deferred:
+            removing = self._apply("flush", "nftables: removed table inet {table}", render_flush)
+            if had_nat:
+                removing.addCallback(lambda _: self._write_route_localnet("0"))
+            return removing
+
+        return looking.addCallback(remove)

@@ -87,6 +87,19 @@ def flush_names(firewall: str, available: Callable[[str], bool]) -> List[str]:
     return [name for name in ("nftables", "iptables") if available(name)]
 
 
+def interface_of(config: Any) -> str:
+    """
+    The interface the daemon uses for ``config`` (as at start), or ``""`` when there is none.
+    """
+    from sig2knock.config import ConfigError
+    from sig2knock.startup import resolve_interface
+
+    try:
+        return resolve_interface(config)
+    except ConfigError:
+        return config.interface or ""
+
+
 def flush(config_path: str, interface: Optional[str]) -> int:
     """
     Remove what the daemon installed in the firewall; return the exit status.
@@ -108,8 +121,9 @@ def flush(config_path: str, interface: Optional[str]) -> int:
 
     def run(reactor: Any) -> Any:
         def flush_one(name: str) -> Any:
-            backend = build_firewall(name, config, config.interface or "", reactor)
-            flushing = maybeDeferred(backend.flush)
+            flushing = maybeDeferred(
+                lambda: build_firewall(name, config, interface_of(config), reactor).flush()
+            )
 
             def report(result: Any) -> None:
                 if isinstance(result, Failure):

@@ -210,6 +210,24 @@ class ControlProtocolTests(SynchronousTestCase):
         self.assertEqual(self.refusals().count("rate-limited"), 2)
         self.assertEqual(self.sessions.pending_count(), 3)
 
+    def test_replaysDoNotSpendTheUsersAllowance(self) -> None:
+        """
+        Someone replaying a user's captured message cannot lock that user out: replays are
+        refused before the per-user limit counts them.
+        """
+        self.protocol.user_limiter = RateLimiter(
+            self.clock, per_source_rate=1, per_source_burst=2, global_rate=None
+        )
+        captured = self.p1()
+        self.protocol.datagramReceived(captured, CLIENT)
+        for n in range(50):
+            self.protocol.datagramReceived(captured, (f"198.18.5.{n}", 5000))
+        self.assertEqual(set(self.refusals()), {"replay"})
+        request = KnockRequest(b"T" * 16, wire.now_ms(NOW), wire.PROTO_TCP, PORTS)
+        self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), CLIENT)
+        self.assertEqual(set(self.refusals()), {"replay"})
+        self.assertEqual(self.sessions.pending_count(), 2)
+
     def test_junkNeverReachesTheLimiter(self) -> None:
         for _ in range(100):
             self.protocol.datagramReceived(b"\x01" * 90, ("198.18.0.66", 5000))

@@ -302,8 +302,10 @@ class PortGranterTests(SynchronousTestCase):
         firewall.pending = Deferred()
         self.granter.firewall = firewall
         opening = self.granter.grant(session())
-        self.successResultOf(self.granter.close_all())
+        closing = self.granter.close_all()
+        self.assertNoResult(closing)  # a clean stop waits for the grant being opened
         firewall.pending.callback(None)
+        self.successResultOf(closing)
         self.failureResultOf(opening, SessionRefused)
         self.assertEqual(firewall.calls[-1][0], "revoke")
 

@@ -343,11 +343,12 @@ class BackendTests(SynchronousTestCase):
 
     def test_grant(self) -> None:
         """
-        Grant asks for the time left until the deadline, in ms, rounded down.
+        Grant asks for the time left until the deadline, in ms, rounded down, less the margin
+        for nft's own start (the kernel counts from its commit).
         """
         deadline = self.clock.seconds() + 30.5
         self.assertIsNone(self.successResultOf(self.firewall.grant(V4, 45678, deadline)))
-        self.assertOneCall(render_grant(V4, 45678, 30500))
+        self.assertOneCall(render_grant(V4, 45678, 30500 - nftables.GRANT_MARGIN_MS))
 
     def test_grantOfAnExistingElementReplacesIt(self) -> None:
         """
@@ -363,8 +364,9 @@ class BackendTests(SynchronousTestCase):
         deadline = self.clock.seconds() + 30
         self.successResultOf(self.firewall.grant(V4, 45678, deadline))
         scripts = [stdin.decode() for _, _, stdin in self.run.calls]
-        self.assertEqual(scripts, [render_grant(V4, 45678, 30000),
-                                   render_replace_grant(V4, 45678, 30000)])
+        left = 30000 - nftables.GRANT_MARGIN_MS
+        self.assertEqual(scripts, [render_grant(V4, 45678, left),
+                                   render_replace_grant(V4, 45678, left)])
 
     def test_grantRoundsDown(self) -> None:
         """
@@ -373,13 +375,14 @@ class BackendTests(SynchronousTestCase):
         """
         self.clock.advance(0.25)
         self.successResultOf(self.firewall.grant(V6, 45678, self.clock.seconds() + 1.9999))
-        self.assertOneCall(render_grant(V6, 45678, 1999))
+        self.assertOneCall(render_grant(V6, 45678, 1999 - nftables.GRANT_MARGIN_MS))
 
     def test_grantShortest(self) -> None:
         """
         A deadline one millisecond ahead still gets its grant.
         """
-        self.successResultOf(self.firewall.grant(V4, 45678, self.clock.seconds() + 0.0015))
+        ahead = (nftables.GRANT_MARGIN_MS + 1.5) / 1000
+        self.successResultOf(self.firewall.grant(V4, 45678, self.clock.seconds() + ahead))
         self.assertOneCall(render_grant(V4, 45678, 1))
 
     def test_grantPastDeadline(self) -> None:
@@ -387,7 +390,7 @@ class BackendTests(SynchronousTestCase):
         A deadline already past (or less than a millisecond ahead) fails with FirewallError and
         runs nothing.
         """
-        for ahead in [-5.0, 0.0, 0.0004]:
+        for ahead in [-5.0, 0.0, 0.0004, nftables.GRANT_MARGIN_MS / 1000]:
             failure = self.failureResultOf(
                 self.firewall.grant(V4, 45678, self.clock.seconds() + ahead), FirewallError
             )
@@ -503,15 +506,17 @@ class BackendTests(SynchronousTestCase):
         events: List[dict] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        self.successResultOf(self.firewall.grant(V4, 45678, self.clock.seconds() + 2))
+        deadline = self.clock.seconds() + 2
+        self.successResultOf(self.firewall.grant(V4, 45678, deadline))
         granted = [event for event in events if event.get("operation") == "grant"]
         self.assertEqual(len(granted), 1)
         self.assertEqual(
-            (granted[0]["source"], granted[0]["port"], granted[0]["timeout_ms"]),
-            ("198.18.0.2", 45678, 2000),
+            (granted[0]["source"], granted[0]["port"], granted[0]["deadline"]),
+            ("198.18.0.2", 45678, deadline),
         )
         self.assertEqual(
-            formatEvent(granted[0]), "nftables: granted 198.18.0.2 TCP port 45678 for 2000 ms"
+            formatEvent(granted[0]),
+            f"nftables: granted 198.18.0.2 TCP port 45678 until {deadline}",
         )
         self.successResultOf(self.firewall.start())
         self.assertEqual(
@@ -699,7 +704,9 @@ class RealNftTests(TestCase):
         self.assertEqual(self.keys(), [("198.18.0.2", 45679), ("198.18.0.3", 45678)])
         self.assertEqual(self.keys("grants6"), [("2001:db8::2", 45678)])
         short = ipaddress.ip_address("198.18.0.4")
-        await self.firewall.grant(short, 45000, globalReactor.seconds() + 0.05)
+        await self.firewall.grant(
+            short, 45000, globalReactor.seconds() + 0.05 + nftables.GRANT_MARGIN_MS / 1000
+        )
         await deferLater(globalReactor, 0.2, lambda: None)
         await self.firewall.revoke(short, 45000)
         await self.firewall.revoke(V4, 45678)

@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock import reload, service, startup
-from sig2knock.config import parse_config
+from sig2knock.config import ConfigError, parse_config
 from sig2knock.test.common import write_config, write_users
 from sig2knock.test.test_plugin import NOW, FakeAddressWatcher
 
@@ -33,6 +33,29 @@ class MergeTests(SynchronousTestCase):
         self.assertEqual(applied, ["KNOCK_COUNT"])
         self.assertEqual(pending, ["FIREWALL", "FIREWALL_POLICY"])
         self.assertEqual((merged.firewall, merged.firewall_policy), ("auto", "ports"))
+
+    def test_natForwardTargetWaitsForRestart(self) -> None:
+        running = self.config("FIREWALL = nftables\nFORWARD_MODE = nat\n")
+        loaded = parse_config(
+            "UDP_PORT = 1001\nFORWARD_TO_IP = 127.0.0.1\nFORWARD_TO_PORT = 2222\n"
+            "FIREWALL = nftables\nFORWARD_MODE = nat\n",
+            "/etc/sig2knock/sig2knockd.conf",
+        )
+        merged, applied, pending = reload.merge(running, loaded)
+        self.assertEqual(merged.forward_to_port, 22)
+        self.assertEqual((applied, pending), ([], ["FORWARD_TO_PORT"]))
+
+    def test_mixMustHoldTogether(self) -> None:
+        """
+        A new FORWARD_TO_PORT is checked against the ASSIGN_PORT_RANGE still in force.
+        """
+        running = self.config()
+        loaded = parse_config(
+            "UDP_PORT = 1001\nFORWARD_TO_IP = 127.0.0.1\nFORWARD_TO_PORT = 40000\n"
+            "ASSIGN_PORT_RANGE = 1100-2000\n",
+            "/etc/sig2knock/sig2knockd.conf",
+        )
+        self.assertRaises(ConfigError, reload.merge, running, loaded)
 
     def test_everyKeyClassified(self) -> None:
         from sig2knock.config import KNOWN_KEYS

@@ -217,11 +217,13 @@ class SessionTableTests(SynchronousTestCase):
         )
         self.assertEqual(error.reason, "user-limit")
         table.open(CLIENT, "alice", request())
-        for port in PORTS:  # a completed session is no longer pending
+        for port in PORTS:  # a completed session still holds its slot until it ends
             table.knock(ipaddress.ip_address("198.18.1.0"), TCP, port)
-        table.open(ipaddress.ip_address("198.18.1.9"), "bob", request())
+        self.assertRaises(
+            SessionRefused, table.open, ipaddress.ip_address("198.18.1.9"), "bob", request()
+        )
         self.clock.advance(11)
-        self.assertEqual(table.pending_count(), 0)
+        self.assertEqual(len(table), 0)
         table.open(ipaddress.ip_address("198.18.1.8"), "bob", request(b"X" * 16))
 
     def test_totalLimit(self) -> None:
@@ -232,6 +234,21 @@ class SessionTableTests(SynchronousTestCase):
         self.assertEqual(error.reason, "table-full")
         self.clock.advance(11)
         table.open(CLIENT6, "bob", request(b"3" * 16))
+
+    def test_slowGrantOutlivesKnockTimeout(self) -> None:
+        """
+        A grant still being opened when KNOCK_TIMEOUT passes is not orphaned: the session waits
+        for it and the client gets the port.
+        """
+        pending: Deferred = Deferred()
+        self.grant_result = pending
+        self.table.open(CLIENT, "alice", request())
+        self.knock_all()
+        confirming = self.table.confirm(CLIENT, "alice", b"S" * 16)
+        self.clock.advance(20)
+        self.assertNoResult(confirming)
+        pending.callback(GrantInfo(41000, self.clock.seconds() + 30))
+        self.assertEqual(self.successResultOf(confirming).port, 41000)
 
     def test_failedGrantRefusesSession(self) -> None:
         self.grant_result = fail(RuntimeError("firewall said no"))
