@@ -2,7 +2,7 @@
 Knock capture: a pcap handle on the knock interface, read by the reactor like any socket.
 
 ``KnockCapture`` is an ``IReadDescriptor`` around a non-blocking pcapy-ng handle. Its kernel filter
-(BPF, built by ``knock_filter``) lets through only knock-shaped packets (an opening TCP SYN, or a
+(BPF, built by ``sig2knock.bpf``) lets through only knock-shaped packets (an opening TCP SYN, or a
 UDP datagram not aimed at the control port) from the *watched* source addresses to the server's own
 addresses, so a scan or a flood from anyone else never reaches Python. Every packet that does is
 decoded by ``sig2knock.packets.parse_frame`` and checked again against the same sets before
@@ -16,8 +16,7 @@ Addresses are compared in their plain form: an IPv4-mapped IPv6 address given to
 ``set_destinations`` stands for its IPv4 address (which is what the wire carries).
 """
 
-import ipaddress
-from typing import Any, Callable, FrozenSet, Iterable, List, Optional
+from typing import Any, Callable, FrozenSet, Optional
 
 import pcapy
 from twisted.application.service import Service
@@ -26,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sig2knock.bpf import MATCH_NOTHING, build_filter, plain_set
 from sig2knock.packets import SUPPORTED_DATALINKS, Knock, parse_frame
 from sig2knock.wire import PROTO_TCP, PROTO_UDP, PROTOCOL_NAMES, IPAddress
 
@@ -33,10 +33,6 @@ SNAPLEN = 128  # link + IP + TCP/UDP headers, without IPv6 extension headers
 READ_TIMEOUT_MS = 1  # no immediate mode in pcapy-ng: the kernel hands over a block every 1 ms
 BUFFER_SIZE = 2 * 1024 * 1024
 MAX_PACKETS_PER_READ = 1000
-
-# A filter that no packet passes. libpcap refuses a program its optimizer proves empty ("expression
-# rejects all packets"), so this one is an unsigned comparison the optimizer leaves alone.
-MATCH_NOTHING = "len < 0"
 
 # pcap_activate() status codes (pcapy-ng returns them instead of raising).
 _PCAP_ERROR_NO_SUCH_DEVICE = -5
@@ -51,89 +47,6 @@ class CaptureError(Exception):
     """
     The knock interface cannot be captured on; the message says why, for the operator.
     """
-
-
-def knock_filter(
-    protocol: int,
-    sources: Iterable[IPAddress],
-    destinations: Iterable[IPAddress],
-    control_port: int,
-) -> str:
-    """
-    The BPF filter (pcap syntax) passing the knocks of ``protocol`` (``PROTO_TCP``: a SYN without
-    ACK; ``PROTO_UDP``: any datagram not to ``control_port``) from one of ``sources`` to one of
-    ``destinations``. IPv4 and IPv6 addresses may be mixed. Without a source or a destination of
-    some family the filter passes nothing.
-    """
-    return _build_filter(protocol, _plain_set(sources), _plain_set(destinations), control_port)
-
-
-def _build_filter(
-    protocol: int,
-    sources: Optional[FrozenSet[IPAddress]],
-    destinations: FrozenSet[IPAddress],
-    control_port: int,
-) -> str:
-    """
-    ``knock_filter`` for plain address sets; ``sources=None`` accepts every source (the fallback
-    when the exact filter cannot be compiled).
-    """
-    if protocol not in (PROTO_TCP, PROTO_UDP):
-        raise ValueError(f"knock protocol must be TCP or UDP, not {protocol}")
-    if not 0 <= control_port <= 0xFFFF:
-        raise ValueError(f"control port out of range: {control_port}")
-    clauses: List[str] = []
-    for version in (4, 6):
-        family_destinations = sorted(a for a in destinations if a.version == version)
-        if sources is None:
-            family_sources: Optional[List[IPAddress]] = None
-        else:
-            family_sources = sorted(a for a in sources if a.version == version)
-            if not family_sources:
-                continue
-        if not family_destinations:
-            continue
-        parts = [_shape(version, protocol, control_port)]
-        if family_sources is not None:
-            parts.append(_hosts("src", family_sources))
-        parts.append(_hosts("dst", family_destinations))
-        clauses.append("(" + " and ".join(parts) + ")")
-    return " or ".join(clauses) if clauses else MATCH_NOTHING
-
-
-def _shape(version: int, protocol: int, control_port: int) -> str:
-    """
-    The filter for a knock-shaped packet of IP ``version``.
-    """
-    if version == 4:
-        # libpcap's tcp[...] and port tests skip IPv4 options and only match first fragments.
-        if protocol == PROTO_TCP:
-            return "ip and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn"
-        return f"ip and udp and ip[6:2] & 0x1fff == 0 and not dst port {control_port}"
-    # libpcap's tcp[tcpflags] does not work for IPv6, and its port tests assume the transport
-    # header right after the fixed header. So test that layout explicitly: next header TCP/UDP at
-    # ip6[6], transport header at ip6[40]. A knock behind IPv6 extension headers is not passed by
-    # the kernel (clients' connect() and sendto() never add any); parse_frame would accept it.
-    if protocol == PROTO_TCP:
-        return "ip6 and ip6[6] == 6 and ip6[53] & 0x12 == 0x02"
-    return f"ip6 and ip6[6] == 17 and ip6[42:2] != {control_port}"
-
-
-def _hosts(direction: str, addresses: List[IPAddress]) -> str:
-    return "(" + " or ".join(f"{direction} host {address}" for address in addresses) + ")"
-
-
-def _plain(address: IPAddress) -> IPAddress:
-    """
-    ``address``, or the IPv4 address an IPv4-mapped IPv6 address stands for.
-    """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _plain_set(addresses: Iterable[IPAddress]) -> FrozenSet[IPAddress]:
-    return frozenset(_plain(address) for address in addresses)
 
 
 def open_live_handle(interface: str, create: Callable[[str], Any] = pcapy.create) -> Any:
@@ -277,7 +190,7 @@ class KnockCapture:
         """
         Capture the knocks of exactly ``sources`` from now on.
         """
-        plain = _plain_set(sources)
+        plain = plain_set(sources)
         if plain != self._sources:
             self._sources = plain
             self._install()
@@ -286,7 +199,7 @@ class KnockCapture:
         """
         The server's addresses: knocks aimed anywhere else are ignored.
         """
-        plain = _plain_set(addresses)
+        plain = plain_set(addresses)
         if plain != self._destinations:
             self._destinations = plain
             self.log.info(
@@ -299,14 +212,14 @@ class KnockCapture:
     def _install(self) -> None:
         if self._handle is None:
             return
-        text = _build_filter(self.protocol, self._sources, self._destinations, self.control_port)
+        text = build_filter(self.protocol, self._sources, self._destinations, self.control_port)
         if text == self._installed:
             return
         try:
             self._set_filter(text)
         except pcapy.PcapError as error:
             # Too many addresses for one program, say: let every source through to userland.
-            broad = _build_filter(self.protocol, None, self._destinations, self.control_port)
+            broad = build_filter(self.protocol, None, self._destinations, self.control_port)
             self.log.warn(
                 "cannot install the knock filter for {count} sources ({error});"
                 " filtering sources in userland",

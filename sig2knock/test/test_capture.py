@@ -16,14 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sig2knock import capture
-from sig2knock.capture import (
-    MATCH_NOTHING,
-    CaptureError,
-    CaptureService,
-    KnockCapture,
-    knock_filter,
-    open_live_handle,
-)
+from sig2knock.bpf import MATCH_NOTHING, knock_filter
+from sig2knock.capture import CaptureError, CaptureService, KnockCapture, open_live_handle
 from sig2knock.packets import Knock
 from sig2knock.test.test_packets import (
     ACK,
@@ -104,7 +98,7 @@ CASES: List[Tuple[str, bytes, bool, bool]] = [
     ("v6 udp", packet6(PROTO_UDP, 3333), False, True),
     ("v6 udp to control port", packet6(PROTO_UDP, CONTROL_PORT), False, False),
     ("v6 udp from other", packet6(PROTO_UDP, 3333, source=OTHER6), False, False),
-    # Knocks behind extension headers are left to userland (see capture._shape).
+    # Knocks behind extension headers are left to userland (see bpf._shape).
     (
         "v6 syn behind dst options",
         ipv6(60, extension(6) + tcp(2222), CLIENT6, SERVER6),
