@@ -278,8 +278,11 @@ def check_combinations(config: Config) -> None:
     if config.firewall_policy == "lockdown" and config.firewall == "none":
         fail("FIREWALL_POLICY", "lockdown needs a firewall, but FIREWALL is none")
     if config.forward_mode == "nat":
-        if config.firewall not in ("nftables", "auto"):
-            fail("FORWARD_MODE", f"nat needs FIREWALL = nftables, not {config.firewall}")
+        if config.firewall not in ("nftables", "iptables", "auto"):
+            fail(
+                "FORWARD_MODE",
+                f"nat needs FIREWALL = nftables or iptables, not {config.firewall}",
+            )
         if config.forward_to_ip.version == 6 and config.forward_to_ip.is_loopback:
             fail("FORWARD_MODE", "nat cannot forward to ::1 (the kernel routes no IPv6 loopback"
                  " from outside); use FORWARD_MODE = proxy or another FORWARD_TO_IP")

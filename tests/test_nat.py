@@ -17,12 +17,12 @@ from tests.lab import Lab
 DROP_WAIT = 1.0
 
 
-class NatTests(SynchronousTestCase):
+class NatMixin:
     """
-    Kernel forwarding with nftables.
+    Kernel forwarding; ``backend`` is the FIREWALL value of the subclass.
     """
 
-    skip = lab.why_not_runnable() or (None if shutil.which("nft") else "nft is not installed")
+    backend = ""
 
     def setUp(self) -> None:
         self.lab = Lab()
@@ -33,7 +33,7 @@ class NatTests(SynchronousTestCase):
     def start(self, policy: str = "lockdown", open_time: str = "5") -> None:
         self.lab.start_daemon(
             {
-                "FIREWALL": "nftables",
+                "FIREWALL": self.backend,
                 "FIREWALL_POLICY": policy,
                 "FORWARD_MODE": "nat",
                 "SINGLECONN_PORTOPEN_TIME": open_time,
@@ -75,3 +75,25 @@ class NatTests(SynchronousTestCase):
         self.start(open_time="2")
         port = self.knocked_port()
         self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
+
+
+class NftablesNatTests(NatMixin, SynchronousTestCase):
+    """
+    Kernel forwarding with nftables: a map and a dynamic set that forgets the grant at its
+    first connection.
+    """
+
+    backend = "nftables"
+    skip = lab.why_not_runnable() or (None if shutil.which("nft") else "nft is not installed")
+
+
+class IptablesNatTests(NatMixin, SynchronousTestCase):
+    """
+    Kernel forwarding with iptables: a DNAT rule per grant and an xt_recent list that leaves a
+    second connection alone.
+    """
+
+    backend = "iptables"
+    skip = lab.why_not_runnable() or (
+        None if shutil.which("iptables") else "iptables is not installed"
+    )

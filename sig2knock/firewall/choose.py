@@ -31,8 +31,6 @@ def resolve_name(config: Config) -> Tuple[str, str]:
     """
     if config.firewall != "auto":
         return config.firewall, "FIREWALL"
-    if config.forward_mode == "nat" and not tool_available("nftables"):
-        raise FirewallError("FORWARD_MODE = nat needs nftables, and FIREWALL = auto found no nft")
     if tool_available("nftables"):
         return "nftables", "FIREWALL = auto: nft found"
     if tool_available("iptables"):

@@ -15,12 +15,22 @@ connections are accepted by conntrack state, so they outlive the grant.
 import ipaddress
 import math
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, maybeDeferred
 from zope.interface import implementer
 
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
+from sig2knock.firewall.iptables_nat import (
+    NAT_CHAIN,
+    count_nat_jumps,
+    nat_filter_rules,
+    recent_list,
+    render_nat_chain,
+    render_nat_flush,
+    render_nat_grant_specs,
+)
+from sig2knock.firewall.kernel import forget_recent, write_route_localnet
 from sig2knock.firewall.runner import find_tool, run_tool
 from sig2knock.wire import IPAddress
 
@@ -43,6 +53,8 @@ _ICMP6_TYPES = (
 )
 
 Run = Callable[..., "Deferred[bytes]"]
+# One installed rule: address family, table, chain, rule specification.
+Rule = Tuple[int, str, str, List[str]]
 
 
 def _ports(settings: FirewallSettings) -> str:
@@ -59,17 +71,18 @@ def render_rules(settings: FirewallSettings, family: int) -> List[str]:
         raise ValueError(f"address family must be 4 or 6, not {family!r}")
     add = f"-A {CHAIN}"
     established = "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+    nat = nat_filter_rules(settings, family)
     if settings.policy == "ports":
         # Only the assigned range is gated; everything else falls off the end of the chain
         # (an implicit RETURN) into the host's own INPUT rules. DROP, not REJECT: no RST.
         ports = _ports(settings)
-        return [
+        return nat + [
             f"{add} -p tcp --dport {ports} {established}",
             f"{add} -p tcp --dport {ports} -j DROP",
         ]
     if settings.policy != "lockdown":
         raise ValueError(f"unknown firewall policy {settings.policy!r}")
-    rules = [f"{add} -i lo -j ACCEPT", f"{add} {established}"]
+    rules = nat + [f"{add} -i lo -j ACCEPT", f"{add} {established}"]
     # ICMP comes before the INVALID drop: conntrack leaves neighbour discovery untracked or
     # INVALID, and an error unrelated to any connection is INVALID too.
     if family == 4:
@@ -159,6 +172,13 @@ def render_grant_args(source: IPAddress, port: int, deadline: float) -> List[str
     ]
 
 
+def _table(table: str) -> List[str]:
+    """
+    The ``-t`` arguments for ``table`` (none for ``filter``, the tools' default).
+    """
+    return [] if table == "filter" else ["-t", table]
+
+
 def _count_jumps(listing: bytes) -> Tuple[int, bool]:
     """
     From ``iptables -t filter -S``: how many of our jumps there are, and whether our chain
@@ -197,8 +217,9 @@ class IptablesFirewall:
         self.tools = {4: tools[0], 6: tools[1]}
         self.run = run
         self.command_prefix = list(command_prefix)
-        # (source, port) -> (family, rule spec): what revoke must delete, datestop included.
-        self.grants: Dict[Tuple[IPAddress, int], Tuple[int, List[str]]] = {}
+        # (source, port) -> the rules revoke must delete, datestop included: (family, table,
+        # chain, rule spec) each.
+        self.grants: Dict[Tuple[IPAddress, int], List[Rule]] = {}
         # One change at a time: a listing and the restore that depends on it stay together.
         self._lock = DeferredLock()
 
@@ -247,13 +268,47 @@ class IptablesFirewall:
         return self._locked(self._start)
 
     def _start(self) -> Any:
+        had_nat = False
         for family in (4, 6):
             listing = yield self._run(family, ["-t", "filter", "-S"])
             jumps, _exists = _count_jumps(listing)
             script = render_chain(self.settings, family, jumps)
             yield self._run(family, ["--noflush"], script, restore=True)
+            # nat: (re)install the nat chain of the target's family; another mode or family:
+            # remove what an earlier nat run left.
+            if not self._looks_at_nat():
+                continue
+            try:
+                nat_listing = yield self._run(family, ["-t", "nat", "-S"])
+            except FirewallError:
+                if family == self._nat_family():
+                    raise  # nat mode needs the nat table
+                nat_listing = b""  # no nat table in this kernel: nothing of ours there
+            nat_jumps, nat_exists = count_nat_jumps(nat_listing)
+            had_nat = had_nat or nat_exists
+            if family == self._nat_family():
+                yield self._run(family, ["--noflush"], render_nat_chain(nat_jumps), restore=True)
+            elif nat_jumps or nat_exists:
+                script = render_nat_flush(nat_jumps, nat_exists)
+                yield self._run(family, ["--noflush"], script, restore=True)
         # The chains were replaced: whatever grants an earlier start knew of are gone.
         self.grants.clear()
+        # Only now that the guarding rule is in place (or after an earlier nat run).
+        if self._needs_route_localnet():
+            write_route_localnet(self.settings.interface, "1")
+        elif had_nat and self.settings.interface:
+            write_route_localnet(self.settings.interface, "0")
+
+    def _looks_at_nat(self) -> bool:
+        # In nat mode; or, knowing the interface, to undo what an earlier nat run left there.
+        return self.settings.nat_to is not None or bool(self.settings.interface)
+
+    def _nat_family(self) -> Optional[int]:
+        return self.settings.nat_to[0].version if self.settings.nat_to is not None else None
+
+    def _needs_route_localnet(self) -> bool:
+        nat_to = self.settings.nat_to
+        return nat_to is not None and nat_to[0].is_loopback and bool(self.settings.interface)
 
     def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
         """
@@ -272,14 +327,30 @@ class IptablesFirewall:
             )
         address = ipaddress.ip_address(str(source))
         family = address.version
-        spec = render_grant_args(address, port, deadline)
         key = (address, port)
-        yield self._run(family, ["-I", CHAIN, "1", *spec])
+        rules: List[Rule]
+        if self.settings.nat_to is None:
+            rules = [(family, "filter", CHAIN, render_grant_args(address, port, deadline))]
+        else:
+            if family != self._nat_family():
+                raise FirewallError(
+                    f"FORWARD_MODE = nat cannot forward an IPv{family} client to"
+                    f" {self.settings.nat_to[0]}; use FORWARD_MODE = proxy for both families"
+                )
+            forget_recent(recent_list(port), address)
+            once, dnat = render_nat_grant_specs(
+                address, port, datestop(deadline), self.settings.nat_to
+            )
+            rules = [(family, "nat", NAT_CHAIN, once), (family, "nat", NAT_CHAIN, dnat)]
+        # Inserted at the top in reverse, so they stand in the chain in the order listed.
+        for rule_family, table, chain, spec in reversed(rules):
+            yield self._run(rule_family, [*_table(table), "-I", chain, "1", *spec])
         previous = self.grants.get(key)
-        self.grants[key] = (family, spec)
-        if previous is not None and previous[1] != spec:
-            # A renewed grant: the older rule (another datestop) goes.
-            yield self._delete(*previous)
+        self.grants[key] = rules
+        if previous is not None and previous != rules:
+            # A renewed grant: the older rules (another datestop) go.
+            for rule in previous:
+                yield self._delete(*rule)
 
     def revoke(self, source: IPAddress, port: int) -> Deferred:
         """
@@ -294,19 +365,20 @@ class IptablesFirewall:
         if known is None:
             return
         try:
-            yield self._delete(*known)
+            for rule in known:
+                yield self._delete(*rule)
         except FirewallError:
             self.grants[key] = known  # still there: stop() will try again
             raise
 
     @inlineCallbacks
-    def _delete(self, family: int, spec: List[str]) -> Any:
+    def _delete(self, family: int, table: str, chain: str, spec: List[str]) -> Any:
         try:
-            yield self._run(family, ["-D", CHAIN, *spec])
+            yield self._run(family, [*_table(table), "-D", chain, *spec])
         except FirewallError as error:
             # Gone already (a restart replaced the chain, a flush, a hand)? Then all is well.
             try:
-                yield self._run(family, ["-C", CHAIN, *spec])
+                yield self._run(family, [*_table(table), "-C", chain, *spec])
             except FirewallError:
                 return
             raise error
@@ -337,10 +409,24 @@ class IptablesFirewall:
         return self._locked(self._flush)
 
     def _flush(self) -> Any:
+        had_nat = False
         for family in (4, 6):
             listing = yield self._run(family, ["-t", "filter", "-S"])
             jumps, exists = _count_jumps(listing)
             if jumps or exists:
                 script = render_flush(jumps, exists)
                 yield self._run(family, ["--noflush"], script, restore=True)
+            if not self._looks_at_nat():
+                continue
+            try:
+                nat_listing = yield self._run(family, ["-t", "nat", "-S"])
+            except FirewallError:
+                nat_listing = b""  # no nat table in this kernel: nothing of ours there
+            nat_jumps, nat_exists = count_nat_jumps(nat_listing)
+            if nat_jumps or nat_exists:
+                had_nat = True
+                script = render_nat_flush(nat_jumps, nat_exists)
+                yield self._run(family, ["--noflush"], script, restore=True)
         self.grants.clear()
+        if had_nat and self.settings.interface:
+            write_route_localnet(self.settings.interface, "0")

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
+from sig2knock.firewall.kernel import write_route_localnet
 from sig2knock.firewall.runner import find_tool, run_tool
 from sig2knock.wire import IPAddress
 
@@ -473,20 +474,7 @@ class NftablesFirewall:
             self._write_route_localnet("0")
 
     def _write_route_localnet(self, value: str) -> None:
-        path = f"/proc/sys/net/ipv4/conf/{self.settings.interface}/route_localnet"
-        try:
-            with open(path, "w", encoding="ascii") as setting:
-                setting.write(value + "\n")
-        except OSError as error:
-            raise FirewallError(
-                f"nftables: cannot set {path} to {value} (FORWARD_MODE = nat to loopback):"
-                f" {error.strerror}"
-            ) from None
-        self.log.info(
-            "nftables: route_localnet = {value} on {interface}",
-            value=value,
-            interface=self.settings.interface,
-        )
+        write_route_localnet(self.settings.interface, value)
 
     def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
         """

@@ -1,0 +1,46 @@
+"""
+Kernel settings the firewall backends touch besides their rules, written directly under /proc
+(a line each, in the daemon's own network namespace).
+"""
+
+import errno
+import ipaddress
+
+from twisted.logger import Logger
+
+from sig2knock.firewall import FirewallError
+from sig2knock.wire import IPAddress
+
+log = Logger()
+
+
+def write_route_localnet(interface: str, value: str) -> None:
+    """
+    Set ``net.ipv4.conf.INTERFACE.route_localnet`` to ``value`` ("1" lets DNAT'ed grants reach
+    127.0.0.0/8 from that interface; the backends install a rule that drops every other such
+    packet first). Raises ``FirewallError``.
+    """
+    path = f"/proc/sys/net/ipv4/conf/{interface}/route_localnet"
+    try:
+        with open(path, "w", encoding="ascii") as setting:
+            setting.write(value + "\n")
+    except OSError as error:
+        raise FirewallError(
+            f"cannot set {path} to {value} (FORWARD_MODE = nat to loopback): {error.strerror}"
+        ) from None
+    log.info("route_localnet = {value} on {interface}", value=value, interface=interface)
+
+
+def forget_recent(name: str, address: IPAddress) -> None:
+    """
+    Remove ``address`` from the ``xt_recent`` list ``name`` (an earlier grant of the same port
+    to the same address must not count as this one's used connection). A list that does not
+    exist yet has nothing to forget.
+    """
+    path = f"/proc/net/xt_recent/{name}"
+    try:
+        with open(path, "w", encoding="ascii") as recent:
+            recent.write(f"-{ipaddress.ip_address(str(address))}\n")
+    except OSError as error:
+        if error.errno not in (errno.ENOENT, errno.ESRCH):
+            raise FirewallError(f"cannot clear {path}: {error.strerror}") from None
