@@ -8,7 +8,9 @@ refusal is counted and reported with the source address and a fixed reason (``Re
 never answered.
 """
 
-from typing import Any, Callable, Mapping, Optional, Tuple
+import collections
+import ipaddress
+from typing import Any, Callable, Hashable, Mapping, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
@@ -24,6 +26,20 @@ from sig2knock.sessions import GrantInfo, SessionRefused, SessionTable
 from sig2knock.wire import Binding, BindingCheck, MessageRejected, Received, UserKey
 
 EXPECTED_TYPES = (wire.TYPE_KNOCK_REQUEST, wire.TYPE_CONFIRM)
+# How long a source that sent an authentic message skips the global rate budget, and how many
+# such sources are remembered.
+TRUST_TIME = 3600.0
+MAX_TRUSTED = 4096
+
+
+def rate_key(source: wire.IPAddress) -> Hashable:
+    """
+    What the per-source rate limit counts: an IPv4 address, or an IPv6 /64 (one host's share:
+    its addresses are free for it to choose).
+    """
+    if source.version == 6:
+        return ipaddress.ip_network(f"{source}/64", strict=False)
+    return source
 
 
 class ControlProtocol(DatagramProtocol):
@@ -62,6 +78,9 @@ class ControlProtocol(DatagramProtocol):
         self.user_limiter = user_limiter if user_limiter is not None else user_rate_limiter(clock)
         self.refusals = refusals if refusals is not None else RefusalLog(clock)
         self.grants_sent = 0
+        # Sources that sent an authentic message lately: their datagrams skip the global budget,
+        # so a flood from elsewhere carrying a known key id cannot starve returning users.
+        self.trusted: "collections.OrderedDict[Hashable, float]" = collections.OrderedDict()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """
@@ -80,7 +99,9 @@ class ControlProtocol(DatagramProtocol):
                 expect=EXPECTED_TYPES,
                 now=now,
                 max_skew=self.max_skew,
-                admit=lambda: self.limiter.allow(source),
+                admit=lambda: self.limiter.allow(
+                    rate_key(source), use_global=not self._is_trusted(rate_key(source), now)
+                ),
             )
             # A replay is refused before it can spend anything of its user's allowance.
             self.replay_cache.check(received.nonce, received.message.timestamp_ms, now)
@@ -93,6 +114,7 @@ class ControlProtocol(DatagramProtocol):
             self.replay_cache.check_and_remember(
                 received.nonce, received.message.timestamp_ms, now
             )
+            self._trust(rate_key(source), now)
         except MessageRejected as rejection:
             self._refused(source, port, rejection.reason, rejection.detail)
             return
@@ -111,6 +133,16 @@ class ControlProtocol(DatagramProtocol):
             callbackArgs=(received, addr),
             errbackArgs=(source, port, user),
         )
+
+    def _is_trusted(self, key: Hashable, now: float) -> bool:
+        since = self.trusted.get(key)
+        return since is not None and now - since < TRUST_TIME
+
+    def _trust(self, key: Hashable, now: float) -> None:
+        self.trusted[key] = now
+        self.trusted.move_to_end(key)
+        while len(self.trusted) > MAX_TRUSTED:
+            self.trusted.popitem(last=False)
 
     def _sendGrant(self, grant: GrantInfo, received: Received, addr: Tuple[Any, ...]) -> None:
         reply = wire.Grant(

@@ -80,11 +80,12 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._sources)
 
-    def allow(self, source: Hashable) -> bool:
+    def allow(self, source: Hashable, use_global: bool = True) -> bool:
         """
         Whether one more datagram from ``source`` may be worked on; spends its tokens if so.
         The source's own bucket is checked first, so one noisy address cannot empty the global
-        bucket for everyone.
+        bucket for everyone; ``use_global=False`` skips the global bucket (a source known to be
+        good, which a flood from elsewhere must not starve).
         """
         now = self.clock.seconds()
         bucket = self._sources.get(source)
@@ -99,4 +100,4 @@ class RateLimiter:
             self._sources.move_to_end(source)
         if not bucket.take(now):
             return False
-        return self._global is None or self._global.take(now)
+        return self._global is None or not use_global or self._global.take(now)

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock import wire
-from sig2knock.control import ControlProtocol, binding_check
+from sig2knock.control import ControlProtocol, binding_check, rate_key
 from sig2knock.ratelimit import RateLimiter
 from sig2knock.refusals import RefusalLog
 from sig2knock.replay import ReplayCache
@@ -227,6 +227,36 @@ class ControlProtocolTests(SynchronousTestCase):
         self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), CLIENT)
         self.assertEqual(set(self.refusals()), {"replay"})
         self.assertEqual(self.sessions.pending_count(), 2)
+
+    def test_returningSourceServedWhenFloodEmptiesGlobalBudget(self) -> None:
+        """
+        Datagrams with a known key id from many addresses can empty the global budget; a source
+        that authenticated before is still served, a new one waits its turn.
+        """
+        self.protocol.limiter = RateLimiter(
+            self.clock, per_source_rate=10, per_source_burst=10, global_rate=1, global_burst=3
+        )
+        self.protocol.datagramReceived(self.p1(), CLIENT)  # alice knocked before
+        flipped = bytearray(self.p1())
+        flipped[-1] ^= 1
+        for n in range(20):
+            self.protocol.datagramReceived(bytes(flipped), (f"198.18.6.{n}", 5000))
+        self.assertIn("rate-limited", self.refusals())
+        before = len(self.refusals())
+        request = KnockRequest(b"R" * 16, wire.now_ms(NOW), wire.PROTO_TCP, PORTS)
+        self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), CLIENT)
+        self.assertEqual(len(self.refusals()), before, "the returning client was refused")
+        request = KnockRequest(b"N" * 16, wire.now_ms(NOW), wire.PROTO_TCP, PORTS)
+        self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), ("198.18.7.1", 5000))
+        self.assertEqual(self.refusals()[-1], "rate-limited")
+
+    def test_ipv6SourcesCountPerSlash64(self) -> None:
+        one = ipaddress.ip_address("2001:2::1")
+        same = ipaddress.ip_address("2001:2::ffff:1")
+        other = ipaddress.ip_address("2001:2:0:1::1")
+        self.assertEqual(rate_key(one), rate_key(same))
+        self.assertNotEqual(rate_key(one), rate_key(other))
+        self.assertEqual(rate_key(CLIENT_ADDRESS), CLIENT_ADDRESS)
 
     def test_junkNeverReachesTheLimiter(self) -> None:
         for _ in range(100):
