@@ -4,10 +4,9 @@ all. Only knock-shaped packets (an opening TCP SYN, or a UDP datagram not to the
 from the watched sources to the server's own addresses pass; with no watched source, nothing.
 """
 
-import ipaddress
 from typing import FrozenSet, Iterable, List, Optional
 
-from sig2knock.wire import PROTO_TCP, PROTO_UDP, IPAddress
+from sig2knock.wire import PROTO_TCP, PROTO_UDP, IPAddress, unmapped
 
 # A filter that no packet passes. libpcap refuses a program its optimizer proves empty ("expression
 # rejects all packets"), so this one is an unsigned comparison the optimizer leaves alone.
@@ -83,14 +82,8 @@ def _hosts(direction: str, addresses: List[IPAddress]) -> str:
     return "(" + " or ".join(f"{direction} host {address}" for address in addresses) + ")"
 
 
-def _plain(address: IPAddress) -> IPAddress:
-    """
-    ``address``, or the IPv4 address an IPv4-mapped IPv6 address stands for.
-    """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 def plain_set(addresses: Iterable[IPAddress]) -> FrozenSet[IPAddress]:
-    return frozenset(_plain(address) for address in addresses)
+    """
+    ``addresses`` with every IPv4-mapped IPv6 address as its IPv4 address.
+    """
+    return frozenset(unmapped(address) for address in addresses)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple, Union
 
 from sig2knock.text import one_line
-from sig2knock.wire import MAX_KNOCKS
+from sig2knock.wire import MAX_KNOCKS, unmapped
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -88,9 +88,7 @@ def _address(text: str) -> IPAddress:
     except ValueError:
         raise _BadValue(f"{text!r} is not an IPv4 or IPv6 address") from None
     # ::ffff:a.b.c.d reaches a.b.c.d: judge it (loopback, unspecified) as the IPv4 address.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    return unmapped(address)
 
 
 def _forward_address(text: str) -> IPAddress:

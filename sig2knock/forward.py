@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.protocols import portforward
 from zope.interface import implementer
 
-from sig2knock.wire import IPAddress
+from sig2knock.wire import IPAddress, unmapped
 
 
 def normalize_address(host: str) -> Optional[IPAddress]:
@@ -26,12 +26,9 @@ def normalize_address(host: str) -> Optional[IPAddress]:
     it is not an IP address.
     """
     try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
+        return unmapped(ipaddress.ip_address(host.split("%", 1)[0]))
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 class HalfCloseRelay:

@@ -150,9 +150,7 @@ class Binding:
         """
         Build a binding from an address in text form; IPv4-mapped IPv6 is folded to IPv4.
         """
-        parsed = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-            parsed = parsed.ipv4_mapped
+        parsed = unmapped(ipaddress.ip_address(address.split("%", 1)[0]))
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is out of range")
         return cls(parsed, port)
@@ -170,9 +168,17 @@ class Binding:
         """
         The inverse of ``packed_address``.
         """
-        address = ipaddress.IPv6Address(packed)
-        mapped = address.ipv4_mapped
-        return cls(mapped if mapped is not None else address, port)
+        return cls(unmapped(ipaddress.IPv6Address(packed)), port)
+
+
+def unmapped(address: IPAddress) -> IPAddress:
+    """
+    ``address``, or the IPv4 address an IPv4-mapped IPv6 address stands for (what the packets
+    of such a peer carry, and how it is judged: loopback, unspecified).
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def new_session_id() -> bytes:

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
 from sig2knock.firewall.kernel import write_route_localnet
 from sig2knock.firewall.runner import find_tool, run_tool
-from sig2knock.wire import IPAddress
+from sig2knock.wire import IPAddress, unmapped
 
 FAMILY = "inet"
 TABLE = "sig2knock"
@@ -61,10 +61,9 @@ def _address(source: Any) -> IPAddress:
         address = ipaddress.ip_address(source)
     except ValueError:
         raise FirewallError(f"nftables: {source!r} is not an IP address") from None
+    address = unmapped(address)
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        return ipaddress.IPv6Address(address.packed)
+        return ipaddress.IPv6Address(address.packed)  # without its zone
     return address
 
 
