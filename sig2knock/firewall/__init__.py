@@ -37,6 +37,14 @@ class FirewallSettings:
     # FORWARD_MODE = nat: grants are DNAT'ed by the kernel to this (address, port).
     nat_to: Optional[Tuple[IPAddress, int]] = None
 
+    @property
+    def needs_route_localnet(self) -> bool:
+        """
+        Whether grants are DNAT'ed to loopback from ``interface`` (the kernel must then route
+        127.0.0.0/8 from it: ``route_localnet``).
+        """
+        return self.nat_to is not None and self.nat_to[0].is_loopback and bool(self.interface)
+
 
 class IFirewall(Interface):
     """

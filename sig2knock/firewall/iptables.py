@@ -30,7 +30,11 @@ from sig2knock.firewall.iptables_nat import (
     render_nat_flush,
     render_nat_grant_specs,
 )
-from sig2knock.firewall.kernel import forget_recent, write_route_localnet
+from sig2knock.firewall.kernel import (
+    forget_recent,
+    settle_route_localnet,
+    write_route_localnet,
+)
 from sig2knock.firewall.runner import find_tool, run_tool
 from sig2knock.wire import IPAddress
 
@@ -278,15 +282,10 @@ class IptablesFirewall:
             # remove what an earlier nat run left.
             if not self._looks_at_nat():
                 continue
-            try:
-                nat_listing = yield self._run(family, ["-t", "nat", "-S"])
-            except FirewallError:
-                if family == self._nat_family():
-                    raise  # nat mode needs the nat table
-                nat_listing = b""  # no nat table in this kernel: nothing of ours there
-            nat_jumps, nat_exists = count_nat_jumps(nat_listing)
+            nat_family = family == self._nat_family()
+            nat_jumps, nat_exists = yield self._nat_state(family, required=nat_family)
             had_nat = had_nat or nat_exists
-            if family == self._nat_family():
+            if nat_family:
                 yield self._run(family, ["--noflush"], render_nat_chain(nat_jumps), restore=True)
             elif nat_jumps or nat_exists:
                 script = render_nat_flush(nat_jumps, nat_exists)
@@ -294,10 +293,7 @@ class IptablesFirewall:
         # The chains were replaced: whatever grants an earlier start knew of are gone.
         self.grants.clear()
         # Only now that the guarding rule is in place (or after an earlier nat run).
-        if self._needs_route_localnet():
-            write_route_localnet(self.settings.interface, "1")
-        elif had_nat and self.settings.interface:
-            write_route_localnet(self.settings.interface, "0")
+        settle_route_localnet(self.settings, earlier_nat=had_nat)
 
     def _looks_at_nat(self) -> bool:
         # In nat mode; or, knowing the interface, to undo what an earlier nat run left there.
@@ -306,9 +302,19 @@ class IptablesFirewall:
     def _nat_family(self) -> Optional[int]:
         return self.settings.nat_to[0].version if self.settings.nat_to is not None else None
 
-    def _needs_route_localnet(self) -> bool:
-        nat_to = self.settings.nat_to
-        return nat_to is not None and nat_to[0].is_loopback and bool(self.settings.interface)
+    @inlineCallbacks
+    def _nat_state(self, family: int, required: bool) -> Any:
+        """
+        How many jumps to our nat chain there are in ``family``, and whether the chain exists.
+        A kernel without the nat table has none of ours; unless nat is ``required``.
+        """
+        try:
+            listing = yield self._run(family, ["-t", "nat", "-S"])
+        except FirewallError:
+            if required:
+                raise
+            listing = b""
+        return count_nat_jumps(listing)
 
     def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
         """
@@ -418,11 +424,7 @@ class IptablesFirewall:
                 yield self._run(family, ["--noflush"], script, restore=True)
             if not self._looks_at_nat():
                 continue
-            try:
-                nat_listing = yield self._run(family, ["-t", "nat", "-S"])
-            except FirewallError:
-                nat_listing = b""  # no nat table in this kernel: nothing of ours there
-            nat_jumps, nat_exists = count_nat_jumps(nat_listing)
+            nat_jumps, nat_exists = yield self._nat_state(family, required=False)
             if nat_jumps or nat_exists:
                 had_nat = True
                 script = render_nat_flush(nat_jumps, nat_exists)

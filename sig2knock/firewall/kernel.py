@@ -8,7 +8,7 @@ import ipaddress
 
 from twisted.logger import Logger
 
-from sig2knock.firewall import FirewallError
+from sig2knock.firewall import FirewallError, FirewallSettings
 from sig2knock.wire import IPAddress
 
 log = Logger()
@@ -29,6 +29,18 @@ def write_route_localnet(interface: str, value: str) -> None:
             f"cannot set {path} to {value} (FORWARD_MODE = nat to loopback): {error.strerror}"
         ) from None
     log.info("route_localnet = {value} on {interface}", value=value, interface=interface)
+
+
+def settle_route_localnet(settings: FirewallSettings, earlier_nat: bool) -> None:
+    """
+    After the daemon's rules are in place: turn ``route_localnet`` on when ``settings`` need it
+    (the rules guarding it now stand), or off when an earlier nat run (``earlier_nat``) may have
+    turned it on and these settings do not need it.
+    """
+    if settings.needs_route_localnet:
+        write_route_localnet(settings.interface, "1")
+    elif earlier_nat and settings.interface:
+        write_route_localnet(settings.interface, "0")
 
 
 def forget_recent(name: str, address: IPAddress) -> None:

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
-from sig2knock.firewall.kernel import write_route_localnet
+from sig2knock.firewall.kernel import settle_route_localnet, write_route_localnet
 from sig2knock.firewall.runner import find_tool, run_tool
 from sig2knock.wire import IPAddress, unmapped
 
@@ -436,13 +436,11 @@ class NftablesFirewall:
                 low=low,
                 high=high,
             )
-            return installing.addCallback(lambda _: self._set_route_localnet(had_nat))
+            return installing.addCallback(
+                lambda _: settle_route_localnet(self.settings, earlier_nat=had_nat)
+            )
 
         return looking.addCallback(install)
-
-    def _needs_route_localnet(self) -> bool:
-        nat_to = self.settings.nat_to
-        return nat_to is not None and nat_to[0].is_loopback and bool(self.settings.interface)
 
     def _had_loopback_nat(self) -> Deferred:
         """
@@ -461,19 +459,6 @@ class NftablesFirewall:
         )
         listing.addErrback(lambda _: False)
         return listing
-
-    def _set_route_localnet(self, had_nat: bool) -> None:
-        """
-        Turn ``route_localnet`` on for a nat to loopback (after the guarding table is in place),
-        or off when an earlier nat run had turned it on and this one does not need it.
-        """
-        if self._needs_route_localnet():
-            self._write_route_localnet("1")
-        elif had_nat:
-            self._write_route_localnet("0")
-
-    def _write_route_localnet(self, value: str) -> None:
-        write_route_localnet(self.settings.interface, value)
 
     def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
         """
@@ -530,7 +515,9 @@ class NftablesFirewall:
         def remove(had_nat: bool) -> Deferred:
             removing = self._apply("flush", "nftables: removed table inet {table}", render_flush)
             if had_nat:
-                removing.addCallback(lambda _: self._write_route_localnet("0"))
+                removing.addCallback(
+                    lambda _: write_route_localnet(self.settings.interface, "0")
+                )
             return removing
 
         return looking.addCallback(remove)
