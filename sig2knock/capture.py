@@ -49,6 +49,12 @@ class CaptureError(Exception):
     """
 
 
+class InterfaceNotUp(CaptureError):
+    """
+    The interface is not there or not up (yet): at boot this is waited for.
+    """
+
+
 def open_live_handle(interface: str, create: Callable[[str], Any] = pcapy.create) -> Any:
     """
     An activated, non-blocking pcapy handle on ``interface``: snap length ``SNAPLEN``, not
@@ -66,7 +72,10 @@ def open_live_handle(interface: str, create: Callable[[str], Any] = pcapy.create
         handle.set_buffer_size(BUFFER_SIZE)
         status = handle.activate()
         if status is not None and status < 0:
-            raise CaptureError(_activation_error(interface, status))
+            not_ready = status in (_PCAP_ERROR_NO_SUCH_DEVICE, _PCAP_ERROR_IFACE_NOT_UP)
+            raise (InterfaceNotUp if not_ready else CaptureError)(
+                _activation_error(interface, status)
+            )
         handle.setnonblock(1)
     except pcapy.PcapError as error:
         handle.close()

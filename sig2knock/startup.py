@@ -84,8 +84,14 @@ STARTED_MARKER = "started"
 class InterfaceNotReady(ConfigError):
     """
     The capture interface is not there yet (or there is no default route yet): at boot the
-    daemon waits ``INTERFACE_WAIT`` seconds for it before this is an error.
+    daemon waits ``wait`` seconds (``INTERFACE_WAIT``) for it before this is an error.
     """
+
+    def __init__(
+        self, path: str, line: Optional[int], key: Optional[str], message: str, wait: float
+    ) -> None:
+        super().__init__(path, line, key, message)
+        self.wait = wait
 
 
 def resolve_interface(config: Config) -> str:
@@ -99,10 +105,14 @@ def resolve_interface(config: Config) -> str:
             return netif.default_route_interface()
         except netif.InterfaceError as error:
             raise InterfaceNotReady(
-                config.path, None, "INTERFACE", f"{error}; set INTERFACE"
+                config.path, None, "INTERFACE", f"{error}; set INTERFACE", config.interface_wait
             ) from None
     if not netif.interface_exists(config.interface):
         raise InterfaceNotReady(
-            config.path, line, "INTERFACE", f"{config.interface}: no such network interface"
+            config.path,
+            line,
+            "INTERFACE",
+            f"{config.interface}: no such network interface",
+            config.interface_wait,
         )
     return config.interface

@@ -9,9 +9,9 @@ from typing import Any, Callable, Optional
 from twisted.application.service import IService
 from twisted.python import usage
 
-from sig2knock.config import ConfigError, default_config_path, load_config
+from sig2knock.config import ConfigError, default_config_path
 from sig2knock.replay import ReplayCacheError
-from sig2knock.capture import CaptureError
+from sig2knock.capture import CaptureError, InterfaceNotUp
 from sig2knock.firewall import FirewallError
 from sig2knock.service import ControlPortError, Sig2knockService
 from sig2knock.startup import InterfaceNotReady, prepare
@@ -100,15 +100,14 @@ def open_daemon(
             daemon = Sig2knockService(prepared, reactor)
             daemon.open()
             return daemon
-        except (InterfaceNotReady, CaptureError) as error:
+        except (InterfaceNotReady, InterfaceNotUp) as error:
             if prepared is not None:
                 prepared.replay_cache.close()
-            if isinstance(error, CaptureError):
-                if prepared is None or not _interface_not_ready(error):
-                    raise
-                wait = prepared.config.interface_wait
+            if isinstance(error, InterfaceNotReady):
+                wait = error.wait
             else:
-                wait = _interface_wait(config_path, interface)
+                assert prepared is not None  # the capture opens after everything is loaded
+                wait = prepared.config.interface_wait
             if monotonic() - started >= wait:
                 raise
             if not announced:
@@ -117,11 +116,3 @@ def open_daemon(
                 announced = True
             sleep(1.0)
 
-
-def _interface_not_ready(error: CaptureError) -> bool:
-    text = str(error)
-    return text.endswith("no such device") or text.endswith("interface is down")
-
-
-def _interface_wait(config_path: str, interface: Optional[str]) -> float:
-    return load_config(config_path, interface).interface_wait

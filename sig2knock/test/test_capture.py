@@ -17,7 +17,13 @@ from zope.interface.verify import verifyObject
 
 from sig2knock import capture
 from sig2knock.bpf import MATCH_NOTHING, knock_filter
-from sig2knock.capture import CaptureError, CaptureService, KnockCapture, open_live_handle
+from sig2knock.capture import (
+    CaptureError,
+    CaptureService,
+    InterfaceNotUp,
+    KnockCapture,
+    open_live_handle,
+)
 from sig2knock.packets import Knock
 from sig2knock.test.test_packets import (
     ACK,
@@ -474,6 +480,7 @@ class OpenLiveHandleTests(SynchronousTestCase):
     def test_noSuchInterface(self) -> None:
         error = self.assertRaises(CaptureError, open_live_handle, "nosuchif0")
         self.assertEqual(str(error), "interface nosuchif0: no such device")
+        self.assertIsInstance(error, InterfaceNotUp, "a missing interface is waited for at boot")
 
     def test_startNoSuchInterface(self) -> None:
         reactor = MemoryReactorClock()
