@@ -91,6 +91,12 @@ class ControlProtocol(DatagramProtocol):
         if source is None:
             return
         now = self.clock.seconds()
+
+        def admit() -> bool:
+            # Only for datagrams past the cheap checks: junk costs no key computation.
+            key = rate_key(source)
+            return self.limiter.allow(key, use_global=not self._is_trusted(key, now))
+
         try:
             received = wire.decode(
                 datagram,
@@ -99,9 +105,7 @@ class ControlProtocol(DatagramProtocol):
                 expect=EXPECTED_TYPES,
                 now=now,
                 max_skew=self.max_skew,
-                admit=lambda: self.limiter.allow(
-                    rate_key(source), use_global=not self._is_trusted(rate_key(source), now)
-                ),
+                admit=admit,
             )
             # A replay is refused before it can spend anything of its user's allowance.
             self.replay_cache.check(received.nonce, received.message.timestamp_ms, now)
@@ -111,9 +115,7 @@ class ControlProtocol(DatagramProtocol):
                 raise MessageRejected(
                     wire.REASON_RATE, f"user {received.user.name}: over the per-user rate limit"
                 )
-            self.replay_cache.check_and_remember(
-                received.nonce, received.message.timestamp_ms, now
-            )
+            self.replay_cache.remember(received.nonce, received.message.timestamp_ms, now)
             self._trust(rate_key(source), now)
         except MessageRejected as rejection:
             self._refused(source, port, rejection.reason, rejection.detail)

@@ -73,7 +73,8 @@ class ReplayCache:
 
     def check(self, nonce: bytes, timestamp_ms: int, now: float) -> None:
         """
-        Refuse ``nonce`` if it was seen, like ``check_and_remember``, without remembering it.
+        Refuse ``nonce`` if it was seen (``MessageRejected`` with reason ``replay``), without
+        remembering it; ``remember`` does that once the message is otherwise accepted.
         """
         self._prune(int(now * 1000))
         if nonce in self._expiries:
@@ -86,12 +87,15 @@ class ReplayCache:
         Refuse ``nonce`` if it was seen (``MessageRejected`` with reason ``replay``) or if the
         cache is full (reason ``cache-full``); otherwise remember it until its window ends.
         """
+        self.check(nonce, timestamp_ms, now)
+        self.remember(nonce, timestamp_ms, now)
+
+    def remember(self, nonce: bytes, timestamp_ms: int, now: float) -> None:
+        """
+        Remember ``nonce``, which ``check`` has just passed, until its window ends, on disk too;
+        refuse it (reason ``cache-full``) when the cache is full or cannot be written.
+        """
         now_ms = int(now * 1000)
-        self._prune(now_ms)
-        if nonce in self._expiries:
-            raise MessageRejected(REASON_REPLAY, "nonce seen before")
-        if timestamp_ms < self._floor_ms:
-            raise MessageRejected(REASON_REPLAY, "stamped before the replay cache was lost")
         if len(self._expiries) >= self.capacity:
             raise MessageRejected(REASON_CACHE_FULL, f"{self.capacity} nonces in the window")
         expiry_ms = max(timestamp_ms, now_ms) + self.max_skew_ms + _MARGIN_MS
