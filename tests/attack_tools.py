@@ -39,6 +39,21 @@ MODULE = "tests.attack_tools"
 # -- packet building ----------------------------------------------------------------------------
 
 
+def paced(count: int, seconds: float, pace: float, started: float):
+    """
+    The numbers 0 .. count-1, spread evenly over ``pace`` seconds when ``pace`` is set, and
+    stopping once ``seconds`` have passed since ``started`` (every attack loop is bounded).
+    """
+    for number in range(count):
+        elapsed = time.monotonic() - started
+        if elapsed >= seconds:
+            return
+        if pace:
+            ahead = number * pace / count - elapsed
+            if ahead > 0.002:
+                time.sleep(ahead)
+        yield number
+
 def checksum(data: bytes) -> int:
     """
     The Internet checksum (RFC 1071) of ``data``.
@@ -254,14 +269,7 @@ def tool_noise(args: Dict[str, Any]) -> None:
     sent = {"tcp": 0, "udp": 0}
     print("ready", flush=True)
     started = time.monotonic()
-    for number in range(count):
-        elapsed = time.monotonic() - started
-        if elapsed >= seconds:
-            break
-        if pace:
-            ahead = number * pace / count - elapsed
-            if ahead > 0.002:
-                time.sleep(ahead)
+    for number in paced(count, seconds, pace, started):
         port = rng.randrange(1, 65536)
         while port in exclude:
             port = rng.randrange(1, 65536)
@@ -319,14 +327,7 @@ def tool_flood(args: Dict[str, Any]) -> None:
     print("ready", flush=True)
     started = time.monotonic()
     sent = 0
-    for number in range(count):
-        elapsed = time.monotonic() - started
-        if elapsed >= seconds:
-            break
-        if pace:
-            ahead = number * pace / count - elapsed
-            if ahead > 0.002:
-                time.sleep(ahead)
+    for number in paced(count, seconds, pace, started):
         kind = rng.choices(kinds, weights)[0]
         if kind == "junk":
             data = rng.randbytes(rng.randrange(0, 300))
