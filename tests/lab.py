@@ -15,7 +15,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -106,6 +106,19 @@ PROBE = textwrap.dedent(
         print("timeout", flush=True)
     """
 )
+
+
+def built_lab(test: Any) -> "Lab":
+    """
+    A lab for ``test`` (a trial test case): its teardown registered as a cleanup before anything
+    is built, so a failed build or test still removes everything; then built, with the echo
+    service running on the server's 127.0.0.1.
+    """
+    lab = Lab()
+    test.addCleanup(lab.close)
+    lab.build()
+    lab.start_echo_service()
+    return lab
 
 
 class Lab:

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests import attack_tools as tools
 from tests import lab
-from tests.lab import Lab
+from tests.lab import built_lab
 
 RANGE = (40000, 40999)
 SETTINGS = {
@@ -48,10 +48,7 @@ class AttackLabMixin:
     skip = why_not()
 
     def setUp(self) -> None:
-        self.lab = Lab()
-        self.addCleanup(self.lab.close)
-        self.lab.build()
-        self.lab.start_echo_service()
+        self.lab = built_lab(self)
 
     def start(self, users: Optional[Dict[str, str]] = None, **settings: str) -> None:
         self.lab.start_daemon({**SETTINGS, **settings}, users)

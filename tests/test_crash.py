@@ -23,7 +23,7 @@ from sig2knock import wire
 from sig2knock.kdf import KdfParams, derive_key
 
 from tests import lab
-from tests.lab import Lab
+from tests.lab import built_lab
 
 ASSIGN_RANGE = (40000, 40999)
 # How long a probe waits for a SYN's answer before it calls it dropped.
@@ -123,10 +123,7 @@ class CrashMixin:
     backend = ""
 
     def setUp(self) -> None:
-        self.lab = Lab()
-        self.addCleanup(self.lab.close)
-        self.lab.build()
-        self.lab.start_echo_service()
+        self.lab = built_lab(self)
         self.key = user_key()
 
     # -- the daemon -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import lab
-from tests.lab import Lab
+from tests.lab import built_lab
 
 # A service on every address of the server: what the lockdown policy must hide.
 OPEN_SERVICE_PORT = 8080
@@ -30,10 +30,7 @@ class FirewallLabMixin:
     backend = ""
 
     def setUp(self) -> None:
-        self.lab = Lab()
-        self.addCleanup(self.lab.close)
-        self.lab.build()
-        self.lab.start_echo_service()
+        self.lab = built_lab(self)
         self.lab.start_echo_service("0.0.0.0", OPEN_SERVICE_PORT)
         self.lab.start_echo_service("0.0.0.0", RANGE_SERVICE_PORT)
 

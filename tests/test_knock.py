@@ -9,7 +9,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import lab
-from tests.lab import Lab
+from tests.lab import built_lab
 
 
 class KnockTests(SynchronousTestCase):
@@ -20,10 +20,7 @@ class KnockTests(SynchronousTestCase):
     skip = lab.why_not_runnable()
 
     def setUp(self) -> None:
-        self.lab = Lab()
-        self.addCleanup(self.lab.close)
-        self.lab.build()
-        self.lab.start_echo_service()
+        self.lab = built_lab(self)
 
     def knocked_port(self, **options) -> int:
         result = self.lab.knock(**options)

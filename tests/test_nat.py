@@ -12,7 +12,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import lab
-from tests.lab import Lab
+from tests.lab import built_lab
 
 DROP_WAIT = 1.0
 
@@ -25,10 +25,7 @@ class NatMixin:
     backend = ""
 
     def setUp(self) -> None:
-        self.lab = Lab()
-        self.addCleanup(self.lab.close)
-        self.lab.build()
-        self.lab.start_echo_service()
+        self.lab = built_lab(self)
 
     def start(self, policy: str = "lockdown", open_time: str = "5") -> None:
         self.lab.start_daemon(

@@ -10,7 +10,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import lab
-from tests.lab import Lab
+from tests.lab import built_lab
 
 
 class ReloadTests(SynchronousTestCase):
@@ -21,10 +21,7 @@ class ReloadTests(SynchronousTestCase):
     skip = lab.why_not_runnable()
 
     def setUp(self) -> None:
-        self.lab = Lab()
-        self.addCleanup(self.lab.close)
-        self.lab.build()
-        self.lab.start_echo_service()
+        self.lab = built_lab(self)
         self.lab.start_daemon()
 
     def hangup_and_wait(self, marker: str) -> None:
