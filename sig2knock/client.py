@@ -9,16 +9,16 @@ or the timeout passes. Repeats are harmless: the server ignores duplicate knocks
 repeated P2 with the same P3.
 
 Clock, sockets and randomness are injected so that the exchange can be tested deterministically.
+Every import here is paid on every login: see ``docs/BENCHMARKS.md`` (client start-up) before
+adding one.
 """
 
 import os
 import random
-import secrets
 import select
 import socket
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from sig2knock import wire
 from sig2knock.kdf import KdfParams, derive_key
@@ -49,8 +49,7 @@ def _quiet(line: str) -> None:
     """
 
 
-@dataclass(frozen=True)
-class RetrySchedule:
+class RetrySchedule(NamedTuple):
     """
     How long to wait for P3 after each round: ``first``, doubling each round, at most ``cap``.
 
@@ -74,8 +73,7 @@ class RetrySchedule:
             interval = min(interval * self.factor, self.cap)
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """
     The server as resolved: socket family, numeric address, control port, socket address, and
     the name it was resolved from (for messages).
@@ -106,8 +104,7 @@ class Target:
         return (self.sockaddr[0], port) + tuple(self.sockaddr[2:])
 
 
-@dataclass(frozen=True)
-class GrantResult:
+class GrantResult(NamedTuple):
     """
     A successful exchange: the assigned ``port`` on ``target``, open until ``deadline_ms``.
     """
@@ -149,10 +146,14 @@ def choose_ports(rng: random.Random, count: int, control_port: int) -> Tuple[int
     """
     if not 1 <= count <= wire.MAX_KNOCKS:
         raise ValueError(f"a knock sequence has 1 to {wire.MAX_KNOCKS} ports, not {count}")
-    population = [
-        port for port in range(KNOCK_PORT_MIN, KNOCK_PORT_MAX + 1) if port != control_port
+    # One extra draw, then drop the control port if it came up: the same distribution as sampling
+    # from the range without it, without building a list of 64,000 ports at every login.
+    ports = [
+        port
+        for port in rng.sample(range(KNOCK_PORT_MIN, KNOCK_PORT_MAX + 1), count + 1)
+        if port != control_port
     ]
-    return tuple(rng.sample(population, count))
+    return tuple(ports[:count])
 
 
 class Knocker:
@@ -191,7 +192,7 @@ class Knocker:
         self.clock = clock
         self.monotonic = monotonic
         self.socket_factory = socket_factory
-        self.rng = rng if rng is not None else secrets.SystemRandom()
+        self.rng = rng if rng is not None else random.SystemRandom()
         self.session_id = new_session_id()
         self.ports = choose_ports(self.rng, knocks, target.port)
         self.report = report

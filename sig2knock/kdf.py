@@ -11,7 +11,7 @@ This module is imported by the client: it must not import Twisted.
 
 import hashlib
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 KEY_SIZE = 32
 KEY_ID_SIZE = 8
@@ -37,24 +37,28 @@ class KdfError(ValueError):
     """
 
 
-@dataclass(frozen=True)
-class KdfParams:
+class _KdfParamsFields(NamedTuple):
+    n: int
+    r: int
+    p: int
+
+
+class KdfParams(_KdfParamsFields):
     """
     scrypt cost parameters: ``n`` (CPU/memory cost, a power of two), ``r`` (block size) and ``p``
     (parallelism).
     """
 
-    n: int = DEFAULT_N
-    r: int = DEFAULT_R
-    p: int = DEFAULT_P
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if self.n < 2 ** 10 or self.n & (self.n - 1):
-            raise KdfError(f"scrypt n must be a power of two of at least 1024, not {self.n}")
-        if not 1 <= self.r <= 64 or not 1 <= self.p <= 16:
-            raise KdfError(f"scrypt r must be 1-64 and p 1-16, not r={self.r} p={self.p}")
-        if self.n * self.r * 128 > _MAX_MEMORY:
-            raise KdfError(f"scrypt n={self.n} r={self.r} would need more than 1 GiB of memory")
+    def __new__(cls, n: int = DEFAULT_N, r: int = DEFAULT_R, p: int = DEFAULT_P) -> "KdfParams":
+        if n < 2 ** 10 or n & (n - 1):
+            raise KdfError(f"scrypt n must be a power of two of at least 1024, not {n}")
+        if not 1 <= r <= 64 or not 1 <= p <= 16:
+            raise KdfError(f"scrypt r must be 1-64 and p 1-16, not r={r} p={p}")
+        if n * r * 128 > _MAX_MEMORY:
+            raise KdfError(f"scrypt n={n} r={r} would need more than 1 GiB of memory")
+        return super().__new__(cls, n, r, p)
 
     @classmethod
     def parse(cls, text: str) -> "KdfParams":

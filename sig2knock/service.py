@@ -261,6 +261,7 @@ class Sig2knockService(MultiService):
                 " own address check is the only gate",
                 reason=self.firewall_reason,
             )
+        wire.load_cipher()
         super().startService()
         self.refusals.start()
         if hasattr(self.reactor, "callFromThread"):

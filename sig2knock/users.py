@@ -13,8 +13,7 @@ import binascii
 import os
 import pwd
 import stat
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 from sig2knock.kdf import (
     KEY_SIZE,
@@ -38,8 +37,7 @@ class UsersError(Exception):
         return one_line(super().__str__())
 
 
-@dataclass(frozen=True)
-class UserEntry:
+class UserEntry(NamedTuple):
     """
     One user line: the user's key and how it was derived, and where it was read.
     """

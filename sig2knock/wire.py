@@ -9,13 +9,14 @@ layout and the order of checks are documented in docs/PROTOCOL.md; keep the two 
 ``decode`` raises nothing but ``MessageRejected``, whatever the bytes. The replay check is stateful
 and lives in ``sig2knock.replay``; it raises the same error type.
 
-This module is imported by the client: it must not import Twisted.
+This module is imported by the client: it must not import Twisted, and its value types are
+``NamedTuple``s rather than dataclasses (``dataclasses`` costs every client run about 12 ms of
+start-up: the module, ``inspect``, and generating each class's methods).
 """
 
 import ipaddress
 import struct
-from dataclasses import dataclass
-from typing import Callable, Container, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Container, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from Crypto.Cipher import AES
 from Crypto.Random import get_random_bytes
@@ -110,18 +111,22 @@ class MessageRejected(Refusal):
     """
 
 
-@dataclass(frozen=True)
-class UserKey:
+class _UserKeyFields(NamedTuple):
+    name: str
+    key: bytes
+
+
+class UserKey(_UserKeyFields):
     """
     A user's name and 256-bit key; ``key_id`` is what messages carry to name the key.
     """
 
-    name: str
-    key: bytes
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if len(self.key) != KEY_SIZE:
-            raise ValueError(f"a user key has {KEY_SIZE} bytes, not {len(self.key)}")
+    def __new__(cls, name: str, key: bytes) -> "UserKey":
+        if len(key) != KEY_SIZE:
+            raise ValueError(f"a user key has {KEY_SIZE} bytes, not {len(key)}")
+        return super().__new__(cls, name, key)
 
     @property
     def key_id(self) -> bytes:
@@ -135,8 +140,7 @@ class UserKey:
         return f"UserKey(name={self.name!r}, key=<redacted>)"
 
 
-@dataclass(frozen=True)
-class Binding:
+class Binding(NamedTuple):
     """
     The server address and control port a message is meant for. Part of every message's associated
     data, so a message captured at one server is useless at another.
@@ -193,28 +197,33 @@ def _check_port(port: int, what: str) -> None:
         raise ValueError(f"{what} {port!r} is not a port number")
 
 
-@dataclass(frozen=True)
-class KnockRequest:
-    """
-    P1: opens a session and carries the knock sequence the client chose.
-    """
-
+class _KnockRequestFields(NamedTuple):
     session_id: bytes
     timestamp_ms: int
     protocol: int
     ports: Tuple[int, ...]
 
+
+class KnockRequest(_KnockRequestFields):
+    """
+    P1: opens a session and carries the knock sequence the client chose.
+    """
+
+    __slots__ = ()
     TYPE = TYPE_KNOCK_REQUEST
 
-    def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOL_NAMES:
-            raise ValueError(f"knock protocol {self.protocol!r} is neither TCP nor UDP")
-        if not 1 <= len(self.ports) <= MAX_KNOCKS:
+    def __new__(
+        cls, session_id: bytes, timestamp_ms: int, protocol: int, ports: Tuple[int, ...]
+    ) -> "KnockRequest":
+        if protocol not in PROTOCOL_NAMES:
+            raise ValueError(f"knock protocol {protocol!r} is neither TCP nor UDP")
+        if not 1 <= len(ports) <= MAX_KNOCKS:
             raise ValueError(f"a knock sequence has 1 to {MAX_KNOCKS} ports")
-        for port in self.ports:
+        for port in ports:
             _check_port(port, "knock port")
-        if len(set(self.ports)) != len(self.ports):
+        if len(set(ports)) != len(ports):
             raise ValueError("knock ports must be distinct")
+        return super().__new__(cls, session_id, timestamp_ms, protocol, tuple(ports))
 
     def _body(self) -> bytes:
         return _KNOCK_HEAD.pack(self.protocol, len(self.ports)) + struct.pack(
@@ -230,8 +239,7 @@ class KnockRequest:
         return cls(session_id, timestamp_ms, protocol, struct.unpack(f"!{count}H", ports))
 
 
-@dataclass(frozen=True)
-class Confirm:
+class Confirm(NamedTuple):
     """
     P2: the client has knocked the sequence of session ``session_id`` and asks for its port.
     """
@@ -251,21 +259,24 @@ class Confirm:
         return cls(session_id, timestamp_ms)
 
 
-@dataclass(frozen=True)
-class Grant:
-    """
-    P3: the server opened ``port`` for the client's address until ``deadline_ms``.
-    """
-
+class _GrantFields(NamedTuple):
     session_id: bytes
     timestamp_ms: int
     port: int
     deadline_ms: int
 
+
+class Grant(_GrantFields):
+    """
+    P3: the server opened ``port`` for the client's address until ``deadline_ms``.
+    """
+
+    __slots__ = ()
     TYPE = TYPE_GRANT
 
-    def __post_init__(self) -> None:
-        _check_port(self.port, "assigned port")
+    def __new__(cls, session_id: bytes, timestamp_ms: int, port: int, deadline_ms: int) -> "Grant":
+        _check_port(port, "assigned port")
+        return super().__new__(cls, session_id, timestamp_ms, port, deadline_ms)
 
     def _body(self) -> bytes:
         return _GRANT_BODY.pack(self.port, self.deadline_ms)
@@ -314,8 +325,7 @@ def encode(
     return header + ciphertext + tag
 
 
-@dataclass(frozen=True)
-class Received:
+class Received(NamedTuple):
     """
     A message that passed every stateless check: who sent it, what it says, and its nonce (which
     the replay cache records).
@@ -413,6 +423,25 @@ def _decode(
     if offset > max_skew:
         raise MessageRejected(REASON_FUTURE, f"user {user.name}: {offset:.1f}s ahead")
     return Received(user, message, nonce, binding)
+
+
+def load_cipher() -> None:
+    """
+    Encrypt and decrypt one throw-away message, so that pycryptodome loads its AES-GCM code now:
+    it does so on first use, which would otherwise add several milliseconds to the daemon's first
+    knock.
+    """
+    user = UserKey("warm-up", get_random_bytes(KEY_SIZE))
+    binding = Binding.of("127.0.0.1", 1)
+    message = Confirm(new_session_id(), 0)
+    decode(
+        encode(message, user, binding),
+        keys={user.key_id: user},
+        bindings=(binding,),
+        expect=(TYPE_CONFIRM,),
+        now=0.0,
+        max_skew=1.0,
+    )
 
 
 def now_ms(seconds: float) -> int:

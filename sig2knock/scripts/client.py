@@ -9,7 +9,6 @@ anything else it does not need; ``sig2knock.client``, ``wire`` and ``kdf`` are T
 import argparse
 import getpass
 import os
-import shlex
 import stat
 import sys
 import time
@@ -172,6 +171,8 @@ def command_line(template: str, port: int, host: str) -> List[str]:
     ``--exec``'s COMMAND split like a shell would, with ``{port}`` and ``{host}`` filled in each
     word. Raises ``ValueError`` for unbalanced quotes or braces, ``KeyError`` for unknown fields.
     """
+    import shlex  # only --exec needs it
+
     return [word.format(port=port, host=host) for word in shlex.split(template)]
 
 

@@ -199,20 +199,25 @@ def grant_on_confirm(number: int, port: int = 40001) -> Callable[..., None]:
 
 class FixedRandom(random.Random):
     """
-    A random source whose ``sample`` returns given ports (and checks what it was asked).
+    A random source whose ``sample`` returns the first ``k`` of given ports (and records what it
+    was asked).
     """
 
     def __init__(self, ports: Sequence[int]) -> None:
         super().__init__(0)
         self.ports = tuple(ports)
         self.population: Optional[Sequence[int]] = None
+        self.k: Optional[int] = None
 
     def sample(  # type: ignore[override]
         self, population: Sequence[int], k: int, **kwargs: Any
     ) -> List[int]:
         self.population = population
-        assert k == len(self.ports)
-        return list(self.ports)
+        self.k = k
+        chosen = list(self.ports[:k])
+        # choose_ports draws one port more than it needs: pad with ports not given.
+        chosen += [port for port in population if port not in self.ports][: k - len(chosen)]
+        return chosen
 
 
 def knocker(network: FakeNetwork, **kwargs: Any) -> Knocker:
@@ -260,12 +265,18 @@ class ChoosePortsTests(SynchronousTestCase):
             self.assertTrue(KNOCK_PORT_MIN <= port <= KNOCK_PORT_MAX)
 
     def test_excludesControlPort(self) -> None:
-        rng = FixedRandom([2000])
-        choose_ports(rng, 1, 5000)
-        assert rng.population is not None
-        self.assertNotIn(5000, rng.population)
-        self.assertEqual(len(rng.population), KNOCK_PORT_MAX - KNOCK_PORT_MIN)
-        self.assertEqual((min(rng.population), max(rng.population)), (1024, 65535))
+        """
+        One port more than needed is drawn from 1024-65535; the control port is dropped when it
+        was drawn, else the extra port is.
+        """
+        drawn = FixedRandom([5000, 2000, 3000])
+        self.assertEqual(choose_ports(drawn, 2, 5000), (2000, 3000))
+        self.assertEqual(drawn.k, 3)
+        assert drawn.population is not None
+        self.assertEqual((min(drawn.population), max(drawn.population)), (1024, 65535))
+        self.assertEqual(len(drawn.population), KNOCK_PORT_MAX - KNOCK_PORT_MIN + 1)
+        self.assertEqual(choose_ports(FixedRandom([2000, 3000, 4000]), 2, 5000), (2000, 3000))
+        self.assertEqual(choose_ports(FixedRandom([2000, 5000, 4000]), 2, 5000), (2000, 4000))
 
     def test_countChecked(self) -> None:
         for count in (0, 65):

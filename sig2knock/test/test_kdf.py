@@ -88,3 +88,16 @@ class KeyTests(SynchronousTestCase):
         error = self.assertRaises(KdfError, kdf.check_password, "hunter2")
         self.assertNotIn("hunter2", str(error))
         self.assertEqual(kdf.check_password("hunter22"), "hunter22")
+
+
+class KdfParamsValueTests(SynchronousTestCase):
+    """
+    ``KdfParams`` checks its values however it is built, and defaults to the documented cost.
+    """
+
+    def test_checkedOnConstruction(self) -> None:
+        self.assertRaises(KdfError, KdfParams, n=1000)
+        self.assertRaises(KdfError, KdfParams, 2 ** 20, 64, 1)
+        self.assertRaises(KdfError, KdfParams, r=0)
+        self.assertEqual(KdfParams(), KdfParams(2 ** 15, 8, 1))
+        self.assertEqual(KdfParams().format(), "scrypt:n=32768,r=8,p=1")

@@ -3,6 +3,8 @@ Tests for sig2knock.wire: the encrypted control messages P1, P2 and P3.
 """
 
 import ipaddress
+import subprocess
+import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -325,3 +327,43 @@ class KeyIdTests(SynchronousTestCase):
         for binding in (SERVER, SERVER6):
             self.assertEqual(Binding.unpack(binding.packed_address(), binding.port), binding)
         self.assertIsInstance(SERVER.address, ipaddress.IPv4Address)
+
+
+class LoadCipherTests(SynchronousTestCase):
+    """
+    ``load_cipher`` makes pycryptodome load its AES-GCM code before the first knock needs it.
+    """
+
+    def test_loadsGcmCode(self) -> None:
+        script = (
+            "import sys\n"
+            "from sig2knock import wire\n"
+            "before = 'Crypto.Cipher._mode_gcm' in sys.modules\n"
+            "wire.load_cipher()\n"
+            "print(before, 'Crypto.Cipher._mode_gcm' in sys.modules)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        )
+        self.assertEqual(result.stdout.split(), ["False", "True"])
+
+
+class ValueTypeTests(SynchronousTestCase):
+    """
+    The message and key types are immutable values that check what they are built from.
+    """
+
+    def test_userKeyChecksSizeAndHidesKey(self) -> None:
+        self.assertRaises(ValueError, UserKey, "alice", b"k" * 31)
+        user = UserKey("alice", b"\x8f" * 32)
+        self.assertNotIn("8f", repr(user).lower())
+        self.assertNotIn(repr(b"\x8f" * 32), repr(user))
+        self.assertEqual(str(user), "UserKey(name='alice', key=<redacted>)")
+
+    def test_valuesCompareAndHash(self) -> None:
+        first = KnockRequest(b"S" * 16, 5, wire.PROTO_TCP, (2000, 3000))
+        same = KnockRequest(b"S" * 16, 5, wire.PROTO_TCP, [2000, 3000])
+        self.assertEqual(first, same)
+        self.assertEqual(len({first, same}), 1)
+        self.assertEqual(same.ports, (2000, 3000))
+        self.assertRaises(AttributeError, setattr, first, "timestamp_ms", 6)
