@@ -51,17 +51,21 @@ def _quiet(line: str) -> None:
 
 class RetrySchedule(NamedTuple):
     """
-    How long to wait for P3 after each round: ``first``, doubling each round, at most ``cap``.
+    When to knock and how long to wait for P3 after each round: ``first``, doubling each round, at
+    most ``cap``; and ``knock_pause``, the time between a round's P1 and its knocks.
 
-    The first waits are short on purpose: the server captures an address's knocks only once it
-    has handled that address's P1 (about a millisecond), so the knocks of round 1 usually pass
-    unseen and round 2 or 3 is the one that completes (measured in the namespace lab: 2 ms gives
-    access in about 14 ms, 10 ms in about 22 ms). Extra rounds cost the server two messages each.
+    The server captures an address's knocks only once it has handled that address's P1 (about a
+    millisecond in the namespace lab), so knocks sent right behind P1 pass unseen. The pause lets
+    the first round complete on a server that is not busy; P1 and the knocks travel the same path,
+    so the pause holds whatever the latency of the link. The short, doubling waits cover a slower
+    or busy server: each round repeats P1, the knocks and P2. Extra rounds cost the server two
+    messages each, and repeated knocks and P2s are harmless.
     """
 
     first: float = 0.002
     factor: float = 2.0
     cap: float = 1.0
+    knock_pause: float = 0.0015
 
     def intervals(self) -> Iterator[float]:
         """
@@ -161,8 +165,9 @@ class Knocker:
     One exchange with one server: rounds of P1, knocks and P2 until a P3 for this session arrives.
 
     ``clock`` gives the time for message timestamps and for checking P3, ``monotonic`` measures the
-    timeout and the retry intervals, ``socket_factory(family, type)`` makes the sockets, ``rng``
-    chooses the knock ports and ``new_session_id`` the session id. Tests replace them all.
+    timeout and the retry intervals, ``sleep`` makes the pause between P1 and the knocks,
+    ``socket_factory(family, type)`` makes the sockets, ``rng`` chooses the knock ports and
+    ``new_session_id`` the session id. Tests replace them all.
     """
 
     def __init__(
@@ -176,6 +181,7 @@ class Knocker:
         schedule: RetrySchedule = RetrySchedule(),
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         socket_factory: SocketFactory = socket.socket,
         rng: Optional[random.Random] = None,
         new_session_id: Callable[[], bytes] = wire.new_session_id,
@@ -191,6 +197,7 @@ class Knocker:
         self.schedule = schedule
         self.clock = clock
         self.monotonic = monotonic
+        self.sleep = sleep
         self.socket_factory = socket_factory
         self.rng = rng if rng is not None else random.SystemRandom()
         self.session_id = new_session_id()
@@ -244,6 +251,7 @@ class Knocker:
         )
         self._send_control(control, wire.encode(request, self.user, self.binding))
         self.report(f"round {number}: P1 sent to {self.target}")
+        self.sleep(self.schedule.knock_pause)
         for port in self.ports:
             if knocker is None:
                 self._knock_tcp(port)

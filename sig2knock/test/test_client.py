@@ -61,6 +61,9 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
 
 class FakeSocket:
     """
@@ -77,6 +80,7 @@ class FakeSocket:
 
     def sendto(self, data: bytes, address: Tuple[Any, ...]) -> int:
         self.network.sent.append(("udp", self, address, bytes(data)))
+        self.network.sent_at.append(self.network.clock.now)
         if self.network.send_error is not None:
             raise self.network.send_error
         self.network.server(self.network, address, bytes(data))
@@ -87,6 +91,7 @@ class FakeSocket:
 
     def connect_ex(self, address: Tuple[Any, ...]) -> int:
         self.network.sent.append(("tcp", self, address, b""))
+        self.network.sent_at.append(self.network.clock.now)
         return errno.EINPROGRESS
 
     def settimeout(self, timeout: Optional[float]) -> None:
@@ -125,6 +130,7 @@ class FakeNetwork:
         self.clock = FakeClock()
         self.server = server
         self.sent: List[Tuple[str, FakeSocket, Tuple[Any, ...], bytes]] = []
+        self.sent_at: List[float] = []
         self.sockets: List[FakeSocket] = []
         self.inbox: List[Tuple[float, Any, Tuple[Any, ...]]] = []
         self.send_error: Optional[OSError] = None
@@ -222,13 +228,14 @@ class FixedRandom(random.Random):
 
 def knocker(network: FakeNetwork, **kwargs: Any) -> Knocker:
     kwargs.setdefault("timeout", 10.0)
-    # The timings below were written for rounds 10, 20, 40 ... ms apart.
-    kwargs.setdefault("schedule", RetrySchedule(first=0.01))
+    # The timings below were written for rounds 10, 20, 40 ... ms apart, knocks right after P1.
+    kwargs.setdefault("schedule", RetrySchedule(first=0.01, knock_pause=0.0))
     return Knocker(
         USER,
         TARGET,
         clock=network.clock,
         monotonic=network.clock,
+        sleep=network.clock.sleep,
         socket_factory=network.socket,
         rng=random.Random(1),
         new_session_id=lambda: SESSION,
@@ -348,6 +355,29 @@ class KnockerTests(SynchronousTestCase):
             self.assertEqual(sock.kind, socket.SOCK_STREAM)
             self.assertFalse(sock.blocking)
         self.assertClosed(network)
+
+    def test_knocksPauseAfterRequest(self) -> None:
+        """
+        Each round's knocks follow its P1 after ``knock_pause`` (the server's time to start
+        capturing them); P2 follows the knocks at once.
+        """
+        network = FakeNetwork(grant_on_confirm(2))
+        schedule = RetrySchedule(first=0.01, knock_pause=0.0015)
+        knocker(network, schedule=schedule).run()
+        kinds = [entry[0] for entry in network.sent]
+        self.assertEqual(kinds, (["udp"] + ["tcp"] * 4 + ["udp"]) * 2)
+        for start in (0, 6):
+            p1, knocks, p2 = (
+                network.sent_at[start],
+                network.sent_at[start + 1 : start + 5],
+                network.sent_at[start + 5],
+            )
+            self.assertEqual(set(knocks), {p1 + 0.0015})
+            self.assertEqual(p2, p1 + 0.0015)
+        self.assertAlmostEqual(network.sent_at[6] - network.sent_at[0], 0.0015 + 0.01, places=6)
+
+    def test_defaultPause(self) -> None:
+        self.assertEqual(RetrySchedule().knock_pause, 0.0015)
 
     def test_grantAfterThirdRound(self) -> None:
         """
