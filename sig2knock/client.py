@@ -13,6 +13,7 @@ Every import here is paid on every login: see ``docs/BENCHMARKS.md`` (client sta
 adding one.
 """
 
+import ipaddress
 import os
 import random
 import select
@@ -125,7 +126,12 @@ def resolve(
 ) -> Target:
     """
     Resolve ``server`` for UDP and take the first result (IPv4 or IPv6); raise ``ClientError``.
+    An address without a zone (``%eth0``) is taken as it is: the first ``getaddrinfo`` of a
+    process costs a few milliseconds even for an address.
     """
+    literal = _address_literal(server, port)
+    if literal is not None:
+        return literal
     try:
         results = getaddrinfo(server, port, 0, socket.SOCK_DGRAM)
     except (socket.gaierror, UnicodeError) as error:
@@ -135,6 +141,18 @@ def resolve(
         raise ClientError(f"cannot resolve {server}: no address")
     family, _, _, _, sockaddr = results[0]
     return Target(family, str(sockaddr[0]), port, tuple(sockaddr), server)
+
+
+def _address_literal(server: str, port: int) -> Optional[Target]:
+    if "%" in server:
+        return None  # a zone needs its interface index, which getaddrinfo looks up
+    try:
+        address = ipaddress.ip_address(server)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        return Target(socket.AF_INET6, str(address), port, (str(address), port, 0, 0), server)
+    return Target(socket.AF_INET, str(address), port, (str(address), port), server)
 
 
 def user_key(password: str, user: str, kdf: str) -> UserKey:

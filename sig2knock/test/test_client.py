@@ -316,6 +316,31 @@ class ResolveTests(SynchronousTestCase):
         self.assertEqual(target.binding, Binding.of("2001:db8::1", 1001))
         self.assertEqual(target.sockaddr_for(2000), ("2001:db8::1", 2000, 0, 3))
 
+    def test_addressesNeedNoLookup(self) -> None:
+        def getaddrinfo(*args: Any) -> List[Any]:
+            raise AssertionError("looked up")
+
+        target = resolve("2001:db8::7", 1001, getaddrinfo)
+        self.assertEqual(
+            (target.family, target.address, target.sockaddr),
+            (socket.AF_INET6, "2001:db8::7", ("2001:db8::7", 1001, 0, 0)),
+        )
+        self.assertEqual(target.sockaddr_for(2000), ("2001:db8::7", 2000, 0, 0))
+        self.assertEqual(str(target), "2001:db8::7 port 1001")
+        target = resolve("192.0.2.9", 1001, getaddrinfo)
+        self.assertEqual((target.family, target.sockaddr), (socket.AF_INET, ("192.0.2.9", 1001)))
+
+    def test_zonedAddressIsLookedUp(self) -> None:
+        asked = []
+
+        def getaddrinfo(*args: Any) -> List[Any]:
+            asked.append(args[0])
+            return [(socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("fe80::1", 1001, 0, 2))]
+
+        target = resolve("fe80::1%eth0", 1001, getaddrinfo)
+        self.assertEqual(asked, ["fe80::1%eth0"])
+        self.assertEqual(target.sockaddr, ("fe80::1", 1001, 0, 2))
+
     def test_failure(self) -> None:
         def getaddrinfo(*args: Any) -> List[Any]:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
