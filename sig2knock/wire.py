@@ -18,9 +18,7 @@ import ipaddress
 import struct
 from typing import Callable, Container, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
-from Crypto.Cipher import AES
-from Crypto.Random import get_random_bytes
-
+from sig2knock.cipher import AES, get_random_bytes
 from sig2knock.kdf import KEY_ID_SIZE, KEY_SIZE, key_id
 
 VERSION = 1

@@ -367,3 +367,25 @@ class ValueTypeTests(SynchronousTestCase):
         self.assertEqual(len({first, same}), 1)
         self.assertEqual(same.ports, (2000, 3000))
         self.assertRaises(AttributeError, setattr, first, "timestamp_ms", 6)
+
+
+class StartsNoProcessTests(SynchronousTestCase):
+    """
+    Loading the client's cryptography starts no child process (pycryptodome's loader would run
+    ``file`` on the interpreter; see ``sig2knock.cipher``).
+    """
+
+    def test_noProcess(self) -> None:
+        script = (
+            "import sys\n"
+            "started = []\n"
+            "sys.addaudithook(lambda event, args: event in ('subprocess.Popen', 'os.posix_spawn',"
+            " 'os.exec', 'os.fork') and started.append(event))\n"
+            "from sig2knock import wire\n"
+            "wire.load_cipher()\n"
+            "print(started)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        )
+        self.assertEqual(result.stdout.strip(), "[]")
