@@ -1,5 +1,5 @@
 """
-pycryptodome's AES and random bytes, loaded without a needless child process.
+pycryptodome's AES, SHA-256 and random bytes, loaded without a needless child process.
 
 pycryptodome's ctypes loader calls ``platform.architecture()`` once per process, before it loads
 its first compiled module, only to learn whether the platform is Windows. On POSIX that call runs
@@ -25,6 +25,7 @@ if (
     _loader.cached_architecture[:] = ["64bit" if sys.maxsize > 2 ** 32 else "32bit", "ELF"]
 
 from Crypto.Cipher import AES  # noqa: E402 - after the loader is told the answer
+from Crypto.Hash import SHA256  # noqa: E402
 from Crypto.Random import get_random_bytes  # noqa: E402
 
-__all__ = ["AES", "get_random_bytes"]
+__all__ = ["AES", "SHA256", "get_random_bytes"]

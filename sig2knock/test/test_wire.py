@@ -323,6 +323,17 @@ class KeyIdTests(SynchronousTestCase):
         self.assertNotEqual(ALICE.key_id, BOB.key_id)
         self.assertNotIn(ALICE.key_id, ALICE.key)
 
+    def test_keyIdIsDocumentedDigest(self) -> None:
+        """
+        The first 8 bytes of SHA-256 over the context and the key (docs/PROTOCOL.md), checked
+        against OpenSSL's SHA-256: key ids are part of the wire format.
+        """
+        import hashlib
+
+        key = bytes(range(32))
+        expected = hashlib.sha256(b"sig2knock/v1/key-id\x00" + key).digest()[:8]
+        self.assertEqual(key_id(key), expected)
+
     def test_bindingPacking(self) -> None:
         for binding in (SERVER, SERVER6):
             self.assertEqual(Binding.unpack(binding.packed_address(), binding.port), binding)
