@@ -11,6 +11,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from sig2knock.firewall.libnftables import load_library
 from tests import lab
 from tests.lab import built_lab
 
@@ -146,6 +147,15 @@ class NftablesTests(FirewallLabMixin, SynchronousTestCase):
 
     backend = "nftables"
     skip = why_not("nft")
+
+    def start(self, policy: str = "lockdown", open_time: str = "5") -> None:
+        """
+        Start the daemon; it says how it makes its nftables changes: in-process where
+        libnftables loads (as here with the nftables package), so these tests drive that.
+        """
+        super().start(policy, open_time)
+        how = "in-process with" if load_library()[0] is not None else "as one nft process each"
+        self.assertIn(f"nftables: changes run {how}", self.lab.log())
 
     def remove_rules_behind_the_daemons_back(self) -> None:
         self.lab.ns("server", ["nft", "delete", "table", "inet", "sig2knock"])

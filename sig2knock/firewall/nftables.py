@@ -4,8 +4,8 @@ every start. Grants are elements of the sets ``grants4`` and ``grants6`` (source
 port) with a timeout, so the kernel ends each grant at its deadline even if the daemon is gone.
 
 The ``render_*`` functions produce the ``nft -f`` scripts (pure, tested for their exact text);
-``NftablesFirewall`` runs each one with a single ``nft -f -`` call, so every change is one
-transaction: it happens whole or not at all.
+``NftablesFirewall`` runs each one as a single ``nft -f -`` call (in-process when it can: see
+``sig2knock.firewall.libnftables``), so every change is one transaction, whole or not at all.
 """
 
 import ipaddress
@@ -18,7 +18,8 @@ from zope.interface import implementer
 
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
 from sig2knock.firewall.kernel import settle_route_localnet, write_route_localnet
-from sig2knock.firewall.runner import find_tool, run_tool
+from sig2knock.firewall.libnftables import choose_runner
+from sig2knock.firewall.runner import find_tool
 from sig2knock.wire import IPAddress, unmapped
 
 FAMILY = "inet"
@@ -331,7 +332,7 @@ def render_stop(settings: Optional[FirewallSettings] = None) -> str:
 @implementer(IFirewall)
 class NftablesFirewall:
     """
-    The nftables backend: one ``nft -f -`` call per operation, the script on standard input.
+    The nftables backend: one ``nft -f -`` call per operation through ``run`` (``IToolRunner``).
 
     ``command_prefix`` is put before the nft command (``["ip", "netns", "exec", "NS"]`` runs it
     in a network namespace); its first word is looked up like the tool when it is not a path.
@@ -345,13 +346,13 @@ class NftablesFirewall:
         reactor: Any,
         settings: FirewallSettings,
         tool: str = "nft",
-        run: Callable[..., Deferred] = run_tool,
+        run: Optional[Callable[..., Deferred]] = None,
         command_prefix: Sequence[str] = (),
     ) -> None:
         self.reactor = reactor
         self.settings = settings
         self.tool = tool
-        self.run = run
+        self.run, self.runs = choose_runner(command_prefix, given=run)
         self.command_prefix = list(command_prefix)
 
     @staticmethod
@@ -423,6 +424,7 @@ class NftablesFirewall:
         off again.
         """
         low, high = self.settings.port_range
+        self.log.info("nftables: changes run {runs}", runs=self.runs, table=TABLE)
         looking = self._had_loopback_nat()
 
         def install(had_nat: bool) -> Deferred:
@@ -454,9 +456,7 @@ class NftablesFirewall:
             listing = self.run(self.reactor, self._argv(), stdin=script.encode("utf-8"))
         except FirewallError as error:
             return fail(error)
-        listing.addCallback(
-            lambda output: f"chain {NAT_CHAIN}" in output.decode("utf-8", "replace")
-        )
+        listing.addCallback(lambda output: f"chain {NAT_CHAIN}".encode("ascii") in output)
         listing.addErrback(lambda _: False)
         return listing
 

@@ -1,6 +1,9 @@
 """
 Running a firewall tool from the reactor: ``spawnProcess``, standard input given, output
 collected, a time limit, and one ``FirewallError`` for every way it can fail.
+
+``IToolRunner`` is the seam a backend runs its tool through: ``run_tool`` here spawns it,
+``sig2knock.firewall.libnftables.LibnftablesRunner`` runs an nft script in-process.
 """
 
 import os
@@ -11,12 +14,37 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
+from zope.interface import Interface, provider
 
 from sig2knock.firewall import FirewallError
 
 TOOL_TIMEOUT = 10.0
 # The tools' own messages, untranslated, so errors can be matched and searched for.
 TOOL_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+# The longest tool message kept in a FirewallError (and so in the log).
+MESSAGE_LIMIT = 500
+
+
+class IToolRunner(Interface):
+    """
+    Runs a firewall tool's script for a backend, without blocking the reactor.
+    """
+
+    def __call__(reactor: Any, argv: Sequence[str], stdin: bytes = b"") -> "Deferred[bytes]":
+        """
+        Run ``argv`` (``argv[0]`` a full path) with ``stdin``; fire with its standard output,
+        or fail with ``FirewallError`` whose message carries the tool's own error text on one
+        line.
+        """
+
+
+def tool_message(raw: bytes) -> str:
+    """
+    A tool's error output as one bounded line: whitespace runs folded to one space, at most
+    ``MESSAGE_LIMIT`` characters, ``"no message"`` when empty.
+    """
+    message = raw.decode("utf-8", "replace").strip()
+    return " ".join(message.split())[:MESSAGE_LIMIT] or "no message"
 
 
 def find_tool(name: str) -> Optional[str]:
@@ -55,8 +83,7 @@ class _Collect(ProcessProtocol):
         if reason.check(ProcessDone):
             self.done.callback(output)
             return
-        message = b"".join(self.err).decode("utf-8", "replace").strip()
-        message = " ".join(message.split())[:500] or "no message"
+        message = tool_message(b"".join(self.err))
         if reason.check(ProcessTerminated) and reason.value.exitCode is not None:
             status = f"exit status {reason.value.exitCode}"
         else:
@@ -64,6 +91,7 @@ class _Collect(ProcessProtocol):
         self.done.errback(FirewallError(f"{' '.join(self.argv)}: {status}: {message}"))
 
 
+@provider(IToolRunner)
 def run_tool(
     reactor: Any, argv: Sequence[str], stdin: bytes = b"", timeout: float = TOOL_TIMEOUT
 ) -> "Deferred[bytes]":

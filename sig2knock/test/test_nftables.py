@@ -29,7 +29,7 @@ from sig2knock.firewall.nftables import (
     render_ruleset,
     render_stop,
 )
-from sig2knock.firewall.runner import find_tool
+from sig2knock.firewall.runner import find_tool, run_tool
 
 PORTS = FirewallSettings(control_port=1001, port_range=(40000, 49999))
 LOCKDOWN = FirewallSettings(control_port=1001, port_range=(40000, 49999), policy="lockdown")
@@ -595,6 +595,15 @@ class RealNftTests(TestCase):
         if check and done.returncode != 0:
             self.fail(f"nft {' '.join(arguments)}: {done.returncode}: {done.stderr}")
         return done.stdout
+
+    def test_prefixRunsNftProcesses(self) -> None:
+        """
+        With a command prefix the backend spawns nft (inside the namespace) even where
+        libnftables is installed: these tests drive the process runner, the fallback of the
+        in-process one (``test_libnftables.py`` drives that one for real).
+        """
+        self.assertIs(self.firewall.run, run_tool)
+        self.assertIn("command prefix", self.firewall.runs)
 
     def test_createRefusesAnExistingElement(self) -> None:
         """
