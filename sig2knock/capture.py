@@ -10,7 +10,12 @@ decoded by ``sig2knock.packets.parse_frame`` and checked again against the same 
 change, userland filtering when the kernel refuses a program, fragments).
 
 A source is only captured once it is watched: knocks that reach the interface before the daemon
-has handled the client's P1 are dropped by the kernel.
+has handled the client's P1 are dropped by the kernel. With more than ``MAX_FILTER_SOURCES``
+watched sources the kernel filter names no source (only the shape and the destinations) and the
+sources are checked here alone: a long list of hosts costs milliseconds to compile at every P1,
+and each filter change briefly drops packets (libpcap swaps the program behind a reject-all one),
+so many clients knocking at once would lose each other's knocks. Only authenticated P1s make a
+source watched, so only that many clients knocking at once (not a flood) widens the filter.
 
 Addresses are compared in their plain form: an IPv4-mapped IPv6 address given to ``watch`` or
 ``set_destinations`` stands for its IPv4 address (which is what the wire carries).
@@ -33,6 +38,8 @@ SNAPLEN = 128  # link + IP + TCP/UDP headers, without IPv6 extension headers
 READ_TIMEOUT_MS = 1  # no immediate mode in pcapy-ng: the kernel hands over a block every 1 ms
 BUFFER_SIZE = 2 * 1024 * 1024
 MAX_PACKETS_PER_READ = 1000
+# Above this many watched sources the kernel filter stops naming them (see the module docstring).
+MAX_FILTER_SOURCES = 16
 
 # pcap_activate() status codes (pcapy-ng returns them instead of raising).
 _PCAP_ERROR_NO_SUCH_DEVICE = -5
@@ -221,7 +228,8 @@ class KnockCapture:
     def _install(self) -> None:
         if self._handle is None:
             return
-        text = build_filter(self.protocol, self._sources, self._destinations, self.control_port)
+        sources = self._sources if len(self._sources) <= MAX_FILTER_SOURCES else None
+        text = build_filter(self.protocol, sources, self._destinations, self.control_port)
         if text == self._installed:
             return
         try:

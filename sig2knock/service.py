@@ -36,6 +36,21 @@ from sig2knock.wire import IPAddress
 # ``sig2knockd`` can end with a failure status after twistd returns.
 start_failures: List[str] = []
 
+# How much the control port reads in one reactor turn: about 45 full-size P1s, so the capture is
+# read between bursts of control messages.
+CONTROL_READ_BYTES = 4096
+
+
+def listen_control(reactor: Any, port: int, protocol: Any, interface: str) -> Any:
+    """
+    ``reactor.listenUDP`` for the control port, reading at most ``CONTROL_READ_BYTES`` per reactor
+    turn: Twisted's default (256 KiB, thousands of datagrams) would let a burst of control
+    messages keep the capture, and so every pending knock, waiting.
+    """
+    listening = reactor.listenUDP(port, protocol, interface)
+    listening.maxThroughput = CONTROL_READ_BYTES
+    return listening
+
 
 class ControlPortError(Exception):
     """
@@ -199,7 +214,7 @@ class Sig2knockService(MultiService):
             interfaces = ["::", "0.0.0.0"]
         for interface in interfaces:
             try:
-                listening = self.reactor.listenUDP(port, self.control_protocol(), interface)
+                listening = listen_control(self.reactor, port, self.control_protocol(), interface)
             except CannotListenError as error:
                 reason = error.socketError
                 code = getattr(reason, "errno", None)

@@ -18,6 +18,7 @@ from zope.interface.verify import verifyObject
 from sig2knock import capture
 from sig2knock.bpf import MATCH_NOTHING, knock_filter
 from sig2knock.capture import (
+    MAX_FILTER_SOURCES,
     CaptureError,
     CaptureService,
     InterfaceNotUp,
@@ -430,6 +431,36 @@ class KnockCaptureTests(SynchronousTestCase):
         )
         reader.doRead()
         self.assertEqual([knock.port for knock in self.knocks], [2])
+
+    def test_manySourcesFilteredInUserland(self) -> None:
+        """
+        Above ``MAX_FILTER_SOURCES`` watched sources the kernel filter names none (so more
+        clients change nothing in the kernel), and sources are checked in userland; with fewer
+        again the exact filter comes back.
+        """
+        reader = self.started()
+        many = [ipaddress.ip_address(f"198.18.3.{i}") for i in range(1, MAX_FILTER_SOURCES + 2)]
+        reader.watch(frozenset(many[:MAX_FILTER_SOURCES]))
+        self.assertIn("src host 198.18.3.16", reader.installed_filter)
+        reader.watch(frozenset(many))
+        broad = reader.installed_filter
+        self.assertNotIn("src host", broad)
+        self.assertIn("dst host", broad)
+        installs = reader.filter_installs
+        reader.watch(frozenset(many + [CLIENT4]))
+        reader.watch(frozenset(many[1:] + [CLIENT4]))
+        self.assertEqual(reader.filter_installs, installs)
+        self.handle.frames.extend(
+            [
+                framed(1, packet4(PROTO_TCP, 1, source=OTHER4)),
+                framed(1, packet4(PROTO_TCP, 2, source=many[0])),
+                framed(1, packet4(PROTO_TCP, 3)),
+            ]
+        )
+        reader.doRead()
+        self.assertEqual([knock.port for knock in self.knocks], [3])
+        reader.watch(frozenset([CLIENT4]))
+        self.assertIn("src host", reader.installed_filter)
 
     def test_unsupportedLinkType(self) -> None:
         handle = FakeHandle(datalink=1)

@@ -304,3 +304,20 @@ class ServiceTests(SynchronousTestCase):
         os.chmod(state, 0o777)
         error = self.assertRaises(ReplayCacheError, startup.ensure_state_dir, state)
         self.assertIn("chmod 700", str(error))
+
+
+class ControlPortReadTests(SynchronousTestCase):
+    """
+    The control port reads a bounded amount per reactor turn, so a burst of control messages
+    cannot hold back the capture (and every pending knock) for long.
+    """
+
+    def test_boundedRead(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import DatagramProtocol
+
+        listening = service.listen_control(reactor, 0, DatagramProtocol(), "127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.assertEqual(listening.maxThroughput, service.CONTROL_READ_BYTES)
+        self.assertLess(service.CONTROL_READ_BYTES, 256 * 1024)
+        self.assertGreaterEqual(service.CONTROL_READ_BYTES, 8 * 90)
