@@ -8,7 +8,7 @@ closed again: nothing stays half-open.
 
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
@@ -44,7 +44,8 @@ class PortGranter:
 
     ``reactor`` provides ``IReactorTCP`` and ``IReactorTime``; ``forward_host``/``forward_port``
     is the hidden service; ``port_range`` the inclusive range to assign from; ``open_time`` how
-    long a port waits for its connection; ``firewall`` opens the port for the session's address.
+    long a port waits for its connection; ``firewall`` opens the port for the session's address;
+    ``on_used(session)`` is called when a grant's one connection has arrived.
     """
 
     log = Logger()
@@ -59,6 +60,7 @@ class PortGranter:
         chooser: Optional[random.Random] = None,
         firewall: Optional[IFirewall] = None,
         nat: bool = False,
+        on_used: Optional[Callable[[Session], None]] = None,
     ) -> None:
         self.reactor = reactor
         self.forward_host = forward_host
@@ -70,6 +72,7 @@ class PortGranter:
         # FORWARD_MODE = nat: the firewall DNATs the grant's one connection in the kernel, so no
         # listener is opened and the data never enters Python.
         self.nat = nat
+        self.on_used = on_used
         self._opening: Set[Deferred] = set()
         self.open: Dict[int, OpenGrant] = {}
 
@@ -97,7 +100,7 @@ class PortGranter:
             deadline = self.reactor.seconds() + self.open_time
             opened = OpenGrant(port, session, listener, factory, deadline)
             if factory is not None:
-                factory.on_connection = lambda opened=opened: self._close(opened, "used")
+                factory.on_connection = lambda opened=opened: self._used(opened)
             opened.timer = self.reactor.callLater(
                 self.open_time,
                 self._close,
@@ -144,6 +147,12 @@ class PortGranter:
         )
         self._close(opened, "the firewall refused it")
         raise SessionRefused("firewall", failure.getErrorMessage())
+
+    def _used(self, opened: OpenGrant) -> "Deferred[None]":
+        closing = self._close(opened, "used")
+        if self.on_used is not None:
+            self.on_used(opened.session)
+        return closing
 
     def _close(self, opened: OpenGrant, why: str) -> "Deferred[None]":
         if self.open.get(opened.port) is not opened:

@@ -109,6 +109,7 @@ class Sig2knockService(MultiService):
             config.singleconn_portopen_time,
             firewall=firewall,
             nat=config.forward_mode == "nat",
+            on_used=lambda session: self.sessions.used(session),
         )
         capture_options = {} if open_handle is None else {"open_handle": open_handle}
         self.capture = KnockCapture(

@@ -266,6 +266,15 @@ class SessionTable:
             self._start_grant(session)
         return waiter
 
+    def used(self, session: Session) -> None:
+        """
+        ``session``'s grant has had its one connection: forget the session now rather than at
+        the end of ``hold_time``, so that it stops counting against its user's session limit
+        (a user may log in again and again; only unused grants are held against them).
+        """
+        if self._sessions.get(session.key) is session and session.state == GRANTED:
+            self._remove(session)
+
     def stop(self) -> None:
         """
         Forget every session and cancel their timers (the daemon is stopping).

@@ -266,6 +266,21 @@ class PortGranterTests(SynchronousTestCase):
         self.assertNotIn(grant.port, self.granter.open)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_usedGrantReported(self) -> None:
+        """
+        The grant's one connection is reported with its session (an intruder's is not), so the
+        session table can forget the session.
+        """
+        used: List[Session] = []
+        self.granter.on_used = used.append
+        knocked = session()
+        self.successResultOf(self.granter.grant(knocked))
+        factory = self.reactor.tcpServers[0][1]
+        connect(factory, "198.18.0.99")
+        self.assertEqual(used, [])
+        connect(factory, "198.18.0.2")
+        self.assertEqual(used, [knocked])
+
     def test_firewallOpensAndClosesTheGrant(self) -> None:
         firewall = RecordingFirewall()
         self.granter.firewall = firewall

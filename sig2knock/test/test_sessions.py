@@ -226,6 +226,24 @@ class SessionTableTests(SynchronousTestCase):
         self.assertEqual(len(table), 0)
         table.open(ipaddress.ip_address("198.18.1.8"), "bob", request(b"X" * 16))
 
+    def test_usedSessionFreesItsSlot(self) -> None:
+        """
+        A session whose grant has had its connection stops counting against its user at once:
+        a user may log in more often than the limit within one grant's open time.
+        """
+        table = self.make(max_per_user=2)
+        for n in range(5):
+            opened = table.open(CLIENT, "alice", request(bytes([n]) * 16))
+            for port in PORTS:
+                table.knock(CLIENT, TCP, port)
+            self.successResultOf(table.confirm(CLIENT, "alice", bytes([n]) * 16))
+            table.used(opened)
+            self.assertEqual(len(table), 0)
+        pending = table.open(OTHER, "alice", request(b"P" * 16))
+        table.used(pending)  # not granted: nothing happens
+        self.assertEqual(len(table), 1)
+        self.assertEqual(table.pending_count(OTHER), 1)
+
     def test_totalLimit(self) -> None:
         table = self.make(max_total=2)
         table.open(CLIENT, "alice", request(b"1" * 16))
