@@ -3,10 +3,11 @@ The benchmark's agent inside the client namespace: reads one JSON request per li
 answers one JSON line on stdout. Keeping one process in the namespace means no measurement pays
 for ``ip netns exec`` or for starting the probe's interpreter; every tool's client command is
 started the same way (``subprocess.Popen`` from here) and probed the same way (connect, send,
-read the echo, from here).
+read the echo, from here). Two probes: ``fast`` abandons a connect whose SYN is unanswered after
+5 ms and starts another (so a SYN that raced the firewall costs ~5 ms), ``plain`` is one blocking
+connect (what ssh feels: such a SYN costs the kernel's ~1 s retransmission).
 """
 import json
-import os
 import socket
 import struct
 import subprocess
@@ -15,7 +16,6 @@ import threading
 import time
 
 from sig2knock import client as s2k_client
-from sig2knock import wire
 
 PAYLOAD = b"sig2knock-bench"
 
@@ -62,6 +62,41 @@ def probe(host, port, timeout, source=None, attempt=0.005):
             sock.close()
 
 
+def plain_probe(host, port, timeout):
+    """
+    One blocking connect, as ssh (or ``knock HOST ... && ssh HOST``) does: a SYN dropped because
+    the rule is not in place yet waits for the kernel's retransmission (1 s, then 3 s ...).
+    Then send and read the echo. Returns (result, t_connected, t_echo, attempts=1).
+    """
+    deadline = time.monotonic() + timeout
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        t_conn = time.time()
+        sock.settimeout(max(0.5, deadline - time.monotonic()))
+        sock.sendall(PAYLOAD)
+        data = b""
+        while len(data) < len(PAYLOAD):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        t_echo = time.time()
+        return ("echo" if data == PAYLOAD else "closed"), t_conn, t_echo, 1
+    except socket.timeout:
+        return "timeout", None, None, 1
+    except ConnectionRefusedError:
+        return "refused", None, None, 1
+    except OSError as error:
+        return f"error:{error}", None, None, 1
+    finally:
+        sock.close()
+
+
+PROBES = {"fast": probe, "plain": plain_probe}
+
+
 def do_access(req):
     t0 = time.time()
     proc = subprocess.Popen(req["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -77,8 +112,10 @@ def do_access(req):
         try:
             port = int(out.split()[0])
         except (IndexError, ValueError):
-            return {"result": "noport", "rc": proc.returncode, "stderr": err[-2000:], "t0": t0}
-    result, t_conn, t_echo, attempts = probe(req["host"], port, req.get("probe_timeout", 3))
+            return {"result": "noport", "rc": proc.returncode, "stderr": err[-2000:], "t0": t0,
+                    "t_client": t_client}
+    probe_kind = PROBES[req.get("probe") or "fast"]
+    result, t_conn, t_echo, attempts = probe_kind(req["host"], port, req.get("probe_timeout", 3))
     return {"result": result, "rc": proc.returncode, "t0": t0, "t_client": t_client,
             "t_conn": t_conn, "t_echo": t_echo, "port": port, "attempts": attempts,
             "stderr": err[-2000:]}
@@ -125,7 +162,7 @@ def do_many(req):
         try:
             grant = s2k_client.Knocker(keys[i], target, timeout=req.get("timeout", 20),
                                        socket_factory=bound_factory(address)).run()
-        except s2k_client.ClientError as error:
+        except s2k_client.ClientError:
             results[i] = {"result": "noport", "t": time.time()}
             return
         result, _, t_echo, _ = probe(req["host"], grant.port, 5, source=address)
