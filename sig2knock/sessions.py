@@ -19,7 +19,7 @@ in tests).
 
 import collections
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, FrozenSet, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -43,6 +43,9 @@ EARLY_KNOCKS_PER_SOURCE = 128
 EARLY_SOURCES = 1024
 # P2s waiting for one session's last knocks; more are answered by the same grant anyway.
 MAX_WAITERS = 8
+# How long after a sequence completes the capture filter is narrowed again: not at once, because
+# the grant being opened (its firewall change runs on a worker thread) would wait for it.
+NARROW_DELAY = 0.05
 
 
 class SessionRefused(Refusal):
@@ -152,6 +155,7 @@ class SessionTable:
             collections.OrderedDict()
         )
         self._watched: FrozenSet[IPAddress] = frozenset()
+        self._narrowing: Any = None
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -238,8 +242,8 @@ class SessionTable:
         ]
         for session in completed:
             self._completed(session)
-        if completed:
-            self._update_watched()
+        if completed and self._narrowing is None:
+            self._narrowing = self.clock.callLater(NARROW_DELAY, self._update_watched)
 
     def confirm(self, source: IPAddress, user: str, session_id: bytes) -> "Deferred[GrantInfo]":
         """
@@ -383,6 +387,10 @@ class SessionTable:
             self._update_watched()
 
     def _update_watched(self) -> None:
+        if self._narrowing is not None:
+            if self._narrowing.active():
+                self._narrowing.cancel()
+            self._narrowing = None
         watched = frozenset(self._pending)
         if watched != self._watched:
             self._watched = watched

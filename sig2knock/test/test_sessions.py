@@ -64,10 +64,35 @@ class SessionTableTests(SynchronousTestCase):
         self.table.open(CLIENT, "alice", request())
         self.assertEqual(self.watched, [frozenset({CLIENT})])
         self.knock_all()
-        self.assertEqual(self.watched[-1], frozenset())
         grant = self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
         self.assertEqual(grant.port, 40001)
         self.assertEqual(len(self.granted), 1)
+        # The capture is narrowed a little later, so the grant does not wait for it.
+        self.assertEqual(self.watched[-1], frozenset({CLIENT}))
+        self.clock.advance(sessions.NARROW_DELAY)
+        self.assertEqual(self.watched[-1], frozenset())
+
+    def test_narrowingCoalesced(self) -> None:
+        """
+        Completions in a burst narrow the capture once; a change before then narrows at once.
+        """
+        other_ports = (5001, 5002, 5003, 5004)
+        self.table.open(CLIENT, "alice", request())
+        self.table.open(OTHER, "bob", request(b"T" * 16, ports=other_ports))
+        self.table.open(CLIENT6, "carol", request(b"U" * 16))
+        changes = len(self.watched)
+        self.knock_all()
+        self.knock_all(source=OTHER, ports=other_ports)
+        self.assertEqual(len(self.watched), changes)
+        self.clock.advance(sessions.NARROW_DELAY)
+        self.assertEqual(self.watched[-1], frozenset({CLIENT6}))
+        self.assertEqual(len(self.watched), changes + 1)
+        self.table.open(OTHER, "bob", request(b"V" * 16, ports=other_ports))
+        self.knock_all(source=OTHER, ports=other_ports)
+        self.table.open(CLIENT, "alice", request(b"W" * 16, ports=other_ports))
+        self.assertEqual(self.watched[-1], frozenset({CLIENT, CLIENT6}))
+        self.clock.advance(sessions.NARROW_DELAY)
+        self.assertEqual(self.watched[-1], frozenset({CLIENT, CLIENT6}))
 
     def test_confirmBeforeLastKnockWaits(self) -> None:
         self.table.open(CLIENT, "alice", request())
