@@ -20,6 +20,23 @@ from sig2knock import client as s2k_client
 PAYLOAD = b"sig2knock-bench"
 
 
+def echo(sock, deadline):
+    """
+    On a connected ``sock``: send the payload and read it back. Returns (result, t_connected,
+    t_echo).
+    """
+    t_conn = time.time()
+    sock.settimeout(max(0.5, deadline - time.monotonic()))
+    sock.sendall(PAYLOAD)
+    data = b""
+    while len(data) < len(PAYLOAD):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return ("echo" if data == PAYLOAD else "closed"), t_conn, time.time()
+
+
 def probe(host, port, timeout, source=None, attempt=0.005):
     """
     Connect, send, read the echo. A connect attempt whose SYN is not answered within ``attempt``
@@ -43,17 +60,7 @@ def probe(host, port, timeout, source=None, attempt=0.005):
                 if time.monotonic() >= deadline:
                     return "timeout", None, None, attempts
                 continue
-            t_conn = time.time()
-            sock.settimeout(max(0.5, deadline - time.monotonic()))
-            sock.sendall(PAYLOAD)
-            data = b""
-            while len(data) < len(PAYLOAD):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            t_echo = time.time()
-            return ("echo" if data == PAYLOAD else "closed"), t_conn, t_echo, attempts
+            return echo(sock, deadline) + (attempts,)
         except socket.timeout:
             return "timeout", None, None, attempts
         except OSError as error:
@@ -73,17 +80,7 @@ def plain_probe(host, port, timeout):
     try:
         sock.settimeout(timeout)
         sock.connect((host, port))
-        t_conn = time.time()
-        sock.settimeout(max(0.5, deadline - time.monotonic()))
-        sock.sendall(PAYLOAD)
-        data = b""
-        while len(data) < len(PAYLOAD):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        t_echo = time.time()
-        return ("echo" if data == PAYLOAD else "closed"), t_conn, t_echo, 1
+        return echo(sock, deadline) + (1,)
     except socket.timeout:
         return "timeout", None, None, 1
     except ConnectionRefusedError:

@@ -340,6 +340,15 @@ class KeyIdTests(SynchronousTestCase):
         self.assertIsInstance(SERVER.address, ipaddress.IPv4Address)
 
 
+def run_python(script: str) -> str:
+    """
+    What ``script`` prints, run by a fresh interpreter (import-time behaviour needs one).
+    """
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+
+
 class LoadCipherTests(SynchronousTestCase):
     """
     ``load_cipher`` makes pycryptodome load its AES-GCM code before the first knock needs it.
@@ -353,10 +362,7 @@ class LoadCipherTests(SynchronousTestCase):
             "wire.load_cipher()\n"
             "print(before, 'Crypto.Cipher._mode_gcm' in sys.modules)\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, check=True
-        )
-        self.assertEqual(result.stdout.split(), ["False", "True"])
+        self.assertEqual(run_python(script).split(), ["False", "True"])
 
 
 class ValueTypeTests(SynchronousTestCase):
@@ -396,7 +402,4 @@ class StartsNoProcessTests(SynchronousTestCase):
             "wire.load_cipher()\n"
             "print(started)\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, check=True
-        )
-        self.assertEqual(result.stdout.strip(), "[]")
+        self.assertEqual(run_python(script).strip(), "[]")
