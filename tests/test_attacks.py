@@ -11,7 +11,7 @@ send only to lab addresses (198.18.0.0/15), bounded in packets and in time. The 
 import os
 import shutil
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -75,9 +75,10 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
     after it restarts, not at another server with the same users file.
     """
 
-    def capture_knock(self) -> List[Dict]:
+    def capture_knock(self) -> Tuple[List[Dict], int]:
         """
-        Capture the control datagrams of one real, used knock; return them.
+        Capture the control datagrams of one real knock; return them and the granted port (not
+        used yet: ``use_grant`` does that).
         """
         path = os.path.join(self.lab.directory, "p1p2.jsonl")
         capture = tools.Background(self.lab, "server", "capture", {
@@ -86,7 +87,6 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
             "out": path, "seconds": 30, "max": 1000,
         })
         port = self.knocked_port()
-        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
         time.sleep(0.2)
         capture.stop()
         capture.result()
@@ -94,9 +94,14 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         sizes = {len(bytes.fromhex(d["payload"])) for d in datagrams}
         self.assertIn(90, sizes, "a P1 (4 knocks) was captured")
         self.assertIn(80, sizes, "a P2 was captured")
-        # The grant is used: its one-connection listener is gone.
+        return datagrams, port
+
+    def use_grant(self, port: int) -> None:
+        """
+        The client's one connection through ``port``; then its listener is gone.
+        """
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
         self.assertTrue(tools.wait_for(lambda: port not in self.ports_in_range(), 5))
-        return datagrams
 
     def replay(self, datagrams: List[Dict], reason: str, destination: str = lab.SERVER_IP,
                payload=lambda data: data) -> None:
@@ -172,12 +177,14 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
 
     def test_replayRefusedNowAfterRestartAndElsewhere(self) -> None:
         self.start(SINGLECONN_PORTOPEN_TIME="10")
-        datagrams = self.capture_knock()
-        # At once, while the used grant's session is still remembered (it answers a repeated
-        # P2 with the same port for SINGLECONN_PORTOPEN_TIME): only the replay cache stands in
-        # the way.
+        datagrams, port = self.capture_knock()
+        # At once, while the session is still remembered (its grant not used yet, it answers a
+        # repeated P2 with the same port): only the replay cache stands in the way.
         self.replay(datagrams, "replay")
         self.fresh_p2_is_answered(datagrams)
+        self.use_grant(port)
+        # Once used, the session is forgotten, and the replay cache still refuses first.
+        self.replay(datagrams, "replay")
         self.assertDaemonAlive()
 
         # After a clean restart on the same STATE_DIR: the cache was persisted.
