@@ -98,7 +98,8 @@ def sig2knock(bench):
                           for u in names if u != "alice"]
                        + [(u, CHEAP_KDF) for u in many_users])
     bench.notes.append("sig2knock users, each at most 8 runs of a set (the daemon caps a user "
-                       "at 16 live sessions, a grant's for 30 s): " + "; ".join(
+                       "at 16 live sessions; an unused grant's session lives 30 s, a used one's "
+                       "ends with its connection): " + "; ".join(
                            f"{kind} {','.join(names)}" for kind, names in users.items()))
     lab.start_daemon({"FIREWALL": "nftables", "FIREWALL_POLICY": "lockdown"})
     pid = lab.daemon.pid
