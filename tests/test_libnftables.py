@@ -6,7 +6,6 @@ reaches the namespace the tests run in; checked with the real nft run in that na
 
 import ctypes
 import ipaddress
-import itertools
 import os
 import re
 import subprocess
@@ -19,10 +18,10 @@ from sig2knock.firewall import FirewallError, FirewallSettings
 from sig2knock.firewall.libnftables import SONAME, LibnftablesRunner, load_library
 from sig2knock.firewall.nftables import NftablesFirewall, render_grant, render_ruleset
 from sig2knock.firewall.runner import find_tool
+from sig2knock.test.common import nft_in, scratch_namespace
 
 ARGV = ["/usr/sbin/nft", "-f", "-"]
 
-_namespaces = itertools.count()
 CLONE_NEWNET = 0x40000000
 PORTS = FirewallSettings(control_port=1001, port_range=(40000, 49999))
 V4 = ipaddress.ip_address("198.18.0.2")
@@ -74,35 +73,18 @@ class RealLibraryTests(TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.namespace = f"s2klib{os.getpid()}x{next(_namespaces)}"
-        self.ip = find_tool("ip")
-        created = subprocess.run(
-            [self.ip, "netns", "add", self.namespace], capture_output=True, text=True, timeout=10
-        )
-        if created.returncode != 0:
-            raise self.skipTest(f"cannot create a network namespace: {created.stderr.strip()}")
-        self.addCleanup(
-            subprocess.run,
-            [self.ip, "netns", "delete", self.namespace],
-            capture_output=True,
-            timeout=10,
-        )
+        self.namespace = scratch_namespace(self, "s2klib")
         library, name = load_library()
         self.runner = NamespacedRunner(library, self.namespace)
         self.addCleanup(self.runner.close)
         self.firewall = NftablesFirewall(globalReactor, PORTS, run=self.runner)
 
-    def nft(self, *arguments: str, check: bool = True) -> subprocess.CompletedProcess:
+    def nft(self, *arguments: str, stdin: str = "") -> subprocess.CompletedProcess:
         """
         Run the nft tool in the test's namespace.
         """
-        done = subprocess.run(
-            [self.ip, "netns", "exec", self.namespace, find_tool("nft"), *arguments],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if check and done.returncode != 0:
+        done = nft_in(self.namespace, *arguments, stdin=stdin)
+        if done.returncode != 0:
             self.fail(f"nft {' '.join(arguments)}: {done.returncode}: {done.stderr}")
         return done
 
@@ -161,13 +143,6 @@ class RealLibraryTests(TestCase):
         with self.assertRaises(FirewallError) as caught:
             await self.firewall.grant(V4, 45679, globalReactor.seconds() + 60)
         self.assertIn("No such file or directory", str(caught.exception))
-        done = subprocess.run(
-            [self.ip, "netns", "exec", self.namespace, find_tool("nft"), "-f", "-"],
-            input=render_ruleset(PORTS),
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        self.assertEqual(done.returncode, 0, done.stderr)
+        self.nft("-f", "-", stdin=render_ruleset(PORTS))
         await self.firewall.grant(V4, 45679, globalReactor.seconds() + 60)
         self.assertEqual([(a, p) for a, p, _ in self.timeouts()], [("198.18.0.2", 45679)])

@@ -1,13 +1,16 @@
 """
-Helpers shared by the unit tests: example configurations, users files with cheap keys, and running
-the project's commands as subprocesses against this checkout.
+Helpers shared by the unit tests: example configurations, users files with cheap keys, running
+the project's commands as subprocesses against this checkout, and (as root) a scratch network
+namespace with the real nft run inside it.
 """
 
+import itertools
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
+from sig2knock.firewall.runner import find_tool
 from sig2knock.kdf import KdfParams
 from sig2knock.users import format_user_line
 
@@ -85,3 +88,37 @@ def installed_command(name: str) -> Optional[str]:
     """
     path = os.path.join(os.path.dirname(sys.executable), name)
     return path if os.access(path, os.X_OK) else None
+
+
+_scratch_namespaces = itertools.count()
+
+
+def scratch_namespace(test: Any, stem: str) -> str:
+    """
+    A network namespace of ``test``'s own (root only), deleted by a cleanup; the test is skipped
+    when it cannot be made. Returns its name.
+    """
+    name = f"{stem}{os.getpid()}x{next(_scratch_namespaces)}"
+    ip = find_tool("ip")
+    created = subprocess.run(
+        [ip, "netns", "add", name], capture_output=True, text=True, timeout=10
+    )
+    if created.returncode != 0:
+        raise test.skipTest(f"cannot create a network namespace: {created.stderr.strip()}")
+    test.addCleanup(
+        subprocess.run, [ip, "netns", "delete", name], capture_output=True, timeout=10
+    )
+    return name
+
+
+def nft_in(namespace: str, *arguments: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """
+    The real nft run with ``arguments`` (and ``stdin``) inside ``namespace``.
+    """
+    return subprocess.run(
+        [find_tool("ip"), "netns", "exec", namespace, find_tool("nft"), *arguments],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )

@@ -5,10 +5,8 @@ each test and deleted after it.
 """
 
 import ipaddress
-import itertools
 import os
 import re
-import subprocess
 from typing import Any, List, Optional, Sequence, Tuple
 
 from twisted.internet import reactor as globalReactor
@@ -30,6 +28,7 @@ from sig2knock.firewall.nftables import (
     render_stop,
 )
 from sig2knock.firewall.runner import find_tool, run_tool
+from sig2knock.test.common import nft_in, scratch_namespace
 
 PORTS = FirewallSettings(control_port=1001, port_range=(40000, 49999))
 LOCKDOWN = FirewallSettings(control_port=1001, port_range=(40000, 49999), policy="lockdown")
@@ -529,7 +528,6 @@ class BackendTests(SynchronousTestCase):
         self.assertIn("past", formatEvent(events[-1]))
 
 
-_namespaces = itertools.count()
 _UNITS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
 
 
@@ -564,35 +562,16 @@ class RealNftTests(TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.namespace = f"s2knft{os.getpid()}x{next(_namespaces)}"
-        self.ip = find_tool("ip")
-        self.nftPath = find_tool("nft")
-        created = subprocess.run(
-            [self.ip, "netns", "add", self.namespace], capture_output=True, text=True, timeout=10
-        )
-        if created.returncode != 0:
-            raise self.skipTest(f"cannot create a network namespace: {created.stderr.strip()}")
-        self.addCleanup(
-            subprocess.run,
-            [self.ip, "netns", "delete", self.namespace],
-            capture_output=True,
-            timeout=10,
-        )
-        self.prefix = [self.ip, "netns", "exec", self.namespace]
+        self.namespace = scratch_namespace(self, "s2knft")
+        self.prefix = [find_tool("ip"), "netns", "exec", self.namespace]
         self.firewall = NftablesFirewall(globalReactor, PORTS, command_prefix=self.prefix)
 
-    def nft(self, *arguments: str, stdin: str = "", check: bool = True) -> str:
+    def nft(self, *arguments: str, stdin: str = "") -> str:
         """
         Run nft in the test's namespace; its standard output.
         """
-        done = subprocess.run(
-            self.prefix + [self.nftPath, *arguments],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if check and done.returncode != 0:
+        done = nft_in(self.namespace, *arguments, stdin=stdin)
+        if done.returncode != 0:
             self.fail(f"nft {' '.join(arguments)}: {done.returncode}: {done.stderr}")
         return done.stdout
 
@@ -612,13 +591,7 @@ class RealNftTests(TestCase):
         """
         self.nft("-f", "-", stdin=render_ruleset(LOCKDOWN))
         self.nft("-f", "-", stdin=render_grant(V4, 45678, 60000))
-        again = subprocess.run(
-            self.prefix + [self.nftPath, "-f", "-"],
-            input=render_grant(V4, 45678, 5000),
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        again = nft_in(self.namespace, "-f", "-", stdin=render_grant(V4, 45678, 5000))
         self.assertNotEqual(again.returncode, 0)
         self.assertIn("File exists", again.stderr)
         self.nft("-f", "-", stdin=render_replace_grant(V4, 45678, 5000))
