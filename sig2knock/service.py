@@ -101,16 +101,6 @@ class Sig2knockService(MultiService):
         self.user_limiter = user_rate_limiter(reactor)
         self.refusals = RefusalLog(reactor)
         knock_protocol = wire.PROTO_TCP if config.knock_proto == "tcp" else wire.PROTO_UDP
-        self.granter = PortGranter(
-            reactor,
-            str(config.forward_to_ip),
-            config.forward_to_port,
-            config.assign_port_range,
-            config.singleconn_portopen_time,
-            firewall=firewall,
-            nat=config.forward_mode == "nat",
-            on_used=lambda session: self.sessions.used(session),
-        )
         capture_options = {} if open_handle is None else {"open_handle": open_handle}
         self.capture = KnockCapture(
             reactor,
@@ -128,6 +118,16 @@ class Sig2knockService(MultiService):
             min_knocks=config.knock_count,
             knock_timeout=config.knock_timeout,
             hold_time=config.singleconn_portopen_time,
+        )
+        self.granter = PortGranter(
+            reactor,
+            str(config.forward_to_ip),
+            config.forward_to_port,
+            config.assign_port_range,
+            config.singleconn_portopen_time,
+            firewall=firewall,
+            nat=config.forward_mode == "nat",
+            on_used=self.sessions.used,
         )
         if config.listen_address is not None:
             listen_address = config.listen_address
