@@ -643,6 +643,18 @@ class LoopbackTests(SynchronousTestCase):
         self.assertEqual(result.port, 45679)
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """
+    Everything ``sock`` receives until the peer shuts its side down.
+    """
+    received = b""
+    while True:
+        data = sock.recv(100)
+        if not data:
+            return received
+        received += data
+
+
 class RelayTests(SynchronousTestCase):
     """
     ``relay`` copies both ways, half-closes at input EOF and ends when the socket closes.
@@ -659,13 +671,7 @@ class RelayTests(SynchronousTestCase):
         thread.start()
         os.write(input_write, b"hello")
         os.close(input_write)
-        received = b""
-        while True:
-            data = theirs.recv(100)
-            if not data:
-                break
-            received += data
-        self.assertEqual(received, b"hello")
+        self.assertEqual(read_until_closed(theirs), b"hello")
         theirs.sendall(b"world")
         theirs.close()
         thread.join(10)
@@ -793,13 +799,7 @@ class CommandLineTests(SynchronousTestCase):
         def echo() -> None:
             connection, _ = listener.accept()
             with connection:
-                received = b""
-                while True:
-                    data = connection.recv(100)
-                    if not data:
-                        break
-                    received += data
-                connection.sendall(b"echo:" + received)
+                connection.sendall(b"echo:" + read_until_closed(connection))
 
         thread = threading.Thread(target=echo, daemon=True)
         thread.start()
