@@ -24,7 +24,6 @@ Addresses are compared in their plain form: an IPv4-mapped IPv6 address given to
 from typing import Any, Callable, FrozenSet, Optional
 
 import pcapy
-from twisted.application.service import Service
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -348,26 +347,3 @@ class KnockCapture:
         if knock.source not in self._sources or knock.destination not in self._destinations:
             return False
         return not (knock.protocol == PROTO_UDP and knock.port == self.control_port)
-
-
-class CaptureService(Service):
-    """
-    Runs a ``KnockCapture`` while the service runs.
-    """
-
-    def __init__(self, capture: KnockCapture) -> None:
-        self.capture = capture
-
-    def startService(self) -> None:
-        """
-        Start capturing; ``CaptureError`` propagates, so the daemon does not run blind.
-        """
-        self.capture.start()
-        Service.startService(self)
-
-    def stopService(self) -> None:
-        """
-        Stop capturing.
-        """
-        Service.stopService(self)
-        self.capture.stop()

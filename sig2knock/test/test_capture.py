@@ -20,7 +20,6 @@ from sig2knock.bpf import MATCH_NOTHING, knock_filter
 from sig2knock.capture import (
     MAX_FILTER_SOURCES,
     CaptureError,
-    CaptureService,
     InterfaceNotUp,
     KnockCapture,
     open_live_handle,
@@ -473,34 +472,6 @@ class KnockCaptureTests(SynchronousTestCase):
 
     def test_badProtocol(self) -> None:
         self.assertRaises(ValueError, self.make, 1)
-
-
-class CaptureServiceTests(SynchronousTestCase):
-    """
-    The service starts and stops its capture.
-    """
-
-    def test_lifetime(self) -> None:
-        reactor = MemoryReactorClock()
-        handle = FakeHandle()
-        reader = KnockCapture(
-            reactor, "eth0", PROTO_TCP, CONTROL_PORT, lambda knock: None, lambda n: handle
-        )
-        service = CaptureService(reader)
-        service.startService()
-        self.assertTrue(service.running)
-        self.assertIn(reader, reactor.getReaders())
-        service.stopService()
-        self.assertFalse(service.running)
-        self.assertTrue(handle.closed)
-
-    def test_startFailureNotRunning(self) -> None:
-        reader = KnockCapture(
-            MemoryReactorClock(), "nosuchif0", PROTO_TCP, CONTROL_PORT, lambda knock: None
-        )
-        service = CaptureService(reader)
-        self.assertRaises(CaptureError, service.startService)
-        self.assertFalse(service.running)
 
 
 class OpenLiveHandleTests(SynchronousTestCase):
