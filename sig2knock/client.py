@@ -16,12 +16,11 @@ adding one.
 import ipaddress
 import os
 import random
-import select
 import socket
 import time
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-from sig2knock import wire
+from sig2knock import portable, wire
 from sig2knock.kdf import KdfParams, derive_key
 from sig2knock.wire import Binding, Confirm, Grant, KnockRequest, MessageRejected, UserKey
 
@@ -228,6 +227,7 @@ class Knocker:
         """
         deadline = self.monotonic() + self.timeout
         control = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
+        portable.ignore_udp_resets(control)
         knocker = None
         if self.protocol == wire.PROTO_UDP:
             knocker = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
@@ -326,7 +326,9 @@ class Knocker:
             except socket.timeout:
                 return None
             except OSError:
-                continue  # ConnectionRefusedError and the like: an old ICMP error, carry on
+                # ConnectionRefusedError, Windows' ConnectionResetError and the like: an ICMP
+                # error about an earlier datagram. The socket still holds what came after it.
+                continue
             grant = self._grant_from(data, source)
             if grant is not None:
                 return grant
@@ -402,23 +404,32 @@ def relay(sock: socket.socket, input_fd: int = 0, output_fd: int = 1) -> None:
     """
     Copy ``input_fd`` to ``sock`` and ``sock`` to ``output_fd`` until the socket closes; at EOF on
     the input, half-close the socket so the peer sees it.
+
+    The input is read by a thread of its own rather than waited on with ``select``: Windows can
+    wait on sockets only, not on pipes or consoles. ``OSError`` of the socket passes through.
     """
-    reading_input = True
+    import threading  # only --stdio needs it
+
+    portable.binary_stdio(input_fd, output_fd)
+    feeder = threading.Thread(target=_feed, args=(input_fd, sock), daemon=True)
+    feeder.start()
     while True:
-        watched = [sock, input_fd] if reading_input else [sock]
-        readable, _, _ = select.select(watched, [], [])
-        if sock in readable:
-            data = sock.recv(65536)
-            if not data:
-                return
-            _write_all(output_fd, data)
-        if reading_input and input_fd in readable:
+        data = sock.recv(65536)
+        if not data:
+            return
+        _write_all(output_fd, data)
+
+
+def _feed(input_fd: int, sock: socket.socket) -> None:
+    """
+    Send what ``input_fd`` gives to ``sock``; at its end, shut the socket's sending side.
+    """
+    try:
+        while True:
             data = os.read(input_fd, 65536)
-            if data:
-                sock.sendall(data)
-            else:
-                reading_input = False
-                try:
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    return
+            if not data:
+                sock.shutdown(socket.SHUT_WR)
+                return
+            sock.sendall(data)
+    except OSError:
+        return  # the socket closed under us: the relay is over

@@ -2,17 +2,19 @@
 The client's key file: the user's derived key, saved once (``sig2knockc --save-key``) so later
 knocks skip the password and scrypt (about 0.1 s at the default cost, on every login).
 
-The file is one users-file line (``NAME:scrypt:PARAMS:SALT:KEY``), kept like an ssh private key:
-mode 0600 in a 0700 directory, refused when group or others can read it. It is worth exactly as
-much as the password to an attacker of this service (not of other services: the key is not the
-password). Twisted-free, for the client.
+The file is one key line (``NAME:scrypt:PARAMS:SALT:KEY``, ``sig2knock.keyline``), kept like an
+ssh private key: mode 0600 in a 0700 directory, refused when group or others can read it (on
+Windows, see ``sig2knock.portable.read_private``). It is worth exactly as much as the password
+to an attacker of this service (not of other services: the key is not the password).
+Twisted-free, for the client.
 """
 
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 from sig2knock.kdf import KdfParams
-from sig2knock.users import UsersError, format_key_line, load_users
+from sig2knock.keyline import KeyLineError, format_key_line, parse_key_line
+from sig2knock.portable import PrivateFileError, config_home, read_private, write_private
 from sig2knock.wire import UserKey
 
 
@@ -24,28 +26,42 @@ class KeyFileError(Exception):
 
 def default_key_path(user: str) -> str:
     """
-    Where ``user``'s key is kept by default: ``$XDG_CONFIG_HOME/sig2knock/USER.key``, else
-    ``~/.config/sig2knock/USER.key``.
+    Where ``user``'s key is kept by default: ``USER.key`` in the client's configuration folder
+    (``sig2knock.portable.config_home``: ``~/.config/sig2knock``, ``%APPDATA%\\sig2knock``).
     """
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "sig2knock", f"{user}.key")
+    return os.path.join(config_home(), f"{user}.key")
 
 
-def load_key(path: str, user: str) -> Optional[UserKey]:
+def _quiet(line: str) -> None:
+    """
+    The default for warnings: say nothing.
+    """
+
+
+def load_key(path: str, user: str, warn: Callable[[str], None] = _quiet) -> Optional[UserKey]:
     """
     ``user``'s key from the key file at ``path``; ``None`` when there is no such file. Raises
     ``KeyFileError`` for a file that is open to others, broken, or holds another user.
     """
-    if not os.path.exists(path):
-        return None
     try:
-        users = load_users(path)
-    except UsersError as error:
+        text = read_private(path, warn)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise KeyFileError(f"{path}: cannot read it: {error.strerror or error}") from None
+    except PrivateFileError as error:
         raise KeyFileError(str(error)) from None
-    entry = users.entries.get(user)
-    if entry is None:
+    lines = [line.strip() for line in text.split("\n")]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if len(lines) != 1:
+        raise KeyFileError(f"{path}: a key file holds one key line, not {len(lines)}")
+    try:
+        key, _ = parse_key_line(lines[0])
+    except KeyLineError as error:
+        raise KeyFileError(f"{path}: {error}") from None
+    if key.name != user:
         raise KeyFileError(f"{path}: holds no key of user {user}")
-    return entry.user
+    return key
 
 
 def save_key(path: str, key: UserKey, params: KdfParams) -> None:
@@ -53,15 +69,7 @@ def save_key(path: str, key: UserKey, params: KdfParams) -> None:
     Write ``key`` (derived with ``params``) to ``path`` atomically, mode 0600, creating its
     directory mode 0700.
     """
-    directory = os.path.dirname(path) or "."
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        temporary = f"{path}.{os.getpid()}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as key_file:
-            key_file.write(format_key_line(key.name, key.key, params) + "\n")
-            key_file.flush()
-            os.fsync(key_file.fileno())
-        os.replace(temporary, path)
+        write_private(path, format_key_line(key.name, key.key, params) + "\n")
     except OSError as error:
-        raise KeyFileError(f"{path}: cannot save the key: {error.strerror}") from None
+        raise KeyFileError(f"{path}: cannot save the key: {error.strerror or error}") from None

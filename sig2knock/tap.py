@@ -40,6 +40,17 @@ class Options(usage.Options):
         " in either stops the daemon before anything is opened, with one line naming the file,"
         " the line and the key. Add users with sig2knockd_useradd."
     )
+    def opt_version(self) -> None:
+        """
+        Display sig2knock's version (and Twisted's) and exit.
+        """
+        from twisted import copyright
+
+        from sig2knock import __version__
+
+        print(f"sig2knock {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
+
     optParameters = [
         [
             "config",

@@ -1,28 +1,19 @@
 """
-The users file (``user.txt``): one line per user, ``NAME:KDF:PARAMS:SALT:KEY``, for example::
+The users file (``user.txt``): one key line per user (``sig2knock.keyline``), for example::
 
     alice:scrypt:n=32768,r=8,p=1:c2lnMmtub2NrL3YxL3VzZXI6YWxpY2U=:q1Z...=
 
-``KDF:PARAMS`` is the scrypt cost the key was derived with (``sig2knock.kdf.KdfParams``), ``SALT``
-and ``KEY`` are base64. The file holds key material: the daemon refuses it unless it is owned by the
+The file holds key material: the daemon refuses it unless it is owned by the
 user running the daemon and closed to group and others.
 """
 
-import base64
-import binascii
 import os
 import pwd
 import stat
 from typing import Dict, List, NamedTuple, Optional
 
-from sig2knock.kdf import (
-    KEY_SIZE,
-    KdfError,
-    KdfParams,
-    check_user_name,
-    derive_key,
-    salt_for,
-)
+from sig2knock.kdf import KdfParams, derive_key
+from sig2knock.keyline import KeyLineError, format_key_line, parse_key_line
 from sig2knock.text import one_line
 from sig2knock.wire import UserKey
 
@@ -81,44 +72,12 @@ def format_user_line(user: str, password: str, params: KdfParams = KdfParams()) 
     return format_key_line(user, derive_key(password, user, params), params)
 
 
-def format_key_line(user: str, key: bytes, params: KdfParams) -> str:
-    """
-    The users file line for ``user`` whose key, derived with ``params``, is ``key``.
-    """
-    return ":".join(
-        [
-            check_user_name(user),
-            params.format(),
-            base64.b64encode(salt_for(user)).decode("ascii"),
-            base64.b64encode(key).decode("ascii"),
-        ]
-    )
-
-
 def _parse_line(text: str, path: str, number: int) -> UserEntry:
-    fields = text.split(":")
-    where = f"{path}:{number}"
-    if len(fields) != 5:
-        raise UsersError(f"{where}: expected NAME:scrypt:n=N,r=R,p=P:SALT:KEY")
-    name, kdf_name, kdf_params, salt_text, key_text = fields
     try:
-        check_user_name(name)
-        params = KdfParams.parse(f"{kdf_name}:{kdf_params}")
-    except KdfError as error:
-        raise UsersError(f"{where}: {error}") from None
-    try:
-        salt = base64.b64decode(salt_text, validate=True)
-        key = base64.b64decode(key_text, validate=True)
-    except (binascii.Error, ValueError):
-        raise UsersError(f"{where}: user {name}: salt or key is not valid base64") from None
-    if salt != salt_for(name):
-        raise UsersError(
-            f"{where}: user {name}: the salt does not belong to this user name"
-            " (was the line renamed?); make a new line with sig2knockd_useradd"
-        )
-    if len(key) != KEY_SIZE:
-        raise UsersError(f"{where}: user {name}: the key must be {KEY_SIZE} bytes")
-    return UserEntry(UserKey(name, key), params, number)
+        user, params = parse_key_line(text)
+    except KeyLineError as error:
+        raise UsersError(f"{path}:{number}: {error}") from None
+    return UserEntry(user, params, number)
 
 
 def parse_users(text: str, path: str) -> Users:

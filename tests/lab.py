@@ -7,6 +7,7 @@ Everything a ``Lab`` creates is removed by ``close``, which the tests register a
 so a failing test still tears the lab down.
 """
 
+import itertools
 import os
 import shutil
 import signal
@@ -16,6 +17,8 @@ import tempfile
 import textwrap
 import time
 from typing import Any, Dict, List, Optional, Sequence
+
+from sig2knock.firewall.runner import find_tool
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -361,3 +364,37 @@ class Lab:
             if len(fields) >= 4:
                 ports.append(int(fields[3].rsplit(":", 1)[1]))
         return ports
+
+
+_scratch_namespaces = itertools.count()
+
+
+def scratch_namespace(test: Any, stem: str) -> str:
+    """
+    A network namespace of ``test``'s own (root only), deleted by a cleanup; the test is skipped
+    when it cannot be made. Returns its name.
+    """
+    name = f"{stem}{os.getpid()}x{next(_scratch_namespaces)}"
+    ip = find_tool("ip")
+    created = subprocess.run(
+        [ip, "netns", "add", name], capture_output=True, text=True, timeout=10
+    )
+    if created.returncode != 0:
+        raise test.skipTest(f"cannot create a network namespace: {created.stderr.strip()}")
+    test.addCleanup(
+        subprocess.run, [ip, "netns", "delete", name], capture_output=True, timeout=10
+    )
+    return name
+
+
+def nft_in(namespace: str, *arguments: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """
+    The real nft run with ``arguments`` (and ``stdin``) inside ``namespace``.
+    """
+    return subprocess.run(
+        [find_tool("ip"), "netns", "exec", namespace, find_tool("nft"), *arguments],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )

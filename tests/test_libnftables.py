@@ -18,7 +18,7 @@ from sig2knock.firewall import FirewallError, FirewallSettings
 from sig2knock.firewall.libnftables import SONAME, LibnftablesRunner, load_library
 from sig2knock.firewall.nftables import NftablesFirewall, render_grant, render_ruleset
 from sig2knock.firewall.runner import find_tool
-from sig2knock.test.common import nft_in, scratch_namespace
+from tests.lab import nft_in, scratch_namespace
 
 ARGV = ["/usr/sbin/nft", "-f", "-"]
 

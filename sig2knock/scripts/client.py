@@ -9,12 +9,11 @@ anything else it does not need; ``sig2knock.client``, ``wire`` and ``kdf`` are T
 import argparse
 import getpass
 import os
-import stat
 import sys
 import time
-from typing import Callable, List, Optional, TextIO
+from typing import Any, Callable, List, Optional, TextIO
 
-from sig2knock import __version__
+from sig2knock import __version__, portable
 from sig2knock.client import DEFAULT_KNOCKS, ClientError, connect, knock, relay, user_key
 from sig2knock.kdf import KdfError, KdfParams, check_user_name
 from sig2knock.wire import MAX_KNOCKS, PROTO_TCP, PROTO_UDP, UserKey
@@ -35,7 +34,8 @@ class PasswordError(Exception):
 def _login_name() -> str:
     try:
         return getpass.getuser()
-    except (KeyError, OSError):
+    except (KeyError, OSError, ImportError):
+        # No LOGNAME/USER/USERNAME in the environment, and on Windows no pwd module to ask.
         return ""
 
 
@@ -124,21 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_password_file(path: str) -> str:
+def read_password_file(path: str, warn: Callable[[str], None]) -> str:
     """
-    The first line of ``path``, which must be closed to group and others (like an ssh key).
+    The first line of ``path``, a file kept like an ssh key (``portable.read_private``).
     """
     try:
-        descriptor = os.open(path, os.O_RDONLY)
+        text = portable.read_private(path, warn)
     except OSError as error:
-        raise PasswordError(f"{path}: {error.strerror}") from None
-    with os.fdopen(descriptor, encoding="utf-8") as password_file:
-        mode = stat.S_IMODE(os.fstat(password_file.fileno()).st_mode)
-        if mode & 0o077:
-            raise PasswordError(
-                f"{path}: open to group or others (mode {mode:04o}); fix with: chmod 600 {path}"
-            )
-        return password_file.readline().rstrip("\r\n")
+        raise PasswordError(f"{path}: {error.strerror or error}") from None
+    except portable.PrivateFileError as error:
+        raise PasswordError(str(error)) from None
+    return text.split("\n", 1)[0].rstrip("\r")
 
 
 def read_password(options: argparse.Namespace, stdin: TextIO = sys.stdin) -> str:
@@ -146,24 +142,13 @@ def read_password(options: argparse.Namespace, stdin: TextIO = sys.stdin) -> str
     The password from ``--password-file``, ``--password-stdin`` or a prompt without echo.
     """
     if options.password_file:
-        return read_password_file(options.password_file)
+        return read_password_file(options.password_file, _warn)
     if options.password_stdin:
         return stdin.readline().rstrip("\r\n")
-    if not stdin.isatty() and not (options.stdio and _have_terminal()):
+    if not stdin.isatty() and not (options.stdio and portable.have_terminal()):
         hint = "--password-file" if options.stdio else "--password-stdin"
         raise PasswordError(f"no terminal to ask for the password on; use {hint}")
     return getpass.getpass(f"Password for {options.user}@{options.server}: ")
-
-
-def _have_terminal() -> bool:
-    """
-    Whether a controlling terminal can be opened (getpass prompts there, not on stdin).
-    """
-    try:
-        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
-    except OSError:
-        return False
-    return True
 
 
 def command_line(template: str, port: int, host: str) -> List[str]:
@@ -176,6 +161,28 @@ def command_line(template: str, port: int, host: str) -> List[str]:
     return [word.format(port=port, host=host) for word in shlex.split(template)]
 
 
+def run_command(words: List[str], popen: Optional[Callable[..., Any]] = None) -> int:
+    """
+    Run ``--exec``'s command, wait for it and return its exit status (128 + N for a command
+    ended by signal N, as shells report it), the same way on every platform. Ctrl-C reaches
+    the command too (it shares the terminal); the client goes on waiting for it to end.
+    """
+    import subprocess  # only --exec needs it
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        child = (popen or subprocess.Popen)(words)
+    except OSError as error:
+        raise ClientError(f"cannot run {words[0]}: {error.strerror or error}") from None
+    while True:
+        try:
+            status = child.wait()
+        except KeyboardInterrupt:
+            continue
+        return 128 - status if status < 0 else status
+
+
 def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
     """
     Usage checks argparse cannot express; each ends the program with status 2.
@@ -186,6 +193,8 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
         parser.error("--timeout must be a positive number of seconds")
     if not 1 <= options.knocks <= MAX_KNOCKS:
         parser.error(f"--knocks must be from 1 to {MAX_KNOCKS}")
+    if not options.user:
+        parser.error("no login name to take as the user name: give --user NAME")
     try:
         check_user_name(options.user)
         KdfParams.parse(options.kdf)
@@ -208,6 +217,9 @@ def _report(line: str) -> None:
     print(f"sig2knockc: {line}", file=sys.stderr, flush=True)
 
 
+_warn = _report  # warnings are shown with or without -v
+
+
 def _silent(line: str) -> None:
     pass
 
@@ -223,7 +235,7 @@ def obtain_key(options: argparse.Namespace, report: Callable[[str], None]) -> Us
     asked_for_password = options.password_stdin or options.password_file or options.save_key
     try:
         if not asked_for_password:
-            saved = load_key(path, options.user)
+            saved = load_key(path, options.user, _warn)
             if saved is not None:
                 report(f"key read from {path}")
                 return saved
@@ -244,7 +256,7 @@ def obtain_key(options: argparse.Namespace, report: Callable[[str], None]) -> Us
 def run(options: argparse.Namespace) -> int:
     """
     Derive the key, knock, and act on the grant as the options say. Returns the exit status
-    (unless ``--exec`` replaces the process).
+    (with ``--exec``, the command's).
     """
     report = _report if options.verbose else _silent
     key = obtain_key(options, report)
@@ -260,12 +272,7 @@ def run(options: argparse.Namespace) -> int:
     if options.command is not None:
         words = command_line(options.command, result.port, options.server)
         report(f"running {words[0]}")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            os.execvp(words[0], words)
-        except OSError as error:
-            raise ClientError(f"cannot run {words[0]}: {error.strerror or error}") from None
+        return run_command(words)
     if options.stdio:
         with connect(result, options.timeout) as sock:
             report(f"connected to {result.target.address} port {result.port}")

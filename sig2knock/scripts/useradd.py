@@ -9,6 +9,7 @@ import os
 import sys
 from typing import List, Optional, TextIO
 
+from sig2knock import __version__
 from sig2knock.kdf import KdfError, KdfParams, check_password, check_user_name
 
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=KdfParams().format(),
         help="scrypt cost, as stored in the users file (default: %(default)s);"
         " clients of this user must pass the same --kdf",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"sig2knockd_useradd {__version__}"
     )
     return parser
 

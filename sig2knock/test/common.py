@@ -1,21 +1,23 @@
 """
-Helpers shared by the unit tests: example configurations, users files with cheap keys, running
-the project's commands as subprocesses against this checkout, and (as root) a scratch network
-namespace with the real nft run inside it.
+Helpers shared by the unit tests: example configurations, users files with cheap keys, and
+running the project's commands as subprocesses.
+
+The client's tests import this module too, so it imports nothing of the daemon's at the top.
 """
 
-import itertools
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from sig2knock.firewall.runner import find_tool
+from sig2knock import examples
 from sig2knock.kdf import KdfParams
-from sig2knock.users import format_user_line
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXAMPLE_CONFIG = os.path.join(REPOSITORY, "etc", "sig2knockd.conf")
+# The directory that holds the sig2knock package under test (a checkout, or site-packages of an
+# installed one): ``python -m`` run from there imports that same package.
+IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The shipped example configuration (etc/sig2knockd.conf, package data of sig2knock.examples).
+EXAMPLE_CONFIG = examples.path("sig2knockd.conf")
 
 # The cheapest scrypt the KDF accepts: keeps tests fast; production uses KdfParams().
 CHEAP_KDF = KdfParams(n=1024, r=1, p=1)
@@ -58,6 +60,8 @@ def write_users(path: str, passwords: Dict[str, str], mode: int = 0o600) -> None
     """
     Write a users file with a line per user (cheap KDF) and set its mode.
     """
+    from sig2knock.users import format_user_line
+
     lines = [format_user_line(user, password, CHEAP_KDF) for user, password in passwords.items()]
     with open(path, "w", encoding="utf-8") as users_file:
         users_file.write("\n".join(lines) + "\n")
@@ -78,7 +82,7 @@ def run_module(
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=REPOSITORY,
+        cwd=IMPORT_ROOT,
     )
 
 
@@ -88,37 +92,3 @@ def installed_command(name: str) -> Optional[str]:
     """
     path = os.path.join(os.path.dirname(sys.executable), name)
     return path if os.access(path, os.X_OK) else None
-
-
-_scratch_namespaces = itertools.count()
-
-
-def scratch_namespace(test: Any, stem: str) -> str:
-    """
-    A network namespace of ``test``'s own (root only), deleted by a cleanup; the test is skipped
-    when it cannot be made. Returns its name.
-    """
-    name = f"{stem}{os.getpid()}x{next(_scratch_namespaces)}"
-    ip = find_tool("ip")
-    created = subprocess.run(
-        [ip, "netns", "add", name], capture_output=True, text=True, timeout=10
-    )
-    if created.returncode != 0:
-        raise test.skipTest(f"cannot create a network namespace: {created.stderr.strip()}")
-    test.addCleanup(
-        subprocess.run, [ip, "netns", "delete", name], capture_output=True, timeout=10
-    )
-    return name
-
-
-def nft_in(namespace: str, *arguments: str, stdin: str = "") -> subprocess.CompletedProcess:
-    """
-    The real nft run with ``arguments`` (and ``stdin``) inside ``namespace``.
-    """
-    return subprocess.run(
-        [find_tool("ip"), "netns", "exec", namespace, find_tool("nft"), *arguments],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )

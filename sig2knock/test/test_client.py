@@ -1,18 +1,14 @@
 """
-Tests for ``sig2knock.client`` and the ``sig2knockc`` command: the retry schedule, the exchange
-against a fake network and clock, a real exchange with a small UDP server on 127.0.0.1, and the
-command line as a subprocess. Nothing leaves the loopback interface.
+Tests for ``sig2knock.client``: the retry schedule, the exchange against a fake network and
+clock, a real exchange with a small UDP server on 127.0.0.1, and the relay of ``--stdio``.
+Nothing leaves the loopback interface. The command line is tested in ``test_client_command``.
 """
 
 import errno
 import itertools
 import os
 import random
-import signal
 import socket
-import stat
-import subprocess
-import sys
 import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -33,8 +29,7 @@ from sig2knock.client import (
     resolve,
     user_key,
 )
-from sig2knock.scripts.client import command_line
-from sig2knock.test.common import CHEAP_KDF, run_module
+from sig2knock.test.common import CHEAP_KDF
 from sig2knock.wire import Binding, Confirm, Grant, KnockRequest, MessageRejected, UserKey
 
 PASSWORD = "a long enough password"
@@ -77,6 +72,7 @@ class FakeSocket:
         self.timeout: Optional[float] = None
         self.blocking = True
         self.closed = False
+        self.ioctls: List[Tuple[int, Any]] = []
 
     def sendto(self, data: bytes, address: Tuple[Any, ...]) -> int:
         self.network.sent.append(("udp", self, address, bytes(data)))
@@ -88,6 +84,9 @@ class FakeSocket:
 
     def setblocking(self, flag: bool) -> None:
         self.blocking = flag
+
+    def ioctl(self, control: int, option: Any) -> None:
+        self.ioctls.append((control, option))
 
     def connect_ex(self, address: Tuple[Any, ...]) -> int:
         self.network.sent.append(("tcp", self, address, b""))
@@ -678,156 +677,3 @@ class RelayTests(SynchronousTestCase):
         self.assertFalse(thread.is_alive())
         ours.close()
         self.assertEqual(os.read(output_read, 100), b"world")
-
-
-class CommandLineTests(SynchronousTestCase):
-    """
-    ``sig2knockc`` as a subprocess: failure without a server, and the three ways to use a grant.
-    """
-
-    def password_file(self) -> str:
-        path = os.path.abspath(self.mktemp())
-        with open(path, "w") as password_file:
-            password_file.write(PASSWORD + "\n")
-        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-        return path
-
-    def client(
-        self, port: int, *arguments: str, stdin: str = PASSWORD + "\n"
-    ) -> subprocess.CompletedProcess:
-        return run_module(
-            CLIENT,
-            ["127.0.0.1", str(port), "--user", "alice", "--kdf", CHEAP_KDF.format(), *arguments],
-            stdin=stdin,
-        )
-
-    def test_emptyPassword(self) -> None:
-        result = self.client(1001, "--password-stdin", stdin="\n")
-        self.assertEqual(result.returncode, 1)
-        self.assertEqual(result.stderr, "sig2knockc: the password is empty\n")
-
-    def test_help(self) -> None:
-        result = run_module(CLIENT, ["--help"])
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertIn("--knocks", result.stdout)
-
-    def test_noServer(self) -> None:
-        """
-        Nothing answers on a free port: status 1, nothing on stdout, one line on stderr.
-        """
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        sock.close()
-        started = time.monotonic()
-        result = self.client(port, "--password-stdin", "--timeout", "0.5")
-        self.assertEqual(result.returncode, 1, result.stderr)
-        self.assertEqual(result.stdout, "")
-        self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
-        self.assertIn(f"no answer from 127.0.0.1 port {port} within 0.5 s", result.stderr)
-        self.assertNotIn(PASSWORD, result.stderr)
-        self.assertLess(time.monotonic() - started, 30)
-
-    def test_interrupted(self) -> None:
-        """
-        Ctrl-C while waiting for P3: a message, status 1, no traceback.
-        """
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(sock.close)
-        sock.bind(("127.0.0.1", 0))  # a silent server
-        process = subprocess.Popen(
-            [sys.executable, "-m", CLIENT, "127.0.0.1", str(sock.getsockname()[1]), "-v"]
-            + ["--user", "alice", "--kdf", CHEAP_KDF.format(), "--password-stdin"]
-            + ["--knock-proto", "udp", "--timeout", "60"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.addCleanup(lambda: process.poll() is None and process.kill())
-        assert process.stdin is not None and process.stderr is not None
-        process.stdin.write(PASSWORD + "\n")
-        process.stdin.close()
-        lines = [process.stderr.readline() for _ in range(4)]
-        self.assertIn("P2 sent", lines[-1])
-        process.send_signal(signal.SIGINT)
-        process.wait(30)
-        assert process.stdout is not None
-        with process.stdout, process.stderr:
-            stdout, stderr = process.stdout.read(), process.stderr.read()
-        self.assertEqual(process.returncode, 1)
-        self.assertEqual(stdout, "")
-        self.assertIn("sig2knockc: interrupted", stderr)
-        self.assertNotIn("Traceback", stderr)
-
-    def test_printsPort(self) -> None:
-        server = LoopbackServer(grant_port=45680)
-        self.addCleanup(server.stop)
-        result = self.client(server.port, "--password-stdin", "-v")
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertEqual(result.stdout, "45680\n")
-        for fragment in ("key derived in", "P1 sent", "knocked tcp", "P2 sent", "P3 received"):
-            self.assertIn(fragment, result.stderr)
-        self.assertNotIn(PASSWORD, result.stderr)
-
-    def test_quietWithoutVerbose(self) -> None:
-        server = LoopbackServer(grant_port=45681)
-        self.addCleanup(server.stop)
-        result = self.client(
-            server.port, "--password-stdin", "--knock-proto", "udp", "--knocks", "2"
-        )
-        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "45681\n", ""))
-        self.assertEqual([len(request.ports) for request in server.requests][:1], [2])
-        self.assertEqual(server.requests[0].protocol, wire.PROTO_UDP)
-
-    def test_exec(self) -> None:
-        server = LoopbackServer(grant_port=45682)
-        self.addCleanup(server.stop)
-        script = "import sys; print(sys.argv[1:]); sys.exit(3)"
-        command = f"{sys.executable} -c '{script}' {{port}} {{host}}"
-        result = self.client(server.port, "--password-stdin", "--exec", command)
-        self.assertEqual(result.returncode, 3, result.stderr)
-        self.assertEqual(result.stdout, "['45682', '127.0.0.1']\n")
-
-    def test_stdio(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(listener.close)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        listener.settimeout(20)
-
-        def echo() -> None:
-            connection, _ = listener.accept()
-            with connection:
-                connection.sendall(b"echo:" + read_until_closed(connection))
-
-        thread = threading.Thread(target=echo, daemon=True)
-        thread.start()
-        server = LoopbackServer(grant_port=listener.getsockname()[1])
-        self.addCleanup(server.stop)
-        result = self.client(
-            server.port, "--password-file", self.password_file(), "--stdio", stdin="hello"
-        )
-        thread.join(10)
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertEqual(result.stdout, "echo:hello")
-
-    def test_usageErrors(self) -> None:
-        for arguments in (
-            ["--knocks", "0"],
-            ["--knocks", "65"],
-            ["--exec", "ssh -p {port} {user}@{host}"],
-            ["--exec", "ssh -p {port"],
-            ["--exec", "ssh 'unbalanced"],
-            ["--exec", ""],
-            ["--exec", "ssh {0}"],
-        ):
-            with self.subTest(arguments=arguments):
-                result = run_module(CLIENT, ["host", "1001", *arguments])
-                self.assertEqual(result.returncode, 2, result.stderr)
-
-    def test_commandLine(self) -> None:
-        self.assertEqual(
-            command_line("ssh -p {port} 'me@{host}' -o 'A B'", 4242, "example.org"),
-            ["ssh", "-p", "4242", "me@example.org", "-o", "A B"],
-        )

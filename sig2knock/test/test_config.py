@@ -8,10 +8,9 @@ import os
 import re
 from typing import Dict, Optional
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from sig2knock.test.properties import given, settings, st
 from sig2knock import config
 from sig2knock.config import Config, ConfigError, load_config, parse_config
 from sig2knock.test.common import BASE_CONFIG, EXAMPLE_CONFIG, config_text

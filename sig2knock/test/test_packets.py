@@ -9,10 +9,9 @@ import ipaddress
 import struct
 from typing import List, Optional, Sequence
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from sig2knock.test.properties import given, settings, st
 from sig2knock import packets
 from sig2knock.packets import Knock, parse_frame
 

@@ -22,7 +22,7 @@ from sig2knock import service, startup, tap
 from sig2knock.capture import CaptureError
 from sig2knock.replay import ReplayCacheError
 from sig2knock.wire import MessageRejected
-from sig2knock.test.common import REPOSITORY, write_config, write_users
+from sig2knock.test.common import write_config, write_users
 
 NOW = 1_800_000_000.0
 
@@ -90,8 +90,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--bogus"])
 
     def test_defaultConfigInCheckout(self) -> None:
+        checkout = self.mktemp()
+        for directory in ("etc", os.path.join("twisted", "plugins")):
+            os.makedirs(os.path.join(checkout, directory))
+        for name in ("etc/sig2knockd.conf", "twisted/plugins/sig2knock_plugin.py"):
+            open(os.path.join(checkout, name), "w").close()
         self.addCleanup(os.chdir, os.getcwd())
-        os.chdir(REPOSITORY)
+        os.chdir(checkout)
         self.assertEqual(config_module.default_config_path(), "etc/sig2knockd.conf")
 
     def test_defaultConfigElsewhere(self) -> None:

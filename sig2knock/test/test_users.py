@@ -5,10 +5,9 @@ Tests for sig2knock.users: the users file, its lines and its permissions.
 import base64
 import os
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from sig2knock.test.properties import given, settings, st
 from sig2knock import kdf
 from sig2knock.kdf import KdfParams, derive_key, salt_for
 from sig2knock.test.common import CHEAP_KDF, write_users

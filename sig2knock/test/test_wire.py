@@ -6,10 +6,9 @@ import ipaddress
 import subprocess
 import sys
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from sig2knock.test.properties import given, settings, st
 from sig2knock import wire
 from sig2knock.kdf import key_id
 from sig2knock.wire import (

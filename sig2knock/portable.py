@@ -1,0 +1,166 @@
+"""
+What the client does differently on Windows, in one place: files that hold a secret, where its
+configuration lives, the terminal, standard input and output, and UDP sockets.
+
+Every branch reads ``WINDOWS`` when it runs, so the tests run both branches on any platform
+(``sig2knock.test.test_portable``). Nothing here imports a POSIX-only module (``pwd``, ``grp``,
+``fcntl``, ``termios``) or Twisted: the client imports this module on every platform.
+"""
+
+import ntpath
+import os
+import socket
+import stat
+from typing import Callable, Optional
+
+WINDOWS = os.name == "nt"
+
+# WSAIoctl code that stops Windows from reporting an ICMP port unreachable, caused by an earlier
+# datagram, as WSAECONNRESET (10054) on the next recvfrom (socket.SIO_UDP_CONNRESET where Python
+# knows it, with the value of Windows' mstcpip.h otherwise).
+SIO_UDP_CONNRESET = getattr(socket, "SIO_UDP_CONNRESET", 0x9800000C)
+
+
+class PrivateFileError(Exception):
+    """
+    A file that holds a secret cannot be used; the message says how to fix it and never quotes
+    the file's content.
+    """
+
+
+def config_home() -> str:
+    """
+    Where the client keeps its files: ``$XDG_CONFIG_HOME/sig2knock``, else on Windows
+    ``%APPDATA%\\sig2knock`` (in the user's profile, which only the user can read), else
+    ``~/.config/sig2knock``.
+    """
+    base = os.environ.get("XDG_CONFIG_HOME")
+    if not base and WINDOWS:
+        base = os.environ.get("APPDATA")
+    if not base:
+        base = os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "sig2knock")
+
+
+def _posix_problem(path: str, status: os.stat_result) -> Optional[str]:
+    if not stat.S_ISREG(status.st_mode):
+        return f"{path}: not a regular file"
+    if status.st_uid != os.geteuid():
+        return (
+            f"{path}: holds a secret but belongs to another user (uid {status.st_uid});"
+            " use a file of your own"
+        )
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o077:
+        return (
+            f"{path}: holds a secret but is open to group or others (mode {mode:04o});"
+            f" fix with: chmod 600 {path}"
+        )
+    return None
+
+
+def _windows_warning(path: str) -> Optional[str]:
+    """
+    Windows keeps no owner-only mode bits (a file reports 0666 whoever may read it), and its
+    access lists are not checked here. The documented equivalent: a file inside the user's
+    profile folder, which Windows makes readable by that user (and administrators) only, as it
+    does for ``%APPDATA%``, where ``--save-key`` writes. Elsewhere, say that nothing was checked.
+    """
+    profile = os.environ.get("USERPROFILE")
+    if profile:
+        try:
+            inside = ntpath.commonpath(
+                [ntpath.normcase(ntpath.abspath(path)), ntpath.normcase(profile)]
+            ) == ntpath.normcase(profile)
+        except ValueError:  # another drive
+            inside = False
+        if inside:
+            return None
+    where = profile or "your profile folder"
+    return (
+        f"warning: cannot check who may read {path} on Windows; keep it inside {where},"
+        " which only you can read"
+    )
+
+
+def read_private(path: str, warn: Callable[[str], None]) -> str:
+    """
+    The text of ``path``, a file that holds a secret (a saved key, a password). On POSIX it must
+    be a regular file of this user's, closed to group and others (like an ssh private key), or
+    ``PrivateFileError`` says how to fix it; on Windows ``warn`` is told when the file lies
+    outside the user's profile folder (``_windows_warning``). ``OSError`` passes through.
+    """
+    # Not blocking: a FIFO put in the file's place would otherwise wait for a writer.
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(descriptor, encoding="utf-8") as private:
+        if WINDOWS:
+            warning = _windows_warning(path)
+            if warning is not None:
+                warn(warning)
+        else:
+            problem = _posix_problem(path, os.fstat(private.fileno()))
+            if problem is not None:
+                raise PrivateFileError(problem)
+        try:
+            return private.read()
+        except UnicodeDecodeError:
+            raise PrivateFileError(f"{path}: not UTF-8 text") from None
+
+
+def write_private(path: str, text: str) -> None:
+    """
+    Replace ``path`` with ``text`` atomically (a new file, synced, then renamed over it), mode
+    0600 in a directory created mode 0700 (on Windows the modes mean nothing and the profile
+    folder's protection applies). ``OSError`` passes through.
+    """
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as private:
+            private.write(text)
+            private.flush()
+            os.fsync(private.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def have_terminal() -> bool:
+    """
+    Whether a console can be opened to ask for a password on (getpass asks there, not on
+    standard input): ``/dev/tty`` on POSIX, ``CONIN$`` on Windows.
+    """
+    try:
+        with open("CONIN$" if WINDOWS else "/dev/tty", "rb", buffering=0):
+            return True
+    except OSError:
+        return False
+
+
+def binary_stdio(*descriptors: int) -> None:
+    """
+    On Windows, switch the C runtime's standard descriptors to binary mode, so that relayed
+    bytes are not translated (``\\n`` into ``\\r\\n``); nothing to do on POSIX.
+    """
+    if WINDOWS:
+        import msvcrt  # Windows only
+
+        for descriptor in descriptors:
+            msvcrt.setmode(descriptor, getattr(os, "O_BINARY", 0x8000))  # type: ignore[attr-defined]
+
+
+def ignore_udp_resets(sock: socket.socket) -> None:
+    """
+    On Windows, an ICMP port unreachable (the answer of a host whose port is closed, e.g. a
+    server that is down) makes the next ``recvfrom`` of that UDP socket fail with WSAECONNRESET
+    (10054), which would hide a P3 queued behind it: the seed's "recv() failed". Turn that
+    reporting off; on POSIX a UDP socket that is not connected never reports such errors.
+    """
+    if WINDOWS:
+        sock.ioctl(SIO_UDP_CONNRESET, False)  # type: ignore[attr-defined]
