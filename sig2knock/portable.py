@@ -151,8 +151,9 @@ def binary_stdio(*descriptors: int) -> None:
     if WINDOWS:
         import msvcrt  # Windows only
 
+        binary = getattr(os, "O_BINARY", 0x8000)
         for descriptor in descriptors:
-            msvcrt.setmode(descriptor, getattr(os, "O_BINARY", 0x8000))  # type: ignore[attr-defined]
+            msvcrt.setmode(descriptor, binary)  # type: ignore[attr-defined]
 
 
 def ignore_udp_resets(sock: socket.socket) -> None:

@@ -7,6 +7,7 @@ Everything a ``Lab`` creates is removed by ``close``, which the tests register a
 so a failing test still tears the lab down.
 """
 
+import configparser
 import itertools
 import os
 import shutil
@@ -127,10 +128,13 @@ def built_lab(test: Any) -> "Lab":
 class Lab:
     """
     Three namespaces (``server``, ``client``, ``intruder``) on one bridge, and the processes
-    started in them.
+    started in them. The daemon's commands are taken from ``server_bin`` and ``sig2knockc`` from
+    ``client_bin`` (by default both beside the Python running the tests).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, server_bin: str = BIN, client_bin: str = BIN) -> None:
+        self.server_bin = server_bin
+        self.client_bin = client_bin
         self.prefix = f"s2k{os.getpid() % 100000}{int(time.time() * 1000) % 1000}"
         self.namespaces: Dict[str, str] = {}
         self.processes: List[subprocess.Popen] = []
@@ -237,8 +241,8 @@ class Lab:
         for user, password in users.items():
             lines.append(
                 run(
-                    [os.path.join(BIN, "sig2knockd_useradd"), "--password-stdin", "--kdf",
-                     CHEAP_KDF, user],
+                    [os.path.join(self.server_bin, "sig2knockd_useradd"), "--password-stdin",
+                     "--kdf", CHEAP_KDF, user],
                     input=password + "\n",
                 ).stdout
             )
@@ -247,18 +251,26 @@ class Lab:
         return path
 
     def start_daemon(
-        self, settings: Optional[Dict[str, str]] = None, users: Optional[Dict[str, str]] = None
+        self,
+        settings: Optional[Dict[str, str]] = None,
+        users: Optional[Dict[str, str]] = None,
+        sig2knockd: bool = False,
     ) -> None:
         """
-        Start the real daemon (``twistd -n sig2knock``) in the server's namespace and wait until
-        it logs that it is ready.
+        Start the real daemon (``twistd -n sig2knock``, or with ``sig2knockd`` that command) in
+        the server's namespace and wait until it logs that it is ready.
         """
         config = self.write_server_files(settings or {}, users or {"alice": PASSWORD})
+        if sig2knockd:
+            command = [os.path.join(self.server_bin, "sig2knockd"), "-c", config]
+        else:
+            command = [os.path.join(self.server_bin, "twistd"), "-n", "--pidfile=", "sig2knock",
+                       "--config", config]
         self.daemon_log_start = len(self.log())
         log = open(self.daemon_log, "a", encoding="utf-8")
         self.daemon = self.start(
             "server",
-            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "sig2knock", "--config", config],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.directory,
@@ -281,7 +293,7 @@ class Lab:
         config = os.path.join(self.directory, "sig2knockd.conf")
         return self.ns(
             "server",
-            [os.path.join(BIN, "sig2knockd"), *arguments, "-c", config],
+            [os.path.join(self.server_bin, "sig2knockd"), *arguments, "-c", config],
             check=False,
             timeout=60,
         )
@@ -317,7 +329,7 @@ class Lab:
         Run the real client ``sig2knockc`` in ``role``'s namespace.
         """
         command = [
-            os.path.join(BIN, "sig2knockc"),
+            os.path.join(self.client_bin, "sig2knockc"),
             server,
             str(CONTROL_PORT),
             "--user",
@@ -398,3 +410,16 @@ def nft_in(namespace: str, *arguments: str, stdin: str = "") -> subprocess.Compl
         text=True,
         timeout=10,
     )
+
+
+def read_unit(path: str) -> configparser.RawConfigParser:
+    """
+    The unit file as sections of keys (systemd's syntax is close enough to INI for the keys
+    checked here; a key given twice keeps its last value).
+    """
+    parser = configparser.RawConfigParser(strict=False, interpolation=None,
+                                          comment_prefixes=("#", ";"))
+    parser.optionxform = str  # type: ignore[assignment, method-assign]
+    with open(path, encoding="utf-8") as unit:
+        parser.read_file(unit)
+    return parser

@@ -8,7 +8,6 @@ line saying what is missing. Also checks the systemd unit. Needs root to set thi
 the reason otherwise.
 """
 
-import configparser
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests import lab
-from tests.lab import Lab
+from tests.lab import Lab, read_unit
 
 # nobody: setpriv takes numeric ids, and the daemon needs no entry in /etc/passwd.
 UID = 65534
@@ -397,19 +396,6 @@ REQUIRED = {
         "WantedBy": "multi-user.target",
     },
 }
-
-
-def read_unit(path: str) -> configparser.RawConfigParser:
-    """
-    The unit file as sections of keys (systemd's syntax is close enough to INI for the keys
-    checked here; a key given twice keeps its last value).
-    """
-    parser = configparser.RawConfigParser(strict=False, interpolation=None,
-                                          comment_prefixes=("#", ";"))
-    parser.optionxform = str  # type: ignore[assignment, method-assign]
-    with open(path, encoding="utf-8") as unit:
-        parser.read_file(unit)
-    return parser
 
 
 class SystemdUnitTests(SynchronousTestCase):

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("server", metavar="SERVER", help="server host name or address")
     parser.add_argument("port", metavar="PORT", type=int, help="server control port (UDP_PORT)")
     parser.add_argument(
-        "--user", default=_login_name(), help="user name (default: login name, %(default)s)"
+        "--user", help="user name on the server (default: your login name)"
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--key-file",
         metavar="FILE",
-        help="the saved key of --user (default: ~/.config/sig2knock/USER.key); used instead of"
-        " a password when it exists and no --password-* option is given",
+        help="the saved key of --user (default: ~/.config/sig2knock/USER.key, on Windows"
+        " %%APPDATA%%\\sig2knock\\USER.key); used instead of a password when it exists and no"
+        " --password-* option is given",
     )
     parser.add_argument(
         "--save-key",
@@ -193,6 +194,8 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
         parser.error("--timeout must be a positive number of seconds")
     if not 1 <= options.knocks <= MAX_KNOCKS:
         parser.error(f"--knocks must be from 1 to {MAX_KNOCKS}")
+    if options.user is None:
+        options.user = _login_name()
     if not options.user:
         parser.error("no login name to take as the user name: give --user NAME")
     try:

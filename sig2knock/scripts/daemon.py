@@ -27,9 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c",
         "--config",
-        default=default_config_path(),
+        default=None,
         metavar="FILE",
-        help="configuration file (default: %(default)s)",
+        help="configuration file (default: /etc/sig2knock/sig2knockd.conf, or"
+        " etc/sig2knockd.conf when run from the top of a sig2knock checkout)",
     )
     parser.add_argument(
         "-i",
@@ -163,6 +164,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     Entry point of ``sig2knockd``.
     """
     options = build_parser().parse_args(argv)
+    if options.config is None:
+        options.config = default_config_path()
     if options.check_config:
         return check_config(options.config, options.interface)
     if options.flush:

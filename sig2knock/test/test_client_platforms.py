@@ -130,7 +130,9 @@ class PlatformRun:
             env=self.env,
         )
 
-    def client(self, port: int, *arguments: str, stdin: str = "") -> Tuple[int, str, str, List[str]]:
+    def client(
+        self, port: int, *arguments: str, stdin: str = ""
+    ) -> Tuple[int, str, str, List[str]]:
         """
         ``sig2knockc 127.0.0.1 PORT --user alice ARGUMENTS``: its status, output, error output
         (without the report of loaded modules) and the modules it loaded. The output is
