@@ -183,8 +183,14 @@ class ClientOnlyTests(SynchronousTestCase):
         for module in ("twisted.internet", "pcapy", "zope.interface"):
             done = lab.run([python, "-c", f"import {module}"], check=False)
             self.assertNotEqual(done.returncode, 0, f"{module} is importable")
-        for command in ("sig2knockd", "sig2knockd_useradd", "twistd"):
-            self.assertFalse(os.path.exists(os.path.join(CLIENT_VENV, "bin", command)), command)
+        self.assertFalse(os.path.exists(os.path.join(CLIENT_VENV, "bin", "twistd")))
+        # Every console script of the package is installed, the daemon's too: it says what
+        # it lacks, in one line.
+        done = lab.run([os.path.join(CLIENT_VENV, "bin", "sig2knockd"), "--check-config"],
+                       check=False)
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertEqual(done.stderr.count("\n"), 1, done.stderr)
+        self.assertIn("pip install 'sig2knock[server]'", done.stderr)
 
     def test_knocks(self) -> None:
         assert CLIENT_VENV is not None and SERVER_VENV is not None

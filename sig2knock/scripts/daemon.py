@@ -8,9 +8,11 @@ import sys
 from typing import Any, Callable, List, Optional
 
 from sig2knock import __version__
-from twisted.python.failure import Failure
-
 from sig2knock.config import default_config_path
+
+# What the daemon needs beyond the client: the [server] extra.
+# (The twistd drop-in, twisted/plugins/, is in every install: "twisted" alone says nothing.)
+SERVER_MODULES = ("twisted.internet", "pcapy", "zope.interface")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,10 +55,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_server_profile() -> Optional[str]:
+    """
+    Why the daemon cannot run in this installation because the client profile alone is
+    installed (``pip install sig2knock`` installs the command but not its dependencies), or
+    ``None``.
+    """
+    import importlib.util
+
+    def installed(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # no parent package, or a module made unimportable
+            return False
+
+    missing = [name for name in SERVER_MODULES if not installed(name)]
+    if not missing:
+        return None
+    return (
+        f"the daemon needs sig2knock's server profile ({', '.join(missing)} not installed):"
+        " pip install 'sig2knock[server]', or the Debian package"
+    )
+
+
+def installation_problem() -> Optional[str]:
+    """
+    Why this installation cannot run the daemon (a module of it is missing or broken, as in a
+    wheel built without a package), or ``None``: every module the daemon may load is imported.
+    """
+    import importlib
+    import pkgutil
+
+    try:
+        importlib.import_module("sig2knock.tap")  # the service and everything it wires
+        firewall = importlib.import_module("sig2knock.firewall")
+        for backend in pkgutil.iter_modules(firewall.__path__):  # loaded on demand otherwise
+            importlib.import_module(f"{firewall.__name__}.{backend.name}")
+    except ImportError as error:
+        return f"this installation of sig2knock is incomplete ({error}); reinstall it"
+    return None
+
+
 def check_config(config_path: str, interface: Optional[str]) -> int:
     """
-    Validate the configuration and users file without opening anything; return the exit status.
+    Validate the installation, the configuration and the users file without opening anything;
+    return the exit status.
     """
+    problem = installation_problem()
+    if problem is not None:
+        print(f"sig2knockd: {problem}", file=sys.stderr)
+        return 1
     from sig2knock.config import ConfigError, load_config
     from sig2knock.startup import resolve_interface
     from sig2knock.users import UsersError, load_users
@@ -107,6 +155,7 @@ def flush(config_path: str, interface: Optional[str]) -> int:
     """
     from twisted.internet.defer import gatherResults, maybeDeferred
     from twisted.internet.task import react
+    from twisted.python.failure import Failure
 
     from sig2knock.config import ConfigError, load_config
     from sig2knock.firewall import FirewallError
@@ -164,6 +213,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     Entry point of ``sig2knockd``.
     """
     options = build_parser().parse_args(argv)
+    problem = missing_server_profile()
+    if problem is not None:
+        print(f"sig2knockd: {problem}", file=sys.stderr)
+        return 1
     if options.config is None:
         options.config = default_config_path()
     if options.check_config:

@@ -75,7 +75,22 @@ def run_module(
     Run ``python -m module arguments`` with the Python running the tests (whose sig2knock is the
     one under test), feeding ``stdin``; text output.
     """
-    command: List[str] = [sys.executable, "-m", module, *arguments]
+    return _run_python(["-m", module, *arguments], stdin, timeout)
+
+
+def run_module_code(
+    code: str, arguments: Sequence[str], stdin: str = "", timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """
+    Run ``python -c code arguments`` as ``run_module`` runs a module.
+    """
+    return _run_python(["-c", code, *arguments], stdin, timeout)
+
+
+def _run_python(
+    arguments: Sequence[str], stdin: str, timeout: float
+) -> subprocess.CompletedProcess:
+    command: List[str] = [sys.executable, *arguments]
     return subprocess.run(
         command,
         input=stdin,

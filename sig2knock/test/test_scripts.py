@@ -18,6 +18,7 @@ from sig2knock.test.common import (
     EXAMPLE_CONFIG,
     installed_command,
     run_module,
+    run_module_code,
     write_config,
 )
 from sig2knock.users import load_users, parse_users
@@ -136,6 +137,33 @@ class DaemonCommandTests(SynchronousTestCase):
         self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
         for fragment in fragments:
             self.assertIn(fragment, result.stderr)
+
+    def test_clientProfileOnly(self) -> None:
+        """
+        ``pip install sig2knock`` installs ``sig2knockd`` too, without what it needs: it says
+        so in one line, naming the server profile.
+        """
+        script = (
+            "import sys; sys.modules['pcapy'] = None;"
+            " from sig2knock.scripts.daemon import main; sys.exit(main(sys.argv[1:]))"
+        )
+        result = run_module_code(script, ["--check-config", "-c", "/nonexistent.conf"])
+        self.assertOneLineError(result, "needs sig2knock's server profile (pcapy not installed)",
+                                "pip install 'sig2knock[server]'")
+
+    def test_checkConfigRefusesAnIncompleteInstall(self) -> None:
+        """
+        An installation without ``sig2knock.firewall`` (a wheel that left the package out) fails
+        the check with one line, instead of printing OK and dying at start.
+        """
+        path = write_config(self.directory)
+        script = (
+            "import sys; sys.modules['sig2knock.firewall'] = None;"
+            " from sig2knock.scripts.daemon import main; sys.exit(main(sys.argv[1:]))"
+        )
+        result = run_module_code(script, ["--check-config", "-c", path])
+        self.assertOneLineError(result, "this installation of sig2knock is incomplete",
+                                "sig2knock.firewall", "reinstall it")
 
     def test_checkConfig(self) -> None:
         path = write_config(self.directory)
