@@ -7,10 +7,8 @@ Every branch reads ``WINDOWS`` when it runs, so the tests run both branches on a
 ``fcntl``, ``termios``) or Twisted: the client imports this module on every platform.
 """
 
-import ntpath
 import os
 import socket
-import stat
 from typing import Callable, Optional
 
 WINDOWS = os.name == "nt"
@@ -43,6 +41,7 @@ def config_home() -> str:
 
 
 def _posix_problem(path: str, status: os.stat_result) -> Optional[str]:
+    import stat  # here, not at the top: every client start would pay for it
     if not stat.S_ISREG(status.st_mode):
         return f"{path}: not a regular file"
     if status.st_uid != os.geteuid():
@@ -66,6 +65,8 @@ def _windows_warning(path: str) -> Optional[str]:
     profile folder, which Windows makes readable by that user (and administrators) only, as it
     does for ``%APPDATA%``, where ``--save-key`` writes. Elsewhere, say that nothing was checked.
     """
+    import ntpath  # Windows' path rules, also where this branch is simulated
+
     profile = os.environ.get("USERPROFILE")
     if profile:
         try:
