@@ -227,7 +227,6 @@ class Knocker:
         """
         deadline = self.monotonic() + self.timeout
         control = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
-        portable.ignore_udp_resets(control)
         knocker = None
         if self.protocol == wire.PROTO_UDP:
             knocker = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
@@ -326,8 +325,9 @@ class Knocker:
             except socket.timeout:
                 return None
             except OSError:
-                # ConnectionRefusedError, Windows' ConnectionResetError and the like: an ICMP
-                # error about an earlier datagram. The socket still holds what came after it.
+                # ConnectionRefusedError, and on Windows ConnectionResetError (WSAECONNRESET,
+                # the seed's "recv() failed"): an ICMP error about an earlier datagram, reported
+                # here once. The socket still holds what came after it, P3 included.
                 continue
             grant = self._grant_from(data, source)
             if grant is not None:
@@ -406,30 +406,43 @@ def relay(sock: socket.socket, input_fd: int = 0, output_fd: int = 1) -> None:
     the input, half-close the socket so the peer sees it.
 
     The input is read by a thread of its own rather than waited on with ``select``: Windows can
-    wait on sockets only, not on pipes or consoles. ``OSError`` of the socket passes through.
+    wait on sockets only, not on pipes or consoles. ``OSError`` of either side passes through
+    (one of the input ends the relay: the socket is shut down both ways).
     """
     import threading  # only --stdio needs it
 
     portable.binary_stdio(input_fd, output_fd)
-    feeder = threading.Thread(target=_feed, args=(input_fd, sock), daemon=True)
+    failed: List[OSError] = []
+    feeder = threading.Thread(target=_feed, args=(input_fd, sock, failed), daemon=True)
     feeder.start()
     while True:
         data = sock.recv(65536)
         if not data:
-            return
+            break
         _write_all(output_fd, data)
+    if failed:
+        raise failed[0]
 
 
-def _feed(input_fd: int, sock: socket.socket) -> None:
+def _feed(input_fd: int, sock: socket.socket, failed: List[OSError]) -> None:
     """
-    Send what ``input_fd`` gives to ``sock``; at its end, shut the socket's sending side.
+    Send what ``input_fd`` gives to ``sock``; at its end, shut the socket's sending side. When
+    the input cannot be read, keep the error in ``failed`` and shut the socket down both ways,
+    so that the relay ends instead of waiting for an answer to input that never came. (When the
+    socket fails, the relay's own receive sees it.)
     """
+    how = socket.SHUT_WR
     try:
         while True:
-            data = os.read(input_fd, 65536)
+            try:
+                data = os.read(input_fd, 65536)
+            except OSError as error:
+                failed.append(error)
+                how = socket.SHUT_RDWR
+                break
             if not data:
-                sock.shutdown(socket.SHUT_WR)
-                return
+                break
             sock.sendall(data)
+        sock.shutdown(how)
     except OSError:
-        return  # the socket closed under us: the relay is over
+        pass  # the socket closed under us: the relay is over

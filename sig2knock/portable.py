@@ -1,6 +1,6 @@
 """
 What the client does differently on Windows, in one place: files that hold a secret, where its
-configuration lives, the terminal, standard input and output, and UDP sockets.
+configuration lives, the terminal, standard input and output, and ``--exec``'s command line.
 
 Every branch reads ``WINDOWS`` when it runs, so the tests run both branches on any platform
 (``sig2knock.test.test_portable``). Nothing here imports a POSIX-only module (``pwd``, ``grp``,
@@ -8,15 +8,11 @@ Every branch reads ``WINDOWS`` when it runs, so the tests run both branches on a
 """
 
 import os
-import socket
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Union
 
 WINDOWS = os.name == "nt"
-
-# WSAIoctl code that stops Windows from reporting an ICMP port unreachable, caused by an earlier
-# datagram, as WSAECONNRESET (10054) on the next recvfrom (socket.SIO_UDP_CONNRESET where Python
-# knows it, with the value of Windows' mstcpip.h otherwise).
-SIO_UDP_CONNRESET = getattr(socket, "SIO_UDP_CONNRESET", 0x9800000C)
+# Windows' C runtime translates line ends on descriptors opened without it.
+_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class PrivateFileError(Exception):
@@ -69,10 +65,11 @@ def _windows_warning(path: str) -> Optional[str]:
 
     profile = os.environ.get("USERPROFILE")
     if profile:
+        # Compared as written (case folded, made absolute): short 8.3 names and junctions are
+        # not resolved, so such a spelling of the profile folder gets the warning too.
+        folder = ntpath.normcase(ntpath.abspath(profile))
         try:
-            inside = ntpath.commonpath(
-                [ntpath.normcase(ntpath.abspath(path)), ntpath.normcase(profile)]
-            ) == ntpath.normcase(profile)
+            inside = ntpath.commonpath([ntpath.normcase(ntpath.abspath(path)), folder]) == folder
         except ValueError:  # another drive
             inside = False
         if inside:
@@ -92,7 +89,7 @@ def read_private(path: str, warn: Callable[[str], None]) -> str:
     outside the user's profile folder (``_windows_warning``). ``OSError`` passes through.
     """
     # Not blocking: a FIFO put in the file's place would otherwise wait for a writer.
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _BINARY)
     with open(descriptor, encoding="utf-8") as private:
         if WINDOWS:
             warning = _windows_warning(path)
@@ -117,9 +114,9 @@ def write_private(path: str, text: str) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o600)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as private:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as private:
             private.write(text)
             private.flush()
             os.fsync(private.fileno())
@@ -157,12 +154,16 @@ def binary_stdio(*descriptors: int) -> None:
             msvcrt.setmode(descriptor, binary)  # type: ignore[attr-defined]
 
 
-def ignore_udp_resets(sock: socket.socket) -> None:
+def command(template: str, port: int, host: str) -> Union[str, List[str]]:
     """
-    On Windows, an ICMP port unreachable (the answer of a host whose port is closed, e.g. a
-    server that is down) makes the next ``recvfrom`` of that UDP socket fail with WSAECONNRESET
-    (10054), which would hide a P3 queued behind it: the seed's "recv() failed". Turn that
-    reporting off; on POSIX a UDP socket that is not connected never reports such errors.
+    ``--exec``'s COMMAND with ``{port}`` and ``{host}`` filled in, ready for ``subprocess``: on
+    POSIX split into words like a shell would (``{...}`` filled in each word); on Windows one
+    string, which CreateProcess splits by Windows' own rules (a POSIX split would eat the
+    backslashes of ``C:\\...\\ssh.exe``). Raises ``ValueError`` for unbalanced quotes or
+    braces, ``KeyError``/``IndexError`` for unknown fields.
     """
     if WINDOWS:
-        sock.ioctl(SIO_UDP_CONNRESET, False)  # type: ignore[attr-defined]
+        return template.format(port=port, host=host)
+    import shlex  # only --exec needs it
+
+    return [word.format(port=port, host=host) for word in shlex.split(template)]

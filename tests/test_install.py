@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import textwrap
 import time
 from typing import Dict, List, Optional, Set
 
@@ -74,6 +75,40 @@ def knock_and_echo(test: SynchronousTestCase, the_lab: Lab, *extra: str) -> int:
     return port
 
 
+# Loaded by every Python process of the unit test run (through PYTHONPATH): an audit hook that
+# writes down every program started whose name is one of the tools that make namespaces or
+# change a firewall, however it is started (subprocess, os.exec*, posix_spawn, system).
+WATCH_TOOLS = textwrap.dedent(
+    """
+    import os, sys
+    LOG = os.environ["SIG2KNOCK_TOOL_LOG"]
+    TOOLS = {"ip", "nft", "iptables", "ip6tables", "iptables-restore", "ip6tables-restore",
+             "iptables-save", "ip6tables-save", "iptables-nft", "iptables-legacy", "pktctl",
+             "unshare", "setpriv", "nsenter", "tc"}
+
+    def program(event, args):
+        if event == "os.system":
+            return str(args[0]).split()[0] if str(args[0]).split() else ""
+        if event == "subprocess.Popen":
+            executable, argv = args[0], args[1]
+            if executable is None:
+                argv = [argv] if isinstance(argv, (str, bytes)) else list(argv)
+                executable = argv[0] if argv else ""
+            return executable
+        return args[0]
+
+    def hook(event, args):
+        if event in ("subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.system"):
+            name = os.path.basename(os.fsdecode(program(event, args) or ""))
+            if name in TOOLS:
+                with open(LOG, "a") as log:
+                    log.write(f"{event}: {args!r}\\n")
+
+    sys.addaudithook(hook)
+    """
+)
+
+
 def trial_summary(output: str) -> str:
     """
     trial's last line: ``PASSED (successes=N)`` or ``FAILED (...)``.
@@ -108,18 +143,32 @@ class WheelTests(SynchronousTestCase):
         self.assertNotIn(lab.REPOSITORY, done.stdout)
 
     def run_unit_tests(self, as_nobody: bool) -> str:
+        """
+        ``trial sig2knock`` from the installed virtualenv, in a directory outside the checkout:
+        it passes, skips nothing and starts none of the namespace or firewall tools.
+        """
         directory = outside_checkout(self)
+        site = os.path.join(directory, "site")
+        os.makedirs(site)
+        with open(os.path.join(site, "sitecustomize.py"), "w", encoding="utf-8") as module:
+            module.write(WATCH_TOOLS)
+        log = os.path.join(directory, "tools.log")
+        with open(log, "w"):
+            os.chmod(log, 0o666)
         command = [os.path.join(self.bin(), "trial"), "sig2knock"]
         if as_nobody:
             command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
                        *command]
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": directory, "LANG": "C.UTF-8",
+               "PYTHONPATH": site, "SIG2KNOCK_TOOL_LOG": log}
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=1800, cwd=directory,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": directory, "LANG": "C.UTF-8"},
+            command, capture_output=True, text=True, timeout=1800, cwd=directory, env=env
         )
         summary = trial_summary(done.stdout)
         self.assertEqual(done.returncode, 0, done.stdout[-5000:] + done.stderr[-2000:])
         self.assertRegex(summary, r"^PASSED \(successes=\d+\)$", "no test skipped or failed")
+        with open(log, encoding="utf-8") as started:
+            self.assertEqual(started.read(), "", "the unit tests started a namespace or firewall tool")
         return summary
 
     def test_unitTestsAsRootChangeNothing(self) -> None:
@@ -266,7 +315,7 @@ class DebianPackageTests(SynchronousTestCase):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         return lab.run(command, timeout=600, env=env).stdout
 
-    def assertInstalled(self) -> None:
+    def assertInstalled(self, fresh: bool = True) -> None:
         for path, kind in (
             ("/usr/sbin/sig2knockd", "x"), ("/usr/sbin/sig2knockd_useradd", "x"),
             ("/usr/bin/sig2knockc", "x"), (UNIT, "f"), ("/usr/share/doc/sig2knock", "d"),
@@ -282,18 +331,20 @@ class DebianPackageTests(SynchronousTestCase):
             self.assertTrue(os.path.isfile(f"/usr/share/man/man{section}/{page}.gz"), page)
         conffiles = lab.run(["dpkg-query", "-W", "-f=${Conffiles}", "sig2knock"]).stdout
         self.assertIn(CONFIG, conffiles)
-        # The system defaults, as the daemon reads them.
-        settings = lab.run([
-            "/opt/sig2knock/bin/python", "-c",
-            "from sig2knock.config import load_config; c = load_config("
-            f"'{CONFIG}'); print(c.state_dir, c.firewall, c.users_file)",
-        ]).stdout.split()
-        self.assertEqual(settings, ["/var/lib/sig2knock", "auto", USERS])
+        if fresh:
+            # The system defaults, as the daemon reads them.
+            settings = lab.run([
+                "/opt/sig2knock/bin/python", "-c",
+                "from sig2knock.config import load_config; c = load_config("
+                f"'{CONFIG}'); print(c.state_dir, c.firewall, c.users_file)",
+            ]).stdout.split()
+            self.assertEqual(settings, ["/var/lib/sig2knock", "auto", USERS])
         user = pwd.getpwnam("sig2knock")
         self.assertEqual((user.pw_dir, user.pw_shell), ("/var/lib/sig2knock", "/usr/sbin/nologin"))
         users = os.stat(USERS)
-        self.assertEqual((users.st_uid, stat.S_IMODE(users.st_mode), users.st_size),
-                         (user.pw_uid, 0o600, 0))
+        self.assertEqual((users.st_uid, stat.S_IMODE(users.st_mode)), (user.pw_uid, 0o600))
+        if fresh:
+            self.assertEqual(users.st_size, 0)
         state = os.stat("/var/lib/sig2knock")
         self.assertEqual((state.st_uid, stat.S_IMODE(state.st_mode)), (user.pw_uid, 0o700))
         self.assertEqual(read_unit(UNIT)["Service"]["ExecStart"],
@@ -302,6 +353,8 @@ class DebianPackageTests(SynchronousTestCase):
         self.assertEqual(lab.run(["find", "/etc/systemd", "-name", "sig2knockd*"]).stdout, "")
         cache = lab.run(["find", "/opt/sig2knock", "-name", "dropin.cache"]).stdout
         self.assertIn("twisted/plugins/dropin.cache", cache, "the plugin cache is built")
+        self.assertNotEqual(lab.run(["find", "/opt/sig2knock", "-name", "*.pyc"]).stdout, "",
+                            "byte-code is compiled at installation")
 
     def test_installRunRemovePurge(self) -> None:
         assert DEB is not None
@@ -346,6 +399,27 @@ class DebianPackageTests(SynchronousTestCase):
         self.assertIn("table inet sig2knock",
                       the_lab.ns("server", ["nft", "list", "tables"]).stdout,
                       "a stopped daemon keeps the host closed")
+
+        # An upgrade (the same package again) keeps the users and the edited configuration,
+        # does not stop a running daemon beforehand and restarts it afterwards (try-restart:
+        # only if it runs), and builds the byte-code and the plugin cache again.
+        with open(CONFIG, encoding="utf-8") as config:
+            edited = config.read()
+        with open(USERS, encoding="utf-8") as users:
+            enrolled = users.read()
+        self.apt_get("-o", "Dpkg::Options::=--force-confold", "install", "--reinstall",
+                     os.path.abspath(DEB))
+        with open(CONFIG, encoding="utf-8") as config:
+            self.assertEqual(config.read(), edited)
+        with open(USERS, encoding="utf-8") as users:
+            self.assertEqual(users.read(), enrolled)
+        self.assertInstalled(fresh=False)
+        scripts = os.path.join(the_lab.directory, "control")
+        lab.run(["dpkg-deb", "--control", os.path.abspath(DEB), scripts])
+        with open(os.path.join(scripts, "postinst"), encoding="utf-8") as postinst:
+            self.assertIn("try-restart", postinst.read())
+        with open(os.path.join(scripts, "preinst"), encoding="utf-8") as preinst:
+            self.assertNotIn("stop", preinst.read())
 
         # Removal (inside the server's namespace, whose firewall the daemon used): the rules
         # go, the edited configuration stays, and so do the user and the state.

@@ -11,7 +11,7 @@ import getpass
 import os
 import sys
 import time
-from typing import Any, Callable, List, Optional, TextIO
+from typing import Any, Callable, List, Optional, TextIO, Union
 
 from sig2knock import __version__, portable
 from sig2knock.client import DEFAULT_KNOCKS, ClientError, connect, knock, relay, user_key
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--password-file",
         metavar="FILE",
-        help="read the password from FILE (refused unless only its owner can read it)",
+        help="read the password from FILE (on POSIX refused unless only its owner can read"
+        " it; on Windows a file outside your profile folder gets a warning)",
     )
     parser.add_argument(
         "--key-file",
@@ -152,36 +153,69 @@ def read_password(options: argparse.Namespace, stdin: TextIO = sys.stdin) -> str
     return getpass.getpass(f"Password for {options.user}@{options.server}: ")
 
 
-def command_line(template: str, port: int, host: str) -> List[str]:
+def command_line(template: str, port: int, host: str) -> Union[str, List[str]]:
     """
-    ``--exec``'s COMMAND split like a shell would, with ``{port}`` and ``{host}`` filled in each
-    word. Raises ``ValueError`` for unbalanced quotes or braces, ``KeyError`` for unknown fields.
+    ``--exec``'s COMMAND with ``{port}`` and ``{host}`` filled in (``portable.command``: words
+    on POSIX, one string on Windows). Raises ``ValueError`` for unbalanced quotes or braces,
+    ``KeyError`` for unknown fields.
     """
-    import shlex  # only --exec needs it
-
-    return [word.format(port=port, host=host) for word in shlex.split(template)]
+    return portable.command(template, port, host)
 
 
-def run_command(words: List[str], popen: Optional[Callable[..., Any]] = None) -> int:
+def _program(command: Union[str, List[str]]) -> str:
+    """
+    The program a command runs, for messages.
+    """
+    return command[0] if isinstance(command, list) else command.split(" ", 1)[0]
+
+
+# Signals that end sig2knockc by default and are passed on to --exec's command instead, so that
+# ``kill``, ``timeout`` or a closed terminal end the command rather than leave it running.
+_PASSED_ON = ("SIGTERM", "SIGHUP", "SIGQUIT")
+
+
+def run_command(
+    command: Union[str, List[str]], popen: Optional[Callable[..., Any]] = None
+) -> int:
     """
     Run ``--exec``'s command, wait for it and return its exit status (128 + N for a command
-    ended by signal N, as shells report it), the same way on every platform. Ctrl-C reaches
-    the command too (it shares the terminal); the client goes on waiting for it to end.
+    ended by signal N, as shells report it), the same way on every platform. SIGTERM, SIGHUP
+    and SIGQUIT sent to the client are passed on to the command; Ctrl-C reaches the command by
+    itself (it shares the terminal), and the client waits on for it to end.
     """
+    import signal
     import subprocess  # only --exec needs it
 
+    child: Optional[Any] = None
+    early: List[int] = []
+
+    def pass_on(signum: int, frame: object) -> None:
+        if child is None:
+            early.append(signum)
+        else:
+            child.send_signal(signum)
+
+    previous = {}
+    for name in _PASSED_ON:
+        if hasattr(signal, name):
+            previous[name] = signal.signal(getattr(signal, name), pass_on)
+    previous["SIGINT"] = signal.signal(signal.SIGINT, lambda signum, frame: None)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        child = (popen or subprocess.Popen)(words)
-    except OSError as error:
-        raise ClientError(f"cannot run {words[0]}: {error.strerror or error}") from None
-    while True:
         try:
-            status = child.wait()
-        except KeyboardInterrupt:
-            continue
-        return 128 - status if status < 0 else status
+            # Handlers set by Python do not survive the exec of the command: it starts with the
+            # default ones.
+            child = (popen or subprocess.Popen)(command)
+        except OSError as error:
+            raise ClientError(f"cannot run {_program(command)}: {error.strerror or error}") from None
+        for signum in early:
+            child.send_signal(signum)
+        status = child.wait()
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+    return 128 - status if status < 0 else status
 
 
 def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
@@ -207,12 +241,12 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
         parser.error("--stdio relays standard input, so the password cannot come from it")
     if options.command is not None:
         try:
-            words = command_line(options.command, 1, options.server)
+            command = command_line(options.command, 1, options.server)
         except (KeyError, IndexError) as error:
             parser.error(f"--exec: unknown field {{{error.args[0]}}}: only {{port}} and {{host}}")
         except ValueError as error:
             parser.error(f"--exec: {error}")
-        if not words:
+        if not (command if isinstance(command, list) else command.strip()):
             parser.error("--exec: empty command")
 
 
@@ -273,9 +307,9 @@ def run(options: argparse.Namespace) -> int:
         report=report,
     )
     if options.command is not None:
-        words = command_line(options.command, result.port, options.server)
-        report(f"running {words[0]}")
-        return run_command(words)
+        command = command_line(options.command, result.port, options.server)
+        report(f"running {_program(command)}")
+        return run_command(command)
     if options.stdio:
         with connect(result, options.timeout) as sock:
             report(f"connected to {result.target.address} port {result.port}")

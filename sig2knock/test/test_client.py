@@ -72,7 +72,6 @@ class FakeSocket:
         self.timeout: Optional[float] = None
         self.blocking = True
         self.closed = False
-        self.ioctls: List[Tuple[int, Any]] = []
 
     def sendto(self, data: bytes, address: Tuple[Any, ...]) -> int:
         self.network.sent.append(("udp", self, address, bytes(data)))
@@ -84,9 +83,6 @@ class FakeSocket:
 
     def setblocking(self, flag: bool) -> None:
         self.blocking = flag
-
-    def ioctl(self, control: int, option: Any) -> None:
-        self.ioctls.append((control, option))
 
     def connect_ex(self, address: Tuple[Any, ...]) -> int:
         self.network.sent.append(("tcp", self, address, b""))
@@ -677,3 +673,36 @@ class RelayTests(SynchronousTestCase):
         self.assertFalse(thread.is_alive())
         ours.close()
         self.assertEqual(os.read(output_read, 100), b"world")
+
+    def test_inputErrorEndsTheRelay(self) -> None:
+        """
+        Standard input that cannot be read ends the relay with that error (the socket is shut
+        down both ways) instead of waiting for an answer forever.
+        """
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        unreadable = os.open(os.path.dirname(os.path.abspath(__file__)), os.O_RDONLY)
+        self.addCleanup(os.close, unreadable)
+        output_read, output_write = os.pipe()
+        for fd in (output_read, output_write):
+            self.addCleanup(os.close, fd)
+        self.assertRaises(IsADirectoryError, relay, ours, unreadable, output_write)
+        self.assertEqual(theirs.recv(100), b"", "the peer sees the end")
+
+    def test_peerClosesFirst(self) -> None:
+        """
+        The service closes while standard input is still open (ssh's server ends the
+        session): the relay is over, without an error.
+        """
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        input_read, input_write = os.pipe()
+        output_read, output_write = os.pipe()
+        for fd in (input_read, input_write, output_read, output_write):
+            self.addCleanup(os.close, fd)
+        theirs.sendall(b"bye")
+        theirs.close()
+        relay(ours, input_read, output_write)
+        self.assertEqual(os.read(output_read, 100), b"bye")
+

@@ -2,7 +2,7 @@
 The client wherever it installs: the client's own tests with the POSIX-only modules (``pwd``,
 ``grp``, ``fcntl``, ``termios``) made unimportable, and whole knocks with ``sig2knockc``'s
 command line as it runs on Windows, simulated here (``portable.WINDOWS`` set, Windows'
-``msvcrt`` and ``socket.ioctl`` stood in for) against a small server on 127.0.0.1. Each run also
+``msvcrt`` stood in for) against a small server on 127.0.0.1. Each run also
 checks what the client loaded: no Twisted, zope, pcapy or daemon module, and nothing POSIX-only.
 """
 
@@ -64,10 +64,29 @@ SITECUSTOMIZE = textwrap.dedent(
         # subprocess takes the presence of msvcrt for Windows: let it look first.
         import subprocess
         msvcrt = types.ModuleType("msvcrt")
+        # CreateProcess splits a command line itself (simplified here: white space outside
+        # double quotes separates words, quotes go, backslashes stay).
+        popen = subprocess.Popen
+
+        def create_process(command, *args, **kwargs):
+            if isinstance(command, str):
+                record(f"command line {{command}}")
+                words, word, quoted = [], "", False
+                for character in command + " ":
+                    if character == '"':
+                        quoted = not quoted
+                    elif character.isspace() and not quoted:
+                        if word:
+                            words.append(word)
+                        word = ""
+                    else:
+                        word += character
+                command = words
+            return popen(command, *args, **kwargs)
+
+        subprocess.Popen = create_process
         msvcrt.setmode = lambda fd, mode: record(f"setmode {{fd}} {{mode:#x}}")
         sys.modules["msvcrt"] = msvcrt
-        import socket
-        socket.socket.ioctl = lambda self, code, option: record(f"ioctl {{code:#x}} {{option}}")
         import sig2knock.portable
         sig2knock.portable.WINDOWS = True
     """
@@ -82,26 +101,28 @@ RUN_CLIENT = textwrap.dedent(
     loaded = sorted(
         name for name in sys.modules
         if sys.modules[name] is not None
-        and name.split(".")[0] in ("sig2knock", "twisted", "zope", "pcapy", *{posix!r})
+        and name.split(".")[0] in ("sig2knock", "twisted", "zope", "pcapy")
     )
     sys.stdout.flush()
     sys.stderr.write("LOADED " + " ".join(loaded) + "\\n")
     raise SystemExit(status)
     """
-).format(posix=POSIX_ONLY)
+)
 
 
 class PlatformRun:
     """
-    Python processes run with ``SITECUSTOMIZE`` on their path, from ``directory``.
+    Python processes run from ``directory``: with ``SITECUSTOMIZE`` on their path (POSIX-only
+    modules unimportable, and with ``windows`` Windows played), or with ``plain`` as they are.
     """
 
-    def __init__(self, directory: str, windows: bool) -> None:
+    def __init__(self, directory: str, windows: bool, plain: bool = False) -> None:
         self.directory = directory
         site = os.path.join(directory, "site")
         os.makedirs(site, exist_ok=True)
-        with open(os.path.join(site, "sitecustomize.py"), "w", encoding="utf-8") as module:
-            module.write(SITECUSTOMIZE)
+        if not plain:
+            with open(os.path.join(site, "sitecustomize.py"), "w", encoding="utf-8") as module:
+                module.write(SITECUSTOMIZE)
         self.calls = os.path.join(directory, "windows-calls.log")
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(
@@ -201,7 +222,6 @@ class WindowsClientTests(SynchronousTestCase):
                                                    stdin=PASSWORD + "\n")
         self.assertEqual((status, out, err), (0, "45690\n", ""))
         self.assertClientOnly(loaded)
-        self.assertIn("ioctl 0x9800000c False", self.run.windows_calls())
 
     def test_passwordFileInProfile(self) -> None:
         """
@@ -241,6 +261,9 @@ class WindowsClientTests(SynchronousTestCase):
         )
         self.assertEqual((status, out), (5, "ran ['45693', '127.0.0.1']\n"), err)
         self.assertClientOnly(loaded)
+        # Handed to Windows as one command line, not split by POSIX rules.
+        self.assertIn(f'command line {sys.executable} -c "{script}" 45693 127.0.0.1',
+                      self.run.windows_calls())
 
     def test_stdioRelaysInBinary(self) -> None:
         """
@@ -277,12 +300,12 @@ class WindowsClientTests(SynchronousTestCase):
 
 class PosixClientImportsTests(SynchronousTestCase):
     """
-    On POSIX too, importing and running ``sig2knockc`` loads no Twisted, zope, pcapy or daemon
-    module, whichever way the grant is used.
+    On POSIX, as it is (nothing blocked), importing and running ``sig2knockc`` loads no Twisted,
+    zope, pcapy or daemon module either, whichever way the grant is used.
     """
 
     def test_clientOnly(self) -> None:
-        run = PlatformRun(os.path.abspath(self.mktemp()), windows=False)
+        run = PlatformRun(os.path.abspath(self.mktemp()), windows=False, plain=True)
         server = LoopbackServer(grant_port=45694)
         self.addCleanup(server.stop)
         script = "import sys; sys.exit(0)"

@@ -6,7 +6,6 @@ and ``--exec`` on top of them.
 
 import os
 import signal
-import socket
 import stat
 import sys
 import types
@@ -16,15 +15,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock import portable
 from sig2knock.portable import (
-    SIO_UDP_CONNRESET,
     PrivateFileError,
     binary_stdio,
+    command,
     config_home,
     have_terminal,
-    ignore_udp_resets,
     read_private,
     write_private,
 )
+from sig2knock.client import ClientError
 from sig2knock.scripts.client import run_command
 from sig2knock.test.test_client import FakeNetwork, grant_on_confirm, knocker
 
@@ -216,56 +215,46 @@ class BinaryStdioTests(SynchronousTestCase):
 
 class UdpResetTests(SynchronousTestCase):
     """
-    Windows reports an ICMP port unreachable as WSAECONNRESET on the next ``recvfrom`` (the
-    seed's bug): the control socket turns that off, and the exchange survives it anyway.
+    Windows reports an ICMP port unreachable (a closed port, a server that is down) as
+    WSAECONNRESET on the next ``recvfrom`` (the seed's "recv() failed"): the exchange reads on.
     """
-
-    def test_ioctlOnWindowsOnly(self) -> None:
-        calls: List[Tuple[int, Any]] = []
-        sock = types.SimpleNamespace(ioctl=lambda code, option: calls.append((code, option)))
-        self.patch(portable, "WINDOWS", False)
-        ignore_udp_resets(sock)  # type: ignore[arg-type]
-        self.assertEqual(calls, [])
-        self.patch(portable, "WINDOWS", True)
-        ignore_udp_resets(sock)  # type: ignore[arg-type]
-        self.assertEqual(calls, [(SIO_UDP_CONNRESET, False)])
-        self.assertEqual(SIO_UDP_CONNRESET, getattr(socket, "SIO_UDP_CONNRESET", 0x9800000C))
 
     def test_resetBeforeGrantLosesNothing(self) -> None:
         """
-        A WSAECONNRESET (an ICMP error about an earlier datagram) just before P3: P3 is still
-        read, in the same round.
+        WSAECONNRESETs (ICMP errors about earlier datagrams) just before P3: P3 is still read,
+        in the same round.
         """
-        self.patch(portable, "WINDOWS", True)
         network = FakeNetwork(grant_on_confirm(1, port=40009))
-        network.deliver(0.0005, ConnectionResetError(10054, "WSAECONNRESET"))
+        for delay in (0.0002, 0.0004, 0.0006):
+            network.deliver(delay, ConnectionResetError(10054, "WSAECONNRESET"))
         result = knocker(network).run()
         self.assertEqual((result.port, result.rounds), (40009, 1))
-        control = network.sockets[0]
-        self.assertEqual(control.ioctls, [(SIO_UDP_CONNRESET, False)])
 
 
 class FakeChild:
     """
-    Stands for a ``Popen``: ``wait`` raises each of ``interrupts`` first, then gives ``status``.
+    Stands for a ``Popen``: ``wait`` first sends this process each of ``signals`` (as ``kill``
+    or a terminal would), then gives ``status``; ``send_signal`` records what was passed on.
     """
 
-    def __init__(self, status: int, interrupts: int = 0) -> None:
+    def __init__(self, status: int, signals: Tuple[int, ...] = ()) -> None:
         self.status = status
-        self.interrupts = interrupts
-        self.waits = 0
+        self.signals = signals
+        self.passed_on: List[int] = []
 
     def wait(self) -> int:
-        self.waits += 1
-        if self.interrupts:
-            self.interrupts -= 1
-            raise KeyboardInterrupt()
+        for signum in self.signals:
+            os.kill(os.getpid(), signum)
         return self.status
+
+    def send_signal(self, signum: int) -> None:
+        self.passed_on.append(signum)
 
 
 class RunCommandTests(SynchronousTestCase):
     """
-    ``--exec`` waits for its command and exits with its status, the same way everywhere.
+    ``--exec`` waits for its command and exits with its status, the same way everywhere, and
+    does not leave it running behind when the client is told to stop.
     """
 
     def test_status(self) -> None:
@@ -273,16 +262,46 @@ class RunCommandTests(SynchronousTestCase):
             with self.subTest(status=status):
                 self.assertEqual(run_command(["x"], lambda words: FakeChild(status)), expected)
 
-    def test_interruptKeepsWaiting(self) -> None:
+    def test_signalsPassedOn(self) -> None:
         """
-        Ctrl-C reaches the command as well (it shares the terminal): the client waits on for it
-        and reports its status rather than leaving it running behind.
+        SIGTERM and SIGHUP sent to the client go to the command (which decides when to end);
+        Ctrl-C's SIGINT, which the terminal sends the command itself, ends neither; the
+        client's own handlers are back afterwards.
         """
-        child = FakeChild(130, interrupts=2)
-        self.assertEqual(run_command(["ssh"], lambda words: child), 130)
-        self.assertEqual(child.waits, 3)
+        before = signal.getsignal(signal.SIGTERM)
+        child = FakeChild(0, (signal.SIGTERM, signal.SIGHUP, signal.SIGINT))
+        self.assertEqual(run_command(["ssh"], lambda words: child), 0)
+        self.assertEqual(child.passed_on, [signal.SIGTERM, signal.SIGHUP])
+        self.assertIs(signal.getsignal(signal.SIGTERM), before)
 
     def test_realChild(self) -> None:
         self.assertEqual(run_command([sys.executable, "-c", "raise SystemExit(7)"]), 7)
         killed = run_command([sys.executable, "-c", "import os; os.kill(os.getpid(), 15)"])
         self.assertEqual(killed, 128 + 15)
+
+    def test_missingProgram(self) -> None:
+        error = self.assertRaises(ClientError, run_command, ["/nonexistent/ssh", "-p", "1"])
+        self.assertIn("cannot run /nonexistent/ssh", str(error))
+
+
+class CommandTests(SynchronousTestCase):
+    """
+    ``--exec``'s COMMAND: split like a shell on POSIX, left to Windows' own rules there.
+    """
+
+    def test_posixWords(self) -> None:
+        self.patch(portable, "WINDOWS", False)
+        self.assertEqual(
+            command("ssh -p {port} 'me@{host}' -o 'A B'", 4242, "example.org"),
+            ["ssh", "-p", "4242", "me@example.org", "-o", "A B"],
+        )
+
+    def test_windowsKeepsBackslashes(self) -> None:
+        self.patch(portable, "WINDOWS", True)
+        template = r'"C:\Program Files\OpenSSH\ssh.exe" -p {port} me@{host}'
+        self.assertEqual(
+            command(template, 4242, "example.org"),
+            r'"C:\Program Files\OpenSSH\ssh.exe" -p 4242 me@example.org',
+        )
+        self.assertRaises(KeyError, command, "ssh {user}@{host}", 1, "h")
+        self.assertRaises(ValueError, command, "ssh -p {port", 1, "h")
