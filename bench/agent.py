@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from sig2knock import client as s2k_client
+from sig2knock.client import knocker as s2k_client
 
 PAYLOAD = b"sig2knock-bench"
 

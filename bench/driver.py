@@ -90,8 +90,8 @@ class BenchLab(Lab):
 
     def write_server_files(self, settings, users):
         path = super().write_server_files(settings, users)
-        from sig2knock.kdf import KdfParams
-        from sig2knock.users import format_user_line
+        from sig2knock.protocol.kdf import KdfParams
+        from sig2knock.daemon.users import format_user_line
 
         lines = [format_user_line(user, PASSWORD, KdfParams.parse(kdf))
                  for user, kdf in self.extra_users]

@@ -122,7 +122,7 @@ def make_p1(name: str, key: bytes, server: str, port: int, *, timestamp: Optiona
     A valid P1 of user ``name`` under ``key`` for the server ``server:port``: fresh nonce, fresh
     session id, random knock ports, stamped ``timestamp`` (default now).
     """
-    from sig2knock import wire
+    from sig2knock.protocol import wire
 
     rng = rng or random.SystemRandom()
     ports = tuple(rng.sample(range(2000, 29000), knocks))
@@ -139,7 +139,7 @@ def make_p2(name: str, key: bytes, server: str, port: int) -> bytes:
     """
     A valid P2 of user ``name`` (for a session that does not exist).
     """
-    from sig2knock import wire
+    from sig2knock.protocol import wire
 
     confirm = wire.Confirm(wire.new_session_id(), wire.now_ms(time.time()))
     return wire.encode(confirm, wire.UserKey(name, key), wire.Binding.of(server, port))
@@ -149,7 +149,7 @@ def lab_key(user: str, password: str) -> bytes:
     """
     ``user``'s key as the lab's users file has it (the lab's cheap scrypt parameters).
     """
-    from sig2knock.kdf import KdfParams, derive_key
+    from sig2knock.protocol.kdf import KdfParams, derive_key
 
     return derive_key(password, user, KdfParams.parse(lab_module.CHEAP_KDF))
 
@@ -290,7 +290,7 @@ def tool_noise(args: Dict[str, Any]) -> None:
 
 
 def tool_flood(args: Dict[str, Any]) -> None:
-    from sig2knock import wire
+    from sig2knock.protocol import wire
 
     target = (args["target"][0], int(args["target"][1]))
     count = min(int(args["count"]), 100000)

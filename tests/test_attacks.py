@@ -155,7 +155,7 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         alice's key (fresh nonce and timestamp), does get its P3 at the client's address, so
         the silence of a replay is the replay cache's doing, not the harness's.
         """
-        from sig2knock import wire
+        from sig2knock.protocol import wire
 
         alice = wire.UserKey("alice", tools.lab_key("alice", lab.PASSWORD))
         binding = wire.Binding.of(lab.SERVER_IP, lab.CONTROL_PORT)
@@ -199,7 +199,7 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         self.replay(datagrams, "binding", destination=SECOND_SERVER_IP)
 
         # Rewriting the clear binding to the second server breaks the authentication instead.
-        from sig2knock import wire
+        from sig2knock.protocol import wire
 
         rebound = wire.Binding.of(SECOND_SERVER_IP, lab.CONTROL_PORT).packed_address()
         self.replay(datagrams, "auth", destination=SECOND_SERVER_IP,

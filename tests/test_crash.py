@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock import wire
-from sig2knock.kdf import KdfParams, derive_key
+from sig2knock.protocol import addresses, wire
+from sig2knock.protocol.kdf import KdfParams, derive_key
 
 from tests import lab
 from tests.lab import built_lab
@@ -212,7 +212,7 @@ class CrashMixin:
         """
         self.session_id = wire.new_session_id()
         request = wire.KnockRequest(
-            self.session_id, wire.now_ms(time.time()), wire.PROTO_TCP, tuple(ports)
+            self.session_id, wire.now_ms(time.time()), addresses.PROTO_TCP, tuple(ports)
         )
         datagram = wire.encode(request, self.key, binding())
         self.assertEqual(self.send_raw(datagram), "sent")

@@ -340,7 +340,7 @@ class DebianPackageTests(SynchronousTestCase):
             # The system defaults, as the daemon reads them.
             settings = lab.run([
                 "/opt/sig2knock/bin/python", "-c",
-                "from sig2knock.config import load_config; c = load_config("
+                "from sig2knock.daemon.settings import load_config; c = load_config("
                 f"'{CONFIG}'); print(c.state_dir, c.firewall, c.users_file)",
             ]).stdout.split()
             self.assertEqual(settings, ["/var/lib/sig2knock", "auto", USERS])

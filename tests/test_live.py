@@ -13,7 +13,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.capture import CaptureError, InterfaceNotUp, open_live_handle
+from sig2knock.daemon.capture import CaptureError, InterfaceNotUp, open_live_handle
 from sig2knock.test.common import write_config
 from tests import lab
 

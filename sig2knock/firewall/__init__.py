@@ -2,7 +2,7 @@
 Firewall backends: the host shows no open port until a knock succeeds.
 
 ``IFirewall`` is what the daemon asks of a backend; ``sig2knock.firewall.nftables``,
-``.iptables``, ``.pktfilter`` and ``.null`` implement it, and ``sig2knock.firewall.choose`` picks
+``.iptables``, ``.pktfilter`` and ``.null`` implement it, and ``sig2knock.firewall.registry`` picks
 one from ``FIREWALL``. Every call that touches the system runs the tool without blocking the
 reactor and fails with ``FirewallError``; the daemon then refuses the session (fail closed).
 """
@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from sig2knock.wire import IPAddress
+from sig2knock.protocol.addresses import IPAddress
 
 
 class FirewallError(Exception):

@@ -36,7 +36,7 @@ from sig2knock.firewall.kernel import (
     write_route_localnet,
 )
 from sig2knock.firewall.runner import find_tool, run_tool
-from sig2knock.wire import IPAddress
+from sig2knock.protocol.addresses import IPAddress
 
 CHAIN = "SIG2KNOCK"
 JUMP = f"-A INPUT -j {CHAIN}"  # our jump as ``iptables -S`` prints it

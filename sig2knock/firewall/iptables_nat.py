@@ -16,7 +16,7 @@ import ipaddress
 from typing import List, Tuple
 
 from sig2knock.firewall import FirewallSettings
-from sig2knock.wire import IPAddress
+from sig2knock.protocol.addresses import IPAddress
 
 NAT_CHAIN = "SIG2KNOCK_NAT"
 NAT_JUMP = f"-A PREROUTING -j {NAT_CHAIN}"  # as ``iptables -t nat -S`` prints it

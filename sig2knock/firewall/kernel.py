@@ -9,7 +9,7 @@ import ipaddress
 from twisted.logger import Logger
 
 from sig2knock.firewall import FirewallError, FirewallSettings
-from sig2knock.wire import IPAddress
+from sig2knock.protocol.addresses import IPAddress
 
 log = Logger()
 

@@ -20,7 +20,7 @@ from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
 from sig2knock.firewall.kernel import settle_route_localnet, write_route_localnet
 from sig2knock.firewall.libnftables import choose_runner
 from sig2knock.firewall.runner import find_tool
-from sig2knock.wire import IPAddress, unmapped
+from sig2knock.protocol.addresses import IPAddress, unmapped
 
 FAMILY = "inet"
 TABLE = "sig2knock"

@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from sig2knock.firewall import IFirewall
-from sig2knock.wire import IPAddress
+from sig2knock.protocol.addresses import IPAddress
 
 
 @implementer(IFirewall)

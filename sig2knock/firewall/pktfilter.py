@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
 from sig2knock.firewall.runner import find_tool, run_tool
-from sig2knock.wire import IPAddress
+from sig2knock.protocol.addresses import IPAddress
 
 DEFAULT_RULES_PATH = r"C:\Program Files\PktFilter\rules.txt"
 DEFAULT_TOOL = "pktctl"

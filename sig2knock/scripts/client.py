@@ -3,7 +3,7 @@
 with it (``--exec``), or relay standard input and output to it (``--stdio``).
 
 Start-up time matters here (every login pays it), so this module imports neither Twisted nor
-anything else it does not need; ``sig2knock.client``, ``wire`` and ``kdf`` are Twisted-free.
+anything else it does not need; ``sig2knock.client.knocker``, ``wire`` and ``kdf`` are Twisted-free.
 """
 
 import argparse
@@ -13,10 +13,13 @@ import sys
 import time
 from typing import Any, Callable, List, Optional, TextIO, Union
 
-from sig2knock import __version__, portable
-from sig2knock.client import DEFAULT_KNOCKS, ClientError, connect, knock, relay, user_key
-from sig2knock.kdf import KdfError, KdfParams, check_user_name
-from sig2knock.wire import MAX_KNOCKS, PROTO_TCP, PROTO_UDP, UserKey
+from sig2knock import __version__
+from sig2knock.client import portable
+from sig2knock.client.knocker import DEFAULT_KNOCKS, ClientError, knock, user_key
+from sig2knock.client.relay import connect, relay
+from sig2knock.protocol.kdf import KdfError, KdfParams, check_user_name
+from sig2knock.protocol.wire import MAX_KNOCKS, UserKey
+from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -266,7 +269,7 @@ def obtain_key(options: argparse.Namespace, report: Callable[[str], None]) -> Us
     The user's key: from the key file when there is one (and no password option was given),
     else derived from the password, and saved with ``--save-key``.
     """
-    from sig2knock.keyfile import KeyFileError, default_key_path, load_key, save_key
+    from sig2knock.client.keyfile import KeyFileError, default_key_path, load_key, save_key
 
     path = options.key_file or default_key_path(options.user)
     asked_for_password = options.password_stdin or options.password_file or options.save_key

@@ -8,7 +8,7 @@ import sys
 from typing import Any, Callable, List, Optional
 
 from sig2knock import __version__
-from sig2knock.config import default_config_path
+from sig2knock.daemon.settings import default_config_path
 
 # What the daemon needs beyond the client: the [server] extra.
 # (The twistd drop-in, twisted/plugins/, is in every install: "twisted" alone says nothing.)
@@ -87,7 +87,7 @@ def installation_problem() -> Optional[str]:
     import pkgutil
 
     try:
-        importlib.import_module("sig2knock.tap")  # the service and everything it wires
+        importlib.import_module("sig2knock.daemon.tap")  # the service and everything it wires
         firewall = importlib.import_module("sig2knock.firewall")
         for backend in pkgutil.iter_modules(firewall.__path__):  # loaded on demand otherwise
             importlib.import_module(f"{firewall.__name__}.{backend.name}")
@@ -105,9 +105,9 @@ def check_config(config_path: str, interface: Optional[str]) -> int:
     if problem is not None:
         print(f"sig2knockd: {problem}", file=sys.stderr)
         return 1
-    from sig2knock.config import ConfigError, load_config
-    from sig2knock.startup import resolve_interface
-    from sig2knock.users import UsersError, load_users
+    from sig2knock.daemon.settings import ConfigError, load_config
+    from sig2knock.daemon.startup import resolve_interface
+    from sig2knock.daemon.users import UsersError, load_users
 
     try:
         config = load_config(config_path, interface)
@@ -140,8 +140,8 @@ def interface_of(config: Any) -> str:
     """
     The interface the daemon uses for ``config`` (as at start), or ``""`` when there is none.
     """
-    from sig2knock.config import ConfigError
-    from sig2knock.startup import resolve_interface
+    from sig2knock.daemon.settings import ConfigError
+    from sig2knock.daemon.startup import resolve_interface
 
     try:
         return resolve_interface(config)
@@ -157,9 +157,9 @@ def flush(config_path: str, interface: Optional[str]) -> int:
     from twisted.internet.task import react
     from twisted.python.failure import Failure
 
-    from sig2knock.config import ConfigError, load_config
+    from sig2knock.daemon.settings import ConfigError, load_config
     from sig2knock.firewall import FirewallError
-    from sig2knock.firewall.choose import build_firewall, tool_available
+    from sig2knock.firewall.registry import build_firewall, tool_available
 
     try:
         config = load_config(config_path, interface)
@@ -225,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return flush(options.config, options.interface)
     from twisted.scripts import twistd
 
-    from sig2knock import service
+    from sig2knock.daemon import service
 
     sys.argv = ["sig2knockd"] + twistd_arguments(options.config, options.interface)
     twistd.run()

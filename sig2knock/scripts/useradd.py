@@ -10,7 +10,7 @@ import sys
 from typing import List, Optional, TextIO
 
 from sig2knock import __version__
-from sig2knock.kdf import KdfError, KdfParams, check_password, check_user_name
+from sig2knock.protocol.kdf import KdfError, KdfParams, check_password, check_user_name
 
 
 class UserAddError(Exception):
@@ -75,7 +75,7 @@ def append_line(path: str, user: str, line: str) -> None:
     Append ``line`` to the users file at ``path``, creating it with mode 0600; refuse a file that
     the daemon would refuse, or that already has ``user``.
     """
-    from sig2knock.users import UsersError, load_users
+    from sig2knock.daemon.users import UsersError, load_users
 
     if os.path.exists(path):
         # root appends to the file of whatever user the daemon runs as (a service user): the
@@ -106,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     Entry point of ``sig2knockd_useradd``.
     """
     options = build_parser().parse_args(argv)
-    from sig2knock.users import format_user_line
+    from sig2knock.daemon.users import format_user_line
 
     try:
         user = check_user_name(options.user)

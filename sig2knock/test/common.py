@@ -11,7 +11,7 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from sig2knock import examples
-from sig2knock.kdf import KdfParams
+from sig2knock.protocol.kdf import KdfParams
 
 # The directory that holds the sig2knock package under test (a checkout, or site-packages of an
 # installed one): ``python -m`` run from there imports that same package.
@@ -60,7 +60,7 @@ def write_users(path: str, passwords: Dict[str, str], mode: int = 0o600) -> None
     """
     Write a users file with a line per user (cheap KDF) and set its mode.
     """
-    from sig2knock.users import format_user_line
+    from sig2knock.daemon.users import format_user_line
 
     lines = [format_user_line(user, password, CHEAP_KDF) for user, password in passwords.items()]
     with open(path, "w", encoding="utf-8") as users_file:

@@ -1,5 +1,5 @@
 """
-Tests for sig2knock.capture: the kernel filter (compiled by libpcap and run over pcap files written
+Tests for sig2knock.daemon.capture: the kernel filter (compiled by libpcap and run over pcap files written
 here) and the reactor-driven reader around a fake pcap handle.
 """
 
@@ -15,15 +15,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock import capture
-from sig2knock.bpf import MATCH_NOTHING, knock_filter
-from sig2knock.capture import (
+from sig2knock.daemon import capture
+from sig2knock.daemon.bpf import MATCH_NOTHING, knock_filter
+from sig2knock.daemon.capture import (
     MAX_FILTER_SOURCES,
     CaptureError,
     KnockCapture,
     open_live_handle,
 )
-from sig2knock.packets import Knock
+from sig2knock.daemon.packets import Knock
 from sig2knock.test.test_packets import (
     ACK,
     RST,
@@ -35,7 +35,7 @@ from sig2knock.test.test_packets import (
     tcp,
     udp,
 )
-from sig2knock.wire import PROTO_TCP, PROTO_UDP
+from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
 
 CONTROL_PORT = 1001
 CLIENT4 = ipaddress.IPv4Address("198.18.0.2")

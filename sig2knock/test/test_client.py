@@ -1,12 +1,11 @@
 """
-Tests for ``sig2knock.client``: the retry schedule, the exchange against a fake network and
-clock, a real exchange with a small UDP server on 127.0.0.1, and the relay of ``--stdio``.
-Nothing leaves the loopback interface. The command line is tested in ``test_client_command``.
+Tests for ``sig2knock.client.knocker``: the retry schedule, the exchange against a fake network
+and clock, and a real exchange with a small UDP server on 127.0.0.1. Nothing leaves the
+loopback interface. The command line is tested in ``test_client_command``.
 """
 
 import errno
 import itertools
-import os
 import random
 import socket
 import threading
@@ -15,8 +14,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from sig2knock import wire
-from sig2knock.client import (
+from sig2knock.protocol import addresses, wire
+from sig2knock.client.knocker import (
     KNOCK_PORT_MAX,
     KNOCK_PORT_MIN,
     ClientError,
@@ -25,12 +24,11 @@ from sig2knock.client import (
     RetrySchedule,
     Target,
     choose_ports,
-    relay,
     resolve,
     user_key,
 )
 from sig2knock.test.common import CHEAP_KDF
-from sig2knock.wire import Binding, Confirm, Grant, KnockRequest, MessageRejected, UserKey
+from sig2knock.protocol.wire import Binding, Confirm, Grant, KnockRequest, MessageRejected, UserKey
 
 PASSWORD = "a long enough password"
 USER = user_key(PASSWORD, "alice", CHEAP_KDF.format())
@@ -364,7 +362,7 @@ class KnockerTests(SynchronousTestCase):
         self.assertIsInstance(p2.message, Confirm)
         self.assertEqual(p1.message.session_id, SESSION)
         self.assertEqual(p2.message.session_id, SESSION)
-        self.assertEqual(p1.message.protocol, wire.PROTO_TCP)
+        self.assertEqual(p1.message.protocol, addresses.PROTO_TCP)
         ports = p1.message.ports
         self.assertEqual(len(ports), 4)
         self.assertNotIn(CONTROL_PORT, ports)
@@ -425,9 +423,9 @@ class KnockerTests(SynchronousTestCase):
 
     def test_udpKnocks(self) -> None:
         network = FakeNetwork(grant_on_confirm(1))
-        knocker(network, protocol=wire.PROTO_UDP, knocks=6).run()
+        knocker(network, protocol=addresses.PROTO_UDP, knocks=6).run()
         p1 = network.control_messages()[0].message
-        self.assertEqual(p1.protocol, wire.PROTO_UDP)
+        self.assertEqual(p1.protocol, addresses.PROTO_UDP)
         self.assertEqual(network.knocks(), [("udp", port) for port in p1.ports])
         control = network.sent[0][1]
         for _, sock, _, data in network.sent[1:7]:
@@ -488,7 +486,7 @@ class KnockerTests(SynchronousTestCase):
         network = FakeNetwork(silent_server)
         network.send_error = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
         network.deliver(0.005, grant_bytes(SESSION, START, 6666))
-        self.assertEqual(knocker(network, protocol=wire.PROTO_UDP).run().port, 6666)
+        self.assertEqual(knocker(network, protocol=addresses.PROTO_UDP).run().port, 6666)
 
     def test_timeout(self) -> None:
         """
@@ -597,7 +595,7 @@ class LoopbackTests(SynchronousTestCase):
         self.addCleanup(server.stop)
         target = resolve("127.0.0.1", server.port)
         result = Knocker(
-            USER, target, protocol=wire.PROTO_UDP, timeout=5.0, rng=FixedRandom(server.knock_ports)
+            USER, target, protocol=addresses.PROTO_UDP, timeout=5.0, rng=FixedRandom(server.knock_ports)
         ).run()
         self.assertEqual(result.port, 45678)
         self.assertEqual(server.errors, [])
@@ -615,7 +613,7 @@ class LoopbackTests(SynchronousTestCase):
         target = resolve("::1", server.port)
         self.assertEqual(target.family, socket.AF_INET6)
         result = Knocker(
-            USER, target, protocol=wire.PROTO_UDP, knocks=2, rng=FixedRandom(server.knock_ports)
+            USER, target, protocol=addresses.PROTO_UDP, knocks=2, rng=FixedRandom(server.knock_ports)
         ).run()
         self.assertEqual(result.port, 45677)
         self.assertEqual(set(server.seen_knocks), set(server.knock_ports))
@@ -636,73 +634,3 @@ class LoopbackTests(SynchronousTestCase):
             USER, resolve("127.0.0.1", server.port), timeout=5.0, rng=FixedRandom(closed)
         ).run()
         self.assertEqual(result.port, 45679)
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """
-    Everything ``sock`` receives until the peer shuts its side down.
-    """
-    received = b""
-    while True:
-        data = sock.recv(100)
-        if not data:
-            return received
-        received += data
-
-
-class RelayTests(SynchronousTestCase):
-    """
-    ``relay`` copies both ways, half-closes at input EOF and ends when the socket closes.
-    """
-
-    def test_bothWays(self) -> None:
-        ours, theirs = socket.socketpair()
-        self.addCleanup(theirs.close)
-        input_read, input_write = os.pipe()
-        output_read, output_write = os.pipe()
-        for fd in (input_read, output_read, output_write):
-            self.addCleanup(os.close, fd)
-        thread = threading.Thread(target=relay, args=(ours, input_read, output_write))
-        thread.start()
-        os.write(input_write, b"hello")
-        os.close(input_write)
-        self.assertEqual(read_until_closed(theirs), b"hello")
-        theirs.sendall(b"world")
-        theirs.close()
-        thread.join(10)
-        self.assertFalse(thread.is_alive())
-        ours.close()
-        self.assertEqual(os.read(output_read, 100), b"world")
-
-    def test_inputErrorEndsTheRelay(self) -> None:
-        """
-        Standard input that cannot be read ends the relay with that error (the socket is shut
-        down both ways) instead of waiting for an answer forever.
-        """
-        ours, theirs = socket.socketpair()
-        self.addCleanup(ours.close)
-        self.addCleanup(theirs.close)
-        unreadable = os.open(os.path.dirname(os.path.abspath(__file__)), os.O_RDONLY)
-        self.addCleanup(os.close, unreadable)
-        output_read, output_write = os.pipe()
-        for fd in (output_read, output_write):
-            self.addCleanup(os.close, fd)
-        self.assertRaises(IsADirectoryError, relay, ours, unreadable, output_write)
-        self.assertEqual(theirs.recv(100), b"", "the peer sees the end")
-
-    def test_peerClosesFirst(self) -> None:
-        """
-        The service closes while standard input is still open (ssh's server ends the
-        session): the relay is over, without an error.
-        """
-        ours, theirs = socket.socketpair()
-        self.addCleanup(ours.close)
-        input_read, input_write = os.pipe()
-        output_read, output_write = os.pipe()
-        for fd in (input_read, input_write, output_read, output_write):
-            self.addCleanup(os.close, fd)
-        theirs.sendall(b"bye")
-        theirs.close()
-        relay(ours, input_read, output_write)
-        self.assertEqual(os.read(output_read, 100), b"bye")
-

@@ -15,10 +15,11 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock import wire
+from sig2knock.protocol import addresses
 from sig2knock.scripts.client import command_line
 from sig2knock.test.common import CHEAP_KDF, run_module
-from sig2knock.test.test_client import PASSWORD, LoopbackServer, read_until_closed
+from sig2knock.test.test_client import PASSWORD, LoopbackServer
+from sig2knock.test.test_relay import read_until_closed
 
 CLIENT = "sig2knock.scripts.client"
 
@@ -121,7 +122,7 @@ class CommandLineTests(SynchronousTestCase):
         )
         self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "45681\n", ""))
         self.assertEqual([len(request.ports) for request in server.requests][:1], [2])
-        self.assertEqual(server.requests[0].protocol, wire.PROTO_UDP)
+        self.assertEqual(server.requests[0].protocol, addresses.PROTO_UDP)
 
     def test_exec(self) -> None:
         server = LoopbackServer(grant_port=45682)

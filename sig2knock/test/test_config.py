@@ -1,5 +1,5 @@
 """
-Tests for sig2knock.config: reading and validating sig2knockd.conf.
+Tests for sig2knock.daemon.settings: reading and validating sig2knockd.conf.
 """
 
 import dataclasses
@@ -11,8 +11,8 @@ from typing import Dict, Optional
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.test.properties import given, settings, st
-from sig2knock import config
-from sig2knock.config import Config, ConfigError, load_config, parse_config
+from sig2knock.daemon import settings as config
+from sig2knock.daemon.settings import Config, ConfigError, load_config, parse_config
 from sig2knock.test.common import BASE_CONFIG, EXAMPLE_CONFIG, config_text
 
 PATH = "/etc/sig2knock/sig2knockd.conf"

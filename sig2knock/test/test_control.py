@@ -1,5 +1,5 @@
 """
-Tests for sig2knock.control: the daemon answers only a valid P2 after a completed sequence, and
+Tests for sig2knock.daemon.control: the daemon answers only a valid P2 after a completed sequence, and
 logs every refusal with its source and reason.
 """
 
@@ -11,13 +11,13 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock import wire
-from sig2knock.control import ControlProtocol, binding_check, rate_key
-from sig2knock.ratelimit import RateLimiter
-from sig2knock.refusals import RefusalLog
-from sig2knock.replay import ReplayCache
-from sig2knock.sessions import GrantInfo, SessionTable
-from sig2knock.wire import Binding, Confirm, KnockRequest, UserKey
+from sig2knock.protocol import addresses, wire
+from sig2knock.daemon.control import ControlProtocol, binding_check, rate_key
+from sig2knock.daemon.ratelimit import RateLimiter
+from sig2knock.daemon.refusals import RefusalLog
+from sig2knock.daemon.replay import ReplayCache
+from sig2knock.daemon.sessions import GrantInfo, SessionTable
+from sig2knock.protocol.wire import Binding, Confirm, KnockRequest, UserKey
 
 NOW = 1_800_000_000.0
 ALICE = UserKey("alice", bytes(range(32)))
@@ -57,7 +57,7 @@ class ControlProtocolTests(SynchronousTestCase):
             self.clock,
             grant=lambda session: succeed(GrantInfo(45678, self.clock.seconds() + 30)),
             on_watch_change=lambda watched: None,
-            knock_protocol=wire.PROTO_TCP,
+            knock_protocol=addresses.PROTO_TCP,
             min_knocks=4,
             knock_timeout=10,
             hold_time=30,
@@ -74,7 +74,7 @@ class ControlProtocolTests(SynchronousTestCase):
         self.protocol.makeConnection(self.transport)
 
     def p1(self, user: UserKey = ALICE, binding: Binding = SERVER, when: float = NOW) -> bytes:
-        request = KnockRequest(SESSION, wire.now_ms(when), wire.PROTO_TCP, PORTS)
+        request = KnockRequest(SESSION, wire.now_ms(when), addresses.PROTO_TCP, PORTS)
         return wire.encode(request, user, binding)
 
     def p2(self, user: UserKey = ALICE, binding: Binding = SERVER) -> bytes:
@@ -82,7 +82,7 @@ class ControlProtocolTests(SynchronousTestCase):
 
     def knock(self) -> None:
         for port in PORTS:
-            self.sessions.knock(CLIENT_ADDRESS, wire.PROTO_TCP, port)
+            self.sessions.knock(CLIENT_ADDRESS, addresses.PROTO_TCP, port)
 
     def grants(self) -> List[wire.Grant]:
         received = []
@@ -203,7 +203,7 @@ class ControlProtocolTests(SynchronousTestCase):
         for n in range(10):
             self.protocol.datagramReceived(bytes(forged), (f"198.18.3.{n}", 5000))
         for n in range(5):
-            request = KnockRequest(bytes([n]) * 16, wire.now_ms(NOW), wire.PROTO_TCP, PORTS)
+            request = KnockRequest(bytes([n]) * 16, wire.now_ms(NOW), addresses.PROTO_TCP, PORTS)
             self.protocol.datagramReceived(
                 wire.encode(request, ALICE, SERVER), (f"198.18.4.{n}", 5000)
             )
@@ -223,7 +223,7 @@ class ControlProtocolTests(SynchronousTestCase):
         for n in range(50):
             self.protocol.datagramReceived(captured, (f"198.18.5.{n}", 5000))
         self.assertEqual(set(self.refusals()), {"replay"})
-        request = KnockRequest(b"T" * 16, wire.now_ms(NOW), wire.PROTO_TCP, PORTS)
+        request = KnockRequest(b"T" * 16, wire.now_ms(NOW), addresses.PROTO_TCP, PORTS)
         self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), CLIENT)
         self.assertEqual(set(self.refusals()), {"replay"})
         self.assertEqual(self.sessions.pending_count(), 2)
@@ -243,10 +243,10 @@ class ControlProtocolTests(SynchronousTestCase):
             self.protocol.datagramReceived(bytes(flipped), (f"198.18.6.{n}", 5000))
         self.assertIn("rate-limited", self.refusals())
         before = len(self.refusals())
-        request = KnockRequest(b"R" * 16, wire.now_ms(NOW), wire.PROTO_TCP, PORTS)
+        request = KnockRequest(b"R" * 16, wire.now_ms(NOW), addresses.PROTO_TCP, PORTS)
         self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), CLIENT)
         self.assertEqual(len(self.refusals()), before, "the returning client was refused")
-        request = KnockRequest(b"N" * 16, wire.now_ms(NOW), wire.PROTO_TCP, PORTS)
+        request = KnockRequest(b"N" * 16, wire.now_ms(NOW), addresses.PROTO_TCP, PORTS)
         self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), ("198.18.7.1", 5000))
         self.assertEqual(self.refusals()[-1], "rate-limited")
 
@@ -264,7 +264,7 @@ class ControlProtocolTests(SynchronousTestCase):
         self.assertEqual(len(self.protocol.limiter), 0)
 
     def test_sessionRefusalLogged(self) -> None:
-        request = KnockRequest(SESSION, wire.now_ms(NOW), wire.PROTO_UDP, PORTS)
+        request = KnockRequest(SESSION, wire.now_ms(NOW), addresses.PROTO_UDP, PORTS)
         self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), CLIENT)
         self.assertEqual(self.refusals(), ["knock-protocol"])
         self.assertEqual(len(self.sessions), 0)

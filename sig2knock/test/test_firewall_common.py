@@ -12,9 +12,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock import service, startup
-from sig2knock.config import parse_config
-from sig2knock.firewall import FirewallError, IFirewall, choose
+from sig2knock.daemon import service, startup
+from sig2knock.daemon.settings import parse_config
+from sig2knock.firewall import FirewallError, IFirewall
+from sig2knock.firewall import registry as choose
 from sig2knock.firewall.null import NoFirewall
 from sig2knock.firewall.runner import find_tool, run_tool
 from sig2knock.scripts.daemon import flush_names

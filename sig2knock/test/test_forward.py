@@ -1,5 +1,5 @@
 """
-Tests for sig2knock.forward and sig2knock.grants: the assigned port admits one connection from
+Tests for sig2knock.daemon.forward and sig2knock.daemon.grants: the assigned port admits one connection from
 the knocking address, forwards it with flow control, and closes on time.
 """
 
@@ -15,9 +15,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.firewall import FirewallError
-from sig2knock.forward import GrantForwardFactory, normalize_address
-from sig2knock.grants import PortGranter
-from sig2knock.sessions import Session, SessionRefused
+from sig2knock.daemon.forward import GrantForwardFactory
+from sig2knock.protocol.addresses import parse_address
+from sig2knock.daemon.grants import PortGranter
+from sig2knock.daemon.sessions import Session, SessionRefused
 
 CLIENT = ipaddress.ip_address("198.18.0.2")
 CLIENT6 = ipaddress.ip_address("2001:db8::2")
@@ -134,9 +135,9 @@ class ForwardFactoryTests(SynchronousTestCase):
         self.assertTrue(service_transport.disconnecting)
 
     def test_normalizeAddress(self) -> None:
-        self.assertEqual(normalize_address("::ffff:198.18.0.2"), CLIENT)
-        self.assertEqual(normalize_address("fe80::1%eth0"), ipaddress.ip_address("fe80::1"))
-        self.assertIsNone(normalize_address("not an address"))
+        self.assertEqual(parse_address("::ffff:198.18.0.2"), CLIENT)
+        self.assertEqual(parse_address("fe80::1%eth0"), ipaddress.ip_address("fe80::1"))
+        self.assertIsNone(parse_address("not an address"))
 
 
 class HalfClosingTransport(StringTransport):

@@ -1,13 +1,13 @@
 """
-Tests for sig2knock.kdf: scrypt keys the client can derive offline.
+Tests for sig2knock.protocol.kdf: scrypt keys the client can derive offline.
 """
 
 import hashlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock import kdf
-from sig2knock.kdf import KdfError, KdfParams, derive_key, salt_for
+from sig2knock.protocol import kdf
+from sig2knock.protocol.kdf import KdfError, KdfParams, derive_key, salt_for
 from sig2knock.test.common import CHEAP_KDF
 
 

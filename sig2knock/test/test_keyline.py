@@ -1,5 +1,5 @@
 """
-Tests for ``sig2knock.keyline``: the ``NAME:scrypt:PARAMS:SALT:KEY`` line of the users file and
+Tests for ``sig2knock.protocol.keyline``: the ``NAME:scrypt:PARAMS:SALT:KEY`` line of the users file and
 of the client's key file.
 """
 
@@ -7,10 +7,10 @@ import base64
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.kdf import KdfError, KdfParams, derive_key, salt_for
-from sig2knock.keyline import KeyLine, KeyLineError, format_key_line, parse_key_line
+from sig2knock.protocol.kdf import KdfError, KdfParams, derive_key, salt_for
+from sig2knock.protocol.keyline import KeyLine, KeyLineError, format_key_line, parse_key_line
 from sig2knock.test.common import CHEAP_KDF
-from sig2knock.wire import UserKey
+from sig2knock.protocol.wire import UserKey
 
 KEY = derive_key("alice's long password", "alice", CHEAP_KDF)
 

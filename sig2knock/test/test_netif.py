@@ -1,5 +1,5 @@
 """
-Tests for sig2knock.netif: default route, rtnetlink address dumps (built here byte by byte), the
+Tests for sig2knock.daemon.netif: default route, rtnetlink address dumps (built here byte by byte), the
 real loopback addresses, and the address watcher driven through a socket pair.
 """
 
@@ -13,8 +13,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock import netif
-from sig2knock.netif import (
+from sig2knock.daemon import netif
+from sig2knock.daemon.netif import (
     AddressWatcher,
     InterfaceError,
     addresses,

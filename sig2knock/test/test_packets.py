@@ -1,5 +1,5 @@
 """
-Tests for sig2knock.packets: knocks decoded from frames of every supported link type.
+Tests for sig2knock.daemon.packets: knocks decoded from frames of every supported link type.
 
 The frames are built here with struct, field by field, so the tests do not share the parser's
 idea of the layouts.
@@ -12,8 +12,8 @@ from typing import List, Optional, Sequence
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.test.properties import given, settings, st
-from sig2knock import packets
-from sig2knock.packets import Knock, parse_frame
+from sig2knock.daemon import packets
+from sig2knock.daemon.packets import Knock, parse_frame
 
 V4_SOURCE = ipaddress.IPv4Address("198.18.0.2")
 V4_DESTINATION = ipaddress.IPv4Address("198.18.0.1")

@@ -1,6 +1,6 @@
 """
-Tests for the twistd plugin (sig2knock.tap, twisted/plugins/sig2knock_plugin.py) and the service
-wiring (sig2knock.service).
+Tests for the twistd plugin (sig2knock.daemon.tap, twisted/plugins/sig2knock_plugin.py) and the service
+wiring (sig2knock.daemon.service).
 """
 
 import io
@@ -17,11 +17,11 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock import config as config_module
-from sig2knock import service, startup, tap
-from sig2knock.capture import CaptureError
-from sig2knock.replay import ReplayCacheError
-from sig2knock.wire import MessageRejected
+from sig2knock.daemon import settings as config_module
+from sig2knock.daemon import service, startup, tap
+from sig2knock.daemon.capture import CaptureError
+from sig2knock.daemon.replay import ReplayCacheError
+from sig2knock.protocol.wire import MessageRejected
 from sig2knock.test.common import write_config, write_users
 
 NOW = 1_800_000_000.0
@@ -56,7 +56,7 @@ class PluginTests(SynchronousTestCase):
     def test_discoveredByTwisted(self) -> None:
         plugin = sig2knock_plugin()
         self.assertIsNotNone(plugin, "twistd would not find the sig2knock plugin")
-        self.assertEqual(plugin.module, "sig2knock.tap")
+        self.assertEqual(plugin.module, "sig2knock.daemon.tap")
 
     def test_providesInterfaces(self) -> None:
         plugin = sig2knock_plugin()

@@ -1,5 +1,5 @@
 """
-Tests for ``sig2knock.portable``: each branch, POSIX and Windows, on this machine (Windows is
+Tests for ``sig2knock.client.portable``: each branch, POSIX and Windows, on this machine (Windows is
 simulated by patching ``portable.WINDOWS``; it cannot be run here), and the client's exchange
 and ``--exec`` on top of them.
 """
@@ -13,8 +13,8 @@ from typing import Any, List, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock import portable
-from sig2knock.portable import (
+from sig2knock.client import portable
+from sig2knock.client.portable import (
     PrivateFileError,
     binary_stdio,
     command,
@@ -23,7 +23,7 @@ from sig2knock.portable import (
     read_private,
     write_private,
 )
-from sig2knock.client import ClientError
+from sig2knock.client.knocker import ClientError
 from sig2knock.scripts.client import run_command
 from sig2knock.test.test_client import FakeNetwork, grant_on_confirm, knocker
 

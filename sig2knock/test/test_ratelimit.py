@@ -1,5 +1,5 @@
 """
-Tests for sig2knock.ratelimit and sig2knock.refusals: bounded work and bounded logs under a flood.
+Tests for sig2knock.daemon.ratelimit and sig2knock.daemon.refusals: bounded work and bounded logs under a flood.
 """
 
 from typing import List
@@ -8,8 +8,8 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.ratelimit import RateLimiter
-from sig2knock.refusals import RefusalLog
+from sig2knock.daemon.ratelimit import RateLimiter
+from sig2knock.daemon.refusals import RefusalLog
 
 
 class RateLimiterTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for reloading on SIGHUP (sig2knock.reload and Sig2knockService.reload): new users and
+Tests for reloading on SIGHUP (sig2knock.daemon.reload and Sig2knockService.reload): new users and
 settings apply at once, a broken file is refused and the daemon keeps what it had.
 """
 
@@ -10,8 +10,8 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock import reload, service, startup
-from sig2knock.config import ConfigError, parse_config
+from sig2knock.daemon import reload, service, startup
+from sig2knock.daemon.settings import ConfigError, parse_config
 from sig2knock.test.common import write_config, write_users
 from sig2knock.test.test_plugin import NOW, FakeAddressWatcher
 
@@ -58,7 +58,7 @@ class MergeTests(SynchronousTestCase):
         self.assertRaises(ConfigError, reload.merge, running, loaded)
 
     def test_everyKeyClassified(self) -> None:
-        from sig2knock.config import KNOWN_KEYS
+        from sig2knock.daemon.settings import KNOWN_KEYS
 
         classified = set(reload.LIVE) | set(reload.RESTART_ONLY) | {"PKTFILTER_INTERFACE"}
         self.assertEqual(classified, set(KNOWN_KEYS))

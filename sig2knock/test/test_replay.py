@@ -1,5 +1,5 @@
 """
-Tests for sig2knock.replay: the persisted, bounded cache of nonces inside the clock-skew window.
+Tests for sig2knock.daemon.replay: the persisted, bounded cache of nonces inside the clock-skew window.
 """
 
 import os
@@ -7,9 +7,9 @@ import stat
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock import wire
-from sig2knock.replay import MAGIC, ReplayCache, ReplayCacheError
-from sig2knock.wire import MessageRejected
+from sig2knock.protocol import wire
+from sig2knock.daemon.replay import MAGIC, ReplayCache, ReplayCacheError
+from sig2knock.protocol.wire import MessageRejected
 
 NOW = 1_800_000_000.0
 SKEW = 60

@@ -12,7 +12,7 @@ import sys
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from sig2knock import __version__
-from sig2knock.kdf import KdfParams, derive_key
+from sig2knock.protocol.kdf import KdfParams, derive_key
 from sig2knock.test.common import (
     CHEAP_KDF,
     EXAMPLE_CONFIG,
@@ -21,7 +21,7 @@ from sig2knock.test.common import (
     run_module_code,
     write_config,
 )
-from sig2knock.users import load_users, parse_users
+from sig2knock.daemon.users import load_users, parse_users
 
 PASSWORD = "a long enough password"
 USERADD = "sig2knock.scripts.useradd"

@@ -1,5 +1,5 @@
 """
-Tests for sig2knock.sessions: the knock state machine, on a Clock.
+Tests for sig2knock.daemon.sessions: the knock state machine, on a Clock.
 """
 
 import ipaddress
@@ -9,15 +9,16 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock import sessions, wire
-from sig2knock.sessions import GrantInfo, SessionRefused, SessionTable
+from sig2knock.daemon import sessions
+from sig2knock.protocol import addresses, wire
+from sig2knock.daemon.sessions import GrantInfo, SessionRefused, SessionTable
 
 CLIENT = ipaddress.ip_address("198.18.0.2")
 OTHER = ipaddress.ip_address("198.18.0.3")
 CLIENT6 = ipaddress.ip_address("2001:db8::2")
 PORTS = (1111, 2222, 3333, 4444)
-TCP = wire.PROTO_TCP
-UDP = wire.PROTO_UDP
+TCP = addresses.PROTO_TCP
+UDP = addresses.PROTO_UDP
 
 
 def request(session_id: bytes = b"S" * 16, ports=PORTS, protocol: int = TCP) -> wire.KnockRequest:

@@ -1,5 +1,5 @@
 """
-Tests for sig2knock.users: the users file, its lines and its permissions.
+Tests for sig2knock.daemon.users: the users file, its lines and its permissions.
 """
 
 import base64
@@ -8,10 +8,10 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.test.properties import given, settings, st
-from sig2knock import kdf
-from sig2knock.kdf import KdfParams, derive_key, salt_for
+from sig2knock.protocol import kdf
+from sig2knock.protocol.kdf import KdfParams, derive_key, salt_for
 from sig2knock.test.common import CHEAP_KDF, write_users
-from sig2knock.users import (
+from sig2knock.daemon.users import (
     UsersError,
     check_permissions,
     format_user_line,

@@ -1,5 +1,5 @@
 """
-Tests for sig2knock.wire: the encrypted control messages P1, P2 and P3.
+Tests for sig2knock.protocol.wire: the encrypted control messages P1, P2 and P3.
 """
 
 import ipaddress
@@ -9,9 +9,9 @@ import sys
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.test.properties import given, settings, st
-from sig2knock import wire
-from sig2knock.kdf import key_id
-from sig2knock.wire import (
+from sig2knock.protocol import addresses, wire
+from sig2knock.protocol.kdf import key_id
+from sig2knock.protocol.wire import (
     Binding,
     Confirm,
     Grant,
@@ -32,7 +32,7 @@ SERVER_TYPES = (wire.TYPE_KNOCK_REQUEST, wire.TYPE_CONFIRM)
 
 
 def knock_request(timestamp: float = NOW, ports=(1111, 2222, 3333, 4444)) -> KnockRequest:
-    return KnockRequest(b"S" * 16, wire.now_ms(timestamp), wire.PROTO_TCP, tuple(ports))
+    return KnockRequest(b"S" * 16, wire.now_ms(timestamp), addresses.PROTO_TCP, tuple(ports))
 
 
 def receive(data: bytes, bindings=(SERVER,), expect=SERVER_TYPES, now=NOW, keys=None):
@@ -98,7 +98,7 @@ class RoundTripTests(SynchronousTestCase):
         """
         Neither the knock ports, the session id nor the user name appear in the bytes sent.
         """
-        message = KnockRequest(b"\xa5" * 16, wire.now_ms(NOW), wire.PROTO_UDP, (0x4142, 0x4344))
+        message = KnockRequest(b"\xa5" * 16, wire.now_ms(NOW), addresses.PROTO_UDP, (0x4142, 0x4344))
         data = encode(message, ALICE, SERVER)
         self.assertNotIn(b"ABCD", data)
         self.assertNotIn(b"\xa5" * 4, data)
@@ -356,7 +356,7 @@ class LoadCipherTests(SynchronousTestCase):
     def test_loadsGcmCode(self) -> None:
         script = (
             "import sys\n"
-            "from sig2knock import wire\n"
+            "from sig2knock.protocol import wire\n"
             "before = 'Crypto.Cipher._mode_gcm' in sys.modules\n"
             "wire.load_cipher()\n"
             "print(before, 'Crypto.Cipher._mode_gcm' in sys.modules)\n"
@@ -377,8 +377,8 @@ class ValueTypeTests(SynchronousTestCase):
         self.assertEqual(str(user), "UserKey(name='alice', key=<redacted>)")
 
     def test_valuesCompareAndHash(self) -> None:
-        first = KnockRequest(b"S" * 16, 5, wire.PROTO_TCP, (2000, 3000))
-        same = KnockRequest(b"S" * 16, 5, wire.PROTO_TCP, [2000, 3000])
+        first = KnockRequest(b"S" * 16, 5, addresses.PROTO_TCP, (2000, 3000))
+        same = KnockRequest(b"S" * 16, 5, addresses.PROTO_TCP, [2000, 3000])
         self.assertEqual(first, same)
         self.assertEqual(len({first, same}), 1)
         self.assertEqual(same.ports, (2000, 3000))
@@ -388,7 +388,7 @@ class ValueTypeTests(SynchronousTestCase):
 class StartsNoProcessTests(SynchronousTestCase):
     """
     Loading the client's cryptography starts no child process (pycryptodome's loader would run
-    ``file`` on the interpreter; see ``sig2knock.cipher``).
+    ``file`` on the interpreter; see ``sig2knock.protocol.cipher``).
     """
 
     def test_noProcess(self) -> None:
@@ -397,7 +397,7 @@ class StartsNoProcessTests(SynchronousTestCase):
             "started = []\n"
             "sys.addaudithook(lambda event, args: event in ('subprocess.Popen', 'os.posix_spawn',"
             " 'os.exec', 'os.fork') and started.append(event))\n"
-            "from sig2knock import wire\n"
+            "from sig2knock.protocol import wire\n"
             "wire.load_cipher()\n"
             "print(started)\n"
         )

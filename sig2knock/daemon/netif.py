@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sig2knock.wire import IPAddress
+from sig2knock.protocol.addresses import IPAddress
 
 ROUTE_PATH = "/proc/net/route"
 IPV6_ROUTE_PATH = "/proc/net/ipv6_route"

@@ -6,7 +6,7 @@ restart (they are bound to open sockets, the capture, the firewall rules or the 
 import dataclasses
 from typing import List, Tuple
 
-from sig2knock.config import Config, check_combinations
+from sig2knock.daemon.settings import Config, check_combinations
 
 # Key -> Config attribute, for the settings a reload cannot change.
 RESTART_ONLY = {

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
-from sig2knock.wire import NONCE_SIZE, REASON_CACHE_FULL, REASON_REPLAY, MessageRejected
+from sig2knock.protocol.wire import NONCE_SIZE, REASON_CACHE_FULL, REASON_REPLAY, MessageRejected
 
 MAGIC = b"S2KRPL1\n"
 _RECORD = struct.Struct(f"!{NONCE_SIZE}sQ")  # nonce, expiry (ms since the epoch)

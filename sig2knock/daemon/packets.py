@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from sig2knock.wire import PROTO_TCP, PROTO_UDP, IPAddress
+from sig2knock.protocol.addresses import IPAddress, PROTO_TCP, PROTO_UDP
 
 # Link types (pcap DLT_* / LINKTYPE_* values).
 DLT_NULL = 0

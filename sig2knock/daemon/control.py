@@ -1,7 +1,7 @@
 """
 The UDP control channel: receives P1 and P2, answers a granted P2 with P3, and nothing else.
 
-Checks run cheapest first (``sig2knock.wire.decode``: size, version, type, binding, key id, then
+Checks run cheapest first (``sig2knock.protocol.wire.decode``: size, version, type, binding, key id, then
 the rate limits, then the AEAD; then the replay cache), so junk costs a few comparisons and a
 flood of valid-looking datagrams costs at most the rate limits' worth of cryptography. Every
 refusal is counted and reported with the source address and a fixed reason (``RefusalLog``) and is
@@ -17,13 +17,13 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sig2knock import wire
-from sig2knock.forward import normalize_address
-from sig2knock.ratelimit import RateLimiter
-from sig2knock.refusals import RefusalLog
-from sig2knock.replay import ReplayCache
-from sig2knock.sessions import GrantInfo, SessionRefused, SessionTable
-from sig2knock.wire import Binding, BindingCheck, MessageRejected, Received, UserKey
+from sig2knock.protocol import addresses, wire
+from sig2knock.protocol.addresses import parse_address
+from sig2knock.daemon.ratelimit import RateLimiter
+from sig2knock.daemon.refusals import RefusalLog
+from sig2knock.daemon.replay import ReplayCache
+from sig2knock.daemon.sessions import GrantInfo, SessionRefused, SessionTable
+from sig2knock.protocol.wire import Binding, BindingCheck, MessageRejected, Received, UserKey
 
 EXPECTED_TYPES = (wire.TYPE_KNOCK_REQUEST, wire.TYPE_CONFIRM)
 # How long a source that sent an authentic message skips the global rate budget, and how many
@@ -32,7 +32,7 @@ TRUST_TIME = 3600.0
 MAX_TRUSTED = 4096
 
 
-def rate_key(source: wire.IPAddress) -> Hashable:
+def rate_key(source: addresses.IPAddress) -> Hashable:
     """
     What the per-source rate limit counts: an IPv4 address, or an IPv6 /64 (one host's share:
     its addresses are free for it to choose).
@@ -87,7 +87,7 @@ class ControlProtocol(DatagramProtocol):
         Handle one datagram from ``addr`` (host, port[, flow, scope]).
         """
         host, port = addr[0], addr[1]
-        source = normalize_address(host)
+        source = parse_address(host)
         if source is None:
             return
         now = self.clock.seconds()
@@ -161,7 +161,7 @@ class ControlProtocol(DatagramProtocol):
             "P3 sent: port {port} to {user} at {source}",
             port=grant.port,
             user=received.user.name,
-            source=str(normalize_address(addr[0])),
+            source=str(parse_address(addr[0])),
         )
 
     def _confirmRefused(self, failure: Failure, source: object, port: int, user: str) -> None:
@@ -182,7 +182,7 @@ def user_rate_limiter(clock: IReactorTime) -> RateLimiter:
 
 
 def binding_check(
-    control_port: int, addresses: Callable[[], "frozenset[wire.IPAddress]"]
+    control_port: int, addresses: Callable[[], "frozenset[addresses.IPAddress]"]
 ) -> Callable[[Binding], bool]:
     """
     Accept messages bound to ``control_port`` at one of ``addresses()`` (read at each message,

@@ -12,7 +12,7 @@ This module is imported by the client: it must not import Twisted.
 import re
 from typing import NamedTuple
 
-from sig2knock.cipher import SHA256
+from sig2knock.protocol.cipher import SHA256
 
 KEY_SIZE = 32
 KEY_ID_SIZE = 8

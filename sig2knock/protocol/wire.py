@@ -7,7 +7,7 @@ the user name are the associated data, so a message is worthless with any of the
 layout and the order of checks are documented in docs/PROTOCOL.md; keep the two in step.
 
 ``decode`` raises nothing but ``MessageRejected``, whatever the bytes. The replay check is stateful
-and lives in ``sig2knock.replay``; it raises the same error type.
+and lives in ``sig2knock.daemon.replay``; it raises the same error type.
 
 This module is imported by the client: it must not import Twisted, and its value types are
 ``NamedTuple``s rather than dataclasses (``dataclasses`` costs every client run about 12 ms of
@@ -18,18 +18,15 @@ import ipaddress
 import struct
 from typing import Callable, Container, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
-from sig2knock.cipher import AES, get_random_bytes
-from sig2knock.kdf import KEY_ID_SIZE, KEY_SIZE, key_id
+from sig2knock.protocol.addresses import PROTOCOL_NAMES, IPAddress, parse_address, unmapped
+from sig2knock.protocol.cipher import AES, get_random_bytes
+from sig2knock.protocol.kdf import KEY_ID_SIZE, KEY_SIZE, key_id
 
 VERSION = 1
 
 TYPE_KNOCK_REQUEST = 1  # P1, client -> server
 TYPE_CONFIRM = 2  # P2, client -> server
 TYPE_GRANT = 3  # P3, server -> client
-
-PROTO_TCP = 6
-PROTO_UDP = 17
-PROTOCOL_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp"}
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -53,8 +50,6 @@ MIN_SIZE = CONFIRM_SIZE
 MAX_SIZE = MAX_KNOCK_REQUEST_SIZE
 
 _AD_CONTEXT = b"sig2knock/v1/ad\x00"
-
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 # Reasons carried by MessageRejected, in the order the checks run (see docs/PROTOCOL.md).
 REASON_SIZE = "size"
@@ -152,7 +147,9 @@ class Binding(NamedTuple):
         """
         Build a binding from an address in text form; IPv4-mapped IPv6 is folded to IPv4.
         """
-        parsed = unmapped(ipaddress.ip_address(address.split("%", 1)[0]))
+        parsed = parse_address(address)
+        if parsed is None:
+            raise ValueError(f"{address!r} is not an IP address")
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is out of range")
         return cls(parsed, port)
@@ -171,16 +168,6 @@ class Binding(NamedTuple):
         The inverse of ``packed_address``.
         """
         return cls(unmapped(ipaddress.IPv6Address(packed)), port)
-
-
-def unmapped(address: IPAddress) -> IPAddress:
-    """
-    ``address``, or the IPv4 address an IPv4-mapped IPv6 address stands for (what the packets
-    of such a peer carry, and how it is judged: loopback, unspecified).
-    """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def new_session_id() -> bytes:

@@ -9,7 +9,6 @@ once and do not use the grant up, exactly one connection is forwarded, and the f
 owner when that connection came (so the listener can stop) and when it ended.
 """
 
-import ipaddress
 from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTCP
@@ -17,18 +16,7 @@ from twisted.logger import Logger
 from twisted.protocols import portforward
 from zope.interface import implementer
 
-from sig2knock.wire import IPAddress, unmapped
-
-
-def normalize_address(host: str) -> Optional[IPAddress]:
-    """
-    ``host`` as an address, IPv4-mapped IPv6 folded to IPv4 and any scope dropped; ``None`` when
-    it is not an IP address.
-    """
-    try:
-        return unmapped(ipaddress.ip_address(host.split("%", 1)[0]))
-    except ValueError:
-        return None
+from sig2knock.protocol.addresses import IPAddress, parse_address
 
 
 class HalfCloseRelay:
@@ -170,7 +158,7 @@ class GrantForwardFactory(portforward.ProxyFactory):
         Whether a connection from ``peer`` is the grant's one; the first from ``source`` is, every
         later one and every one from elsewhere is not (and does not use the grant up).
         """
-        address = normalize_address(getattr(peer, "host", ""))
+        address = parse_address(getattr(peer, "host", ""))
         if address != self.source:
             self.refused += 1
             self.log.warn(

@@ -4,7 +4,7 @@ Which backend runs: ``FIREWALL`` from the configuration, ``auto`` being what thi
 
 from typing import Any, Tuple
 
-from sig2knock.config import Config
+from sig2knock.daemon.settings import Config
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
 
 

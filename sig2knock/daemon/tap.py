@@ -9,13 +9,13 @@ from typing import Any, Callable, Optional
 from twisted.application.service import IService
 from twisted.python import usage
 
-from sig2knock.config import ConfigError, default_config_path
-from sig2knock.replay import ReplayCacheError
-from sig2knock.capture import CaptureError, InterfaceNotUp
+from sig2knock.daemon.settings import ConfigError, default_config_path
+from sig2knock.daemon.replay import ReplayCacheError
+from sig2knock.daemon.capture import CaptureError, InterfaceNotUp
 from sig2knock.firewall import FirewallError
-from sig2knock.service import ControlPortError, Sig2knockService
-from sig2knock.startup import InterfaceNotReady, prepare
-from sig2knock.users import UsersError
+from sig2knock.daemon.service import ControlPortError, Sig2knockService
+from sig2knock.daemon.startup import InterfaceNotReady, prepare
+from sig2knock.daemon.users import UsersError
 
 STARTUP_ERRORS = (
     ConfigError,

@@ -1,6 +1,6 @@
 """
 Wiring: ``Sig2knockService`` is the ``MultiService`` twistd runs; it composes the control channel,
-the knock capture, the sessions, the grants and the firewall from what ``sig2knock.startup``
+the knock capture, the sessions, the grants and the firewall from what ``sig2knock.daemon.startup``
 loaded and checked.
 """
 
@@ -16,20 +16,22 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sig2knock import __version__, netif, reload, wire
-from sig2knock.capture import KnockCapture
-from sig2knock.config import ConfigError, load_config
-from sig2knock.control import ControlProtocol, binding_check, user_rate_limiter
+from sig2knock import __version__
+from sig2knock.daemon import netif, reload
+from sig2knock.protocol import addresses, wire
+from sig2knock.daemon.capture import KnockCapture
+from sig2knock.daemon.settings import ConfigError, load_config
+from sig2knock.daemon.control import ControlProtocol, binding_check, user_rate_limiter
 from sig2knock.firewall import IFirewall
-from sig2knock.firewall.choose import build_firewall, resolve_name
-from sig2knock.grants import PortGranter
-from sig2knock.packets import Knock
-from sig2knock.ratelimit import RateLimiter
-from sig2knock.refusals import RefusalLog
-from sig2knock.sessions import GrantInfo, Session, SessionRefused, SessionTable
-from sig2knock.startup import Prepared
-from sig2knock.users import UsersError, load_users
-from sig2knock.wire import IPAddress
+from sig2knock.firewall.registry import build_firewall, resolve_name
+from sig2knock.daemon.grants import PortGranter
+from sig2knock.daemon.packets import Knock
+from sig2knock.daemon.ratelimit import RateLimiter
+from sig2knock.daemon.refusals import RefusalLog
+from sig2knock.daemon.sessions import GrantInfo, Session, SessionRefused, SessionTable
+from sig2knock.daemon.startup import Prepared
+from sig2knock.daemon.users import UsersError, load_users
+from sig2knock.protocol.addresses import IPAddress
 
 
 # Why a daemon of this process stopped itself (its firewall rules could not be installed), so
@@ -100,7 +102,7 @@ class Sig2knockService(MultiService):
         self.limiter = RateLimiter(reactor)
         self.user_limiter = user_rate_limiter(reactor)
         self.refusals = RefusalLog(reactor)
-        knock_protocol = wire.PROTO_TCP if config.knock_proto == "tcp" else wire.PROTO_UDP
+        knock_protocol = addresses.PROTO_TCP if config.knock_proto == "tcp" else addresses.PROTO_UDP
         capture_options = {} if open_handle is None else {"open_handle": open_handle}
         self.capture = KnockCapture(
             reactor,

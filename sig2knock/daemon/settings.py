@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple, Union
 
-from sig2knock.text import one_line
-from sig2knock.wire import MAX_KNOCKS, unmapped
+from sig2knock.daemon.text import one_line
+from sig2knock.protocol.wire import MAX_KNOCKS
+from sig2knock.protocol.addresses import unmapped
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 

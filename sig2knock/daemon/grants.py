@@ -17,8 +17,8 @@ from twisted.logger import Logger
 
 from sig2knock.firewall import IFirewall
 from sig2knock.firewall.null import NoFirewall
-from sig2knock.forward import GrantForwardFactory
-from sig2knock.sessions import GrantInfo, Session, SessionRefused
+from sig2knock.daemon.forward import GrantForwardFactory
+from sig2knock.daemon.sessions import GrantInfo, Session, SessionRefused
 
 # Random tries before a full range is reported; a range with free ports is found long before.
 MAX_PORT_ATTEMPTS = 64

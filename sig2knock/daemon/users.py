@@ -1,5 +1,5 @@
 """
-The users file (``user.txt``): one key line per user (``sig2knock.keyline``), for example::
+The users file (``user.txt``): one key line per user (``sig2knock.protocol.keyline``), for example::
 
     alice:scrypt:n=32768,r=8,p=1:c2lnMmtub2NrL3YxL3VzZXI6YWxpY2U=:q1Z...=
 
@@ -12,10 +12,10 @@ import pwd
 import stat
 from typing import Dict, List, NamedTuple, Optional
 
-from sig2knock.kdf import KdfParams, derive_key
-from sig2knock.keyline import KeyLineError, format_key_line, parse_key_line
-from sig2knock.text import one_line
-from sig2knock.wire import UserKey
+from sig2knock.protocol.kdf import KdfParams, derive_key
+from sig2knock.protocol.keyline import KeyLineError, format_key_line, parse_key_line
+from sig2knock.daemon.text import one_line
+from sig2knock.protocol.wire import UserKey
 
 
 class UsersError(Exception):

@@ -25,7 +25,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from sig2knock.wire import PROTOCOL_NAMES, IPAddress, KnockRequest, Refusal
+from sig2knock.protocol.wire import KnockRequest, Refusal
+from sig2knock.protocol.addresses import IPAddress, PROTOCOL_NAMES
 
 PENDING = "pending"
 COMPLETE = "complete"

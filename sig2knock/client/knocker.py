@@ -14,15 +14,14 @@ adding one.
 """
 
 import ipaddress
-import os
 import random
 import socket
 import time
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-from sig2knock import portable, wire
-from sig2knock.kdf import KdfParams, derive_key
-from sig2knock.wire import Binding, Confirm, Grant, KnockRequest, MessageRejected, UserKey
+from sig2knock.protocol import addresses, wire
+from sig2knock.protocol.kdf import KdfParams, derive_key
+from sig2knock.protocol.wire import Binding, Confirm, Grant, KnockRequest, MessageRejected, UserKey
 
 # How far P3's timestamp may be from this clock. Generous on purpose: the server enforces its own
 # MAX_CLOCK_SKEW on P1/P2, and P3 is already tied to this session's random id.
@@ -192,7 +191,7 @@ class Knocker:
         user: UserKey,
         target: Target,
         *,
-        protocol: int = wire.PROTO_TCP,
+        protocol: int = addresses.PROTO_TCP,
         knocks: int = DEFAULT_KNOCKS,
         timeout: float = DEFAULT_TIMEOUT,
         schedule: RetrySchedule = RetrySchedule(),
@@ -204,7 +203,7 @@ class Knocker:
         new_session_id: Callable[[], bytes] = wire.new_session_id,
         report: Reporter = _quiet,
     ) -> None:
-        if protocol not in wire.PROTOCOL_NAMES:
+        if protocol not in addresses.PROTOCOL_NAMES:
             raise ValueError(f"knock protocol {protocol!r} is neither TCP nor UDP")
         self.user = user
         self.target = target
@@ -228,7 +227,7 @@ class Knocker:
         deadline = self.monotonic() + self.timeout
         control = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
         knocker = None
-        if self.protocol == wire.PROTO_UDP:
+        if self.protocol == addresses.PROTO_UDP:
             knocker = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
         try:
             rounds = 0
@@ -275,7 +274,7 @@ class Knocker:
             else:
                 self._knock_udp(knocker, port)
         self.report(
-            f"round {number}: knocked {wire.PROTOCOL_NAMES[self.protocol]}"
+            f"round {number}: knocked {addresses.PROTOCOL_NAMES[self.protocol]}"
             f" {' '.join(map(str, self.ports))}"
         )
         confirm = Confirm(self.session_id, wire.now_ms(self.clock()))
@@ -361,7 +360,7 @@ def knock(
     port: int,
     user: UserKey,
     *,
-    protocol: int = wire.PROTO_TCP,
+    protocol: int = addresses.PROTO_TCP,
     knocks: int = DEFAULT_KNOCKS,
     timeout: float = DEFAULT_TIMEOUT,
     report: Reporter = _quiet,
@@ -374,75 +373,3 @@ def knock(
         user, target, protocol=protocol, knocks=knocks, timeout=timeout, report=report
     )
     return knocker.run()
-
-
-def connect(result: GrantResult, timeout: float = DEFAULT_TIMEOUT) -> socket.socket:
-    """
-    A TCP connection to the assigned port; raise ``ClientError``.
-    """
-    sock = socket.socket(result.target.family, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(result.target.sockaddr_for(result.port))
-        sock.settimeout(None)
-    except OSError as error:
-        sock.close()
-        raise ClientError(
-            f"cannot connect to {result.target.address} port {result.port}:"
-            f" {error.strerror or error}"
-        ) from None
-    return sock
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def relay(sock: socket.socket, input_fd: int = 0, output_fd: int = 1) -> None:
-    """
-    Copy ``input_fd`` to ``sock`` and ``sock`` to ``output_fd`` until the socket closes; at EOF on
-    the input, half-close the socket so the peer sees it.
-
-    The input is read by a thread of its own rather than waited on with ``select``: Windows can
-    wait on sockets only, not on pipes or consoles. ``OSError`` of either side passes through
-    (one of the input ends the relay: the socket is shut down both ways).
-    """
-    import threading  # only --stdio needs it
-
-    portable.binary_stdio(input_fd, output_fd)
-    failed: List[OSError] = []
-    feeder = threading.Thread(target=_feed, args=(input_fd, sock, failed), daemon=True)
-    feeder.start()
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            break
-        _write_all(output_fd, data)
-    if failed:
-        raise failed[0]
-
-
-def _feed(input_fd: int, sock: socket.socket, failed: List[OSError]) -> None:
-    """
-    Send what ``input_fd`` gives to ``sock``; at its end, shut the socket's sending side. When
-    the input cannot be read, keep the error in ``failed`` and shut the socket down both ways,
-    so that the relay ends instead of waiting for an answer to input that never came. (When the
-    socket fails, the relay's own receive sees it.)
-    """
-    how = socket.SHUT_WR
-    try:
-        while True:
-            try:
-                data = os.read(input_fd, 65536)
-            except OSError as error:
-                failed.append(error)
-                how = socket.SHUT_RDWR
-                break
-            if not data:
-                break
-            sock.sendall(data)
-        sock.shutdown(how)
-    except OSError:
-        pass  # the socket closed under us: the relay is over

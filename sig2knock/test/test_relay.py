@@ -1,0 +1,82 @@
+"""
+Tests for ``sig2knock.client.relay``: ``--stdio``'s relay between standard input and output and
+the assigned port's connection, over socket pairs and pipes.
+"""
+
+import os
+import socket
+import threading
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock.client.relay import relay
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """
+    Everything ``sock`` receives until the peer shuts its side down.
+    """
+    received = b""
+    while True:
+        data = sock.recv(100)
+        if not data:
+            return received
+        received += data
+
+
+class RelayTests(SynchronousTestCase):
+    """
+    ``relay`` copies both ways, half-closes at input EOF and ends when the socket closes.
+    """
+
+    def test_bothWays(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        input_read, input_write = os.pipe()
+        output_read, output_write = os.pipe()
+        for fd in (input_read, output_read, output_write):
+            self.addCleanup(os.close, fd)
+        thread = threading.Thread(target=relay, args=(ours, input_read, output_write))
+        thread.start()
+        os.write(input_write, b"hello")
+        os.close(input_write)
+        self.assertEqual(read_until_closed(theirs), b"hello")
+        theirs.sendall(b"world")
+        theirs.close()
+        thread.join(10)
+        self.assertFalse(thread.is_alive())
+        ours.close()
+        self.assertEqual(os.read(output_read, 100), b"world")
+
+    def test_inputErrorEndsTheRelay(self) -> None:
+        """
+        Standard input that cannot be read ends the relay with that error (the socket is shut
+        down both ways) instead of waiting for an answer forever.
+        """
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        unreadable = os.open(os.path.dirname(os.path.abspath(__file__)), os.O_RDONLY)
+        self.addCleanup(os.close, unreadable)
+        output_read, output_write = os.pipe()
+        for fd in (output_read, output_write):
+            self.addCleanup(os.close, fd)
+        self.assertRaises(IsADirectoryError, relay, ours, unreadable, output_write)
+        self.assertEqual(theirs.recv(100), b"", "the peer sees the end")
+
+    def test_peerClosesFirst(self) -> None:
+        """
+        The service closes while standard input is still open (ssh's server ends the
+        session): the relay is over, without an error.
+        """
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        input_read, input_write = os.pipe()
+        output_read, output_write = os.pipe()
+        for fd in (input_read, input_write, output_read, output_write):
+            self.addCleanup(os.close, fd)
+        theirs.sendall(b"bye")
+        theirs.close()
+        relay(ours, input_read, output_write)
+        self.assertEqual(os.read(output_read, 100), b"bye")
+
