@@ -18,7 +18,11 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
-from sig2knock.protocol.wire import NONCE_SIZE, REASON_CACHE_FULL, REASON_REPLAY, MessageRejected
+from sig2knock.protocol.wire import NONCE_SIZE, MessageRejected
+
+# Why the cache refuses a message (MessageRejected.reason), beside decode's reasons.
+REASON_REPLAY = "replay"
+REASON_CACHE_FULL = "cache-full"
 
 MAGIC = b"S2KRPL1\n"
 _RECORD = struct.Struct(f"!{NONCE_SIZE}sQ")  # nonce, expiry (ms since the epoch)

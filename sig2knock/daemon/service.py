@@ -18,12 +18,12 @@ from twisted.python.failure import Failure
 
 from sig2knock import __version__
 from sig2knock.daemon import netif, reload
-from sig2knock.protocol import addresses, wire
+from sig2knock.protocol import addresses, cipher
 from sig2knock.daemon.capture import KnockCapture
-from sig2knock.daemon.settings import ConfigError, load_config
+from sig2knock.daemon.settings import ConfigError, firewall_settings, load_config
 from sig2knock.daemon.control import ControlProtocol, binding_check, user_rate_limiter
 from sig2knock.firewall import IFirewall
-from sig2knock.firewall.registry import build_firewall, resolve_name
+from sig2knock.firewall import registry
 from sig2knock.daemon.grants import PortGranter
 from sig2knock.daemon.packets import Knock
 from sig2knock.daemon.ratelimit import RateLimiter
@@ -86,8 +86,10 @@ class Sig2knockService(MultiService):
         self.reactor = reactor
         config = prepared.config
         if firewall is None:
-            name, self.firewall_reason = resolve_name(config)
-            firewall = build_firewall(name, config, prepared.interface, reactor)
+            backend, self.firewall_reason = registry.choose(
+                config.firewall, config.firewall_policy
+            )
+            firewall = backend.build(reactor, firewall_settings(config, prepared.interface))
         else:
             self.firewall_reason = "given"
         self.firewall = firewall
@@ -273,13 +275,13 @@ class Sig2knockService(MultiService):
                 " {users_file} NAME",
                 users_file=users.path,
             )
-        if self.firewall.name == "none":
+        if not registry.BACKENDS[self.firewall.name].gates:
             self.log.warn(
                 "no firewall ({reason}): the host's ports stay as they are; the assigned port's"
                 " own address check is the only gate",
                 reason=self.firewall_reason,
             )
-        wire.load_cipher()
+        cipher.load_gcm()
         super().startService()
         self.refusals.start()
         if hasattr(self.reactor, "callFromThread"):

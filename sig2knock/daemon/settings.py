@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple, Union
 
 from sig2knock.daemon.text import one_line
+from sig2knock.firewall import FirewallSettings, registry
 from sig2knock.protocol.wire import MAX_KNOCKS
 from sig2knock.protocol.addresses import unmapped
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
-FIREWALLS = ("auto", "nftables", "iptables", "pktfilter", "none")
 FIREWALL_POLICIES = ("ports", "lockdown")
 FORWARD_MODES = ("proxy", "nat")
 KNOCK_PROTOCOLS = ("tcp", "udp")
@@ -182,7 +182,7 @@ _KEYS: Dict[str, Tuple[str, Callable[[str], object]]] = {
     "INTERFACE": ("interface", _interface),
     "INTERFACE_WAIT": ("interface_wait", _seconds(0, 3600)),
     "USERS_FILE": ("users_file", _path),
-    "FIREWALL": ("firewall", _choice(FIREWALLS)),
+    "FIREWALL": ("firewall", _choice(registry.CHOICES)),
     "FIREWALL_POLICY": ("firewall_policy", _choice(FIREWALL_POLICIES)),
     "ASSIGN_PORT_RANGE": ("assign_port_range", _port_range),
     "KNOCK_PROTO": ("knock_proto", _choice(KNOCK_PROTOCOLS)),
@@ -274,17 +274,33 @@ def check_combinations(config: Config) -> None:
             f"{config.forward_to_port} on {config.forward_to_ip} lies inside"
             f" ASSIGN_PORT_RANGE {low}-{high}",
         )
-    if config.firewall_policy == "lockdown" and config.firewall == "none":
-        fail("FIREWALL_POLICY", "lockdown needs a firewall, but FIREWALL is none")
-    if config.forward_mode == "nat":
-        if config.firewall not in ("nftables", "iptables", "auto"):
-            fail(
-                "FORWARD_MODE",
-                f"nat needs FIREWALL = nftables or iptables, not {config.firewall}",
-            )
-        if config.forward_to_ip.version == 6 and config.forward_to_ip.is_loopback:
-            fail("FORWARD_MODE", "nat cannot forward to ::1 (the kernel routes no IPv6 loopback"
-                 " from outside); use FORWARD_MODE = proxy or another FORWARD_TO_IP")
+    backend = registry.BACKENDS.get(config.firewall)  # None for auto
+    if config.firewall_policy == "lockdown" and backend is not None and not backend.gates:
+        fail("FIREWALL_POLICY", f"lockdown needs a firewall, but FIREWALL is {config.firewall}")
+    if config.forward_mode == "nat" and backend is not None and not backend.nat:
+        kernel = " or ".join(name for name, row in registry.BACKENDS.items() if row.nat)
+        fail("FORWARD_MODE", f"nat needs FIREWALL = {kernel}, not {config.firewall}")
+    nat_loopback6 = config.forward_to_ip.version == 6 and config.forward_to_ip.is_loopback
+    if config.forward_mode == "nat" and nat_loopback6:
+        fail("FORWARD_MODE", "nat cannot forward to ::1 (the kernel routes no IPv6 loopback"
+             " from outside); use FORWARD_MODE = proxy or another FORWARD_TO_IP")
+
+
+def firewall_settings(config: Config, interface: str) -> FirewallSettings:
+    """
+    What the firewall backend needs of ``config``, with the capture ``interface``.
+    """
+    return FirewallSettings(
+        control_port=config.udp_port,
+        port_range=config.assign_port_range,
+        policy=config.firewall_policy,
+        interface=interface,
+        nat_to=(
+            (config.forward_to_ip, config.forward_to_port)
+            if config.forward_mode == "nat"
+            else None
+        ),
+    )
 
 
 def load_config(path: str, interface: Optional[str] = None) -> Config:

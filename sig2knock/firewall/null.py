@@ -3,20 +3,33 @@
 the knocking address, once.
 """
 
+from typing import Any, Optional
+
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from sig2knock.firewall import IFirewall
+from sig2knock.firewall import FirewallSettings, IFirewall
 from sig2knock.protocol.addresses import IPAddress
 
 
 @implementer(IFirewall)
 class NoFirewall:
     """
-    The backend that changes nothing.
+    The backend that changes nothing. It takes the arguments every backend takes and ignores
+    them.
     """
 
     name = "none"
+
+    def __init__(self, reactor: Any = None, settings: Optional[FirewallSettings] = None) -> None:
+        pass
+
+    @staticmethod
+    def available() -> bool:
+        """
+        Nothing to install: always.
+        """
+        return True
 
     def start(self) -> Deferred:
         """

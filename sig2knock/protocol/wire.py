@@ -51,7 +51,8 @@ MAX_SIZE = MAX_KNOCK_REQUEST_SIZE
 
 _AD_CONTEXT = b"sig2knock/v1/ad\x00"
 
-# Reasons carried by MessageRejected, in the order the checks run (see docs/PROTOCOL.md).
+# Why decode refuses a datagram (MessageRejected.reason), in the order the checks run (see
+# docs/PROTOCOL.md); the replay cache adds its own (sig2knock.daemon.replay).
 REASON_SIZE = "size"
 REASON_VERSION = "version"
 REASON_TYPE = "type"
@@ -62,22 +63,6 @@ REASON_AUTH = "auth"
 REASON_MALFORMED = "malformed"
 REASON_STALE = "stale"
 REASON_FUTURE = "future"
-REASON_REPLAY = "replay"
-REASON_CACHE_FULL = "cache-full"
-REASONS = (
-    REASON_SIZE,
-    REASON_VERSION,
-    REASON_TYPE,
-    REASON_BINDING,
-    REASON_UNKNOWN_KEY,
-    REASON_RATE,
-    REASON_AUTH,
-    REASON_MALFORMED,
-    REASON_STALE,
-    REASON_FUTURE,
-    REASON_REPLAY,
-    REASON_CACHE_FULL,
-)
 
 
 class Refusal(Exception):
@@ -99,7 +84,7 @@ class MessageRejected(Refusal):
     """
     The one error a received control message can cause.
 
-    ``reason`` is one of ``REASONS``; ``detail`` is a short text for the log. Neither ever contains
+    ``reason`` is one of the ``REASON_*`` above (or the replay cache's); ``detail`` is a short text for the log. Neither ever contains
     key material or plaintext of a message that failed authentication.
     """
 
@@ -408,25 +393,6 @@ def _decode(
     if offset > max_skew:
         raise MessageRejected(REASON_FUTURE, f"user {user.name}: {offset:.1f}s ahead")
     return Received(user, message, nonce, binding)
-
-
-def load_cipher() -> None:
-    """
-    Encrypt and decrypt one throw-away message, so that pycryptodome loads its AES-GCM code now:
-    it does so on first use, which would otherwise add several milliseconds to the daemon's first
-    knock.
-    """
-    user = UserKey("warm-up", get_random_bytes(KEY_SIZE))
-    binding = Binding.of("127.0.0.1", 1)
-    message = Confirm(new_session_id(), 0)
-    decode(
-        encode(message, user, binding),
-        keys={user.key_id: user},
-        bindings=(binding,),
-        expect=(TYPE_CONFIRM,),
-        now=0.0,
-        max_skew=1.0,
-    )
 
 
 def now_ms(seconds: float) -> int:

@@ -5,10 +5,9 @@ or check a configuration with ``--check-config``.
 
 import argparse
 import sys
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 from sig2knock import __version__
-from sig2knock.daemon.settings import default_config_path
 
 # What the daemon needs beyond the client: the [server] extra.
 # (The twistd drop-in, twisted/plugins/, is in every install: "twisted" alone says nothing.)
@@ -98,13 +97,9 @@ def installation_problem() -> Optional[str]:
 
 def check_config(config_path: str, interface: Optional[str]) -> int:
     """
-    Validate the installation, the configuration and the users file without opening anything;
-    return the exit status.
+    Validate the configuration and the users file without opening anything (``main`` has checked
+    the installation); return the exit status.
     """
-    problem = installation_problem()
-    if problem is not None:
-        print(f"sig2knockd: {problem}", file=sys.stderr)
-        return 1
     from sig2knock.daemon.settings import ConfigError, load_config
     from sig2knock.daemon.startup import resolve_interface
     from sig2knock.daemon.users import UsersError, load_users
@@ -124,16 +119,6 @@ def check_config(config_path: str, interface: Optional[str]) -> int:
         f" {len(users)} user(s) in {users.path}"
     )
     return 0
-
-
-def flush_names(firewall: str, available: Callable[[str], bool]) -> List[str]:
-    """
-    The backends ``--flush`` cleans: the configured one, or with ``auto`` (or ``none``, after a
-    change of mind) every backend this host has, since an earlier run may have used either.
-    """
-    if firewall in ("nftables", "iptables", "pktfilter"):
-        return [firewall]
-    return [name for name in ("nftables", "iptables") if available(name)]
 
 
 def interface_of(config: Any) -> str:
@@ -157,37 +142,37 @@ def flush(config_path: str, interface: Optional[str]) -> int:
     from twisted.internet.task import react
     from twisted.python.failure import Failure
 
-    from sig2knock.daemon.settings import ConfigError, load_config
-    from sig2knock.firewall import FirewallError
-    from sig2knock.firewall.registry import build_firewall, tool_available
+    from sig2knock.daemon.settings import ConfigError, firewall_settings, load_config
+    from sig2knock.firewall import FirewallError, registry
 
     try:
         config = load_config(config_path, interface)
     except ConfigError as error:
         print(f"sig2knockd: {error}", file=sys.stderr)
         return 1
-    names = flush_names(config.firewall, tool_available)
+    backends = registry.flush_candidates(config.firewall)
     status = {"code": 0}
 
+    settings = firewall_settings(config, interface_of(config))
+
     def run(reactor: Any) -> Any:
-        def flush_one(name: str) -> Any:
-            flushing = maybeDeferred(
-                lambda: build_firewall(name, config, interface_of(config), reactor).flush()
-            )
+        def flush_one(backend: registry.Backend) -> Any:
+            flushing = maybeDeferred(lambda: backend.build(reactor, settings).flush())
 
             def report(result: Any) -> None:
                 if isinstance(result, Failure):
                     result.trap(FirewallError)
                     status["code"] = 1
-                    print(f"sig2knockd: {name}: {result.getErrorMessage()}", file=sys.stderr)
+                    print(f"sig2knockd: {backend.name}: {result.getErrorMessage()}",
+                          file=sys.stderr)
                 else:
-                    print(f"sig2knockd: {name}: everything sig2knock installed is removed")
+                    print(f"sig2knockd: {backend.name}: everything sig2knock installed is removed")
 
             return flushing.addBoth(report)
 
-        return gatherResults([flush_one(name) for name in names])
+        return gatherResults([flush_one(backend) for backend in backends])
 
-    if not names:
+    if not backends:
         print("sig2knockd: no firewall tool on this host: nothing to remove")
         return 0
     try:
@@ -213,10 +198,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     Entry point of ``sig2knockd``.
     """
     options = build_parser().parse_args(argv)
-    problem = missing_server_profile()
+    problem = missing_server_profile() or installation_problem()
     if problem is not None:
         print(f"sig2knockd: {problem}", file=sys.stderr)
         return 1
+    from sig2knock.daemon.settings import default_config_path
+
     if options.config is None:
         options.config = default_config_path()
     if options.check_config:

@@ -13,12 +13,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from sig2knock.daemon import service, startup
-from sig2knock.daemon.settings import parse_config
+from sig2knock.daemon.settings import firewall_settings, parse_config
 from sig2knock.firewall import FirewallError, IFirewall
-from sig2knock.firewall import registry as choose
+from sig2knock.firewall import registry
 from sig2knock.firewall.null import NoFirewall
 from sig2knock.firewall.runner import find_tool, run_tool
-from sig2knock.scripts.daemon import flush_names
 from sig2knock.test.common import write_config
 from sig2knock.test.test_plugin import NOW, FakeAddressWatcher
 
@@ -66,42 +65,47 @@ class ChoiceTests(SynchronousTestCase):
         )
         return parse_config(text, "/etc/sig2knock/sig2knockd.conf")
 
-    def have(self, *tools: str) -> None:
-        self.patch(choose, "tool_available", lambda name: name in tools)
+    def have(self, *names: str):  # type: ignore[no-untyped-def]
+        return lambda backend: backend.name in names
+
+    def chosen(self, config, *names: str) -> str:  # type: ignore[no-untyped-def]
+        return registry.choose(config.firewall, config.firewall_policy, self.have(*names))[0].name
 
     def test_autoPrefersNftables(self) -> None:
-        self.have("nftables", "iptables")
-        self.assertEqual(choose.resolve_name(self.config())[0], "nftables")
-        self.have("iptables")
-        self.assertEqual(choose.resolve_name(self.config())[0], "iptables")
+        self.assertEqual(self.chosen(self.config(), "nftables", "iptables"), "nftables")
+        self.assertEqual(self.chosen(self.config(), "iptables"), "iptables")
+        backend, reason = registry.choose("auto", "ports", self.have("iptables"))
+        self.assertEqual(reason, "FIREWALL = auto: iptables found, no nft")
 
     def test_autoWithoutToolsIsNone(self) -> None:
-        self.have()
-        name, reason = choose.resolve_name(self.config())
-        self.assertEqual(name, "none")
+        backend, reason = registry.choose("auto", "ports", self.have())
+        self.assertEqual(backend.name, "none")
         self.assertIn("neither", reason)
 
     def test_lockdownNeedsATool(self) -> None:
-        self.have()
         error = self.assertRaises(
-            FirewallError, choose.resolve_name, self.config(policy="lockdown")
+            FirewallError, registry.choose, "auto", "lockdown", self.have()
         )
         self.assertIn("install nftables", str(error))
 
     def test_explicitChoiceKept(self) -> None:
-        self.have()
-        self.assertEqual(choose.resolve_name(self.config("iptables"))[0], "iptables")
+        self.assertEqual(self.chosen(self.config("iptables")), "iptables")
 
     def test_backendsProvideTheInterface(self) -> None:
-        for name in ("nftables", "iptables", "pktfilter", "none"):
-            backend = choose.build_firewall(name, self.config(name), "eth0", reactor)
-            self.assertTrue(verifyObject(IFirewall, backend))
-            self.assertEqual(backend.name, name)
+        for name, backend in registry.BACKENDS.items():
+            built = backend.build(reactor, firewall_settings(self.config(name), "eth0"))
+            self.assertTrue(verifyObject(IFirewall, built))
+            self.assertEqual(built.name, name)
+            self.assertIsInstance(backend.available(), bool)
+        self.assertEqual(registry.CHOICES, ("auto", "nftables", "iptables", "pktfilter", "none"))
 
     def test_flushCleansWhatAnyRunMayHaveUsed(self) -> None:
-        self.assertEqual(flush_names("iptables", lambda name: True), ["iptables"])
-        self.assertEqual(flush_names("auto", lambda name: True), ["nftables", "iptables"])
-        self.assertEqual(flush_names("none", lambda name: name == "iptables"), ["iptables"])
+        def names(firewall: str, *available: str) -> List[str]:
+            return [b.name for b in registry.flush_candidates(firewall, self.have(*available))]
+
+        self.assertEqual(names("iptables", "nftables", "iptables"), ["iptables"])
+        self.assertEqual(names("auto", "nftables", "iptables"), ["nftables", "iptables"])
+        self.assertEqual(names("none", "iptables"), ["iptables"])
 
 
 class NoFirewallTests(SynchronousTestCase):

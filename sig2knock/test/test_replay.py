@@ -7,6 +7,7 @@ import stat
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from sig2knock.daemon import replay
 from sig2knock.protocol import wire
 from sig2knock.daemon.replay import MAGIC, ReplayCache, ReplayCacheError
 from sig2knock.protocol.wire import MessageRejected
@@ -46,7 +47,7 @@ class ReplayCacheTests(SynchronousTestCase):
         cache = self.cache()
         self.remember(cache, 1)
         self.remember(cache, 2)
-        self.assertRefused(wire.REASON_REPLAY, cache, 1)
+        self.assertRefused(replay.REASON_REPLAY, cache, 1)
         self.assertEqual(len(cache), 2)
 
     def test_refusedAfterRestart(self) -> None:
@@ -57,14 +58,14 @@ class ReplayCacheTests(SynchronousTestCase):
         self.remember(first, 7)
         # No close(): the record must already be on disk.
         second = self.cache(now=NOW + 5)
-        self.assertRefused(wire.REASON_REPLAY, second, 7, now=NOW + 5)
+        self.assertRefused(replay.REASON_REPLAY, second, 7, now=NOW + 5)
         first.close()
 
     def test_refusedAfterCleanRestart(self) -> None:
         first = ReplayCache(self.path, SKEW, NOW, first_start=True)
         self.remember(first, 7)
         first.close()
-        self.assertRefused(wire.REASON_REPLAY, self.cache(now=NOW + 5), 7, now=NOW + 5)
+        self.assertRefused(replay.REASON_REPLAY, self.cache(now=NOW + 5), 7, now=NOW + 5)
 
     def test_forgetsAfterWindow(self) -> None:
         """
@@ -81,7 +82,7 @@ class ReplayCacheTests(SynchronousTestCase):
     def test_keptForTheWholeWindow(self) -> None:
         cache = self.cache()
         self.remember(cache, 1)
-        self.assertRefused(wire.REASON_REPLAY, cache, 1, now=NOW + SKEW)
+        self.assertRefused(replay.REASON_REPLAY, cache, 1, now=NOW + SKEW)
 
     def test_futureTimestampKeptLonger(self) -> None:
         """
@@ -104,8 +105,8 @@ class ReplayCacheTests(SynchronousTestCase):
         cache = self.cache(capacity=3)
         for number in range(3):
             self.remember(cache, number)
-        self.assertRefused(wire.REASON_CACHE_FULL, cache, 99)
-        self.assertRefused(wire.REASON_REPLAY, cache, 0)
+        self.assertRefused(replay.REASON_CACHE_FULL, cache, 99)
+        self.assertRefused(replay.REASON_REPLAY, cache, 0)
         self.remember(cache, 99, now=NOW + 2 * SKEW + 2)
 
     def test_fileIsPrivate(self) -> None:
@@ -146,8 +147,8 @@ class ReplayCacheTests(SynchronousTestCase):
         with open(self.path, "ab") as log:
             log.write(nonce(3)[:7])
         second = self.cache(now=NOW + 1)
-        self.assertRefused(wire.REASON_REPLAY, second, 1, now=NOW + 1)
-        self.assertRefused(wire.REASON_REPLAY, second, 2, now=NOW + 1)
+        self.assertRefused(replay.REASON_REPLAY, second, 1, now=NOW + 1)
+        self.assertRefused(replay.REASON_REPLAY, second, 2, now=NOW + 1)
         self.remember(second, 3, now=NOW + 1)
 
     def test_corruptFileClosesTheWindow(self) -> None:
@@ -158,8 +159,8 @@ class ReplayCacheTests(SynchronousTestCase):
         with open(self.path, "wb") as log:
             log.write(b"garbage that is not a replay cache")
         cache = self.cache()
-        self.assertRefused(wire.REASON_REPLAY, cache, 1)
-        self.assertRefused(wire.REASON_REPLAY, cache, 2, now=NOW + SKEW - 1)
+        self.assertRefused(replay.REASON_REPLAY, cache, 1)
+        self.assertRefused(replay.REASON_REPLAY, cache, 2, now=NOW + SKEW - 1)
         self.remember(cache, 3, now=NOW + SKEW + 1)
         with open(self.path, "rb") as log:
             self.assertTrue(log.read().startswith(MAGIC))
@@ -169,7 +170,7 @@ class ReplayCacheTests(SynchronousTestCase):
         A cache file that disappeared (deleted, or STATE_DIR on tmpfs) is treated as lost.
         """
         cache = self.cache(first_start=False)
-        self.assertRefused(wire.REASON_REPLAY, cache, 1, now=NOW + SKEW - 1)
+        self.assertRefused(replay.REASON_REPLAY, cache, 1, now=NOW + SKEW - 1)
         self.remember(cache, 2, now=NOW + SKEW + 1)
 
     def test_damagedExpiryCannotPinEntries(self) -> None:
@@ -179,7 +180,7 @@ class ReplayCacheTests(SynchronousTestCase):
         with open(self.path, "wb") as log:
             log.write(MAGIC + nonce(1) + (2 ** 63).to_bytes(8, "big"))
         cache = self.cache()
-        self.assertRefused(wire.REASON_REPLAY, cache, 1)
+        self.assertRefused(replay.REASON_REPLAY, cache, 1)
         self.remember(cache, 2, now=NOW + 2 * SKEW + 2)
         self.assertEqual(len(cache), 1)
 
@@ -193,5 +194,5 @@ class ReplayCacheTests(SynchronousTestCase):
     def test_memoryOnly(self) -> None:
         cache = ReplayCache(None, SKEW, NOW)
         self.remember(cache, 1)
-        self.assertRefused(wire.REASON_REPLAY, cache, 1)
+        self.assertRefused(replay.REASON_REPLAY, cache, 1)
         cache.close()

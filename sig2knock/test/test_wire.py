@@ -350,15 +350,15 @@ def run_python(script: str) -> str:
 
 class LoadCipherTests(SynchronousTestCase):
     """
-    ``load_cipher`` makes pycryptodome load its AES-GCM code before the first knock needs it.
+    ``cipher.load_gcm`` makes pycryptodome load its AES-GCM code before the first knock needs it.
     """
 
     def test_loadsGcmCode(self) -> None:
         script = (
             "import sys\n"
-            "from sig2knock.protocol import wire\n"
+            "from sig2knock.protocol import cipher\n"
             "before = 'Crypto.Cipher._mode_gcm' in sys.modules\n"
-            "wire.load_cipher()\n"
+            "cipher.load_gcm()\n"
             "print(before, 'Crypto.Cipher._mode_gcm' in sys.modules)\n"
         )
         self.assertEqual(run_python(script).split(), ["False", "True"])
@@ -397,8 +397,8 @@ class StartsNoProcessTests(SynchronousTestCase):
             "started = []\n"
             "sys.addaudithook(lambda event, args: event in ('subprocess.Popen', 'os.posix_spawn',"
             " 'os.exec', 'os.fork') and started.append(event))\n"
-            "from sig2knock.protocol import wire\n"
-            "wire.load_cipher()\n"
+            "from sig2knock.protocol import cipher\n"
+            "cipher.load_gcm()\n"
             "print(started)\n"
         )
         self.assertEqual(run_python(script).strip(), "[]")
