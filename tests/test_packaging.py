@@ -12,7 +12,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.daemon.settings import KNOWN_KEYS
+from sig2knock.daemon.schema import KNOWN_KEYS
 from sig2knock.scripts import client, daemon, useradd
 from tests.lab import REPOSITORY
 

@@ -17,10 +17,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sig2knock import __version__
-from sig2knock.daemon import netif, reload
+from sig2knock.daemon import netif
 from sig2knock.protocol import addresses, cipher
 from sig2knock.daemon.capture import KnockCapture
-from sig2knock.daemon.settings import ConfigError, firewall_settings, load_config
+from sig2knock.daemon.settings import ConfigError, firewall_settings, load_config, merge
 from sig2knock.daemon.control import ControlProtocol, binding_check, user_rate_limiter
 from sig2knock.firewall import IFirewall
 from sig2knock.firewall import registry
@@ -171,7 +171,7 @@ class Sig2knockService(MultiService):
         try:
             loaded = load_config(running.path, self.prepared.interface_override)
             users = load_users(loaded.users_file)
-            config, applied, pending = reload.merge(running, loaded)
+            config, applied, pending = merge(running, loaded)
         except (ConfigError, UsersError) as error:
             self.log.error(
                 "reload refused, still running on the previous configuration: {error}",

@@ -1,28 +1,29 @@
 """
-Reading and validating ``sig2knockd.conf``: the seed's ``KEY = VALUE`` format, its keys, and ours.
+Reading and validating ``sig2knockd.conf``: the seed's ``KEY = VALUE`` format, with the keys of
+``sig2knock.daemon.schema``; the settings in force (``LiveSettings``), and what a reload
+(SIGHUP) may change of them.
 
 Everything is checked before the daemon opens anything. Each problem is a ``ConfigError`` whose text
 is one line naming the file, the line number and the key.
 """
 
-import ipaddress
+import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
+from sig2knock.daemon import values
+from sig2knock.daemon.schema import (
+    KNOWN_KEYS,
+    LIVE_UNLESS_NAT,
+    REQUIRED,
+    REQUIRED_KEYS,
+    RESTART,
+    SCHEMA,
+    BY_KEY,
+)
 from sig2knock.daemon.text import one_line
 from sig2knock.firewall import FirewallSettings, registry
-from sig2knock.protocol.wire import MAX_KNOCKS
-from sig2knock.protocol.addresses import unmapped
-
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-
-FIREWALL_POLICIES = ("ports", "lockdown")
-FORWARD_MODES = ("proxy", "nat")
-KNOCK_PROTOCOLS = ("tcp", "udp")
-REQUIRED_KEYS = ("UDP_PORT", "FORWARD_TO_IP", "FORWARD_TO_PORT")
-_INTERFACE_RE = re.compile(r"[^\s/:]{1,15}")
 
 
 class ConfigError(Exception):
@@ -43,166 +44,40 @@ class ConfigError(Exception):
         return one_line(text)
 
 
-class _BadValue(ValueError):
-    """
-    A value does not parse; the message says what was expected.
-    """
+def _field(row: Any) -> Tuple[str, Any, Any]:
+    if row.default is REQUIRED:
+        return (row.attribute, Any)
+    return (row.attribute, Any, dataclasses.field(default=row.default))
 
 
-def _integer(text: str, low: int, high: int, what: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,6}", text):
-        raise _BadValue(f"{text!r} is not {what} ({low}-{high})")
-    value = int(text)
-    if not low <= value <= high:
-        raise _BadValue(f"{value} is out of range for {what} ({low}-{high})")
-    return value
+_fields = [_field(row) for row in SCHEMA]
+# Required keys first: dataclass fields with defaults cannot come before those without.
+_fields.sort(key=len)
+Config = dataclasses.make_dataclass(
+    "Config",
+    [("path", str)]
+    + _fields
+    + [("lines", Dict[str, int], dataclasses.field(default_factory=dict, compare=False,
+                                                   repr=False))],
+    frozen=True,
+)
+Config.__module__ = __name__
+Config.__doc__ = """
+A validated configuration: ``path``, then an attribute per row of ``sig2knock.daemon.schema``
+(``udp_port``, ``forward_to_ip``, ...), and ``lines``, the line each key was set on (for
+messages about combinations). Paths are absolute; ``interface`` is ``None`` for "the interface
+of the default route"; ``listen_address`` is ``None`` for every address (IPv4 and IPv6).
+"""
 
 
-def _port(text: str) -> int:
-    return _integer(text, 1, 65535, "a port number")
-
-
-def _seconds(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,6})?", text):
-            raise _BadValue(f"{text!r} is not a number of seconds")
-        value = float(text)
-        if not low <= value <= high:
-            raise _BadValue(f"{text} seconds is out of range ({low:g}-{high:g})")
-        return value
-
-    return parse
-
-
-def _choice(choices: Tuple[str, ...]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text.lower() not in choices:
-            raise _BadValue(f"{text!r} is not one of: {', '.join(choices)}")
-        return text.lower()
-
-    return parse
-
-
-def _address(text: str) -> IPAddress:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        raise _BadValue(f"{text!r} is not an IPv4 or IPv6 address") from None
-    # ::ffff:a.b.c.d reaches a.b.c.d: judge it (loopback, unspecified) as the IPv4 address.
-    return unmapped(address)
-
-
-def _forward_address(text: str) -> IPAddress:
-    address = _address(text)
-    if address.is_unspecified or address.is_multicast:
-        raise _BadValue(f"cannot forward to {address}: give the service's own address")
-    return address
-
-
-def _listen_address(text: str) -> IPAddress:
-    address = _address(text)
-    if address.is_multicast:
-        raise _BadValue(f"cannot listen on the multicast address {address}")
-    return address
-
-
-def _port_range(text: str) -> Tuple[int, int]:
-    match = re.fullmatch(r"([0-9]+)\s*-\s*([0-9]+)", text)
-    if match is None:
-        raise _BadValue(f"{text!r} is not a port range like 30000-60999")
-    low, high = _port(match.group(1)), _port(match.group(2))
-    if low > high:
-        raise _BadValue(f"the range {low}-{high} is empty (the first port must be the lower)")
-    return low, high
-
-
-def _is_interface_name(text: str) -> bool:
-    # Linux: at most 15 bytes, no white space, '/' or ':', and not "." or "..".
-    return (
-        _INTERFACE_RE.fullmatch(text) is not None
-        and len(text.encode("utf-8")) <= 15
-        and text not in (".", "..")
-    )
-
-
-def _interface(text: str) -> str:
-    if not _is_interface_name(text):
-        raise _BadValue(f"{text!r} is not an interface name")
-    return text
-
-
-def _text(text: str) -> str:
-    return text
-
-
-def _path(text: str) -> str:
-    if "\x00" in text:
-        raise _BadValue("a path cannot contain a NUL character")
-    return text
-
-
-@dataclass(frozen=True)
-class Config:
-    """
-    A validated configuration. Paths are absolute; ``interface`` is ``None`` for "the interface of
-    the default route"; ``listen_address`` is ``None`` for every address (IPv4 and IPv6).
-    """
-
-    path: str
-    udp_port: int
-    forward_to_ip: IPAddress
-    forward_to_port: int
-    forward_mode: str = "proxy"
-    singleconn_portopen_time: float = 30.0
-    interface: Optional[str] = None
-    pktfilter_interface: Optional[str] = None
-    interface_wait: float = 60.0
-    users_file: str = ""
-    firewall: str = "auto"
-    firewall_policy: str = "ports"
-    assign_port_range: Tuple[int, int] = (30000, 60999)
-    knock_proto: str = "tcp"
-    knock_count: int = 4
-    knock_timeout: float = 10.0
-    max_clock_skew: float = 60.0
-    listen_address: Optional[IPAddress] = None
-    state_dir: str = "/var/lib/sig2knock"
-    # Where each key was set, for messages about combinations: key -> line number.
-    lines: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
-
-
-# Key -> (Config attribute, parser). Order is the README's order.
-_KEYS: Dict[str, Tuple[str, Callable[[str], object]]] = {
-    "UDP_PORT": ("udp_port", _port),
-    "FORWARD_TO_IP": ("forward_to_ip", _forward_address),
-    "FORWARD_TO_PORT": ("forward_to_port", _port),
-    "FORWARD_MODE": ("forward_mode", _choice(FORWARD_MODES)),
-    "SINGLECONN_PORTOPEN_TIME": ("singleconn_portopen_time", _seconds(1, 86400)),
-    "PKTFILTER_INTERFACE": ("pktfilter_interface", _text),
-    "INTERFACE": ("interface", _interface),
-    "INTERFACE_WAIT": ("interface_wait", _seconds(0, 3600)),
-    "USERS_FILE": ("users_file", _path),
-    "FIREWALL": ("firewall", _choice(registry.CHOICES)),
-    "FIREWALL_POLICY": ("firewall_policy", _choice(FIREWALL_POLICIES)),
-    "ASSIGN_PORT_RANGE": ("assign_port_range", _port_range),
-    "KNOCK_PROTO": ("knock_proto", _choice(KNOCK_PROTOCOLS)),
-    "KNOCK_COUNT": ("knock_count", lambda text: _integer(text, 1, MAX_KNOCKS, "a knock count")),
-    "KNOCK_TIMEOUT": ("knock_timeout", _seconds(1, 300)),
-    "MAX_CLOCK_SKEW": ("max_clock_skew", _seconds(1, 3600)),
-    "LISTEN_ADDRESS": ("listen_address", _listen_address),
-    "STATE_DIR": ("state_dir", _path),
-}
-KNOWN_KEYS = tuple(_KEYS)
-
-
-def parse_config(text: str, path: str, interface: Optional[str] = None) -> Config:
+def parse_config(text: str, path: str, interface: Optional[str] = None) -> Any:
     """
     Parse and validate the text of a configuration file read from ``path``.
 
     ``interface`` is the ``-i`` option, which overrides ``INTERFACE`` and ``PKTFILTER_INTERFACE``.
     Relative ``USERS_FILE`` and ``STATE_DIR`` are taken relative to the file's directory.
     """
-    values: Dict[str, object] = {}
+    given: Dict[str, object] = {}
     lines: Dict[str, int] = {}
     # Split on newlines only (not splitlines()), so line numbers are the ones an editor shows.
     for number, raw in enumerate(text.split("\n"), start=1):
@@ -213,7 +88,8 @@ def parse_config(text: str, path: str, interface: Optional[str] = None) -> Confi
         key, value = key.strip().upper(), value.strip()
         if not equals or not key:
             raise ConfigError(path, number, None, "expected a line of the form KEY = VALUE")
-        if key not in _KEYS:
+        row = BY_KEY.get(key)
+        if row is None:
             raise ConfigError(
                 path, number, key, f"unknown key (known keys: {', '.join(KNOWN_KEYS)})"
             )
@@ -221,10 +97,9 @@ def parse_config(text: str, path: str, interface: Optional[str] = None) -> Confi
             raise ConfigError(path, number, key, f"set again (first set on line {lines[key]})")
         if not value:
             raise ConfigError(path, number, key, "empty value (leave the key out for the default)")
-        attribute, parse = _KEYS[key]
         try:
-            values[attribute] = parse(value)
-        except _BadValue as error:
+            given[row.attribute] = row.parse(value)
+        except values.BadValue as error:
             raise ConfigError(path, number, key, str(error)) from None
         lines[key] = number
 
@@ -234,30 +109,27 @@ def parse_config(text: str, path: str, interface: Optional[str] = None) -> Confi
 
     if interface is not None:
         try:
-            values["interface"] = _interface(interface)
-        except _BadValue as error:
+            given["interface"] = values.interface(interface)
+        except values.BadValue as error:
             raise ConfigError(path, None, "INTERFACE", f"-i {error}") from None
-    elif "interface" not in values and "pktfilter_interface" in values:
-        pktfilter_interface = values["pktfilter_interface"]
+    elif "interface" not in given and "pktfilter_interface" in given:
+        pktfilter_interface = given["pktfilter_interface"]
         assert isinstance(pktfilter_interface, str)
-        if _is_interface_name(pktfilter_interface):
-            values["interface"] = pktfilter_interface
+        if values.is_interface_name(pktfilter_interface):
+            given["interface"] = pktfilter_interface
 
     directory = os.path.dirname(os.path.abspath(path))
-    users_file = values.get("users_file") or "user.txt"
-    assert isinstance(users_file, str)
-    values["users_file"] = os.path.normpath(os.path.join(directory, users_file))
-    if "state_dir" in values:
-        state_dir = values["state_dir"]
-        assert isinstance(state_dir, str)
-        values["state_dir"] = os.path.normpath(os.path.join(directory, state_dir))
+    for attribute in ("users_file", "state_dir"):
+        relative = given.get(attribute, BY_KEY[attribute.upper()].default)
+        assert isinstance(relative, str)
+        given[attribute] = os.path.normpath(os.path.join(directory, relative))
 
-    config = Config(path=path, lines=lines, **values)  # type: ignore[arg-type]
+    config = Config(path=path, lines=lines, **given)
     check_combinations(config)
     return config
 
 
-def check_combinations(config: Config) -> None:
+def check_combinations(config: Any) -> None:
     """
     Refuse settings that cannot work together; raises ``ConfigError`` naming the key.
     """
@@ -286,7 +158,7 @@ def check_combinations(config: Config) -> None:
              " from outside); use FORWARD_MODE = proxy or another FORWARD_TO_IP")
 
 
-def firewall_settings(config: Config, interface: str) -> FirewallSettings:
+def firewall_settings(config: Any, interface: str) -> FirewallSettings:
     """
     What the firewall backend needs of ``config``, with the capture ``interface``.
     """
@@ -303,7 +175,7 @@ def firewall_settings(config: Config, interface: str) -> FirewallSettings:
     )
 
 
-def load_config(path: str, interface: Optional[str] = None) -> Config:
+def load_config(path: str, interface: Optional[str] = None) -> Any:
     """
     Read and validate the configuration file at ``path``; see ``parse_config``.
     """
@@ -331,3 +203,42 @@ def default_config_path() -> str:
         os.path.join("twisted", "plugins", "sig2knock_plugin.py")
     )
     return REPOSITORY_CONFIG if in_checkout else SYSTEM_CONFIG
+
+
+class LiveSettings:
+    """
+    The configuration in force, in one place: components read ``current`` whenever they need a
+    setting, so that a reload (``replace``) reaches them all at once.
+    """
+
+    def __init__(self, config: Any) -> None:
+        self.current = config
+
+    def replace(self, config: Any) -> None:
+        """
+        Put ``config`` in force.
+        """
+        self.current = config
+
+
+def merge(running: Any, loaded: Any) -> Tuple[Any, List[str], List[str]]:
+    """
+    The configuration to run with after a reload: ``loaded``, but with the settings a reload
+    cannot change (``RESTART`` rows, and ``LIVE_UNLESS_NAT`` ones with ``FORWARD_MODE = nat``)
+    kept from ``running``. Also returns the keys whose change applies now and those that wait
+    for a restart. Raises ``ConfigError`` when the mix does not hold together.
+    """
+    kept = {RESTART} | ({LIVE_UNLESS_NAT} if running.forward_mode == "nat" else set())
+    changed = [
+        row for row in SCHEMA if getattr(running, row.attribute) != getattr(loaded, row.attribute)
+    ]
+    applied = [row.key for row in changed if row.reload not in kept]
+    pending = [row.key for row in changed if row.reload in kept]
+    restart_only = {
+        row.attribute: getattr(running, row.attribute) for row in SCHEMA if row.reload in kept
+    }
+    merged = dataclasses.replace(loaded, **restart_only)
+    # The mix of new and kept settings must hold together as a file would (say, a new
+    # FORWARD_TO_PORT inside the ASSIGN_PORT_RANGE still in force).
+    check_combinations(merged)
+    return merged, applied, pending

@@ -11,7 +11,7 @@ from typing import Dict, Optional
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.test.properties import given, settings, st
-from sig2knock.daemon import settings as config
+from sig2knock.daemon import schema
 from sig2knock.daemon.settings import Config, ConfigError, load_config, parse_config
 from sig2knock.test.common import BASE_CONFIG, EXAMPLE_CONFIG, config_text
 
@@ -322,7 +322,7 @@ class ErrorTests(SynchronousTestCase, ConfigErrorAssertions):
         """
         A missing required key has no line to name; the message names the file and the key.
         """
-        for key in config.REQUIRED_KEYS:
+        for key in schema.REQUIRED_KEYS:
             with self.subTest(key=key):
                 error = self.assertConfigError(settings_text(**{key: None}), None, key)
                 self.assertIn("missing", str(error))
@@ -543,8 +543,8 @@ VALUES = st.one_of(
     st.text(),
 )
 KEYS = st.one_of(
-    st.sampled_from(config.KNOWN_KEYS),
-    st.sampled_from(config.KNOWN_KEYS).map(str.lower),
+    st.sampled_from(schema.KNOWN_KEYS),
+    st.sampled_from(schema.KNOWN_KEYS).map(str.lower),
     st.text(max_size=20),
 )
 LINES = st.one_of(

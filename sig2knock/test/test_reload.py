@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.daemon import reload, service, startup
+from sig2knock.daemon import schema, service, settings, startup
 from sig2knock.daemon.settings import ConfigError, parse_config
 from sig2knock.test.common import write_config, write_users
 from sig2knock.test.test_plugin import NOW, FakeAddressWatcher
@@ -28,7 +28,7 @@ class MergeTests(SynchronousTestCase):
     def test_liveAndRestartOnly(self) -> None:
         running = self.config()
         loaded = self.config("KNOCK_COUNT = 6\nFIREWALL_POLICY = lockdown\nFIREWALL = nftables\n")
-        merged, applied, pending = reload.merge(running, loaded)
+        merged, applied, pending = settings.merge(running, loaded)
         self.assertEqual(merged.knock_count, 6)
         self.assertEqual(applied, ["KNOCK_COUNT"])
         self.assertEqual(pending, ["FIREWALL", "FIREWALL_POLICY"])
@@ -41,7 +41,7 @@ class MergeTests(SynchronousTestCase):
             "FIREWALL = nftables\nFORWARD_MODE = nat\n",
             "/etc/sig2knock/sig2knockd.conf",
         )
-        merged, applied, pending = reload.merge(running, loaded)
+        merged, applied, pending = settings.merge(running, loaded)
         self.assertEqual(merged.forward_to_port, 22)
         self.assertEqual((applied, pending), ([], ["FORWARD_TO_PORT"]))
 
@@ -55,13 +55,23 @@ class MergeTests(SynchronousTestCase):
             "ASSIGN_PORT_RANGE = 1100-2000\n",
             "/etc/sig2knock/sig2knockd.conf",
         )
-        self.assertRaises(ConfigError, reload.merge, running, loaded)
+        self.assertRaises(ConfigError, settings.merge, running, loaded)
 
     def test_everyKeyClassified(self) -> None:
-        from sig2knock.daemon.settings import KNOWN_KEYS
-
-        classified = set(reload.LIVE) | set(reload.RESTART_ONLY) | {"PKTFILTER_INTERFACE"}
-        self.assertEqual(classified, set(KNOWN_KEYS))
+        """
+        Each key says what a reload does with it: the settings of new sessions apply at once,
+        those bound to sockets, the capture, the firewall or the replay cache wait.
+        """
+        by_reload = {}
+        for row in schema.SCHEMA:
+            by_reload.setdefault(row.reload, set()).add(row.key)
+        self.assertEqual(by_reload[schema.LIVE], {
+            "SINGLECONN_PORTOPEN_TIME", "KNOCK_COUNT", "KNOCK_TIMEOUT", "USERS_FILE"})
+        self.assertEqual(by_reload[schema.LIVE_UNLESS_NAT], {"FORWARD_TO_IP", "FORWARD_TO_PORT"})
+        self.assertEqual(by_reload[schema.RESTART], {
+            "UDP_PORT", "LISTEN_ADDRESS", "INTERFACE", "INTERFACE_WAIT", "FIREWALL",
+            "FORWARD_MODE", "FIREWALL_POLICY", "ASSIGN_PORT_RANGE", "KNOCK_PROTO",
+            "MAX_CLOCK_SKEW", "STATE_DIR", "PKTFILTER_INTERFACE"})
 
 
 class ServiceReloadTests(SynchronousTestCase):
