@@ -24,12 +24,14 @@ Addresses are compared in their plain form: an IPv4-mapped IPv6 address given to
 from typing import Any, Callable, FrozenSet, Optional
 
 import pcapy
+from twisted.application.service import Service
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sig2knock.daemon.bpf import MATCH_NOTHING, build_filter, plain_set
+from sig2knock.daemon.waiting import cancel
 from sig2knock.daemon.packets import SUPPORTED_DATALINKS, Knock, parse_frame
 from sig2knock.protocol.addresses import IPAddress, PROTOCOL_NAMES, PROTO_TCP, PROTO_UDP
 
@@ -111,15 +113,16 @@ def _activation_error(interface: str, status: int) -> str:
 
 
 @implementer(IReadDescriptor)
-class KnockCapture:
+class KnockCapture(Service):
     """
-    Knocks of ``protocol`` on ``interface``, delivered to ``on_knock``.
+    Knocks of ``protocol`` on ``interface``, delivered to ``on_knock`` (a ``Knock`` each),
+    as a service of the daemon: ``open`` opens the handle (before twistd starts anything, so a
+    missing permission stops the daemon with one line), stopping the service closes it.
 
     ``reactor`` provides ``IReactorFDSet`` and ``IReactorTime``; ``open_handle(interface)`` returns
-    an activated pcapy-like handle (``open_live_handle``, or a fake in tests). Only knocks from a source
-    given to ``watch`` to a destination given to ``set_destinations`` are delivered; UDP datagrams
-    to ``control_port`` are never knocks. ``packets_seen`` and ``knocks_accepted`` count what the
-    handle delivered and what reached ``on_knock``.
+    an activated pcapy-like handle (``open_live_handle``, or a fake in tests). Only knocks from a
+    source given to ``watch`` to a destination given to ``set_destinations`` are delivered; UDP
+    datagrams to ``control_port`` are never knocks.
     """
 
     log = Logger()
@@ -150,18 +153,15 @@ class KnockCapture:
         self._destinations: FrozenSet[IPAddress] = frozenset()
         self._installed: Optional[str] = None
         self._continuation: Any = None
-        self.packets_seen = 0
-        self.knocks_accepted = 0
-        self.filter_installs = 0
 
     @property
     def installed_filter(self) -> Optional[str]:
         """
-        The filter text installed on the handle, ``None`` before ``start``.
+        The filter text installed on the handle, ``None`` before ``open``.
         """
         return self._installed
 
-    def start(self) -> None:
+    def open(self) -> None:
         """
         Open the handle, install the filter for the current sets and start reading. Raises
         ``CaptureError`` when the interface cannot be captured on.
@@ -191,10 +191,11 @@ class KnockCapture:
             datalink=datalink,
         )
 
-    def stop(self) -> None:
+    def stopService(self) -> None:
         """
-        Stop reading and close the handle. Harmless when not started.
+        Stop reading and close the handle. Harmless when not opened.
         """
+        super().stopService()
         if self._handle is None:
             return
         self._reactor.removeReader(self)
@@ -254,7 +255,6 @@ class KnockCapture:
     def _set_filter(self, text: str) -> None:
         self._handle.setfilter(text)
         self._installed = text
-        self.filter_installs += 1
         self.log.debug("knock filter: {filter}", filter=text)
 
     # IReadDescriptor
@@ -314,8 +314,7 @@ class KnockCapture:
         handle, self._handle = self._handle, None
         self._fd = -1
         self._installed = None
-        if self._continuation is not None and self._continuation.active():
-            self._continuation.cancel()
+        cancel(self._continuation)
         self._continuation = None
         handle.close()
 
@@ -323,11 +322,9 @@ class KnockCapture:
         """
         The handle's callback for one packet: nothing may escape from here into pcapy.
         """
-        self.packets_seen += 1
         knock = parse_frame(self._datalink, data)
         if knock is None or not self._accepts(knock):
             return
-        self.knocks_accepted += 1
         try:
             self._on_knock(knock)
         except Exception:

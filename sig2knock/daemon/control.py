@@ -9,23 +9,33 @@ never answered.
 """
 
 import collections
+import errno
 import ipaddress
-from typing import Any, Callable, Hashable, Mapping, Optional, Tuple
+import socket
+from typing import Any, Callable, Hashable, List, Mapping, Optional, Tuple
 
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sig2knock.protocol import addresses, wire
-from sig2knock.protocol.addresses import parse_address
+from sig2knock.protocol.addresses import IPAddress, parse_address
 from sig2knock.daemon.ratelimit import RateLimiter
 from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.daemon.replay import ReplayCache
-from sig2knock.daemon.sessions import GrantInfo, SessionRefused, SessionTable
+from sig2knock.daemon.session import SessionRefused
+from sig2knock.daemon.sessions import SessionTable
 from sig2knock.protocol.wire import Binding, BindingCheck, MessageRejected, Received, UserKey
 
 EXPECTED_TYPES = (wire.TYPE_KNOCK_REQUEST, wire.TYPE_CONFIRM)
+# How much a control socket reads in one reactor turn: about 45 full-size P1s, so the capture is
+# read between bursts of control messages (Twisted's default, 256 KiB, is thousands of
+# datagrams, which would keep the capture, and so every pending knock, waiting).
+CONTROL_READ_BYTES = 4096
 # How long a source that sent an authentic message skips the global rate budget, and how many
 # such sources are remembered.
 TRUST_TIME = 3600.0
@@ -76,8 +86,7 @@ class ControlProtocol(DatagramProtocol):
         self.max_skew = max_skew
         self.limiter = limiter if limiter is not None else RateLimiter(clock)
         self.user_limiter = user_limiter if user_limiter is not None else user_rate_limiter(clock)
-        self.refusals = refusals if refusals is not None else RefusalLog(clock)
-        self.grants_sent = 0
+        self.refusals = refusals if refusals is not None else RefusalLog()
         # Sources that sent an authentic message lately: their datagrams skip the global budget,
         # so a flood from elsewhere carrying a known key id cannot starve returning users.
         self.trusted: "collections.OrderedDict[Hashable, float]" = collections.OrderedDict()
@@ -126,7 +135,7 @@ class ControlProtocol(DatagramProtocol):
             try:
                 self.sessions.open(source, user, message)
             except SessionRefused as refusal:
-                self._refused(source, port, refusal.reason, f"user {user}: {refusal.detail}")
+                self._session_refused(source, port, user, refusal)
             return
         confirming = self.sessions.confirm(source, user, message.session_id)
         confirming.addCallbacks(
@@ -146,7 +155,7 @@ class ControlProtocol(DatagramProtocol):
         while len(self.trusted) > MAX_TRUSTED:
             self.trusted.popitem(last=False)
 
-    def _sendGrant(self, grant: GrantInfo, received: Received, addr: Tuple[Any, ...]) -> None:
+    def _sendGrant(self, grant: Any, received: Received, addr: Tuple[Any, ...]) -> None:
         reply = wire.Grant(
             received.message.session_id,
             wire.now_ms(self.clock.seconds()),
@@ -156,7 +165,6 @@ class ControlProtocol(DatagramProtocol):
         if self.transport is None:
             return
         self.transport.write(wire.encode(reply, received.user, received.binding), addr)
-        self.grants_sent += 1
         self.log.info(
             "P3 sent: port {port} to {user} at {source}",
             port=grant.port,
@@ -166,11 +174,18 @@ class ControlProtocol(DatagramProtocol):
 
     def _confirmRefused(self, failure: Failure, source: object, port: int, user: str) -> None:
         failure.trap(SessionRefused)
-        refusal = failure.value
-        self._refused(source, port, refusal.reason, f"user {user}: {refusal.detail}")
+        self._session_refused(source, port, user, failure.value)
 
-    def _refused(self, source: object, port: int, reason: str, detail: str) -> None:
-        self.refusals.refused(str(source), port, reason, detail)
+    def _session_refused(
+        self, source: object, port: int, user: str, refusal: SessionRefused
+    ) -> None:
+        self._refused(source, port, refusal.reason, f"user {user}: {refusal.detail}",
+                      refusal.severe)
+
+    def _refused(
+        self, source: object, port: int, reason: str, detail: str, severe: bool = False
+    ) -> None:
+        self.refusals.refused(str(source), port, reason, detail, severe)
 
 
 def user_rate_limiter(clock: IReactorTime) -> RateLimiter:
@@ -193,3 +208,83 @@ def binding_check(
         return binding.port == control_port and binding.address in addresses()
 
     return accepts
+
+
+class ControlPortError(Exception):
+    """
+    The control port cannot be opened (in use, or an address this host does not have).
+    """
+
+
+class ControlPorts(Service):
+    """
+    The daemon's control sockets on ``port``: on ``listen_address``, or on every address of
+    both families (one dual-stack socket, or one per family where IPv6 sockets take no IPv4).
+    ``protocol()`` makes the ``ControlProtocol`` of each socket. ``open`` binds them (before
+    twistd starts anything, so a port in use stops the daemon with one line); stopping the
+    service closes them.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        port: int,
+        listen_address: Optional[IPAddress],
+        protocol: Callable[[], ControlProtocol],
+    ) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.listen_address = listen_address
+        self.protocol = protocol
+        self.listening: List[Any] = []
+
+    def open(self) -> None:
+        """
+        Bind the control sockets. Raises ``ControlPortError``; on failure none stays open.
+        """
+        port = self.port
+        if self.listen_address is not None:
+            interfaces = [str(self.listen_address)]
+        else:
+            interfaces = ["::", "0.0.0.0"]
+        for interface in interfaces:
+            try:
+                listening = self.reactor.listenUDP(port, self.protocol(), interface)
+            except CannotListenError as error:
+                reason = error.socketError
+                code = getattr(reason, "errno", None)
+                if interface == "::" and code in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    continue  # no IPv6 on this host: IPv4 alone
+                self._close()
+                text = getattr(reason, "strerror", None) or str(reason)
+                if code == errno.EACCES and port < 1024:
+                    text += "; a port below 1024 needs root or CAP_NET_BIND_SERVICE"
+                elif code == errno.EADDRINUSE:
+                    text += " (another program, or another sig2knockd, has it)"
+                raise ControlPortError(
+                    f"UDP_PORT {port}: cannot listen on {interface}: {text}"
+                ) from None
+            listening.maxThroughput = CONTROL_READ_BYTES
+            self.listening.append(listening)
+            if interface == "::" and not _ipv6_only(listening):
+                break  # dual stack: IPv4 arrives as IPv4-mapped IPv6
+
+    def _close(self) -> List[Optional[Deferred]]:
+        closing = [listening.stopListening() for listening in self.listening]
+        self.listening = []
+        return closing
+
+    def stopService(self) -> Deferred:
+        """
+        Close the control sockets.
+        """
+        super().stopService()
+        return DeferredList([d for d in self._close() if d is not None])
+
+
+def _ipv6_only(listening: Any) -> bool:
+    try:
+        handle = listening.getHandle()
+        return bool(handle.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    except (AttributeError, OSError):
+        return False

@@ -108,7 +108,7 @@ class GrantProxyServer(HalfCloseRelay, portforward.ProxyServer):
 
     def connectionLost(self, reason: object) -> None:
         """
-        Close the other side too, and tell the factory when its one connection ended.
+        Close the other side too, and say so when the grant's one connection ended.
         """
         super().connectionLost(reason)
         if getattr(self, "admitted", False):
@@ -120,8 +120,7 @@ class GrantForwardFactory(portforward.ProxyFactory):
     Forwards one connection from ``source`` to ``host:port``.
 
     ``on_connection`` is called once, when the granted connection is admitted (its owner stops
-    listening then); ``on_end`` when that connection has closed. ``reactor`` makes the outgoing
-    connection.
+    listening then). ``reactor`` makes the outgoing connection.
     """
 
     protocol = GrantProxyServer
@@ -134,16 +133,13 @@ class GrantForwardFactory(portforward.ProxyFactory):
         port: int,
         source: IPAddress,
         reactor: IReactorTCP,
-        on_connection: Callable[[], None] = lambda: None,
-        on_end: Callable[[], None] = lambda: None,
+        on_connection: Callable[[], None],
     ) -> None:
         super().__init__(host, port)
         self.source = source
         self.reactor = reactor
         self.on_connection = on_connection
-        self.on_end = on_end
         self.used = False
-        self.refused = 0
 
     def buildProtocol(self, addr: IAddress) -> GrantProxyServer:
         """
@@ -160,7 +156,6 @@ class GrantForwardFactory(portforward.ProxyFactory):
         """
         address = parse_address(getattr(peer, "host", ""))
         if address != self.source:
-            self.refused += 1
             self.log.warn(
                 "connection from {peer} to a port granted to {source} refused",
                 peer=str(address or peer),
@@ -168,7 +163,6 @@ class GrantForwardFactory(portforward.ProxyFactory):
             )
             return False
         if self.used:
-            self.refused += 1
             self.log.warn(
                 "second connection from {source} refused: a grant admits one connection",
                 source=str(self.source),
@@ -189,4 +183,3 @@ class GrantForwardFactory(portforward.ProxyFactory):
         The granted connection has closed (either side).
         """
         self.log.info("forwarded connection from {source} closed", source=str(self.source))
-        self.on_end()

@@ -1,51 +1,105 @@
 """
 Grants: a random free port from ``ASSIGN_PORT_RANGE``, listening for one connection from the
-knocking address, forwarded to the hidden service, opened in the firewall for that address alone,
-and closed (listener and firewall) after that connection or after ``SINGLECONN_PORTOPEN_TIME``,
-whichever comes first. A firewall that refuses the grant refuses the session, and the listener is
-closed again: nothing stays half-open.
+knocking address, forwarded to the hidden service, and opened in the firewall for that address
+alone. ``PortGranter.open`` gives an ``OpenGrant``; its owner (the session) closes it when its one
+connection came or its deadline passed. A firewall that refuses the grant refuses the session,
+and the listener is closed again: nothing stays half-open.
 """
 
 import random
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from sig2knock.firewall import IFirewall
-from sig2knock.firewall.null import NoFirewall
 from sig2knock.daemon.forward import GrantForwardFactory
-from sig2knock.daemon.sessions import GrantInfo, Session, SessionRefused
+from sig2knock.daemon.session import SessionRefused
+from sig2knock.daemon.waiting import settled
+from sig2knock.protocol.addresses import IPAddress
 
 # Random tries before a full range is reported; a range with free ports is found long before.
 MAX_PORT_ATTEMPTS = 64
 
 
-@dataclass(eq=False)
 class OpenGrant:
     """
-    One open assigned port: whose it is, its listener and the timer that closes it.
+    One open assigned port: ``port`` open to ``source`` (user ``user``) until ``deadline``
+    (seconds since the epoch). ``used`` fires once its one connection has come (never in nat
+    mode, where the kernel takes the connection unseen); ``close(why)`` ends it, ``expire()``
+    when its deadline has passed unused.
     """
 
-    port: int
-    session: Session
-    listener: Optional[IListeningPort]
-    factory: Optional[GrantForwardFactory]
-    deadline: float
-    timer: Optional[IDelayedCall] = None
+    log = Logger()
+
+    def __init__(
+        self, granter: "PortGranter", port: int, source: IPAddress, user: str, deadline: float
+    ) -> None:
+        self._granter = granter
+        self.port = port
+        self.source = source
+        self.user = user
+        self.deadline = deadline
+        self.used: Deferred = Deferred()
+        self.closed = False
+        self._listener: Optional[IListeningPort] = None
+
+    def listen(self, reactor: Any, host: str, port: int) -> None:
+        """
+        Listen on the grant's port for the one connection to forward to ``host:port``
+        (proxy mode). Raises ``CannotListenError`` when the port is in use.
+        """
+        factory = GrantForwardFactory(host, port, self.source, reactor, self._connected)
+        interface = "::" if self.source.version == 6 else "0.0.0.0"
+        self._listener = reactor.listenTCP(self.port, factory, interface=interface)
+
+    def _connected(self) -> None:
+        self.close("used")
+        self.used.callback(None)
+
+    def expire(self) -> "Deferred[Any]":
+        """
+        The deadline has passed: close the grant.
+        """
+        # In nat mode the kernel took the grant's connection (if any) unseen.
+        return self.close("unused, open time over" if self._listener else "open time over")
+
+    def close(self, why: str) -> "Deferred[Any]":
+        """
+        Stop listening and revoke the firewall's rule; ``why`` goes into the log. Closing a
+        closed grant does nothing.
+        """
+        if self.closed:
+            return succeed(None)
+        self.closed = True
+        self.log.info(
+            "grant of port {port} to {source} closed: {why}",
+            port=self.port,
+            source=str(self.source),
+            why=why,
+        )
+        return self._granter.release(self)
+
+    def stop_listening(self) -> "Deferred[Any]":
+        """
+        Close the listener, if there is one (the granter's part of closing).
+        """
+        if self._listener is None:
+            return succeed(None)
+        return maybeDeferred(self._listener.stopListening)
 
 
-class PortGranter:
+class PortGranter(Service):
     """
-    Opens assigned ports for sessions (``grant`` is the ``SessionTable``'s granter).
+    Opens assigned ports (``open``), as a service: stopping it closes every open grant, after
+    the grants still being opened have settled (established forwarded connections go on).
 
-    ``reactor`` provides ``IReactorTCP`` and ``IReactorTime``; ``forward_host``/``forward_port``
-    is the hidden service; ``port_range`` the inclusive range to assign from; ``open_time`` how
-    long a port waits for its connection; ``firewall`` opens the port for the session's address;
-    ``on_used(session)`` is called when a grant's one connection has arrived.
+    ``reactor`` provides ``IReactorTCP`` and ``IReactorTime``; ``settings`` is the
+    ``LiveSettings`` (the forward target, ``SINGLECONN_PORTOPEN_TIME``, ``ASSIGN_PORT_RANGE``,
+    ``FORWARD_MODE``); ``firewall`` opens the port for the session's address (the daemon's
+    ``FirewallService``).
     """
 
     log = Logger()
@@ -53,157 +107,105 @@ class PortGranter:
     def __init__(
         self,
         reactor: Any,
-        forward_host: str,
-        forward_port: int,
-        port_range: Tuple[int, int],
-        open_time: float,
+        settings: Any,
+        firewall: Any,
         chooser: Optional[random.Random] = None,
-        firewall: Optional[IFirewall] = None,
-        nat: bool = False,
-        on_used: Optional[Callable[[Session], None]] = None,
     ) -> None:
         self.reactor = reactor
-        self.forward_host = forward_host
-        self.forward_port = forward_port
-        self.port_range = port_range
-        self.open_time = open_time
+        self.settings = settings
+        self.firewall = firewall
         self._chooser = chooser if chooser is not None else random.SystemRandom()
-        self.firewall: IFirewall = firewall if firewall is not None else NoFirewall()
-        # FORWARD_MODE = nat: the firewall DNATs the grant's one connection in the kernel, so no
-        # listener is opened and the data never enters Python.
-        self.nat = nat
-        self.on_used = on_used
         self._opening: Set[Deferred] = set()
-        self.open: Dict[int, OpenGrant] = {}
+        self.open_grants: Dict[int, OpenGrant] = {}
 
-    def grant(self, session: Session) -> "Deferred[GrantInfo]":
+    def open(self, source: IPAddress, user: str) -> "Deferred[OpenGrant]":
         """
-        Open a random free port for ``session``'s address; fires with its ``GrantInfo``, or fails
-        with ``SessionRefused`` when no port can be opened.
+        Open a random free port for ``source``; fires with its ``OpenGrant``, or fails with
+        ``SessionRefused`` when no port can be opened or the firewall refuses.
         """
-        low, high = self.port_range
+        config = self.settings.config
+        low, high = config.assign_port_range
         for _ in range(MAX_PORT_ATTEMPTS):
             port = self._chooser.randint(low, high)
-            if port in self.open:
+            if port in self.open_grants:
                 continue
-            factory: Optional[GrantForwardFactory] = None
-            listener: Optional[IListeningPort] = None
-            if not self.nat:
-                factory = GrantForwardFactory(
-                    self.forward_host, self.forward_port, session.source, self.reactor
-                )
-                interface = "::" if session.source.version == 6 else "0.0.0.0"
+            deadline = self.reactor.seconds() + config.singleconn_portopen_time
+            grant = OpenGrant(self, port, source, user, deadline)
+            # FORWARD_MODE = nat: the firewall DNATs the grant's one connection in the kernel,
+            # so no listener is opened and the data never enters Python.
+            if config.forward_mode != "nat":
                 try:
-                    listener = self.reactor.listenTCP(port, factory, interface=interface)
+                    grant.listen(self.reactor, str(config.forward_to_ip), config.forward_to_port)
                 except CannotListenError:
                     continue  # in use by something else: skip it
-            deadline = self.reactor.seconds() + self.open_time
-            opened = OpenGrant(port, session, listener, factory, deadline)
-            if factory is not None:
-                factory.on_connection = lambda opened=opened: self._used(opened)
-            opened.timer = self.reactor.callLater(
-                self.open_time,
-                self._close,
-                opened,
-                # In nat mode the kernel took the grant's connection (if any) unseen.
-                "open time over" if self.nat else "unused, open time over",
-            )
-            self.open[port] = opened
-            opening = maybeDeferred(self.firewall.grant, session.source, port, deadline)
-            # close_all waits for grants still being opened, so none lands after a clean stop.
+            self.open_grants[port] = grant
+            opening = maybeDeferred(self.firewall.grant, source, port, deadline)
+            # Stopping waits for grants still being opened, so none lands after a clean stop.
             self._opening.add(opening)
-
-            def settled(result: Any, opening: Deferred = opening) -> Any:
-                self._opening.discard(opening)
-                return result
-
-            opening.addBoth(settled)
-            opening.addCallbacks(self._opened, self._firewallRefused, (opened,), None, (opened,))
+            opening.addBoth(self._forget_opening, opening)
+            opening.addCallbacks(self._opened, self._refused, (grant,), None, (grant,))
             return opening
         return fail(
             SessionRefused("no-free-port", f"no free port found in {low}-{high} (ASSIGN_PORT_RANGE)")
         )
 
-    def _opened(self, _: object, opened: OpenGrant) -> GrantInfo:
-        if self.open.get(opened.port) is not opened:
-            # Closed while the firewall was still opening it (the daemon is stopping).
-            self._revoke(opened)
+    def _forget_opening(self, result: Any, opening: Deferred) -> Any:
+        self._opening.discard(opening)
+        return result
+
+    def _opened(self, _: object, grant: OpenGrant) -> OpenGrant:
+        if grant.closed:
+            # Closed while the firewall was still opening it (the daemon is stopping): the
+            # revocation may have overtaken the grant, so revoke again.
+            self.release(grant)
             raise SessionRefused("closed", "the grant was closed while it was being opened")
         self.log.info(
             "port {port} granted to {user} from {source} for {open_time}s",
-            port=opened.port,
-            user=opened.session.user,
-            source=str(opened.session.source),
-            open_time=self.open_time,
+            port=grant.port,
+            user=grant.user,
+            source=str(grant.source),
+            open_time=grant.deadline - self.reactor.seconds(),
         )
-        return GrantInfo(opened.port, opened.deadline)
+        return grant
 
-    def _firewallRefused(self, failure: Any, opened: OpenGrant) -> None:
-        self.log.error(
-            "firewall refused the grant of port {port} to {source}: {error}",
-            port=opened.port,
-            source=str(opened.session.source),
-            error=failure.getErrorMessage(),
-        )
-        self._close(opened, "the firewall refused it")
-        raise SessionRefused("firewall", failure.getErrorMessage())
+    def _refused(self, failure: Any, grant: OpenGrant) -> Any:
+        grant.closed = True
+        # The firewall added nothing: only the listener is to be closed.
+        self.release(grant, revoke=False)
+        if failure.check(SessionRefused):  # the firewall's rules are not in place yet
+            return failure
+        raise SessionRefused("firewall", failure.getErrorMessage(), severe=True)
 
-    def _used(self, opened: OpenGrant) -> "Deferred[None]":
-        closing = self._close(opened, "used")
-        if self.on_used is not None:
-            self.on_used(opened.session)
-        return closing
-
-    def _close(self, opened: OpenGrant, why: str) -> "Deferred[None]":
-        if self.open.get(opened.port) is not opened:
-            return succeed(None)
-        del self.open[opened.port]
-        if opened.timer is not None and opened.timer.active():
-            opened.timer.cancel()
-        opened.timer = None
-        self.log.info(
-            "grant of port {port} to {source} closed: {why}",
-            port=opened.port,
-            source=str(opened.session.source),
-            why=why,
-        )
-        revoking = self._revoke(opened)
-        if opened.listener is None:
-            return DeferredList([revoking], consumeErrors=True)
-        stopping = maybeDeferred(opened.listener.stopListening)
-        return DeferredList([revoking, stopping], consumeErrors=True)
-
-    def _revoke(self, opened: OpenGrant) -> "Deferred[None]":
-        revoking = maybeDeferred(self.firewall.revoke, opened.session.source, opened.port)
+    def release(self, grant: OpenGrant, revoke: bool = True) -> "Deferred[Any]":
+        """
+        Forget ``grant``, stop its listener and (with ``revoke``) revoke it in the firewall
+        (``OpenGrant.close`` calls this).
+        """
+        if self.open_grants.get(grant.port) is grant:
+            del self.open_grants[grant.port]
+        if not revoke:
+            return grant.stop_listening()
+        revoking = maybeDeferred(self.firewall.revoke, grant.source, grant.port)
         revoking.addErrback(
             lambda failure: self.log.error(
                 "firewall could not revoke port {port} of {source} (the kernel still ends it at"
                 " its deadline): {error}",
-                port=opened.port,
-                source=str(opened.session.source),
+                port=grant.port,
+                source=str(grant.source),
                 error=failure.getErrorMessage(),
             )
         )
-        return revoking
+        return DeferredList([revoking, grant.stop_listening()], consumeErrors=True)
 
-    def close_all(self) -> "Deferred[Any]":
+    def stopService(self) -> "Deferred[Any]":
         """
-        Stop listening on every open assigned port (the daemon is stopping), after the grants
-        still being opened have settled; established forwarded connections are left alone.
+        Close every open grant (the daemon is stopping), once the grants still being opened
+        have settled; established forwarded connections are left alone.
         """
+        super().stopService()
         closing: List[Deferred] = [
-            self._close(opened, "daemon stopping") for opened in list(self.open.values())
+            grant.close("daemon stopping") for grant in list(self.open_grants.values())
         ]
-        # A grant being opened now is closed by _opened when it lands (it is no longer open).
-        waiting = [_quiet(opening) for opening in list(self._opening)]
+        # A grant being opened now is closed when it lands (its session is gone).
+        waiting = [settled(opening) for opening in list(self._opening)]
         return DeferredList(closing + waiting, consumeErrors=True)
-
-
-def _quiet(opening: Deferred) -> Deferred:
-    """
-    A Deferred that fires when ``opening`` does, whatever its result, leaving ``opening``'s own
-    callbacks (the session's) untouched.
-    """
-    settled: Deferred = Deferred()
-    opening.addBoth(lambda result: (settled.callback(None), result)[1])
-    return settled

@@ -239,9 +239,9 @@ def open_notification_socket() -> socket.socket:
 @implementer(IReadDescriptor)
 class AddressWatcher(Service):
     """
-    Reports the addresses of ``interface`` (every interface when ``None``) to ``on_change``: once
-    when the service starts, then whenever the kernel announces an address change that changes
-    the set. ``read_addresses`` and ``open_socket`` default to ``addresses`` and
+    Keeps ``current``, the addresses of ``interface`` (every interface when ``None``), and reports
+    them to ``on_change`` (unless it is ``None``): once when the service starts, then whenever
+    the kernel announces an address change that changes the set. ``read_addresses`` and ``open_socket`` default to ``addresses`` and
     ``open_notification_socket``; tests replace them.
     """
 
@@ -251,7 +251,7 @@ class AddressWatcher(Service):
         self,
         reactor: Any,
         interface: Optional[str],
-        on_change: Callable[[FrozenSet[IPAddress]], None],
+        on_change: Optional[Callable[[FrozenSet[IPAddress]], None]],
         read_addresses: Callable[[Optional[str]], FrozenSet[IPAddress]] = addresses,
         open_socket: Callable[[], Any] = open_notification_socket,
     ) -> None:
@@ -304,6 +304,8 @@ class AddressWatcher(Service):
             added=sorted(str(address) for address in now - (previous or frozenset())),
             removed=sorted(str(address) for address in (previous or frozenset()) - now),
         )
+        if self._on_change is None:
+            return
         try:
             self._on_change(now)
         except Exception:

@@ -4,10 +4,10 @@ and summed up once a minute under a flood, so junk can neither flood the log nor
 """
 
 import collections
-from typing import Counter, Optional
+from typing import Any, Counter
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
 # Refusals logged one by one in each interval; the rest go into the interval's summary.
@@ -21,18 +21,14 @@ BUSIEST_SHOWN = 5
 class RefusalLog:
     """
     Where every refused datagram is reported (``refused``). ``totals`` counts them by reason
-    since start; ``start``/``stop`` run the once-an-interval summary on ``clock``.
+    since start; ``summarize`` ends an interval (``RefusalSummary`` calls it once an interval).
     """
 
     log = Logger()
 
     def __init__(
-        self,
-        clock: IReactorTime,
-        detailed_per_interval: int = DETAILED_PER_INTERVAL,
-        interval: float = INTERVAL,
+        self, detailed_per_interval: int = DETAILED_PER_INTERVAL, interval: float = INTERVAL
     ) -> None:
-        self.clock = clock
         self.detailed_per_interval = detailed_per_interval
         self.interval = interval
         self.totals: Counter[str] = collections.Counter()
@@ -40,11 +36,14 @@ class RefusalLog:
         self._sources: Counter[str] = collections.Counter()
         self._detailed = 0
         self._suppressed = 0
-        self._loop: Optional[LoopingCall] = None
 
-    def refused(self, source: str, port: int, reason: str, detail: str) -> None:
+    def refused(
+        self, source: str, port: int, reason: str, detail: str, severe: bool = False
+    ) -> None:
         """
-        Count one refusal from ``source``/``port`` and log it if the interval's quota allows.
+        Count one refusal from ``source``/``port`` and log it if the interval's quota allows:
+        at info level, or at error level when it is ``severe`` (the operator must look into it:
+        the firewall refused a change).
         """
         self.totals[reason] += 1
         self._reasons[reason] += 1
@@ -52,7 +51,7 @@ class RefusalLog:
             self._sources[source] += 1
         if self._detailed < self.detailed_per_interval:
             self._detailed += 1
-            self.log.info(
+            (self.log.error if severe else self.log.info)(
                 "refused datagram from {source} port {source_port}: {reason} ({detail})",
                 source=source,
                 source_port=port,
@@ -87,19 +86,22 @@ class RefusalLog:
         self._detailed = 0
         self._suppressed = 0
 
-    def start(self) -> None:
-        """
-        Summarize once an interval from now on.
-        """
-        self._loop = LoopingCall(self.summarize)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False)
 
-    def stop(self) -> None:
+class RefusalSummary(TimerService):
+    """
+    The summary of ``refusals`` once an interval on ``clock``, as a service of the daemon;
+    stopping it gives a last summary.
+    """
+
+    def __init__(self, refusals: RefusalLog, clock: IReactorTime) -> None:
+        super().__init__(refusals.interval, refusals.summarize)
+        self.clock = clock
+        self.refusals = refusals
+
+    def stopService(self) -> Any:
         """
         Stop summarizing, after a last summary.
         """
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        self.summarize()
+        stopping = super().stopService()
+        self.refusals.summarize()
+        return stopping

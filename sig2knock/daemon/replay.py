@@ -16,6 +16,7 @@ import os
 import struct
 from typing import Dict, List, Optional, Tuple
 
+from twisted.application.service import Service
 from twisted.logger import Logger
 
 from sig2knock.protocol.wire import NONCE_SIZE, MessageRejected
@@ -38,7 +39,7 @@ class ReplayCacheError(Exception):
     """
 
 
-class ReplayCache:
+class ReplayCache(Service):
     """
     Nonces seen inside the clock-skew window, with their expiry times.
 
@@ -46,7 +47,7 @@ class ReplayCache:
     ``max_skew`` is ``MAX_CLOCK_SKEW`` in seconds; ``capacity`` bounds the live entries: when it is
     reached new messages are refused (fail closed) rather than old nonces forgotten. ``first_start``
     says a missing file is expected (a state directory just created); otherwise a missing file is
-    treated as lost.
+    treated as lost. As a service of the daemon, stopping it closes it (``close``).
     """
 
     log = Logger()
@@ -86,14 +87,6 @@ class ReplayCache:
         if timestamp_ms < self._floor_ms:
             raise MessageRejected(REASON_REPLAY, "stamped before the replay cache was lost")
 
-    def check_and_remember(self, nonce: bytes, timestamp_ms: int, now: float) -> None:
-        """
-        Refuse ``nonce`` if it was seen (``MessageRejected`` with reason ``replay``) or if the
-        cache is full (reason ``cache-full``); otherwise remember it until its window ends.
-        """
-        self.check(nonce, timestamp_ms, now)
-        self.remember(nonce, timestamp_ms, now)
-
     def remember(self, nonce: bytes, timestamp_ms: int, now: float) -> None:
         """
         Remember ``nonce``, which ``check`` has just passed, until its window ends, on disk too;
@@ -118,6 +111,13 @@ class ReplayCache:
                 # Fail closed: a nonce that could not be persisted is not accepted.
                 self.log.error("cannot persist the replay cache: {error}", error=error)
                 raise MessageRejected(REASON_CACHE_FULL, "replay cache not writable") from None
+
+    def stopService(self) -> None:
+        """
+        The daemon is stopping: close the cache.
+        """
+        super().stopService()
+        self.close()
 
     def close(self) -> None:
         """

@@ -1,5 +1,6 @@
 """
-Knock sessions: from a valid P1 to a granted port.
+Knock sessions: the table that owns every session's life, from a valid P1 to its end (the states
+are in ``sig2knock.daemon.session``).
 
 A valid P1 opens a *pending* session for its source address with the knock sequence it carries.
 Knocks from that address advance it; the sequence is complete when its ports have been seen in
@@ -7,6 +8,8 @@ order, as a subsequence of whatever the address sent, so extra, duplicated or ou
 are ignored and can never reset it. A valid P2 asks for the grant: at once when the sequence is
 complete, or as soon as it completes when P2 overtook the last knocks (the control socket delivers
 P2 sooner than the capture delivers knocks). A repeated P2 gets the same grant, never a second port.
+The grant's first connection ends the session (*used*); its deadline ends it otherwise, closing
+the grant (*expired*).
 
 The capture only sees the knocks of *watched* sources (the addresses with a pending session), and
 it can deliver a knock before the control socket delivers its P1, so knocks of watched addresses
@@ -18,20 +21,19 @@ in tests).
 """
 
 import collections
-from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, FrozenSet, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from sig2knock.protocol.wire import KnockRequest, Refusal
-from sig2knock.protocol.addresses import IPAddress, PROTOCOL_NAMES
-
-PENDING = "pending"
-COMPLETE = "complete"
-GRANTING = "granting"
-GRANTED = "granted"
+from sig2knock.daemon.packets import Knock
+from sig2knock.daemon.session import Session, SessionRefused, State
+from sig2knock.daemon.waiting import cancel
+from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP, PROTOCOL_NAMES, IPAddress
+from sig2knock.protocol.wire import KnockRequest
 
 DEFAULT_MAX_PER_SOURCE = 8
 # One key holder with many addresses (an IPv6 prefix, a botnet, a stolen key) must not fill the
@@ -47,77 +49,21 @@ MAX_WAITERS = 8
 # How long after a sequence completes the capture filter is narrowed again: not at once, because
 # the grant being opened (its firewall change runs on a worker thread) would wait for it.
 NARROW_DELAY = 0.05
+KNOCK_PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
 
 
-class SessionRefused(Refusal):
+class SessionTable(Service):
     """
-    A P1 or P2 that was authentic but is refused by the session rules. ``reason`` is short and
-    fixed (for counters and logs); ``detail`` adds what is useful to an operator.
-    """
+    The sessions of the daemon, and the one owner of each one's life; as a service, stopping it
+    forgets them all.
 
-
-@dataclass(frozen=True)
-class GrantInfo:
-    """
-    What a granted session was given: ``port`` open to its address until ``deadline`` (seconds
-    since the epoch).
-    """
-
-    port: int
-    deadline: float
-
-
-@dataclass(eq=False)
-class Session:
-    """
-    One knock session: who opened it, the sequence it waits for, and how far it got.
-    """
-
-    source: IPAddress
-    user: str
-    session_id: bytes
-    protocol: int
-    ports: Tuple[int, ...]
-    state: str = PENDING
-    progress: int = 0
-    grant: Optional[GrantInfo] = None
-    waiters: List[Deferred] = field(default_factory=list)
-    timer: Optional[IDelayedCall] = None
-
-    @property
-    def key(self) -> Tuple[IPAddress, bytes]:
-        """
-        How the table finds this session: its source address and session id.
-        """
-        return (self.source, self.session_id)
-
-    def observe(self, protocol: int, port: int) -> bool:
-        """
-        Take one knock into account; return whether it completed the sequence now.
-        """
-        if self.state != PENDING or protocol != self.protocol:
-            return False
-        if port == self.ports[self.progress]:
-            self.progress += 1
-            if self.progress == len(self.ports):
-                self.state = COMPLETE
-                return True
-        return False
-
-
-Granter = Callable[[Session], "Deferred[GrantInfo]"]
-
-
-class SessionTable:
-    """
-    The sessions of the daemon.
-
-    ``grant`` opens the assigned port for a session whose sequence is complete and P2 received
-    (a Deferred firing with a ``GrantInfo``; a failure refuses the session). ``on_watch_change`` is
-    called with the set of addresses whose knocks must be captured whenever it changes.
-    ``knock_timeout`` is how long a session may take from P1 to P2 and its last knock;
-    ``hold_time`` how long a granted session is remembered to answer a repeated P2 (the grant's
-    open time).
+    ``granter.open(source, user)`` opens the assigned port of a session whose sequence is
+    complete and whose P2 has come (a Deferred firing with an ``OpenGrant``, or failing with
+    ``SessionRefused``). ``capture(on_knock)`` makes the knock capture that delivers knocks to
+    the table (``capture``, a ``KnockCapture``); the table tells it whose knocks to deliver,
+    whenever that changes (``capture.watch``). ``settings`` is the ``LiveSettings`` in force:
+    ``KNOCK_PROTO``, ``KNOCK_COUNT`` and ``KNOCK_TIMEOUT`` (how long a session may take from
+    P1 to P2 and its last knock) are read from it for each new session.
     """
 
     log = Logger()
@@ -126,24 +72,18 @@ class SessionTable:
         self,
         clock: IReactorTime,
         *,
-        grant: Granter,
-        on_watch_change: Callable[[FrozenSet[IPAddress]], None],
-        knock_protocol: int,
-        min_knocks: int,
-        knock_timeout: float,
-        hold_time: float,
+        granter: Any,
+        capture: Callable[[Callable[[Knock], None]], Any],
+        settings: Any,
         max_per_source: int = DEFAULT_MAX_PER_SOURCE,
         max_per_user: int = DEFAULT_MAX_PER_USER,
         max_total: int = DEFAULT_MAX_TOTAL,
         early_window: float = DEFAULT_EARLY_WINDOW,
     ) -> None:
         self.clock = clock
-        self._grant = grant
-        self._on_watch_change = on_watch_change
-        self.knock_protocol = knock_protocol
-        self.min_knocks = min_knocks
-        self.knock_timeout = knock_timeout
-        self.hold_time = hold_time
+        self.granter = granter
+        self.capture = capture(self.knock)
+        self.settings = settings
         self.max_per_source = max_per_source
         self.max_per_user = max_per_user
         self.max_total = max_total
@@ -181,21 +121,24 @@ class SessionTable:
         Handle a valid P1 from ``source``: open a session and return it, or return ``None`` when
         the session exists already (a re-sent P1). Raises ``SessionRefused``.
         """
+        config = self.settings.config
         existing = self._sessions.get((source, request.session_id))
         if existing is not None:
             if existing.user != user or existing.ports != request.ports:
                 raise SessionRefused("session-conflict", "session id in use with other content")
             return None
-        if request.protocol != self.knock_protocol:
+        expected = KNOCK_PROTOCOLS[config.knock_proto]
+        if request.protocol != expected:
             raise SessionRefused(
                 "knock-protocol",
                 f"{PROTOCOL_NAMES[request.protocol]} knocks, the server expects"
-                f" {PROTOCOL_NAMES[self.knock_protocol]} (KNOCK_PROTO)",
+                f" {PROTOCOL_NAMES[expected]} (KNOCK_PROTO)",
             )
-        if len(request.ports) < self.min_knocks:
+        if len(request.ports) < config.knock_count:
             raise SessionRefused(
                 "knock-count",
-                f"{len(request.ports)} knocks, the server requires {self.min_knocks} (KNOCK_COUNT)",
+                f"{len(request.ports)} knocks, the server requires {config.knock_count}"
+                " (KNOCK_COUNT)",
             )
         if self.pending_count(source) >= self.max_per_source:
             raise SessionRefused("source-limit", f"{self.max_per_source} pending sessions")
@@ -207,7 +150,8 @@ class SessionTable:
         self._sessions[session.key] = session
         self._pending.setdefault(source, []).append(session)
         self._sessions_by_user[user] = self._sessions_by_user.get(user, 0) + 1
-        session.timer = self.clock.callLater(self.knock_timeout, self._expire, session)
+        timeout = config.knock_timeout
+        session.set_deadline(self.clock.callLater(timeout, self._knocks_overdue, session, timeout))
         self.log.info(
             "P1 accepted: {user} from {source}, {count} {protocol} knocks",
             user=user,
@@ -218,15 +162,17 @@ class SessionTable:
         for _, protocol, port in self._recent_knocks(source):
             if session.observe(protocol, port):
                 break
-        if session.state == COMPLETE:
+        if session.state is State.COMPLETE:
             self._completed(session)
         self._update_watched()
         return session
 
-    def knock(self, source: IPAddress, protocol: int, port: int) -> None:
+    def knock(self, knock: Knock) -> None:
         """
-        A knock from ``source`` seen by the capture (aimed at one of the server's addresses).
+        A knock seen by the capture (from a watched source, aimed at one of the server's
+        addresses).
         """
+        source, protocol, port = knock.source, knock.protocol, knock.port
         now = self.clock.seconds()
         early = self._early.get(source)
         if early is None:
@@ -246,16 +192,15 @@ class SessionTable:
         if completed and self._narrowing is None:
             self._narrowing = self.clock.callLater(NARROW_DELAY, self._update_watched)
 
-    def confirm(self, source: IPAddress, user: str, session_id: bytes) -> "Deferred[GrantInfo]":
+    def confirm(self, source: IPAddress, user: str, session_id: bytes) -> Deferred:
         """
-        Handle a valid P2: a Deferred that fires with the session's grant (at once if it exists,
-        when the sequence completes if P2 came first) or fails with ``SessionRefused``.
+        Handle a valid P2: a Deferred that fires with the session's ``OpenGrant`` (at once if it
+        exists, when the sequence completes if P2 came first) or fails with ``SessionRefused``.
         """
         session = self._sessions.get((source, session_id))
         if session is None or session.user != user:
             return fail(SessionRefused("unknown-session", "no such session from this address"))
-        if session.state == GRANTED:
-            assert session.grant is not None
+        if session.state is State.GRANTED:
             self.log.info(
                 "P2 repeated: {user} from {source}, same port {port}",
                 user=user,
@@ -265,25 +210,18 @@ class SessionTable:
             return succeed(session.grant)
         if len(session.waiters) >= MAX_WAITERS:
             return fail(SessionRefused("confirm-limit", "too many P2 waiting for this session"))
-        waiter: "Deferred[GrantInfo]" = Deferred()
+        waiter: Deferred = Deferred()
         session.waiters.append(waiter)
-        if session.state == COMPLETE:
+        if session.state is State.COMPLETE:
             self._start_grant(session)
         return waiter
 
-    def used(self, session: Session) -> None:
+    def stopService(self) -> None:
         """
-        ``session``'s grant has had its one connection: forget the session now rather than at
-        the end of ``hold_time``, so that it stops counting against its user's session limit
-        (a user may log in again and again; only unused grants are held against them).
+        Forget every session and cancel their timers (the daemon is stopping; the granter closes
+        the grants).
         """
-        if self._sessions.get(session.key) is session and session.state == GRANTED:
-            self._remove(session)
-
-    def stop(self) -> None:
-        """
-        Forget every session and cancel their timers (the daemon is stopping).
-        """
+        super().stopService()
         for session in list(self._sessions.values()):
             self._remove(session, notify=False)
         self._early.clear()
@@ -307,46 +245,42 @@ class SessionTable:
             self._start_grant(session)
 
     def _start_grant(self, session: Session) -> None:
-        session.state = GRANTING
+        session.move(State.GRANTING)
         # A session being granted does not expire: the grant's own outcome ends it (the firewall
         # tool has a time limit), so no grant can be opened for a session already forgotten.
-        if session.timer is not None and session.timer.active():
-            session.timer.cancel()
-        session.timer = None
-        try:
-            granting = self._grant(session)
-        except Exception as error:  # noqa: BLE001 - a broken granter refuses, never crashes
-            granting = fail(error)
-        granting.addCallbacks(self._granted, self._grant_failed, (session,), None, (session,))
+        session.set_deadline(None)
+        opening = maybeDeferred(self.granter.open, session.source, session.user)
+        opening.addCallbacks(self._granted, self._grant_failed, (session,), None, (session,))
 
-    def _granted(self, grant: GrantInfo, session: Session) -> None:
+    def _granted(self, grant: Any, session: Session) -> None:
         if self._sessions.get(session.key) is not session:
-            return  # the daemon stopped meanwhile
-        session.state = GRANTED
+            grant.close("the daemon stopped while it was opened")
+            return
+        session.move(State.GRANTED)
         session.grant = grant
-        if session.timer is not None and session.timer.active():
-            session.timer.cancel()
         remaining = max(grant.deadline - self.clock.seconds(), 0.0)
-        session.timer = self.clock.callLater(min(remaining, self.hold_time), self._forget, session)
-        waiters, session.waiters = session.waiters, []
-        for waiter in waiters:
+        session.set_deadline(self.clock.callLater(remaining, self._grant_overdue, session))
+        grant.used.addCallback(lambda _: self._used(session))
+        for waiter in session.take_waiters():
             waiter.callback(grant)
 
-    def _grant_failed(self, failure, session: Session) -> None:  # type: ignore[no-untyped-def]
-        self.log.failure(
-            "grant refused for {user} from {source}",
-            failure,
-            user=session.user,
-            source=str(session.source),
-        )
-        waiters, session.waiters = session.waiters, []
-        self._remove(session)
-        refusal = SessionRefused("grant-failed", failure.getErrorMessage())
-        for waiter in waiters:
+    def _grant_failed(self, failure: Failure, session: Session) -> None:
+        if failure.check(SessionRefused):
+            refusal = failure.value
+        else:
+            # Not a refusal the granter knows of: a bug, said with its traceback.
+            self.log.failure(
+                "cannot open a grant for {user} from {source}",
+                failure,
+                user=session.user,
+                source=str(session.source),
+            )
+            refusal = SessionRefused("grant-failed", failure.getErrorMessage(), severe=True)
+        self._end(session, State.REFUSED)
+        for waiter in session.take_waiters():
             waiter.errback(refusal)
 
-    def _expire(self, session: Session) -> None:
-        session.timer = None
+    def _knocks_overdue(self, session: Session, timeout: float) -> None:
         self.log.info(
             "session expired: {user} from {source} after {progress} of {count} knocks"
             " in {timeout}s",
@@ -354,15 +288,24 @@ class SessionTable:
             source=str(session.source),
             progress=session.progress,
             count=len(session.ports),
-            timeout=self.knock_timeout,
+            timeout=timeout,
         )
-        waiters, session.waiters = session.waiters, []
-        self._remove(session)
-        for waiter in waiters:
+        self._end(session, State.EXPIRED)
+        for waiter in session.take_waiters():
             waiter.errback(SessionRefused("knock-timeout", "sequence not completed in time"))
 
-    def _forget(self, session: Session) -> None:
-        session.timer = None
+    def _grant_overdue(self, session: Session) -> None:
+        session.grant.expire()
+        self._end(session, State.EXPIRED)
+
+    def _used(self, session: Session) -> None:
+        # The grant's one connection came: the session stops counting against its user at once
+        # (a user may log in again and again; only unused grants are held against them).
+        if session.state is State.GRANTED:
+            self._end(session, State.USED)
+
+    def _end(self, session: Session, state: State) -> None:
+        session.move(state)
         self._remove(session)
 
     def _pending_remove(self, session: Session) -> None:
@@ -373,9 +316,7 @@ class SessionTable:
                 del self._pending[session.source]
 
     def _remove(self, session: Session, notify: bool = True) -> None:
-        if session.timer is not None and session.timer.active():
-            session.timer.cancel()
-        session.timer = None
+        session.set_deadline(None)
         self._pending_remove(session)
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
@@ -388,12 +329,9 @@ class SessionTable:
             self._update_watched()
 
     def _update_watched(self) -> None:
-        if self._narrowing is not None:
-            if self._narrowing.active():
-                self._narrowing.cancel()
-            self._narrowing = None
+        cancel(self._narrowing)
+        self._narrowing = None
         watched = frozenset(self._pending)
         if watched != self._watched:
             self._watched = watched
-            self._on_watch_change(watched)
-
+            self.capture.watch(watched)

@@ -207,18 +207,21 @@ def default_config_path() -> str:
 
 class LiveSettings:
     """
-    The configuration in force, in one place: components read ``current`` whenever they need a
-    setting, so that a reload (``replace``) reaches them all at once.
+    The settings in force, in one place: the configuration (``config``) and the users
+    (``users``). Components read them whenever they need a setting or a key, so that a reload
+    (``replace``) reaches them all at once.
     """
 
-    def __init__(self, config: Any) -> None:
-        self.current = config
+    def __init__(self, config: Any, users: Any) -> None:
+        self.config = config
+        self.users = users
 
-    def replace(self, config: Any) -> None:
+    def replace(self, config: Any, users: Any) -> None:
         """
-        Put ``config`` in force.
+        Put ``config`` and ``users`` in force.
         """
-        self.current = config
+        self.config = config
+        self.users = users
 
 
 def merge(running: Any, loaded: Any) -> Tuple[Any, List[str], List[str]]:

@@ -384,8 +384,8 @@ class NftablesFirewall:
     ) -> Deferred:
         """
         Render the script and run it; fire with ``None`` and log ``message`` (a format string
-        over ``fields``), or fail with ``FirewallError`` whatever went wrong, so the daemon
-        always fails closed. When nft says an element exists and ``if_exists`` is given, that
+        over ``fields``), or fail with ``FirewallError`` whatever went wrong (unlogged), so the
+        daemon always fails closed. When nft says an element exists and ``if_exists`` is given, that
         script is run instead.
         """
 
@@ -405,13 +405,8 @@ class NftablesFirewall:
                 return self._apply(operation, message, if_exists, **fields)
             if not reason.check(FirewallError):
                 reason = Failure(FirewallError(f"nftables: {operation}: {reason.value}"))
-            self.log.error(
-                "nftables: {operation} failed: {error}",
-                operation=operation,
-                error=str(reason.value),
-                table=TABLE,
-                **fields,
-            )
+            # Not logged here: whoever asked for the change says it once (the refusal log for a
+            # grant, the firewall service for the rules).
             return reason
 
         return maybeDeferred(go).addCallbacks(done, failed)

@@ -212,12 +212,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return flush(options.config, options.interface)
     from twisted.scripts import twistd
 
-    from sig2knock.daemon import service
+    from sig2knock.daemon import firewall_service
 
     sys.argv = ["sig2knockd"] + twistd_arguments(options.config, options.interface)
     twistd.run()
     # The daemon stopped itself because its firewall rules could not be installed.
-    return 1 if service.start_failures else 0
+    return 1 if firewall_service.start_failures else 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ The client's tests import this module too, so it imports nothing of the daemon's
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from sig2knock import examples
 from sig2knock.protocol.kdf import KdfParams
@@ -107,3 +107,93 @@ def installed_command(name: str) -> Optional[str]:
     """
     path = os.path.join(os.path.dirname(sys.executable), name)
     return path if os.access(path, os.X_OK) else None
+
+
+class FakeGrant:
+    """
+    Stands for an ``OpenGrant``: ``port`` until ``deadline``; ``used`` is fired by the test;
+    ``closed`` records why it was closed (``expire`` and ``close``).
+    """
+
+    def __init__(self, port: int, deadline: float) -> None:
+        from twisted.internet.defer import Deferred
+
+        self.port = port
+        self.deadline = deadline
+        self.used: "Deferred[None]" = Deferred()
+        self.closed: List[str] = []
+
+    def expire(self) -> None:
+        self.closed.append("expired")
+
+    def close(self, why: str) -> None:
+        self.closed.append(why)
+
+
+class FakeGranter:
+    """
+    Stands for the ``PortGranter`` of a ``SessionTable``: ``open`` records the request and
+    answers with ``result`` when one is set (a Deferred), else with a new ``FakeGrant`` on the
+    next port, open ``open_time`` seconds from ``clock``'s now.
+    """
+
+    def __init__(self, clock: Any, open_time: float = 30) -> None:
+        self.clock = clock
+        self.open_time = open_time
+        self.opened: List[Any] = []
+        self.grants: List[FakeGrant] = []
+        self.result: Any = None
+        self.next_port = 40000
+
+    def open(self, source: Any, user: str) -> Any:
+        from twisted.internet.defer import succeed
+
+        self.opened.append((source, user))
+        if self.result is not None:
+            return self.result
+        self.next_port += 1
+        grant = FakeGrant(self.next_port, self.clock.seconds() + self.open_time)
+        self.grants.append(grant)
+        return succeed(grant)
+
+
+class FakeCapture:
+    """
+    Stands for the ``KnockCapture`` a ``SessionTable`` makes: records each set of watched
+    sources it is told.
+    """
+
+    def __init__(self, on_knock: Any) -> None:
+        self.on_knock = on_knock
+        self.watched: List[frozenset] = []
+
+    def watch(self, sources: frozenset) -> None:
+        self.watched.append(sources)
+
+
+def live_settings(**config: Any) -> Any:
+    """
+    A ``LiveSettings`` over a stand-in configuration with the session table's and the
+    granter's settings (``config`` overrides them) and no users.
+    """
+    import ipaddress
+    import types
+
+    from sig2knock.daemon.settings import LiveSettings
+
+    values: Dict[str, Any] = dict(
+        knock_proto="tcp", knock_count=4, knock_timeout=10.0, singleconn_portopen_time=30.0,
+        assign_port_range=(40000, 40999), forward_mode="proxy",
+        forward_to_ip=ipaddress.ip_address("127.0.0.1"), forward_to_port=22,
+    )
+    values.update(config)
+    return LiveSettings(types.SimpleNamespace(**values), None)
+
+
+def remember(cache: Any, nonce: bytes, timestamp_ms: int, now: float) -> None:
+    """
+    What the control channel does with an accepted message's nonce: check it against the
+    replay cache, then remember it.
+    """
+    cache.check(nonce, timestamp_ms, now)
+    cache.remember(nonce, timestamp_ms, now)

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.test.common import CHEAP_KDF, IMPORT_ROOT
-from sig2knock.test.test_client import PASSWORD, LoopbackServer
+from sig2knock.test.test_knocker import PASSWORD, LoopbackServer
 from sig2knock.test.test_relay import read_until_closed
 
 POSIX_ONLY = ("pwd", "grp", "fcntl", "termios")
@@ -25,8 +25,8 @@ POSIX_ONLY = ("pwd", "grp", "fcntl", "termios")
 # The client's tests: they import only the client's modules, so they run without Twisted's
 # reactor and without the POSIX-only modules.
 CLIENT_TESTS = (
-    "sig2knock.test.test_client",
-    "sig2knock.test.test_client_command",
+    "sig2knock.test.test_knocker",
+    "sig2knock.test.test_scripts_client",
     "sig2knock.test.test_keyfile",
     "sig2knock.test.test_keyline",
     "sig2knock.test.test_kdf",

@@ -6,18 +6,27 @@ logs every refusal with its source and reason.
 import ipaddress
 from typing import List, Tuple
 
-from twisted.internet.defer import succeed
+from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.logger import Logger
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sig2knock.protocol import addresses, wire
-from sig2knock.daemon.control import ControlProtocol, binding_check, rate_key
+from sig2knock.daemon.control import (
+    CONTROL_READ_BYTES,
+    ControlPortError,
+    ControlPorts,
+    ControlProtocol,
+    binding_check,
+    rate_key,
+)
 from sig2knock.daemon.ratelimit import RateLimiter
 from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.daemon.replay import ReplayCache
-from sig2knock.daemon.sessions import GrantInfo, SessionTable
+from sig2knock.daemon.sessions import SessionTable
 from sig2knock.protocol.wire import Binding, Confirm, KnockRequest, UserKey
+from sig2knock.daemon.packets import Knock
+from sig2knock.test.common import FakeCapture, FakeGranter, live_settings
 
 NOW = 1_800_000_000.0
 ALICE = UserKey("alice", bytes(range(32)))
@@ -53,14 +62,10 @@ class ControlProtocolTests(SynchronousTestCase):
         self.patch(ControlProtocol, "log", Logger(observer=self.events.append))
         self.patch(RefusalLog, "log", Logger(observer=self.events.append))
         self.patch(SessionTable, "log", Logger(observer=lambda event: None))
+        granter = FakeGranter(self.clock)
+        granter.next_port = 45677
         self.sessions = SessionTable(
-            self.clock,
-            grant=lambda session: succeed(GrantInfo(45678, self.clock.seconds() + 30)),
-            on_watch_change=lambda watched: None,
-            knock_protocol=addresses.PROTO_TCP,
-            min_knocks=4,
-            knock_timeout=10,
-            hold_time=30,
+            self.clock, granter=granter, capture=FakeCapture, settings=live_settings()
         )
         self.protocol = ControlProtocol(
             self.clock,
@@ -82,7 +87,7 @@ class ControlProtocolTests(SynchronousTestCase):
 
     def knock(self) -> None:
         for port in PORTS:
-            self.sessions.knock(CLIENT_ADDRESS, addresses.PROTO_TCP, port)
+            self.sessions.knock(Knock(CLIENT_ADDRESS, SERVER.address, addresses.PROTO_TCP, port))
 
     def grants(self) -> List[wire.Grant]:
         received = []
@@ -282,3 +287,51 @@ class BindingCheckTests(SynchronousTestCase):
         self.assertFalse(accepts(Binding.of("198.18.0.1", 1002)))
         addresses.clear()
         self.assertFalse(accepts(SERVER))
+
+
+class ControlPortsTests(TestCase):
+    """
+    The control sockets: opened before twistd starts, each reading a bounded amount per reactor
+    turn (so a burst of control messages cannot hold back the capture, and every pending knock,
+    for long), closed when the service stops.
+    """
+
+    def ports(self, port: int = 0, address: str = "127.0.0.1") -> ControlPorts:
+        from twisted.internet import reactor
+
+        protocols: List[DatagramProtocol] = []
+
+        def protocol() -> DatagramProtocol:
+            protocols.append(DatagramProtocol())
+            return protocols[-1]
+
+        return ControlPorts(reactor, port, ipaddress.ip_address(address), protocol)
+
+    def test_boundedRead(self) -> None:
+        ports = self.ports()
+        ports.open()
+        self.addCleanup(ports.stopService)
+        (listening,) = ports.listening
+        self.assertEqual(listening.maxThroughput, CONTROL_READ_BYTES)
+        self.assertLess(CONTROL_READ_BYTES, 256 * 1024)
+        self.assertGreaterEqual(CONTROL_READ_BYTES, 8 * 90)
+
+    def test_portInUseRefusedInOneLine(self) -> None:
+        first = self.ports()
+        first.open()
+        self.addCleanup(first.stopService)
+        taken = first.listening[0].getHost().port
+        second = self.ports(taken)
+        error = self.assertRaises(ControlPortError, second.open)
+        self.assertIn(f"UDP_PORT {taken}: cannot listen on 127.0.0.1", str(error))
+        self.assertIn("another sig2knockd", str(error))
+        self.assertEqual(second.listening, [])
+
+    async def test_stopCloses(self) -> None:
+        ports = self.ports()
+        ports.open()
+        (listening,) = ports.listening
+        ports.startService()
+        await ports.stopService()
+        self.assertEqual(ports.listening, [])
+        self.assertFalse(listening.connected)

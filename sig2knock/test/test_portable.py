@@ -25,7 +25,7 @@ from sig2knock.client.portable import (
 )
 from sig2knock.client.knocker import ClientError
 from sig2knock.scripts.client import run_command
-from sig2knock.test.test_client import FakeNetwork, grant_on_confirm, knocker
+from sig2knock.test.test_knocker import FakeNetwork, grant_on_confirm, knocker
 
 SECRET = "a secret line\n"
 

@@ -11,6 +11,7 @@ from sig2knock.daemon import replay
 from sig2knock.protocol import wire
 from sig2knock.daemon.replay import MAGIC, ReplayCache, ReplayCacheError
 from sig2knock.protocol.wire import MessageRejected
+from sig2knock.test.common import remember
 
 NOW = 1_800_000_000.0
 SKEW = 60
@@ -37,7 +38,7 @@ class ReplayCacheTests(SynchronousTestCase):
         return cache
 
     def remember(self, cache: ReplayCache, number: int, now: float = NOW) -> None:
-        cache.check_and_remember(nonce(number), wire.now_ms(now), now)
+        remember(cache, nonce(number), wire.now_ms(now), now)
 
     def assertRefused(self, reason: str, cache: ReplayCache, number: int, now=NOW) -> None:
         error = self.assertRaises(MessageRejected, self.remember, cache, number, now)
@@ -89,10 +90,11 @@ class ReplayCacheTests(SynchronousTestCase):
         A message stamped ahead of the server's clock stays refused until its own window ends.
         """
         cache = self.cache()
-        cache.check_and_remember(nonce(1), wire.now_ms(NOW + SKEW), NOW)
+        remember(cache, nonce(1), wire.now_ms(NOW + SKEW), NOW)
         self.assertRaises(
             MessageRejected,
-            cache.check_and_remember,
+            remember,
+            cache,
             nonce(1),
             wire.now_ms(NOW + SKEW),
             NOW + 2 * SKEW - 1,

@@ -1,21 +1,27 @@
 """
-Tests for sig2knock.daemon.sessions: the knock state machine, on a Clock.
+Tests for sig2knock.daemon.sessions: the session table, on a Clock, with a fake granter and a
+fake capture.
 """
 
 import ipaddress
 from typing import List
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon import sessions
+from sig2knock.daemon.session import SessionRefused, State
+from sig2knock.daemon.sessions import SessionTable
 from sig2knock.protocol import addresses, wire
-from sig2knock.daemon.sessions import GrantInfo, SessionRefused, SessionTable
+from sig2knock.daemon.packets import Knock
+from sig2knock.test.common import FakeCapture, FakeGrant, FakeGranter, live_settings
 
 CLIENT = ipaddress.ip_address("198.18.0.2")
 OTHER = ipaddress.ip_address("198.18.0.3")
 CLIENT6 = ipaddress.ip_address("2001:db8::2")
+SERVER = ipaddress.ip_address("198.18.0.1")
 PORTS = (1111, 2222, 3333, 4444)
 TCP = addresses.PROTO_TCP
 UDP = addresses.PROTO_UDP
@@ -32,40 +38,33 @@ class SessionTableTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.granted: List[sessions.Session] = []
-        self.next_port = 40000
-        self.watched: List[frozenset] = []
-        self.grant_result = None
+        self.granter = FakeGranter(self.clock)
+        self.granted = self.granter.opened
         self.table = self.make()
+        self.watched: List[frozenset] = self.table.capture.watched
 
     def make(self, **overrides) -> SessionTable:
-        settings = dict(
-            grant=self.grant,
-            on_watch_change=self.watched.append,
-            knock_protocol=TCP,
-            min_knocks=4,
-            knock_timeout=10,
-            hold_time=30,
+        return SessionTable(
+            self.clock,
+            granter=self.granter,
+            capture=FakeCapture,
+            settings=live_settings(),
+            **overrides,
         )
-        settings.update(overrides)
-        return SessionTable(self.clock, **settings)
-
-    def grant(self, session: sessions.Session) -> "Deferred[GrantInfo]":
-        self.granted.append(session)
-        if self.grant_result is not None:
-            return self.grant_result
-        self.next_port += 1
-        return succeed(GrantInfo(self.next_port, self.clock.seconds() + 30))
 
     def knock_all(self, source=CLIENT, ports=PORTS, protocol=TCP) -> None:
         for port in ports:
-            self.table.knock(source, protocol, port)
+            self.table.knock(Knock(source, SERVER, protocol, port))
 
     def test_sequenceThenConfirmGrants(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        opened = self.table.open(CLIENT, "alice", request())
+        self.assertIs(opened.state, State.PENDING)
         self.assertEqual(self.watched, [frozenset({CLIENT})])
         self.knock_all()
+        self.assertIs(opened.state, State.COMPLETE)
         grant = self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        self.assertIs(opened.state, State.GRANTED)
+        self.assertIs(opened.grant, grant)
         self.assertEqual(grant.port, 40001)
         self.assertEqual(len(self.granted), 1)
         # The capture is narrowed a little later, so the grant does not wait for it.
@@ -100,7 +99,7 @@ class SessionTableTests(SynchronousTestCase):
         self.knock_all(ports=PORTS[:3])
         waiting = self.table.confirm(CLIENT, "alice", b"S" * 16)
         self.assertNoResult(waiting)
-        self.table.knock(CLIENT, TCP, PORTS[3])
+        self.table.knock(Knock(CLIENT, SERVER, TCP, PORTS[3]))
         self.assertEqual(self.successResultOf(waiting).port, 40001)
 
     def test_incompleteSequenceGetsNothing(self) -> None:
@@ -115,14 +114,14 @@ class SessionTableTests(SynchronousTestCase):
     def test_duplicateKnockDoesNotReset(self) -> None:
         self.table.open(CLIENT, "alice", request())
         for port in (1111, 1111, 2222, 2222, 1111, 3333, 3333, 4444):
-            self.table.knock(CLIENT, TCP, port)
+            self.table.knock(Knock(CLIENT, SERVER, TCP, port))
         self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
 
     def test_noiseAndReorderingDoNotReset(self) -> None:
         self.table.open(CLIENT, "alice", request())
         noise = [4444, 9, 1111, 3333, 65000, 2222, 1111, 80, 3333, 2222, 4444]
         for port in noise:
-            self.table.knock(CLIENT, TCP, port)
+            self.table.knock(Knock(CLIENT, SERVER, TCP, port))
         self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
 
     def test_outOfOrderAloneDoesNotComplete(self) -> None:
@@ -156,18 +155,18 @@ class SessionTableTests(SynchronousTestCase):
 
     def test_repeatedConfirmWhileGrantingSameGrant(self) -> None:
         pending: Deferred = Deferred()
-        self.grant_result = pending
+        self.granter.result = pending
         self.table.open(CLIENT, "alice", request())
         self.knock_all()
         first = self.table.confirm(CLIENT, "alice", b"S" * 16)
         second = self.table.confirm(CLIENT, "alice", b"S" * 16)
-        pending.callback(GrantInfo(41000, 30))
+        pending.callback(FakeGrant(41000, 30))
         self.assertEqual(self.successResultOf(first), self.successResultOf(second))
         self.assertEqual(len(self.granted), 1)
 
     def test_resentKnockRequestKeepsSession(self) -> None:
         self.table.open(CLIENT, "alice", request())
-        self.table.knock(CLIENT, TCP, 1111)
+        self.table.knock(Knock(CLIENT, SERVER, TCP, 1111))
         self.assertIsNone(self.table.open(CLIENT, "alice", request()))
         self.knock_all(ports=PORTS[1:])
         self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
@@ -207,11 +206,18 @@ class SessionTableTests(SynchronousTestCase):
         self.failureResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16), SessionRefused)
 
     def test_grantForgottenAfterHoldTime(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        """
+        An unused grant ends at its deadline: the session expires and closes it.
+        """
+        opened = self.table.open(CLIENT, "alice", request())
         self.knock_all()
-        self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
-        self.clock.advance(30)
+        grant = self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        self.clock.advance(29.9)
+        self.assertEqual((len(self.table), grant.closed), (1, []))
+        self.clock.advance(0.1)
         self.assertEqual(len(self.table), 0)
+        self.assertEqual(grant.closed, ["expired"])
+        self.assertIs(opened.state, State.EXPIRED)
 
     def test_wrongProtocolOrCountRefused(self) -> None:
         error = self.assertRaises(
@@ -244,7 +250,7 @@ class SessionTableTests(SynchronousTestCase):
         self.assertEqual(error.reason, "user-limit")
         table.open(CLIENT, "alice", request())
         for port in PORTS:  # a completed session still holds its slot until it ends
-            table.knock(ipaddress.ip_address("198.18.1.0"), TCP, port)
+            table.knock(Knock(ipaddress.ip_address("198.18.1.0"), SERVER, TCP, port))
         self.assertRaises(
             SessionRefused, table.open, ipaddress.ip_address("198.18.1.9"), "bob", request()
         )
@@ -261,12 +267,13 @@ class SessionTableTests(SynchronousTestCase):
         for n in range(5):
             opened = table.open(CLIENT, "alice", request(bytes([n]) * 16))
             for port in PORTS:
-                table.knock(CLIENT, TCP, port)
-            self.successResultOf(table.confirm(CLIENT, "alice", bytes([n]) * 16))
-            table.used(opened)
+                table.knock(Knock(CLIENT, SERVER, TCP, port))
+            grant = self.successResultOf(table.confirm(CLIENT, "alice", bytes([n]) * 16))
+            grant.used.callback(None)
             self.assertEqual(len(table), 0)
-        pending = table.open(OTHER, "alice", request(b"P" * 16))
-        table.used(pending)  # not granted: nothing happens
+            self.assertIs(opened.state, State.USED)
+        # A used grant of another session leaves a pending one alone.
+        table.open(OTHER, "alice", request(b"P" * 16))
         self.assertEqual(len(table), 1)
         self.assertEqual(table.pending_count(OTHER), 1)
 
@@ -285,29 +292,67 @@ class SessionTableTests(SynchronousTestCase):
         for it and the client gets the port.
         """
         pending: Deferred = Deferred()
-        self.grant_result = pending
+        self.granter.result = pending
         self.table.open(CLIENT, "alice", request())
         self.knock_all()
         confirming = self.table.confirm(CLIENT, "alice", b"S" * 16)
         self.clock.advance(20)
         self.assertNoResult(confirming)
-        pending.callback(GrantInfo(41000, self.clock.seconds() + 30))
+        pending.callback(FakeGrant(41000, self.clock.seconds() + 30))
         self.assertEqual(self.successResultOf(confirming).port, 41000)
 
     def test_failedGrantRefusesSession(self) -> None:
-        self.grant_result = fail(RuntimeError("firewall said no"))
-        self.table.open(CLIENT, "alice", request())
+        """
+        A grant that fails with an error nobody expected refuses the session as
+        ``grant-failed`` and is logged with its traceback.
+        """
+        self.granter.result = fail(RuntimeError("firewall said no"))
+        opened = self.table.open(CLIENT, "alice", request())
         self.knock_all()
         failure = self.failureResultOf(
             self.table.confirm(CLIENT, "alice", b"S" * 16), SessionRefused
         )
         self.assertEqual(failure.value.reason, "grant-failed")
+        self.assertTrue(failure.value.severe)
         self.assertEqual(len(self.table), 0)
-        self.flushLoggedErrors(RuntimeError)
+        self.assertIs(opened.state, State.REFUSED)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_refusedGrantKeepsItsReason(self) -> None:
+        """
+        A grant the granter refuses (no free port, the firewall not ready or refusing) refuses
+        the session with that reason, and is not logged as an error here: the refusal log says
+        it once.
+        """
+        events: List[dict] = []
+        self.patch(SessionTable, "log", Logger(observer=events.append))
+        for reason in ("no-free-port", "firewall-not-ready", "firewall"):
+            with self.subTest(reason=reason):
+                self.granter.result = fail(SessionRefused(reason, "detail"))
+                session_id = reason.encode().ljust(16, b".")[:16]
+                self.table.open(CLIENT, "alice", request(session_id))
+                self.knock_all()
+                failure = self.failureResultOf(
+                    self.table.confirm(CLIENT, "alice", session_id), SessionRefused
+                )
+                self.assertEqual(failure.value.reason, reason)
+        self.assertEqual([event for event in events if event.get("log_failure")], [])
+        self.assertEqual([e for e in events if e["log_level"].name not in ("info",)], [])
+
+    def test_grantLandingAfterStopIsClosed(self) -> None:
+        pending: Deferred = Deferred()
+        self.granter.result = pending
+        self.table.open(CLIENT, "alice", request())
+        self.knock_all()
+        self.table.confirm(CLIENT, "alice", b"S" * 16)
+        self.table.stopService()
+        grant = FakeGrant(41000, 30)
+        pending.callback(grant)
+        self.assertEqual(grant.closed, ["the daemon stopped while it was opened"])
 
     def test_stopForgetsEverything(self) -> None:
         self.table.open(CLIENT, "alice", request())
-        self.table.stop()
+        self.table.stopService()
         self.assertEqual(len(self.table), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.table.watched, frozenset())

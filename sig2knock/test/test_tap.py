@@ -1,17 +1,15 @@
 """
-Tests for the twistd plugin (sig2knock.daemon.tap, twisted/plugins/sig2knock_plugin.py) and the service
-wiring (sig2knock.daemon.service).
+Tests for the twistd plugin (sig2knock.daemon.tap, twisted/plugins/sig2knock_plugin.py): twistd
+finds it, its options, and makeService: the daemon, or one line and exit status 1.
 """
 
 import io
-import ipaddress
 import os
 import stat
 import sys
 
-from twisted.application.service import IService, IServiceMaker, Service
+from twisted.application.service import IService, IServiceMaker
 from twisted.internet.task import Clock
-from twisted.logger import Logger
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,25 +18,10 @@ from zope.interface.verify import verifyObject
 from sig2knock.daemon import settings as config_module
 from sig2knock.daemon import service, startup, tap
 from sig2knock.daemon.capture import CaptureError
-from sig2knock.daemon.replay import ReplayCacheError
-from sig2knock.protocol.wire import MessageRejected
-from sig2knock.test.common import write_config, write_users
+from sig2knock.daemon.control import ControlPortError
+from sig2knock.test.common import write_config
 
 NOW = 1_800_000_000.0
-
-
-class FakeAddressWatcher(Service):
-    """
-    Stands in for ``netif.AddressWatcher``: reports fixed addresses when started.
-    """
-
-    def __init__(self, reactor, interface, on_change) -> None:
-        self.interface = interface
-        self.on_change = on_change
-
-    def startService(self) -> None:
-        super().startService()
-        self.on_change(frozenset({ipaddress.ip_address("127.0.0.1")}))
 
 
 def sig2knock_plugin():
@@ -138,7 +121,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(state).st_mode), 0o700)
         self.assertTrue(os.path.exists(os.path.join(state, "replay.cache")))
         self.assertEqual(self.opened, [daemon], "capture and control port open before twistd")
-        self.assertEqual(daemon.interface, "lo")
+        self.assertEqual(daemon.prepared.interface, "lo")
 
     def assertStopsWithOneLine(self, config_path: str, *fragments: str) -> None:
         error = self.assertRaises(SystemExit, self.make, config_path)
@@ -170,7 +153,7 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_controlPortProblemStopsWithOneLine(self) -> None:
         def refuse(daemon):
-            raise service.ControlPortError("UDP_PORT 1001: cannot listen on ::: in use")
+            raise ControlPortError("UDP_PORT 1001: cannot listen on ::: in use")
 
         self.patch(service.Sig2knockService, "open", refuse)
         self.assertStopsWithOneLine(write_config(self.directory), "UDP_PORT 1001")
@@ -200,7 +183,7 @@ class MakeServiceTests(SynchronousTestCase):
 
         daemon = tap.open_daemon(path, None, self.clock, sleep=sleep, monotonic=lambda: now[0])
         self.addCleanup(daemon.prepared.replay_cache.close)
-        self.assertEqual(daemon.interface, "late0")
+        self.assertEqual(daemon.prepared.interface, "late0")
         self.assertEqual(sleeps, [1.0, 1.0, 1.0])
         self.assertEqual(self.stderr.getvalue().count("waiting up to 10s"), 1)
 
@@ -226,103 +209,3 @@ class MakeServiceTests(SynchronousTestCase):
     def test_unusableStateDir(self) -> None:
         open(os.path.join(self.directory, "state"), "w").close()
         self.assertStopsWithOneLine(write_config(self.directory), "STATE_DIR")
-
-
-class ServiceTests(SynchronousTestCase):
-    """
-    The service logs what it runs with, never key material, and closes the replay cache.
-    """
-
-    def setUp(self) -> None:
-        self.directory = self.mktemp()
-        os.makedirs(self.directory)
-        self.events = []
-        self.patch(service.Sig2knockService, "log", Logger(observer=self.events.append))
-
-    def daemon(self) -> service.Sig2knockService:
-        prepared = startup.prepare(write_config(self.directory), None, NOW)
-        return service.Sig2knockService(prepared, Clock(), watch_addresses=FakeAddressWatcher)
-
-    def test_startLogsConfiguration(self) -> None:
-        daemon = self.daemon()
-        daemon.startService()
-        self.addCleanup(daemon.stopService)
-        event, no_firewall = self.events
-        self.assertIn("no firewall", no_firewall["log_format"])
-        daemon.reactor.advance(0)
-        self.assertEqual(self.events[-1]["log_format"], "sig2knock ready")
-        self.assertEqual(event["port"], 1001)
-        self.assertEqual(event["count"], 1)
-        key = daemon.prepared.users.entries["alice"].user.key
-        self.assertNotIn(key.hex(), repr(event))
-
-    def test_warnsWithoutUsers(self) -> None:
-        write_users(os.path.join(self.directory, "user.txt"), {})
-        daemon = self.daemon()
-        daemon.startService()
-        self.addCleanup(daemon.stopService)
-        self.assertEqual([e["log_level"].name for e in self.events], ["info", "warn", "warn"])
-        self.assertIn("sig2knockd_useradd", self.events[1]["log_format"])
-
-    def test_stopClosesReplayCache(self) -> None:
-        daemon = self.daemon()
-        daemon.startService()
-        self.successResultOf(daemon.stopService())
-        self.assertIsNone(daemon.prepared.replay_cache._file)
-
-    def test_lostReplayCacheClosesWindow(self) -> None:
-        """
-        The first start (new STATE_DIR) accepts messages at once; a later start whose replay
-        cache disappeared refuses everything stamped inside the window.
-        """
-        first = self.daemon()
-        cache = first.prepared.replay_cache
-        cache.check_and_remember(b"1" * 12, int(NOW * 1000), NOW)
-        cache.close()
-        os.remove(cache.path)
-        second = self.daemon()
-        self.addCleanup(second.prepared.replay_cache.close)
-        error = self.assertRaises(
-            MessageRejected,
-            second.prepared.replay_cache.check_and_remember,
-            b"2" * 12,
-            int(NOW * 1000),
-            NOW,
-        )
-        self.assertEqual(error.reason, "replay")
-
-    def test_emptyPreparedStateDirIsFirstStart(self) -> None:
-        """
-        A STATE_DIR prepared empty for the daemon (systemd's StateDirectory=) is a first start:
-        messages are accepted at once.
-        """
-        state = os.path.join(self.directory, "state")
-        os.makedirs(state, mode=0o700)
-        daemon = self.daemon()
-        self.addCleanup(daemon.prepared.replay_cache.close)
-        daemon.prepared.replay_cache.check_and_remember(b"1" * 12, int(NOW * 1000), NOW)
-        self.assertTrue(os.path.exists(os.path.join(state, startup.STARTED_MARKER)))
-
-    def test_stateDirOpenToOthersRefused(self) -> None:
-        state = os.path.join(self.directory, "state")
-        os.makedirs(state)
-        os.chmod(state, 0o777)
-        error = self.assertRaises(ReplayCacheError, startup.ensure_state_dir, state)
-        self.assertIn("chmod 700", str(error))
-
-
-class ControlPortReadTests(SynchronousTestCase):
-    """
-    The control port reads a bounded amount per reactor turn, so a burst of control messages
-    cannot hold back the capture (and every pending knock) for long.
-    """
-
-    def test_boundedRead(self) -> None:
-        from twisted.internet import reactor
-        from twisted.internet.protocol import DatagramProtocol
-
-        listening = service.listen_control(reactor, 0, DatagramProtocol(), "127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        self.assertEqual(listening.maxThroughput, service.CONTROL_READ_BYTES)
-        self.assertLess(service.CONTROL_READ_BYTES, 256 * 1024)
-        self.assertGreaterEqual(service.CONTROL_READ_BYTES, 8 * 90)

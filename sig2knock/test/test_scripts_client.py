@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from sig2knock.protocol import addresses
 from sig2knock.scripts.client import command_line
 from sig2knock.test.common import CHEAP_KDF, run_module
-from sig2knock.test.test_client import PASSWORD, LoopbackServer
+from sig2knock.test.test_knocker import PASSWORD, LoopbackServer
 from sig2knock.test.test_relay import read_until_closed
 
 CLIENT = "sig2knock.scripts.client"

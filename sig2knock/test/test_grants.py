@@ -1,0 +1,253 @@
+"""
+Tests for sig2knock.daemon.grants: a grant opens a random free port in the range for the
+knocking address alone, tells its owner when its one connection came, and closes its listener
+and its firewall rule when its owner closes it; a firewall that refuses closes everything.
+"""
+
+import ipaddress
+import random
+from typing import List, Optional
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock.daemon.grants import OpenGrant, PortGranter
+from sig2knock.daemon.session import SessionRefused
+from sig2knock.firewall import FirewallError
+from sig2knock.test.common import live_settings
+from sig2knock.test.test_forward import connect
+
+CLIENT = ipaddress.ip_address("198.18.0.2")
+CLIENT6 = ipaddress.ip_address("2001:db8::2")
+
+
+class RecordingPort:
+    """
+    A listening port that records whether it was stopped.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stopped = False
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class GranterReactor(MemoryReactorClock):
+    """
+    A memory reactor whose ``listenTCP`` refuses the ports in ``busy`` like a real one would.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy: set = set()
+        self.ports: List[RecordingPort] = []
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):  # type: ignore[no-untyped-def]
+        if port in self.busy:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        self.tcpServers.append((port, factory, backlog, interface))
+        recording = RecordingPort(port)
+        self.ports.append(recording)
+        return recording
+
+
+class RecordingFirewall:
+    """
+    Stands for the daemon's ``FirewallService``: records grants and revokes, and can refuse
+    (as the backend does, or as the service does before its rules are in place).
+    """
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.refusal: Optional[SessionRefused] = None
+        self.calls: List[tuple] = []
+        self.pending: Optional[Deferred] = None
+
+    def grant(self, source, port, deadline):  # type: ignore[no-untyped-def]
+        self.calls.append(("grant", source, port, deadline))
+        if self.refusal is not None:
+            return fail(self.refusal)
+        if self.refuse:
+            return fail(FirewallError("nft said no"))
+        return self.pending if self.pending is not None else succeed(None)
+
+    def revoke(self, source, port):  # type: ignore[no-untyped-def]
+        self.calls.append(("revoke", source, port))
+        return succeed(None)
+
+
+
+
+class PortGranterTests(SynchronousTestCase):
+    """
+    Grants open a random free port in the range and close it after one connection or on time.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = GranterReactor()
+        self.reactor.advance(1000)
+        self.firewall = RecordingFirewall()
+        self.events: List[dict] = []
+        self.patch(OpenGrant, "log", Logger(observer=self.events.append))
+        self.granter = self.make()
+
+    def make(self, **settings) -> PortGranter:  # type: ignore[no-untyped-def]
+        return PortGranter(
+            self.reactor,
+            live_settings(assign_port_range=(40000, 40009), **settings),
+            self.firewall,
+            chooser=random.Random(7),
+        )
+
+    def open(self, source=CLIENT) -> OpenGrant:  # type: ignore[no-untyped-def]
+        return self.successResultOf(self.granter.open(source, "alice"))
+
+    def closed_why(self) -> List[str]:
+        return [event["why"] for event in self.events if "why" in event]
+
+    def test_grantListensInRange(self) -> None:
+        grant = self.open()
+        self.assertTrue(40000 <= grant.port <= 40009)
+        self.assertEqual(grant.deadline, 1030)
+        ((port, factory, _backlog, interface),) = self.reactor.tcpServers
+        self.assertEqual((port, interface), (grant.port, "0.0.0.0"))
+        self.assertEqual(factory.source, CLIENT)
+        self.assertEqual((factory.host, factory.port), ("127.0.0.1", 22))
+
+    def test_ipv6ClientListensOnIPv6(self) -> None:
+        self.open(CLIENT6)
+        self.assertEqual(self.reactor.tcpServers[0][3], "::")
+
+    def test_busyPortSkipped(self) -> None:
+        self.reactor.busy = set(range(40000, 40009))
+        grant = self.open()
+        self.assertEqual(grant.port, 40009)
+
+    def test_fullRangeRefused(self) -> None:
+        self.reactor.busy = set(range(40000, 40010))
+        failure = self.failureResultOf(self.granter.open(CLIENT, "alice"), SessionRefused)
+        self.assertEqual(failure.value.reason, "no-free-port")
+
+    def test_portsNeverShared(self) -> None:
+        ports = {self.open().port for _ in range(10)}
+        self.assertEqual(len(ports), 10)
+
+    def test_unusedPortClosesWhenExpired(self) -> None:
+        """
+        The granter sets no timer: the grant's owner expires it at its deadline (the session
+        table's tests time that), which stops its listener.
+        """
+        grant = self.open()
+        (listening,) = self.reactor.ports
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.reactor.advance(30)
+        self.assertFalse(listening.stopped)
+        grant.expire()
+        self.assertTrue(listening.stopped)
+        self.assertEqual(self.granter.open_grants, {})
+        self.assertEqual(self.closed_why(), ["unused, open time over"])
+        grant.close("again")  # closing twice does nothing
+        self.assertEqual(self.closed_why(), ["unused, open time over"])
+
+    def test_firstConnectionClosesListener(self) -> None:
+        grant = self.open()
+        (listening,) = self.reactor.ports
+        factory = self.reactor.tcpServers[0][1]
+        connect(factory, "198.18.0.99")
+        self.assertFalse(listening.stopped, "an intruder must not use the grant up")
+        connect(factory, "198.18.0.2")
+        self.assertTrue(listening.stopped)
+        self.assertNotIn(grant.port, self.granter.open_grants)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(self.closed_why(), ["used"])
+
+    def test_usedGrantReported(self) -> None:
+        """
+        The grant's one connection fires its ``used`` (an intruder's does not), so the session
+        table can forget the session.
+        """
+        used: List[object] = []
+        grant = self.open()
+        grant.used.addCallback(used.append)
+        factory = self.reactor.tcpServers[0][1]
+        connect(factory, "198.18.0.99")
+        self.assertEqual(used, [])
+        connect(factory, "198.18.0.2")
+        self.assertEqual(used, [None])
+
+    def test_firewallOpensAndClosesTheGrant(self) -> None:
+        firewall = self.firewall
+        grant = self.open()
+        self.assertEqual(firewall.calls, [("grant", CLIENT, grant.port, 1030)])
+        factory = self.reactor.tcpServers[0][1]
+        connect(factory, "198.18.0.2")
+        self.assertEqual(firewall.calls[-1], ("revoke", CLIENT, grant.port))
+
+    def test_firewallRevokesUnusedGrant(self) -> None:
+        firewall = self.firewall
+        grant = self.open()
+        self.reactor.advance(30)
+        grant.expire()
+        self.assertEqual(firewall.calls[-1], ("revoke", CLIENT, grant.port))
+
+    def test_firewallRefusalClosesEverything(self) -> None:
+        """
+        Fail closed: a grant the firewall refuses refuses the session, and the listener opened
+        for it is closed again.
+        """
+        self.firewall.refuse = True
+        failure = self.failureResultOf(self.granter.open(CLIENT, "alice"), SessionRefused)
+        self.assertEqual(failure.value.reason, "firewall")
+        self.assertTrue(failure.value.severe, "the operator must look into it")
+        self.assertIn("nft said no", failure.value.detail)
+        (listening,) = self.reactor.ports
+        self.assertTrue(listening.stopped)
+        self.assertEqual(self.granter.open_grants, {})
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual([call[0] for call in self.firewall.calls], ["grant"],
+                         "nothing to revoke of a grant the firewall did not add")
+
+    def test_notReadyFirewallRefusalKeepsItsReason(self) -> None:
+        self.firewall.refusal = SessionRefused("firewall-not-ready", "not yet")
+        failure = self.failureResultOf(self.granter.open(CLIENT, "alice"), SessionRefused)
+        self.assertEqual(failure.value.reason, "firewall-not-ready")
+        self.assertEqual(self.granter.open_grants, {})
+
+    def test_closedWhileFirewallOpening(self) -> None:
+        firewall = self.firewall
+        firewall.pending = Deferred()
+        opening = self.granter.open(CLIENT, "alice")
+        closing = self.granter.stopService()
+        self.assertNoResult(closing)  # a clean stop waits for the grant being opened
+        firewall.pending.callback(None)
+        self.successResultOf(closing)
+        self.failureResultOf(opening, SessionRefused)
+        self.assertEqual(firewall.calls[-1][0], "revoke")
+
+    def test_natModeOpensNoListener(self) -> None:
+        """
+        FORWARD_MODE = nat: the firewall DNATs the grant, the daemon listens on nothing, and the
+        grant is revoked when its time is over.
+        """
+        firewall = self.firewall
+        self.granter = self.make(forward_mode="nat")
+        grant = self.open()
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertEqual(firewall.calls, [("grant", CLIENT, grant.port, 1030)])
+        self.reactor.advance(30)
+        grant.expire()
+        self.assertEqual(firewall.calls[-1], ("revoke", CLIENT, grant.port))
+        self.assertEqual(self.granter.open_grants, {})
+        self.assertEqual(self.closed_why(), ["open time over"])
+
+    def test_stopClosesAll(self) -> None:
+        self.open()
+        self.open()
+        self.successResultOf(self.granter.stopService())
+        self.assertTrue(all(port.stopped for port in self.reactor.ports))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])

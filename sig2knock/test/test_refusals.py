@@ -1,0 +1,71 @@
+"""
+Tests for sig2knock.daemon.refusals: refusals logged one by one while few, summed up once an
+interval under a flood, at the level they deserve.
+"""
+
+from typing import List
+
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock.daemon.refusals import RefusalLog, RefusalSummary
+
+
+class RefusalLogTests(SynchronousTestCase):
+    """
+    Refusals are logged one by one while few, summed up once a minute under a flood.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: List[dict] = []
+        self.patch(RefusalLog, "log", Logger(observer=self.events.append))
+        self.refusals = RefusalLog(detailed_per_interval=3, interval=60)
+        summary = RefusalSummary(self.refusals, self.clock)
+        summary.startService()
+        self.addCleanup(summary.stopService)
+
+    def test_fewRefusalsLoggedEach(self) -> None:
+        self.refusals.refused("198.18.0.3", 4000, "auth", "user alice")
+        self.clock.advance(60)
+        self.assertEqual(len(self.events), 1)
+        self.assertEqual(self.events[0]["reason"], "auth")
+        self.assertEqual(self.events[0]["source"], "198.18.0.3")
+
+    def test_floodSummedUpOncePerInterval(self) -> None:
+        for n in range(10000):
+            self.refusals.refused(f"198.18.1.{n % 7}", 4000, "size", "3 bytes")
+        self.refusals.refused("198.18.2.1", 4000, "auth", "user alice")
+        self.assertEqual(len(self.events), 3)
+        self.clock.advance(60)
+        self.assertEqual(len(self.events), 4)
+        summary = self.events[-1]
+        self.assertEqual(summary["total"], 10001)
+        self.assertEqual(summary["suppressed"], 9998)
+        self.assertEqual(summary["reason_counts"], {"size": 10000, "auth": 1})
+        self.assertIn("198.18.1.", summary["busiest"])
+        self.assertEqual(self.refusals.totals["size"], 10000)
+        self.clock.advance(60)
+        self.assertEqual(len(self.events), 4, "a quiet minute logs nothing")
+        self.refusals.refused("198.18.0.3", 4000, "auth", "again")
+        self.assertEqual(len(self.events), 5, "a new interval logs in detail again")
+
+    def test_severeRefusalsAreErrors(self) -> None:
+        """
+        A refusal an operator must look into (the firewall refused a grant) is logged at error
+        level; one a client caused, at info.
+        """
+        self.refusals.refused("198.18.0.3", 4000, "user-limit", "16 sessions of user alice")
+        self.refusals.refused("198.18.0.2", 4000, "firewall", "nft said no", severe=True)
+        self.assertEqual([event["log_level"].name for event in self.events], ["info", "error"])
+
+    def test_lastSummaryAtStop(self) -> None:
+        summary = RefusalSummary(RefusalLog(detailed_per_interval=0), self.clock)
+        summary.startService()
+        summary.refusals.refused("198.18.0.3", 4000, "size", "3 bytes")
+        self.assertEqual(self.events, [])
+        summary.stopService()
+        (event,) = self.events
+        self.assertEqual(event["suppressed"], 1)
+

@@ -1,0 +1,268 @@
+"""
+Tests for sig2knock.daemon.service: the daemon wired from its parts, each a child service; what
+it logs at start, its firewall at start and at stop, and the reload.
+"""
+
+import ipaddress
+import os
+from typing import List
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock.daemon import firewall_service, service, startup
+from sig2knock.daemon.capture import KnockCapture
+from sig2knock.daemon.control import ControlPorts
+from sig2knock.daemon.firewall_service import FirewallService
+from sig2knock.daemon.grants import PortGranter
+from sig2knock.daemon.refusals import RefusalSummary
+from sig2knock.daemon.replay import ReplayCache
+from sig2knock.daemon.session import SessionRefused
+from sig2knock.daemon.sessions import SessionTable
+from sig2knock.firewall import FirewallError
+from sig2knock.firewall.null import NoFirewall
+from sig2knock.test.common import write_config, write_users
+
+NOW = 1_800_000_000.0
+
+
+class FakeAddressWatcher(Service):
+    """
+    Stands in for ``netif.AddressWatcher``: reports fixed addresses when started.
+    """
+
+    def __init__(self, reactor, interface, on_change) -> None:
+        self.interface = interface
+        self.on_change = on_change
+        self.current = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.current = frozenset({ipaddress.ip_address("127.0.0.1")})
+        if self.on_change is not None:
+            self.on_change(self.current)
+
+
+class StoppingReactor(MemoryReactorClock):
+    """
+    A memory reactor that is running and records ``stop()`` (the daemon stops itself when its
+    firewall rules cannot be installed); ``clock`` is itself.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = True
+        self.stopped = 0
+        self.clock = self
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+class ScriptedFirewall(NoFirewall):
+    """
+    A firewall whose start the test controls.
+    """
+
+    name = "nftables"
+
+    def __init__(self, starting: Deferred) -> None:
+        self.starting = starting
+        self.stops: List[str] = []
+
+    def start(self) -> Deferred:
+        return self.starting
+
+    def stop(self) -> Deferred:
+        self.stops.append("stop")
+        return succeed(None)
+
+
+class ServiceTests(SynchronousTestCase):
+    """
+    The service logs what it runs with, never key material, and closes the replay cache.
+    """
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.events = []
+        logger = Logger(observer=self.events.append)
+        self.patch(service.Sig2knockService, "log", logger)
+        self.patch(FirewallService, "log", logger)
+
+    def daemon(self) -> service.Sig2knockService:
+        prepared = startup.prepare(write_config(self.directory), None, NOW)
+        return service.Sig2knockService(prepared, Clock(), watch_addresses=FakeAddressWatcher)
+
+    def test_startLogsConfiguration(self) -> None:
+        daemon = self.daemon()
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        event, no_firewall = self.events
+        self.assertIn("no firewall", no_firewall["log_format"])
+        daemon.reactor.advance(0)
+        self.assertEqual(self.events[-1]["log_format"], "sig2knock ready")
+        self.assertEqual(event["port"], 1001)
+        self.assertEqual(event["count"], 1)
+        key = daemon.settings.users.entries["alice"].user.key
+        self.assertNotIn(key.hex(), repr(event))
+
+    def test_warnsWithoutUsers(self) -> None:
+        write_users(os.path.join(self.directory, "user.txt"), {})
+        daemon = self.daemon()
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        self.assertEqual([e["log_level"].name for e in self.events], ["info", "warn", "warn"])
+        self.assertIn("sig2knockd_useradd", self.events[1]["log_format"])
+
+    def test_stopClosesReplayCache(self) -> None:
+        daemon = self.daemon()
+        daemon.startService()
+        self.successResultOf(daemon.stopService())
+        self.assertIsNone(daemon.prepared.replay_cache._file)
+
+    def test_partsAreChildServicesInDataPathOrder(self) -> None:
+        """
+        Every part is a child service, started in the order of the data path and stopped in
+        the reverse order (the replay cache closes last).
+        """
+        daemon = self.daemon()
+        self.addCleanup(daemon.prepared.replay_cache.close)
+        kinds = [type(child) for child in daemon]
+        self.assertEqual(kinds, [ReplayCache, FakeAddressWatcher, FakeAddressWatcher,
+                                 FirewallService, PortGranter, KnockCapture, SessionTable,
+                                 ControlPorts, RefusalSummary])
+        self.assertIs(daemon.sessions.capture, list(daemon)[5])
+        self.assertEqual(daemon.sessions.granter, daemon.granter)
+
+    def test_controlAcceptsTheHostsAddresses(self) -> None:
+        """
+        The control protocol accepts messages bound to an address the host has (as its
+        address watcher reports them) and the control port.
+        """
+        from sig2knock.protocol.wire import Binding
+
+        daemon = self.daemon()
+        self.addCleanup(daemon.prepared.replay_cache.close)
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        accepts = daemon.control.protocol().accepts
+        self.assertTrue(accepts(Binding.of("127.0.0.1", 1001)))
+        self.assertFalse(accepts(Binding.of("127.0.0.1", 1002)))
+        self.assertFalse(accepts(Binding.of("192.0.2.1", 1001)))
+
+
+class ServiceFirewallTests(SynchronousTestCase):
+    """
+    The daemon grants nothing before its rules are in place, and stops when they cannot be.
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.prepared = startup.prepare(write_config(directory), None, NOW)
+        self.addCleanup(self.prepared.replay_cache.close)
+        self.reactor = StoppingReactor()
+        self.patch(firewall_service, "start_failures", [])
+        self.events: List[dict] = []
+        logger = Logger(observer=self.events.append)
+        self.patch(service.Sig2knockService, "log", logger)
+        self.patch(FirewallService, "log", logger)
+
+    def daemon(self, starting: Deferred) -> service.Sig2knockService:
+        return service.Sig2knockService(
+            self.prepared,
+            self.reactor,
+            watch_addresses=FakeAddressWatcher,
+            firewall=ScriptedFirewall(starting),
+        )
+
+    def test_noGrantBeforeRulesInPlace(self) -> None:
+        starting: Deferred = Deferred()
+        daemon = self.daemon(starting)
+        daemon.startService()
+        failure = self.failureResultOf(
+            daemon.granter.open(ipaddress.ip_address("127.0.0.1"), "alice"), SessionRefused
+        )
+        self.assertEqual(failure.value.reason, "firewall-not-ready")
+        starting.callback(None)
+        self.assertTrue(daemon.firewall.ready)
+        self.reactor.clock.advance(0)
+        self.assertEqual(self.events[-1]["log_format"], "sig2knock ready")
+
+    def test_failedRulesStopTheDaemon(self) -> None:
+        daemon = self.daemon(fail(FirewallError("nft: not found; install nftables")))
+        daemon.startService()
+        self.assertEqual(self.reactor.stopped, 1)
+        self.assertEqual(firewall_service.start_failures, ["nft: not found; install nftables"])
+        self.assertFalse(daemon.firewall.ready)
+        self.reactor.clock.advance(0)
+        self.assertNotIn("sig2knock ready", [e["log_format"] for e in self.events])
+        self.successResultOf(daemon.stopService())
+        self.assertEqual(daemon.firewall.firewall.stops, [],
+                         "rules never installed: nothing to stop")
+
+    def test_cleanStopRemovesGrants(self) -> None:
+        daemon = self.daemon(succeed(None))
+        daemon.startService()
+        self.successResultOf(daemon.stopService())
+        self.assertEqual(daemon.firewall.firewall.stops, ["stop"])
+
+
+class ServiceReloadTests(SynchronousTestCase):
+    """
+    ``Sig2knockService.reload`` on real files.
+    """
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.config_path = write_config(self.directory)
+        prepared = startup.prepare(self.config_path, None, NOW)
+        self.daemon = service.Sig2knockService(
+            prepared, Clock(), watch_addresses=FakeAddressWatcher
+        )
+        self.events: List[dict] = []
+        self.patch(service.Sig2knockService, "log", Logger(observer=self.events.append))
+        self.addCleanup(self.daemon.prepared.replay_cache.close)
+
+    def test_newUsersAndSettingsApply(self) -> None:
+        write_users(
+            os.path.join(self.directory, "user.txt"),
+            {"alice": "alice's password", "bob": "bob's password"},
+        )
+        write_config(self.directory, {"KNOCK_COUNT": "6", "SINGLECONN_PORTOPEN_TIME": "5"})
+        self.daemon.reload()
+        self.assertEqual(sorted(self.daemon.settings.users.names()), ["alice", "bob"])
+        # One settings object: the session table and the granter read the new values.
+        self.assertIs(self.daemon.sessions.settings, self.daemon.settings)
+        self.assertIs(self.daemon.granter.settings, self.daemon.settings)
+        self.assertEqual(self.daemon.settings.config.knock_count, 6)
+        self.assertEqual(self.daemon.settings.config.singleconn_portopen_time, 5)
+        self.assertIn("KNOCK_COUNT", self.events[-1]["applied"])
+
+    def test_brokenFileKeepsTheRunningConfiguration(self) -> None:
+        write_config(self.directory, {"KNOCK_COUNT": "many"})
+        self.daemon.reload()
+        self.assertEqual(self.daemon.settings.config.knock_count, 4)
+        self.assertEqual(self.daemon.settings.users.names(), ["alice"])
+        (event,) = self.events
+        self.assertEqual(event["log_level"].name, "error")
+        self.assertIn("KNOCK_COUNT", event["error"])
+
+    def test_openUsersFileRefused(self) -> None:
+        os.chmod(os.path.join(self.directory, "user.txt"), 0o644)
+        self.daemon.reload()
+        self.assertEqual(self.daemon.settings.users.names(), ["alice"])
+        self.assertIn("chmod 600", self.events[-1]["error"])
+
+    def test_restartOnlyChangeWaits(self) -> None:
+        write_config(self.directory, {"UDP_PORT": "2002"})
+        self.daemon.reload()
+        self.assertEqual(self.daemon.settings.config.udp_port, 1001)
+        self.assertEqual(self.events[-1]["pending"], "UDP_PORT")
