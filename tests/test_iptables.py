@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from typing import List, Optional
 
 from twisted.internet import reactor as real_reactor
@@ -21,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from sig2knock.firewall import FirewallSettings
 from sig2knock.firewall.iptables import IptablesFirewall, datestop, render_grant_args
+from tests.lab import scratch_namespace
 
 IP = "/usr/sbin/ip"
 
@@ -47,9 +47,7 @@ class RealIptablesTests(TestCase):
     settings = FirewallSettings(control_port=1001, port_range=(20000, 20100), policy="ports")
 
     def setUp(self) -> None:
-        self.ns = f"s2kipt{os.getpid()}{uuid.uuid4().hex[:6]}"
-        subprocess.run([IP, "netns", "add", self.ns], check=True)
-        self.addCleanup(subprocess.run, [IP, "netns", "del", self.ns], check=False)
+        self.ns = scratch_namespace(self, "s2kipt")
         self.inside([IP, "link", "set", "lo", "up"])
         self.backend = self.make(self.settings)
 

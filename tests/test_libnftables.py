@@ -16,7 +16,8 @@ from twisted.trial.unittest import TestCase
 
 from sig2knock.firewall import FirewallError, FirewallSettings
 from sig2knock.firewall.libnftables import SONAME, LibnftablesRunner, load_library
-from sig2knock.firewall.nftables import NftablesFirewall, render_grant, render_ruleset
+from sig2knock.firewall.nftables import NftablesFirewall
+from sig2knock.firewall.nftables_rules import render_grant, render_ruleset
 from sig2knock.firewall.runner import find_tool
 from tests.lab import nft_in, scratch_namespace
 

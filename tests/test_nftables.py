@@ -13,15 +13,11 @@ from twisted.internet import reactor as globalReactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from sig2knock.firewall import FirewallError, nftables
-from sig2knock.firewall.nftables import (
-    NftablesFirewall,
-    render_grant,
-    render_replace_grant,
-    render_ruleset,
-)
+from sig2knock.firewall import FirewallError, nftables_rules
+from sig2knock.firewall.nftables import NftablesFirewall
+from sig2knock.firewall.nftables_rules import render_grant, render_replace_grant, render_ruleset
 from sig2knock.firewall.runner import find_tool, run_tool
-from sig2knock.test.test_nftables import LOCKDOWN, NAT_LOCKDOWN, PORTS, V4, V6
+from sig2knock.test.test_nftables_rules import LOCKDOWN, NAT_LOCKDOWN, PORTS, V4, V6
 from tests.lab import nft_in, scratch_namespace
 
 _UNITS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
@@ -183,7 +179,7 @@ class RealNftTests(TestCase):
         self.assertEqual(self.keys("grants6"), [("2001:db8::2", 45678)])
         short = ipaddress.ip_address("198.18.0.4")
         await self.firewall.grant(
-            short, 45000, globalReactor.seconds() + 0.05 + nftables.GRANT_MARGIN_MS / 1000
+            short, 45000, globalReactor.seconds() + 0.05 + nftables_rules.GRANT_MARGIN_MS / 1000
         )
         await deferLater(globalReactor, 0.2, lambda: None)
         await self.firewall.revoke(short, 45000)

@@ -12,21 +12,6 @@ from sig2knock.protocol.addresses import IPAddress, PROTO_TCP, PROTO_UDP, unmapp
 # rejects all packets"), so this one is an unsigned comparison the optimizer leaves alone.
 MATCH_NOTHING = "len < 0"
 
-def knock_filter(
-    protocol: int,
-    sources: Iterable[IPAddress],
-    destinations: Iterable[IPAddress],
-    control_port: int,
-) -> str:
-    """
-    The BPF filter (pcap syntax) passing the knocks of ``protocol`` (``PROTO_TCP``: a SYN without
-    ACK; ``PROTO_UDP``: any datagram not to ``control_port``) from one of ``sources`` to one of
-    ``destinations``. IPv4 and IPv6 addresses may be mixed. Without a source or a destination of
-    some family the filter passes nothing.
-    """
-    return build_filter(protocol, plain_set(sources), plain_set(destinations), control_port)
-
-
 def build_filter(
     protocol: int,
     sources: Optional[FrozenSet[IPAddress]],
@@ -34,8 +19,11 @@ def build_filter(
     control_port: int,
 ) -> str:
     """
-    ``knock_filter`` for plain address sets; ``sources=None`` accepts every source (the fallback
-    when the exact filter cannot be compiled).
+    The BPF filter (pcap syntax) passing the knocks of ``protocol`` (``PROTO_TCP``: a SYN without
+    ACK; ``PROTO_UDP``: any datagram not to ``control_port``) from one of ``sources`` to one of
+    ``destinations`` (plain sets: ``plain_set``); ``sources=None`` accepts every source (the
+    fallback when the exact filter cannot be compiled). IPv4 and IPv6 addresses may be mixed.
+    Without a source or a destination of some family the filter passes nothing.
     """
     if protocol not in (PROTO_TCP, PROTO_UDP):
         raise ValueError(f"knock protocol must be TCP or UDP, not {protocol}")

@@ -146,24 +146,11 @@ def _missing(path: str) -> UsersError:
     )
 
 
-def check_permissions(path: str, uid: Optional[int] = None) -> None:
-    """
-    Refuse a users file that is not a regular file owned by ``uid`` (default: the effective user)
-    and closed to group and others, the way sshd's StrictModes refuses key files.
-    """
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        raise _missing(path) from None
-    except (OSError, ValueError) as error:
-        raise UsersError(f"{path!r}: cannot read it: {getattr(error, 'strerror', error)}") from None
-    _check_status(path, status, os.geteuid() if uid is None else uid)
-
-
 def load_users(path: str, uid: Optional[int] = None) -> Users:
     """
-    Read and parse the users file at ``path``, after checking the permissions of the very file
-    opened (as ``check_permissions`` describes).
+    Read and parse the users file at ``path``, after checking the very file opened: a regular
+    file owned by ``uid`` (default: the effective user) and closed to group and others, the way
+    sshd's StrictModes refuses key files.
     """
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -171,8 +158,13 @@ def load_users(path: str, uid: Optional[int] = None) -> Users:
         raise _missing(path) from None
     except (OSError, ValueError) as error:
         raise UsersError(f"{path!r}: cannot read it: {getattr(error, 'strerror', error)}") from None
-    with os.fdopen(descriptor, "rb") as source:
+    try:
+        # Checked before it is wrapped: a directory cannot even be opened as a file object.
         _check_status(path, os.fstat(descriptor), os.geteuid() if uid is None else uid)
+    except UsersError:
+        os.close(descriptor)
+        raise
+    with os.fdopen(descriptor, "rb") as source:
         try:
             text = source.read().decode("utf-8")
         except OSError as error:

@@ -14,21 +14,26 @@ connections are accepted by conntrack state, so they outlive the grant.
 
 import ipaddress
 import math
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, maybeDeferred
 from zope.interface import implementer
 
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
-from sig2knock.firewall.iptables_nat import (
+from sig2knock.firewall.iptables_rules import (
+    CHAIN,
     NAT_CHAIN,
+    count_filter_jumps,
     count_nat_jumps,
-    nat_filter_rules,
+    datestop,
     recent_list,
+    render_chain,
+    render_flush,
+    render_grant_args,
     render_nat_chain,
     render_nat_flush,
     render_nat_grant_specs,
+    render_rules,
 )
 from sig2knock.firewall.kernel import (
     forget_recent,
@@ -38,142 +43,9 @@ from sig2knock.firewall.kernel import (
 from sig2knock.firewall.runner import find_tool, run_tool
 from sig2knock.protocol.addresses import IPAddress
 
-CHAIN = "SIG2KNOCK"
-JUMP = f"-A INPUT -j {CHAIN}"  # our jump as ``iptables -S`` prints it
-GRANT_COMMENT = "sig2knock grant"
-
-# ICMP needed for IPv4 to keep working (path MTU discovery, traceroute, errors).
-_ICMP4_TYPES = ("destination-unreachable", "time-exceeded", "parameter-problem")
-# ICMPv6 without which IPv6 does not work at all (neighbour discovery, routers, PMTU, errors).
-_ICMP6_TYPES = (
-    "destination-unreachable",
-    "packet-too-big",
-    "time-exceeded",
-    "parameter-problem",
-    "router-advertisement",
-    "neighbour-solicitation",
-    "neighbour-advertisement",
-    "redirect",
-)
-
 Run = Callable[..., "Deferred[bytes]"]
 # One installed rule: address family, table, chain, rule specification.
 Rule = Tuple[int, str, str, List[str]]
-
-
-def _ports(settings: FirewallSettings) -> str:
-    low, high = settings.port_range
-    return str(low) if low == high else f"{low}:{high}"
-
-
-def render_rules(settings: FirewallSettings, family: int) -> List[str]:
-    """
-    The base rules of the chain for ``settings`` and address ``family`` (4 or 6), as
-    ``-A SIG2KNOCK ...`` lines in order.
-    """
-    if family not in (4, 6):
-        raise ValueError(f"address family must be 4 or 6, not {family!r}")
-    add = f"-A {CHAIN}"
-    established = "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
-    nat = nat_filter_rules(settings, family)
-    if settings.policy == "ports":
-        # Only the assigned range is gated; everything else falls off the end of the chain
-        # (an implicit RETURN) into the host's own INPUT rules. DROP, not REJECT: no RST.
-        ports = _ports(settings)
-        return nat + [
-            f"{add} -p tcp --dport {ports} {established}",
-            f"{add} -p tcp --dport {ports} -j DROP",
-        ]
-    if settings.policy != "lockdown":
-        raise ValueError(f"unknown firewall policy {settings.policy!r}")
-    rules = nat + [f"{add} -i lo -j ACCEPT", f"{add} {established}"]
-    # ICMP comes before the INVALID drop: conntrack leaves neighbour discovery untracked or
-    # INVALID, and an error unrelated to any connection is INVALID too.
-    if family == 4:
-        rules += [f"{add} -p icmp --icmp-type {name} -j ACCEPT" for name in _ICMP4_TYPES]
-    else:
-        rules += [f"{add} -p ipv6-icmp --icmpv6-type {name} -j ACCEPT" for name in _ICMP6_TYPES]
-    rules += [
-        f"{add} -m conntrack --ctstate INVALID -j DROP",
-        f"{add} -p udp --dport {settings.control_port} -j ACCEPT",
-        # DHCP replies (the host may need its lease renewed while locked down).
-        f"{add} -p udp --sport 67 --dport 68 -j ACCEPT"
-        if family == 4
-        else f"{add} -p udp --sport 547 --dport 546 -j ACCEPT",
-        # Knocks are still seen: pcap taps packets before netfilter drops them.
-        f"{add} -j DROP",
-    ]
-    return rules
-
-
-def render_chain(settings: FirewallSettings, family: int, stale_jumps: int = 0) -> str:
-    """
-    The ``iptables-restore --noflush`` script that (re)installs the chain for ``family``:
-    declares and so empties ``SIG2KNOCK``, deletes ``stale_jumps`` leftover jumps to it, adds the
-    base rules and the one jump at the top of ``INPUT``. One transaction: all or nothing.
-    """
-    lines = ["*filter", f":{CHAIN} - [0:0]"]
-    lines += ["-D INPUT -j " + CHAIN] * stale_jumps
-    lines += render_rules(settings, family)
-    lines += [f"-I INPUT 1 -j {CHAIN}", "COMMIT"]
-    return "\n".join(lines) + "\n"
-
-
-def render_flush(stale_jumps: int, chain_exists: bool) -> str:
-    """
-    The ``iptables-restore --noflush`` script that removes ``stale_jumps`` jumps and, when it
-    exists, the chain (emptied first).
-    """
-    lines = ["*filter"]
-    if chain_exists:
-        lines.append(f":{CHAIN} - [0:0]")
-    lines += ["-D INPUT -j " + CHAIN] * stale_jumps
-    if chain_exists:
-        lines.append(f"-X {CHAIN}")
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
-
-
-def datestop(deadline: float) -> str:
-    """
-    The ``--datestop`` value that ends a grant by ``deadline`` (seconds since the epoch).
-
-    ``xt_time`` compares whole UTC seconds and still matches *during* the datestop second
-    (``stamp > date_stop`` is the test; measured with iptables 1.8.9), so the last second
-    allowed is the one that ends at or before the deadline: ``floor(deadline) - 1``.
-    """
-    last = math.floor(deadline) - 1
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(last))
-
-
-def render_grant_args(source: IPAddress, port: int, deadline: float) -> List[str]:
-    """
-    The rule specification (without ``-I``/``-D`` and chain) of the grant that lets ``source``
-    open new TCP connections to ``port`` until ``deadline``.
-    """
-    address = ipaddress.ip_address(str(source))
-    return [
-        "-s",
-        f"{address}/{address.max_prefixlen}",
-        "-p",
-        "tcp",
-        "--dport",
-        str(port),
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "NEW",
-        "-m",
-        "time",
-        "--datestop",
-        datestop(deadline),
-        "-m",
-        "comment",
-        "--comment",
-        GRANT_COMMENT,
-        "-j",
-        "ACCEPT",
-    ]
 
 
 def _table(table: str) -> List[str]:
@@ -181,15 +53,6 @@ def _table(table: str) -> List[str]:
     The ``-t`` arguments for ``table`` (none for ``filter``, the tools' default).
     """
     return [] if table == "filter" else ["-t", table]
-
-
-def _count_jumps(listing: bytes) -> Tuple[int, bool]:
-    """
-    From ``iptables -t filter -S``: how many of our jumps there are, and whether our chain
-    exists.
-    """
-    lines = [line.strip() for line in listing.decode("utf-8", "replace").splitlines()]
-    return lines.count(JUMP), f"-N {CHAIN}" in lines
 
 
 @implementer(IFirewall)
@@ -275,7 +138,7 @@ class IptablesFirewall:
         had_nat = False
         for family in (4, 6):
             listing = yield self._run(family, ["-t", "filter", "-S"])
-            jumps, _exists = _count_jumps(listing)
+            jumps, _exists = count_filter_jumps(listing)
             script = render_chain(self.settings, family, jumps)
             yield self._run(family, ["--noflush"], script, restore=True)
             # nat: (re)install the nat chain of the target's family; another mode or family:
@@ -418,7 +281,7 @@ class IptablesFirewall:
         had_nat = False
         for family in (4, 6):
             listing = yield self._run(family, ["-t", "filter", "-S"])
-            jumps, exists = _count_jumps(listing)
+            jumps, exists = count_filter_jumps(listing)
             if jumps or exists:
                 script = render_flush(jumps, exists)
                 yield self._run(family, ["--noflush"], script, restore=True)

@@ -23,7 +23,6 @@ from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 _PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
 

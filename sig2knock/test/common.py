@@ -197,3 +197,26 @@ def remember(cache: Any, nonce: bytes, timestamp_ms: int, now: float) -> None:
     """
     cache.check(nonce, timestamp_ms, now)
     cache.remember(nonce, timestamp_ms, now)
+
+
+class FakeRun:
+    """
+    Stands for the firewall's tool runner (``run_tool``, an ``IToolRunner``): each call is kept
+    in ``calls`` as ``record`` makes it and answered by ``answer``; the backends' tests refine
+    both (by default: ``(reactor, argv, stdin)``, and empty output).
+    """
+
+    def __init__(self) -> None:
+        self.calls: List[Any] = []
+
+    def __call__(self, reactor: Any, argv: Sequence[str], stdin: bytes = b"") -> Any:
+        self.calls.append(self.record(reactor, list(argv), stdin))
+        return self.answer(list(argv), stdin)
+
+    def record(self, reactor: Any, argv: List[str], stdin: bytes) -> Any:
+        return (reactor, argv, stdin)
+
+    def answer(self, argv: List[str], stdin: bytes) -> Any:
+        from twisted.internet.defer import succeed
+
+        return succeed(b"")

@@ -1,9 +1,9 @@
 """
-Tests for the iptables backend: exact rules and commands against a recording stand-in for the
-tool runner. The real iptables is tested in ``tests/test_iptables.py``.
+Tests for the iptables backend (sig2knock.firewall.iptables): the exact commands it runs, in
+every mode, against a recording stand-in for the tool runner and a Clock. Its rules are tested
+in test_iptables_rules, the real iptables in ``tests/test_iptables.py``.
 """
 
-import calendar
 import ipaddress
 import os
 import shutil
@@ -15,67 +15,26 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
-from sig2knock.firewall.iptables import (
-    IptablesFirewall,
-    datestop,
-    render_chain,
-    render_flush,
-    render_grant_args,
+from sig2knock.firewall.iptables import IptablesFirewall
+from sig2knock.firewall.iptables_rules import NAT_CHAIN, render_chain, render_nat_grant_specs
+from sig2knock.test.test_iptables_rules import (
+    ALICE4,
+    ALICE6,
+    CLIENT,
+    LOCKDOWN,
+    LOCKDOWN_CHAIN4,
+    LOCKDOWN_CHAIN6,
+    LOOPBACK,
+    NAT_PORTS,
+    PORTS,
+    PORTS_CHAIN,
+    T0,
+    grant_spec,
 )
 
-PORTS = FirewallSettings(control_port=1001, port_range=(40000, 40100), policy="ports")
-LOCKDOWN = FirewallSettings(control_port=1001, port_range=(40000, 40100), policy="lockdown")
 
 # 2030-01-02T03:04:05Z
-T0 = calendar.timegm((2030, 1, 2, 3, 4, 5))
-ALICE4 = ipaddress.ip_address("192.0.2.7")
-ALICE6 = ipaddress.ip_address("2001:db8::7")
 
-PORTS_CHAIN = """\
-*filter
-:SIG2KNOCK - [0:0]
--A SIG2KNOCK -p tcp --dport 40000:40100 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
--A SIG2KNOCK -p tcp --dport 40000:40100 -j DROP
--I INPUT 1 -j SIG2KNOCK
-COMMIT
-"""
-
-LOCKDOWN_CHAIN4 = """\
-*filter
-:SIG2KNOCK - [0:0]
--A SIG2KNOCK -i lo -j ACCEPT
--A SIG2KNOCK -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
--A SIG2KNOCK -p icmp --icmp-type destination-unreachable -j ACCEPT
--A SIG2KNOCK -p icmp --icmp-type time-exceeded -j ACCEPT
--A SIG2KNOCK -p icmp --icmp-type parameter-problem -j ACCEPT
--A SIG2KNOCK -m conntrack --ctstate INVALID -j DROP
--A SIG2KNOCK -p udp --dport 1001 -j ACCEPT
--A SIG2KNOCK -p udp --sport 67 --dport 68 -j ACCEPT
--A SIG2KNOCK -j DROP
--I INPUT 1 -j SIG2KNOCK
-COMMIT
-"""
-
-LOCKDOWN_CHAIN6 = """\
-*filter
-:SIG2KNOCK - [0:0]
--A SIG2KNOCK -i lo -j ACCEPT
--A SIG2KNOCK -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
--A SIG2KNOCK -p ipv6-icmp --icmpv6-type destination-unreachable -j ACCEPT
--A SIG2KNOCK -p ipv6-icmp --icmpv6-type packet-too-big -j ACCEPT
--A SIG2KNOCK -p ipv6-icmp --icmpv6-type time-exceeded -j ACCEPT
--A SIG2KNOCK -p ipv6-icmp --icmpv6-type parameter-problem -j ACCEPT
--A SIG2KNOCK -p ipv6-icmp --icmpv6-type router-advertisement -j ACCEPT
--A SIG2KNOCK -p ipv6-icmp --icmpv6-type neighbour-solicitation -j ACCEPT
--A SIG2KNOCK -p ipv6-icmp --icmpv6-type neighbour-advertisement -j ACCEPT
--A SIG2KNOCK -p ipv6-icmp --icmpv6-type redirect -j ACCEPT
--A SIG2KNOCK -m conntrack --ctstate INVALID -j DROP
--A SIG2KNOCK -p udp --dport 1001 -j ACCEPT
--A SIG2KNOCK -p udp --sport 547 --dport 546 -j ACCEPT
--A SIG2KNOCK -j DROP
--I INPUT 1 -j SIG2KNOCK
-COMMIT
-"""
 
 EMPTY_LISTING = b"-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n"
 LEFTOVER_LISTING = (
@@ -83,112 +42,6 @@ LEFTOVER_LISTING = (
     b"-A INPUT -j SIG2KNOCK\n-A INPUT -i eth0 -j SIG2KNOCK\n-A INPUT -j SIG2KNOCK\n"
     b"-A SIG2KNOCK -p tcp -m tcp --dport 40000:40100 -j DROP\n"
 )
-
-
-def grant_spec(address: str, port: int, stop: str) -> List[str]:
-    prefix = "128" if ":" in address else "32"
-    return [
-        "-s",
-        f"{address}/{prefix}",
-        "-p",
-        "tcp",
-        "--dport",
-        str(port),
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "NEW",
-        "-m",
-        "time",
-        "--datestop",
-        stop,
-        "-m",
-        "comment",
-        "--comment",
-        "sig2knock grant",
-        "-j",
-        "ACCEPT",
-    ]
-
-
-class RenderTests(TestCase):
-    """
-    The pure functions: restore scripts and grant rules, exactly.
-    """
-
-    def test_ports_chain(self) -> None:
-        """
-        Policy ``ports`` gates only the assigned range, the same way for both families.
-        """
-        self.assertEqual(render_chain(PORTS, 4), PORTS_CHAIN)
-        self.assertEqual(render_chain(PORTS, 6), PORTS_CHAIN)
-
-    def test_single_port(self) -> None:
-        """
-        A range of one port is written as that port.
-        """
-        settings = FirewallSettings(control_port=1001, port_range=(40000, 40000))
-        self.assertIn("-A SIG2KNOCK -p tcp --dport 40000 -j DROP\n", render_chain(settings, 4))
-
-    def test_lockdown_chain(self) -> None:
-        """
-        Policy ``lockdown`` closes everything but loopback, established traffic, the ICMP each
-        family needs, DHCP replies and the control port.
-        """
-        self.assertEqual(render_chain(LOCKDOWN, 4), LOCKDOWN_CHAIN4)
-        self.assertEqual(render_chain(LOCKDOWN, 6), LOCKDOWN_CHAIN6)
-
-    def test_stale_jumps(self) -> None:
-        """
-        Leftover jumps are deleted in the same transaction that adds the new one.
-        """
-        expected = PORTS_CHAIN.replace(
-            ":SIG2KNOCK - [0:0]\n",
-            ":SIG2KNOCK - [0:0]\n-D INPUT -j SIG2KNOCK\n-D INPUT -j SIG2KNOCK\n",
-        )
-        self.assertEqual(render_chain(PORTS, 4, stale_jumps=2), expected)
-
-    def test_bad_policy_or_family(self) -> None:
-        """
-        An unknown policy or family is a programming error.
-        """
-        self.assertRaises(ValueError, render_chain, PORTS, 5)
-        bad = FirewallSettings(control_port=1, port_range=(2, 3), policy="open")
-        self.assertRaises(ValueError, render_chain, bad, 4)
-        self.assertRaises(FirewallError, IptablesFirewall, Clock(), bad)
-
-    def test_flush(self) -> None:
-        """
-        Flushing deletes the jumps, empties and deletes the chain; only what is there.
-        """
-        self.assertEqual(
-            render_flush(2, True),
-            "*filter\n:SIG2KNOCK - [0:0]\n-D INPUT -j SIG2KNOCK\n-D INPUT -j SIG2KNOCK\n"
-            "-X SIG2KNOCK\nCOMMIT\n",
-        )
-        self.assertEqual(render_flush(1, False), "*filter\n-D INPUT -j SIG2KNOCK\nCOMMIT\n")
-
-    def test_grant_args(self) -> None:
-        """
-        A grant is one source, one port, new connections only, until its datestop.
-        """
-        self.assertEqual(
-            render_grant_args(ALICE4, 40005, T0 + 30),
-            grant_spec("192.0.2.7", 40005, "2030-01-02T03:04:34"),
-        )
-        self.assertEqual(
-            render_grant_args(ALICE6, 40099, T0 + 30.999),
-            grant_spec("2001:db8::7", 40099, "2030-01-02T03:04:34"),
-        )
-
-    def test_datestop(self) -> None:
-        """
-        The kernel matches during the datestop second, so it is the last whole second before
-        the deadline (UTC).
-        """
-        self.assertEqual(datestop(T0), "2030-01-02T03:04:04")
-        self.assertEqual(datestop(T0 + 0.5), "2030-01-02T03:04:04")
-        self.assertEqual(datestop(T0 + 1), "2030-01-02T03:04:05")
 
 
 class FakeRun:
@@ -215,6 +68,10 @@ class BackendTests(TestCase):
     """
     The backend's commands, exactly, against ``FakeRun`` and a ``Clock``.
     """
+
+    def test_badPolicyRefusedAtConstruction(self) -> None:
+        bad = FirewallSettings(control_port=1, port_range=(2, 3), policy="open")
+        self.assertRaises(FirewallError, IptablesFirewall, Clock(), bad)
 
     def setUp(self) -> None:
         self.bin = os.path.abspath(self.mktemp())
@@ -495,3 +352,38 @@ class BackendTests(TestCase):
 
         backend = IptablesFirewall(self.clock, PORTS, tools=(self.ipt, self.ip6t), run=raising)
         self.failureResultOf(backend.start(), FirewallError)
+
+
+class NatBackendTests(TestCase):
+    """
+    The backend in nat mode: grants go into the nat chain, once-rule first; revoke removes
+    both; an IPv6 client cannot be forwarded to an IPv4 target.
+    """
+
+    # The same stand-in tools, fake runner and clock as the backend's own tests.
+    setUp = BackendTests.setUp
+    backend = BackendTests.backend
+
+    def test_natGrantAndRevoke(self) -> None:
+        firewall = self.backend(NAT_PORTS)
+        self.successResultOf(firewall.grant(CLIENT, 40005, T0 + 30))
+        once, dnat = render_nat_grant_specs(CLIENT, 40005, "2030-01-02T03:04:34", LOOPBACK)
+        inserted = [argv[argv.index("-w") + 1:] for argv, _ in self.run.calls]
+        self.assertEqual(
+            inserted,
+            [["-t", "nat", "-I", NAT_CHAIN, "1", *dnat], ["-t", "nat", "-I", NAT_CHAIN, "1", *once]],
+        )
+        self.run.calls.clear()
+        self.successResultOf(firewall.revoke(CLIENT, 40005))
+        deleted = [argv[argv.index("-w") + 1:] for argv, _ in self.run.calls]
+        self.assertEqual(
+            deleted,
+            [["-t", "nat", "-D", NAT_CHAIN, *once], ["-t", "nat", "-D", NAT_CHAIN, *dnat]],
+        )
+
+    def test_natOtherFamilyRefused(self) -> None:
+        firewall = self.backend(NAT_PORTS)
+        self.failureResultOf(
+            firewall.grant(ipaddress.ip_address("2001:2::2"), 40005, T0 + 30), FirewallError
+        )
+        self.assertEqual(self.run.calls, [])

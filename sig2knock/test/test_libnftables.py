@@ -24,7 +24,8 @@ from sig2knock.firewall.libnftables import (
     shared_runner,
     worker_pool,
 )
-from sig2knock.firewall.nftables import NftablesFirewall, render_ruleset
+from sig2knock.firewall.nftables import NftablesFirewall
+from sig2knock.firewall.nftables_rules import render_ruleset
 from sig2knock.firewall.runner import MESSAGE_LIMIT, IToolRunner, run_tool
 
 ARGV = ["/usr/sbin/nft", "-f", "-"]

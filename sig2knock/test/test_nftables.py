@@ -1,11 +1,11 @@
 """
-Tests for sig2knock.firewall.nftables: the exact scripts and the backend around a fake runner and
-a fake clock. The scripts loaded by the real nft are tested in ``tests/test_nftables.py``.
+Tests for the nftables backend (sig2knock.firewall.nftables): what it runs for each operation,
+around a fake runner and a fake clock, and what it logs. Its scripts are tested in
+test_nftables_rules, the real nft in tests/test_nftables.py.
 """
 
-import ipaddress
 import os
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -13,274 +13,31 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
-from sig2knock.firewall import nftables
-from sig2knock.firewall.nftables import (
-    NftablesFirewall,
+from sig2knock.firewall import FirewallError, IFirewall
+from sig2knock.firewall import nftables, nftables_rules
+from sig2knock.test import common
+from sig2knock.test.test_nftables_rules import LOCKDOWN, LOCKDOWN_RULESET, PORTS, V4, V6
+from sig2knock.firewall.nftables import NftablesFirewall
+from sig2knock.firewall.nftables_rules import (
     render_flush,
     render_grant,
     render_replace_grant,
     render_revoke,
-    render_ruleset,
     render_stop,
 )
 
-PORTS = FirewallSettings(control_port=1001, port_range=(40000, 49999))
-LOCKDOWN = FirewallSettings(control_port=1001, port_range=(40000, 49999), policy="lockdown")
-V4 = ipaddress.ip_address("198.18.0.2")
-V6 = ipaddress.ip_address("2001:db8::2")
 
-HEADER = (
-    "# Owned by sig2knock: this table is replaced whole every time the daemon starts and\n"
-    "# removed by 'sig2knockd --flush'; changes made by hand are lost.\n"
-    "# Creating it empty first makes the delete succeed when it does not exist yet; the whole\n"
-    "# script is one transaction, so nothing is ever half-installed.\n"
-    "table inet sig2knock {}\n"
-    "delete table inet sig2knock\n"
-    "table inet sig2knock {\n"
-    "\tset grants4 {\n"
-    "\t\ttype ipv4_addr . inet_service; flags timeout;\n"
-    "\t}\n"
-    "\tset grants6 {\n"
-    "\t\ttype ipv6_addr . inet_service; flags timeout;\n"
-    "\t}\n"
-)
-
-PORTS_RULESET = HEADER + (
-    "\tchain input {\n"
-    "\t\ttype filter hook input priority filter - 10; policy accept;\n"
-    "\t\ttcp dport 40000-49999 ct state established,related accept\n"
-    "\t\ttcp dport 40000-49999 ip saddr . tcp dport @grants4 accept\n"
-    "\t\ttcp dport 40000-49999 ip6 saddr . tcp dport @grants6 accept\n"
-    "\t\t# drop, never reject: a scanner gets no RST, the port looks like nothing is there\n"
-    "\t\ttcp dport 40000-49999 drop\n"
-    "\t}\n"
-    "}\n"
-)
-
-LOCKDOWN_RULESET = HEADER + (
-    "\tchain input {\n"
-    "\t\ttype filter hook input priority filter - 10; policy drop;\n"
-    '\t\tiif "lo" accept\n'
-    "\t\tct state established,related accept\n"
-    "\t\tct state invalid drop\n"
-    "\t\tudp dport 1001 accept\n"
-    "\t\t# IPv6 does not work without neighbour discovery, router advertisements, MLD queries\n"
-    "\t\t# (or a snooping switch stops forwarding our multicast) and path MTU discovery\n"
-    "\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert, nd-redirect,"
-    " mld-listener-query, packet-too-big, destination-unreachable, time-exceeded,"
-    " parameter-problem } accept\n"
-    "\t\t# ICMP errors about our own flows are 'related' already; these few cover the rest,\n"
-    "\t\t# no echo: the host stays silent\n"
-    "\t\ticmp type { destination-unreachable, time-exceeded, parameter-problem } accept\n"
-    "\t\t# DHCP replies: a server that gets its address by DHCP must keep it\n"
-    "\t\tudp sport 67 udp dport 68 accept\n"
-    "\t\tudp sport 547 udp dport 546 accept\n"
-    "\t\tip saddr . tcp dport @grants4 accept\n"
-    "\t\tip6 saddr . tcp dport @grants6 accept\n"
-    "\t\t# everything else: the chain's policy drops it\n"
-    "\t}\n"
-    "}\n"
-)
-
-
-class RenderTests(SynchronousTestCase):
+class FakeRun(common.FakeRun):
     """
-    The scripts, to the character.
-    """
-
-    def test_rulesetPorts(self) -> None:
-        """
-        Policy ``ports`` gates only the assigned range: established flows and grants pass, the
-        rest is dropped; the chain accepts everything else.
-        """
-        self.assertEqual(render_ruleset(PORTS), PORTS_RULESET)
-
-    def test_rulesetLockdown(self) -> None:
-        """
-        Policy ``lockdown`` drops by default and lets in loopback, established flows, the
-        control port, the ICMP and DHCP a host needs, and grants.
-        """
-        self.assertEqual(render_ruleset(LOCKDOWN), LOCKDOWN_RULESET)
-
-    def test_rulesetOnePort(self) -> None:
-        """
-        A range of one port is written as a range all the same (nft accepts it).
-        """
-        settings = FirewallSettings(control_port=1001, port_range=(45678, 45678))
-        self.assertIn("\t\ttcp dport 45678-45678 drop\n", render_ruleset(settings))
-
-    def test_rulesetBadSettings(self) -> None:
-        """
-        An unknown policy, a port out of range or an empty range is refused, not rendered.
-        """
-        for settings in [
-            FirewallSettings(1001, (40000, 49999), policy="open"),
-            FirewallSettings(0, (40000, 49999)),
-            FirewallSettings(1001, (40000, 65536)),
-            FirewallSettings(1001, (49999, 40000)),
-        ]:
-            self.assertRaises(FirewallError, render_ruleset, settings)
-
-    def test_grantCreates(self) -> None:
-        """
-        A grant creates its element with the timeout in milliseconds (``create``: nft refuses
-        it when the element exists, rather than keep the old timeout).
-        """
-        self.assertEqual(
-            render_grant(V4, 45678, 30000),
-            "create element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 30000ms }\n",
-        )
-        self.assertEqual(
-            render_grant(V6, 45678, 1500),
-            "create element inet sig2knock grants6 { 2001:db8::2 . 45678 timeout 1500ms }\n",
-        )
-
-    def test_grantIPv4(self) -> None:
-        """
-        The fallback replaces any element for the same address and port with one that has the
-        new timeout, in milliseconds.
-        """
-        self.assertEqual(
-            render_replace_grant(V4, 45678, 30000),
-            "add element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 1ms }\n"
-            "delete element inet sig2knock grants4 { 198.18.0.2 . 45678 }\n"
-            "add element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 30000ms }\n",
-        )
-
-    def test_grantIPv6(self) -> None:
-        """
-        An IPv6 source goes into ``grants6``.
-        """
-        self.assertEqual(
-            render_replace_grant(V6, 45678, 1500),
-            "add element inet sig2knock grants6 { 2001:db8::2 . 45678 timeout 1ms }\n"
-            "delete element inet sig2knock grants6 { 2001:db8::2 . 45678 }\n"
-            "add element inet sig2knock grants6 { 2001:db8::2 . 45678 timeout 1500ms }\n",
-        )
-
-    def test_grantAddressForms(self) -> None:
-        """
-        An IPv4-mapped IPv6 address is granted as IPv4 (that is how its packets arrive); an IPv6
-        zone is dropped (nft does not read it); text works too.
-        """
-        mapped = ipaddress.ip_address("::ffff:198.18.0.2")
-        self.assertEqual(render_grant(mapped, 45678, 1000), render_grant(V4, 45678, 1000))
-        zoned = ipaddress.ip_address("fe80::1%eth0")
-        self.assertIn(
-            "grants6 { fe80::1 . 45678 timeout 1000ms }", render_grant(zoned, 45678, 1000)
-        )
-        self.assertEqual(render_grant("198.18.0.2", 45678, 1000), render_grant(V4, 45678, 1000))
-
-    def test_grantRefused(self) -> None:
-        """
-        A timeout below 1 ms (nft reads 0 as "never expires"), beyond what nft accepts, or not a
-        whole number, and a bad address or port, are refused.
-        """
-        self.assertIn("timeout 1ms }\n", render_grant(V4, 45678, 1).splitlines(True)[-1])
-        self.assertRaises(FirewallError, render_replace_grant, V4, 45678, 0)
-        for timeout in [0, -1, -30000, nftables.MAX_TIMEOUT_MS + 1, 1.5, True]:
-            self.assertRaises(FirewallError, render_grant, V4, 45678, timeout)
-        self.assertIn(f"timeout {nftables.MAX_TIMEOUT_MS}ms", render_grant(V4, 1, 99_999_999))
-        self.assertRaises(FirewallError, render_grant, "not an address", 45678, 1000)
-        for port in [0, 65536, -1, "22", None]:
-            self.assertRaises(FirewallError, render_grant, V4, port, 1000)
-
-    def test_revokeIPv4(self) -> None:
-        """
-        Revoke adds the element with a 1 ms timeout (nothing if it is there) and deletes it: it
-        succeeds whether or not the element expired, and names no other element.
-        """
-        self.assertEqual(
-            render_revoke(V4, 45678),
-            "add element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 1ms }\n"
-            "delete element inet sig2knock grants4 { 198.18.0.2 . 45678 }\n",
-        )
-
-    def test_revokeIPv6(self) -> None:
-        """
-        Revoking an IPv6 grant touches ``grants6``.
-        """
-        self.assertEqual(
-            render_revoke(V6, 45678),
-            "add element inet sig2knock grants6 { 2001:db8::2 . 45678 timeout 1ms }\n"
-            "delete element inet sig2knock grants6 { 2001:db8::2 . 45678 }\n",
-        )
-
-    def test_flush(self) -> None:
-        """
-        Flush creates the table empty (if absent) and deletes it: it never fails on absence.
-        """
-        self.assertEqual(render_flush(), "table inet sig2knock {}\ndelete table inet sig2knock\n")
-
-    def test_stop(self) -> None:
-        """
-        Stop empties both grant sets and keeps the chain.
-        """
-        self.assertEqual(
-            render_stop(PORTS),
-            "flush set inet sig2knock grants4\nflush set inet sig2knock grants6\n",
-        )
-
-
-NAT_TO = (ipaddress.ip_address("127.0.0.1"), 22)
-NAT_LOCKDOWN = FirewallSettings(1001, (40000, 49999), policy="lockdown", nat_to=NAT_TO)
-
-
-class NatRenderTests(SynchronousTestCase):
-    """
-    FORWARD_MODE = nat: the kernel DNATs a grant's first connection and forgets the grant.
-    """
-
-    def test_ruleset(self) -> None:
-        ruleset = render_ruleset(NAT_LOCKDOWN)
-        self.assertIn("flags dynamic, timeout;", ruleset)
-        self.assertIn(
-            "\t\tct state new ip saddr . tcp dport @grants4 delete @grants4"
-            " { ip saddr . tcp dport } ct mark set 0x53324b00"
-            " dnat ip to ip saddr . tcp dport map @forward4\n",
-            ruleset,
-        )
-        self.assertIn("type nat hook prerouting priority dstnat - 10; policy accept;", ruleset)
-        self.assertIn('\t\tiif != "lo" ip daddr 127.0.0.0/8 ct mark != 0x53324b00 drop\n', ruleset)
-        self.assertIn("\t\tct status dnat ct mark 0x53324b00 accept\n", ruleset)
-        self.assertNotIn("prerouting", render_ruleset(LOCKDOWN))
-
-    def test_grantAndRevoke(self) -> None:
-        grant = render_grant(ipaddress.ip_address("198.18.0.2"), 45678, 30000, NAT_TO)
-        self.assertEqual(
-            grant,
-            "create element inet sig2knock forward4 { 198.18.0.2 . 45678 timeout 30000ms :"
-            " 127.0.0.1 . 22 }\n"
-            "create element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 30000ms }\n",
-        )
-        replace = render_replace_grant(ipaddress.ip_address("198.18.0.2"), 45678, 30000, NAT_TO)
-        self.assertIn(
-            "add element inet sig2knock forward4 { 198.18.0.2 . 45678 timeout 30000ms :"
-            " 127.0.0.1 . 22 }\n",
-            replace,
-        )
-        revoke = render_revoke(ipaddress.ip_address("198.18.0.2"), 45678, NAT_TO)
-        self.assertIn("delete element inet sig2knock forward4 { 198.18.0.2 . 45678 }", revoke)
-
-    def test_otherFamilyRefused(self) -> None:
-        self.assertRaises(
-            FirewallError, render_grant, ipaddress.ip_address("2001:2::2"), 45678, 30000, NAT_TO
-        )
-
-
-class FakeRun:
-    """
-    Stands for ``run_tool``: records every call and answers with ``result`` (a callable giving
-    a Deferred).
+    Records ``(reactor, argv, stdin)`` and answers with ``result`` (a callable giving a
+    Deferred).
     """
 
     def __init__(self, result: Any = None) -> None:
-        self.calls: List[Tuple[Any, List[str], bytes]] = []
+        super().__init__()
         self.result = result or (lambda: succeed(b""))
 
-    def __call__(self, reactor: Any, argv: Sequence[str], stdin: bytes = b"") -> Deferred:
-        self.calls.append((reactor, list(argv), stdin))
+    def answer(self, argv: List[str], stdin: bytes) -> Deferred:
         return self.result()
 
 
@@ -342,7 +99,7 @@ class BackendTests(SynchronousTestCase):
         """
         deadline = self.clock.seconds() + 30.5
         self.assertIsNone(self.successResultOf(self.firewall.grant(V4, 45678, deadline)))
-        self.assertOneCall(render_grant(V4, 45678, 30500 - nftables.GRANT_MARGIN_MS))
+        self.assertOneCall(render_grant(V4, 45678, 30500 - nftables_rules.GRANT_MARGIN_MS))
 
     def test_grantOfAnExistingElementReplacesIt(self) -> None:
         """
@@ -358,7 +115,7 @@ class BackendTests(SynchronousTestCase):
         deadline = self.clock.seconds() + 30
         self.successResultOf(self.firewall.grant(V4, 45678, deadline))
         scripts = [stdin.decode() for _, _, stdin in self.run.calls]
-        left = 30000 - nftables.GRANT_MARGIN_MS
+        left = 30000 - nftables_rules.GRANT_MARGIN_MS
         self.assertEqual(scripts, [render_grant(V4, 45678, left),
                                    render_replace_grant(V4, 45678, left)])
 
@@ -369,13 +126,13 @@ class BackendTests(SynchronousTestCase):
         """
         self.clock.advance(0.25)
         self.successResultOf(self.firewall.grant(V6, 45678, self.clock.seconds() + 1.9999))
-        self.assertOneCall(render_grant(V6, 45678, 1999 - nftables.GRANT_MARGIN_MS))
+        self.assertOneCall(render_grant(V6, 45678, 1999 - nftables_rules.GRANT_MARGIN_MS))
 
     def test_grantShortest(self) -> None:
         """
         A deadline one millisecond ahead still gets its grant.
         """
-        ahead = (nftables.GRANT_MARGIN_MS + 1.5) / 1000
+        ahead = (nftables_rules.GRANT_MARGIN_MS + 1.5) / 1000
         self.successResultOf(self.firewall.grant(V4, 45678, self.clock.seconds() + ahead))
         self.assertOneCall(render_grant(V4, 45678, 1))
 
@@ -384,7 +141,7 @@ class BackendTests(SynchronousTestCase):
         A deadline already past (or less than a millisecond ahead) fails with FirewallError and
         runs nothing.
         """
-        for ahead in [-5.0, 0.0, 0.0004, nftables.GRANT_MARGIN_MS / 1000]:
+        for ahead in [-5.0, 0.0, 0.0004, nftables_rules.GRANT_MARGIN_MS / 1000]:
             failure = self.failureResultOf(
                 self.firewall.grant(V4, 45678, self.clock.seconds() + ahead), FirewallError
             )

@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from sig2knock.test import common
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
 from sig2knock.firewall.pktfilter import PktFilterFirewall, port_match, render_rules
 
@@ -76,18 +77,20 @@ class RenderTests(TestCase):
         self.assertRaises(FirewallError, PktFilterFirewall, Clock(), FirewallSettings(1, (2, 3)))
 
 
-class FakeRun:
+class FakeRun(common.FakeRun):
     """
-    Records argv and the rules file's text at each call.
+    Records argv and the rules file's text at each call; refuses when told to.
     """
 
     def __init__(self) -> None:
-        self.calls: List[Tuple[List[str], str]] = []
+        super().__init__()
         self.refuse = False
 
-    def __call__(self, reactor: object, argv: List[str], stdin: bytes = b"") -> Deferred:
+    def record(self, reactor: object, argv: List[str], stdin: bytes) -> Tuple[List[str], str]:
         with open(argv[-1] if argv[-2] == "-f" else os.devnull, encoding="ascii") as rules:
-            self.calls.append((list(argv), rules.read()))
+            return (argv, rules.read())
+
+    def answer(self, argv: List[str], stdin: bytes) -> Deferred:
         if self.refuse:
             return fail(FirewallError("pktctl: exit status 1: syntax error"))
         return succeed(b"")

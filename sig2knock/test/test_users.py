@@ -13,7 +13,6 @@ from sig2knock.protocol.kdf import KdfParams, derive_key, salt_for
 from sig2knock.test.common import CHEAP_KDF, write_users
 from sig2knock.daemon.users import (
     UsersError,
-    check_permissions,
     format_user_line,
     load_users,
     parse_users,
@@ -239,38 +238,38 @@ class PermissionsTests(SynchronousTestCase):
 
     def test_privateFileAccepted(self) -> None:
         path = self.users_file()
-        self.assertIsNone(check_permissions(path))
-        self.assertIsNone(check_permissions(path, uid=os.geteuid()))
+        self.assertEqual(load_users(path).names(), ["alice"])
+        self.assertEqual(load_users(path, uid=os.geteuid()).names(), ["alice"])
 
     def test_ownerExecutableAccepted(self) -> None:
-        self.assertIsNone(check_permissions(self.users_file(0o700)))
+        self.assertEqual(load_users(self.users_file(0o700)).names(), ["alice"])
 
     def test_openToGroupOrOthers(self) -> None:
         for mode in (0o640, 0o604, 0o660, 0o602, 0o620, 0o644):
             with self.subTest(mode=oct(mode)):
                 path = self.users_file(mode)
-                error = self.assertRaises(UsersError, check_permissions, path)
+                error = self.assertRaises(UsersError, load_users, path)
                 self.assertIn("chmod 600", str(error))
                 self.assertIn(path, str(error))
                 self.assertNotIn("\n", str(error))
 
     def test_otherOwner(self) -> None:
         path = self.users_file()
-        error = self.assertRaises(UsersError, check_permissions, path, uid=os.geteuid() + 12345)
+        error = self.assertRaises(UsersError, load_users, path, uid=os.geteuid() + 12345)
         self.assertIn("chown", str(error))
         self.assertIn(path, str(error))
         self.assertIn(str(os.geteuid() + 12345), str(error))
 
     def test_missingFile(self) -> None:
         path = os.path.join(os.path.abspath(self.mktemp()), "user.txt")
-        error = self.assertRaises(UsersError, check_permissions, path)
+        error = self.assertRaises(UsersError, load_users, path)
         self.assertIn(f"sig2knockd_useradd --users-file {path}", str(error))
 
     def test_directory(self) -> None:
         path = self.mktemp()
         os.makedirs(path)
         os.chmod(path, 0o700)
-        error = self.assertRaises(UsersError, check_permissions, path)
+        error = self.assertRaises(UsersError, load_users, path)
         self.assertIn(path, str(error))
 
     def test_nulInPath(self) -> None:
@@ -279,7 +278,6 @@ class PermissionsTests(SynchronousTestCase):
         accepts) is a UsersError, not a ValueError escaping the daemon's error handling.
         """
         path = self.users_file() + "\0.bak"
-        self.assertRaises(UsersError, check_permissions, path)
         self.assertRaises(UsersError, load_users, path)
 
 
