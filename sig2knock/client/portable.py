@@ -10,6 +10,8 @@ Every branch reads ``WINDOWS`` when it runs, so the tests run both branches on a
 import os
 from typing import Callable, List, Optional, Union
 
+from sig2knock.protocol import files
+
 WINDOWS = os.name == "nt"
 # Windows' C runtime translates line ends on descriptors opened without it.
 _BINARY = getattr(os, "O_BINARY", 0)
@@ -37,21 +39,20 @@ def config_home() -> str:
 
 
 def _posix_problem(path: str, status: os.stat_result) -> Optional[str]:
-    import stat  # here, not at the top: every client start would pay for it
-    if not stat.S_ISREG(status.st_mode):
+    found = files.exposure(status, os.geteuid())
+    if found is None:
+        return None
+    if found.kind == files.NOT_REGULAR:
         return f"{path}: not a regular file"
-    if status.st_uid != os.geteuid():
+    if found.kind == files.OTHER_OWNER:
         return (
-            f"{path}: holds a secret but belongs to another user (uid {status.st_uid});"
+            f"{path}: holds a secret but belongs to another user (uid {found.owner});"
             " use a file of your own"
         )
-    mode = stat.S_IMODE(status.st_mode)
-    if mode & 0o077:
-        return (
-            f"{path}: holds a secret but is open to group or others (mode {mode:04o});"
-            f" fix with: chmod 600 {path}"
-        )
-    return None
+    return (
+        f"{path}: holds a secret but is open to group or others (mode {found.mode:04o});"
+        f" fix with: chmod 600 {path}"
+    )
 
 
 def _windows_warning(path: str) -> Optional[str]:
@@ -107,26 +108,12 @@ def read_private(path: str, warn: Callable[[str], None]) -> str:
 
 def write_private(path: str, text: str) -> None:
     """
-    Replace ``path`` with ``text`` atomically (a new file, synced, then renamed over it), mode
-    0600 in a directory created mode 0700 (on Windows the modes mean nothing and the profile
-    folder's protection applies). ``OSError`` passes through.
+    Replace ``path`` with ``text`` atomically (``files.write_atomically``: mode 0600), in a
+    directory created mode 0700 (on Windows the modes mean nothing and the profile folder's
+    protection applies). ``OSError`` passes through.
     """
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as private:
-            private.write(text)
-            private.flush()
-            os.fsync(private.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    files.write_atomically(path, text.encode("utf-8"))
 
 
 def have_terminal() -> bool:

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from sig2knock.protocol import files
 from sig2knock.protocol.wire import NONCE_SIZE, MessageRejected
 
 # Why the cache refuses a message (MessageRejected.reason), beside decode's reasons.
@@ -175,23 +176,12 @@ class ReplayCache(Service):
 
     def _compact(self) -> None:
         assert self.path is not None
-        temporary = self.path + ".new"
         try:
             if self._file is not None:
                 self._file.close()
                 self._file = None
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "wb") as new:
-                new.write(MAGIC)
-                new.write(b"".join(_RECORD.pack(n, e) for n, e in self._expiries.items()))
-                new.flush()
-                os.fsync(new.fileno())
-            os.replace(temporary, self.path)
-            directory = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            records = b"".join(_RECORD.pack(n, e) for n, e in self._expiries.items())
+            files.write_atomically(self.path, MAGIC + records, sync_directory=True)
             self._records_in_file = len(self._expiries)
             self._file = open(self.path, "ab", buffering=0)
         except OSError as error:

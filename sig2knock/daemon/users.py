@@ -9,9 +9,9 @@ user running the daemon and closed to group and others.
 
 import os
 import pwd
-import stat
 from typing import Dict, List, NamedTuple, Optional
 
+from sig2knock.protocol import files
 from sig2knock.protocol.kdf import KdfParams, derive_key
 from sig2knock.protocol.keyline import KeyLineError, format_key_line, parse_key_line
 from sig2knock.daemon.text import one_line
@@ -117,10 +117,13 @@ def _owner_name(uid: int) -> str:
 
 
 def _check_status(path: str, status: os.stat_result, uid: int) -> None:
-    if not stat.S_ISREG(status.st_mode):
+    found = files.exposure(status, uid)
+    if found is None:
+        return
+    if found.kind == files.NOT_REGULAR:
         raise UsersError(f"{path}: not a regular file")
-    if status.st_uid != uid:
-        owner = _owner_name(status.st_uid)
+    if found.kind == files.OTHER_OWNER:
+        owner = _owner_name(found.owner)
         if uid == 0:
             # Checked as root for a daemon that probably runs as the file's owner.
             raise UsersError(
@@ -132,12 +135,10 @@ def _check_status(path: str, status: os.stat_result, uid: int) -> None:
             f"{path}: owned by {owner}, but the daemon runs as"
             f" {_owner_name(uid)}; fix with: chown {_owner_name(uid)} {path}"
         )
-    mode = stat.S_IMODE(status.st_mode)
-    if mode & 0o077:
-        raise UsersError(
-            f"{path}: holds keys but is open to group or others (mode {mode:04o});"
-            f" fix with: chmod 600 {path}"
-        )
+    raise UsersError(
+        f"{path}: holds keys but is open to group or others (mode {found.mode:04o});"
+        f" fix with: chmod 600 {path}"
+    )
 
 
 def _missing(path: str) -> UsersError:

@@ -24,8 +24,6 @@ Assumptions, from the pf-like syntax and libdnet's PktFilter driver, unverified 
 """
 
 import ipaddress
-import os
-import tempfile
 from typing import Any, Callable, Iterable, List, Tuple
 
 from twisted.internet.defer import Deferred, DeferredLock, fail, maybeDeferred, succeed
@@ -33,6 +31,7 @@ from zope.interface import implementer
 
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
 from sig2knock.firewall.runner import find_tool, run_tool
+from sig2knock.protocol import files
 from sig2knock.protocol.addresses import IPAddress
 
 DEFAULT_RULES_PATH = r"C:\Program Files\PktFilter\rules.txt"
@@ -83,26 +82,6 @@ def render_rules(settings: FirewallSettings, grants: Iterable[Grant] = ()) -> st
         address = ipaddress.ip_address(str(source))
         lines.append(f"pass in {on} proto tcp from {address} to any port = {port}")
     return "\n".join(lines) + "\n"
-
-
-def write_atomically(path: str, text: str) -> None:
-    """
-    Replace ``path`` with ``text``: written to a temporary file beside it, then renamed over.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".sig2knock-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="ascii", newline="") as rules:
-            rules.write(text)
-            rules.flush()
-            os.fsync(rules.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
 
 
 @implementer(IFirewall)
@@ -159,7 +138,9 @@ class PktFilterFirewall:
                 )
             )
         try:
-            write_atomically(self.rules_path, render_rules(self.settings, grants))
+            files.write_atomically(
+                self.rules_path, render_rules(self.settings, grants).encode("ascii")
+            )
         except OSError as error:
             return fail(FirewallError(f"{self.rules_path}: cannot write the rules: {error}"))
         done = maybeDeferred(self.run, self.reactor, [path, *LOAD_ARGUMENTS, self.rules_path])
@@ -233,7 +214,7 @@ class PktFilterFirewall:
             if path is None:
                 return fail(FirewallError(f"{self.tool}: not found; install PktFilter"))
             try:
-                write_atomically(self.rules_path, HEADER + "\n")
+                files.write_atomically(self.rules_path, (HEADER + "\n").encode("ascii"))
             except OSError as error:
                 return fail(FirewallError(f"{self.rules_path}: cannot write the rules: {error}"))
             done = maybeDeferred(self.run, self.reactor, [path, *LOAD_ARGUMENTS[:2]])

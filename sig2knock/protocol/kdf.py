@@ -10,7 +10,7 @@ This module is imported by the client: it must not import Twisted.
 """
 
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sig2knock.protocol.cipher import SHA256
 
@@ -99,6 +99,14 @@ def check_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise KdfError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
     return password
+
+
+def password_line(stream: Any) -> str:
+    """
+    The password given on one line of ``stream`` (``--password-stdin``), without its line end
+    (``\\n`` or ``\\r\\n``).
+    """
+    return stream.readline().rstrip("\r\n")
 
 
 def salt_for(user: str) -> bytes:

@@ -17,7 +17,7 @@ from sig2knock import __version__
 from sig2knock.client import portable
 from sig2knock.client.knocker import DEFAULT_KNOCKS, ClientError, knock, user_key
 from sig2knock.client.relay import connect, relay
-from sig2knock.protocol.kdf import KdfError, KdfParams, check_user_name
+from sig2knock.protocol.kdf import KdfError, KdfParams, check_user_name, password_line
 from sig2knock.protocol.wire import MAX_KNOCKS, UserKey
 from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
 
@@ -148,7 +148,7 @@ def read_password(options: argparse.Namespace, stdin: TextIO = sys.stdin) -> str
     if options.password_file:
         return read_password_file(options.password_file, _warn)
     if options.password_stdin:
-        return stdin.readline().rstrip("\r\n")
+        return password_line(stdin)
     if not stdin.isatty() and not (options.stdio and portable.have_terminal()):
         hint = "--password-file" if options.stdio else "--password-stdin"
         raise PasswordError(f"no terminal to ask for the password on; use {hint}")

@@ -10,7 +10,13 @@ import sys
 from typing import List, Optional, TextIO
 
 from sig2knock import __version__
-from sig2knock.protocol.kdf import KdfError, KdfParams, check_password, check_user_name
+from sig2knock.protocol.kdf import (
+    KdfError,
+    KdfParams,
+    check_password,
+    check_user_name,
+    password_line,
+)
 
 
 class UserAddError(Exception):
@@ -59,8 +65,7 @@ def read_password(from_stdin: bool, stdin: TextIO = sys.stdin) -> str:
     The password: one line of ``stdin``, or asked twice on the terminal without echo.
     """
     if from_stdin:
-        line = stdin.readline()
-        return line[:-1] if line.endswith("\n") else line
+        return password_line(stdin)
     if not stdin.isatty():
         raise UserAddError("no terminal to ask for the password on; use --password-stdin")
     first = getpass.getpass("Password: ")

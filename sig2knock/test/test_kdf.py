@@ -101,3 +101,20 @@ class KdfParamsValueTests(SynchronousTestCase):
         self.assertRaises(KdfError, KdfParams, r=0)
         self.assertEqual(KdfParams(), KdfParams(2 ** 15, 8, 1))
         self.assertEqual(KdfParams().format(), "scrypt:n=32768,r=8,p=1")
+
+
+class PasswordLineTests(SynchronousTestCase):
+    """
+    ``--password-stdin`` takes one line, without its line end, whatever the platform wrote.
+    """
+
+    def test_lineEnds(self) -> None:
+        import io
+
+        from sig2knock.protocol.kdf import password_line
+
+        for text in ("secret words\n", "secret words\r\n", "secret words"):
+            with self.subTest(text=text):
+                self.assertEqual(password_line(io.StringIO(text + "next line\n")
+                                               if text.endswith("\n") else io.StringIO(text)),
+                                 "secret words")
