@@ -11,8 +11,20 @@ import os
 import re
 import time
 
-from driver import (BIN, CHEAP_KDF, CLIENT_IP, CLK_TCK, CONTROL_PORT, DEFAULT_KDF, MANY, PASSWORD,
-                    SERVER_IP, log, med, proc_sample)
+from driver import (
+    BIN,
+    CHEAP_KDF,
+    CLIENT_IP,
+    CLK_TCK,
+    CONTROL_PORT,
+    DEFAULT_KDF,
+    MANY,
+    PASSWORD,
+    SERVER_IP,
+    log,
+    med,
+    proc_sample,
+)
 
 
 # The daemon counts every live session against its user, a granted one until its grant ends

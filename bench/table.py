@@ -14,6 +14,7 @@ import os
 import re
 
 from driver import CLIENT_IP, CONTROL_PORT, MANY, PHASES, cell, med, ms_list
+
 from sig2knock.protocol import wire
 
 NOT_RUN = "not run"

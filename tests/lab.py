@@ -83,7 +83,8 @@ ECHO_SERVICE = textwrap.dedent(
 PROBE = textwrap.dedent(
     """
     import socket, sys
-    host, port, payload, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), float(sys.argv[4])
+    host, port = sys.argv[1], int(sys.argv[2])
+    payload, hold = sys.argv[3].encode(), float(sys.argv[4])
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     probe = socket.socket(family, socket.SOCK_STREAM)
     probe.settimeout(float(sys.argv[5]))
@@ -162,7 +163,8 @@ class Lab:
             ("intruder", INTRUDER_IP, INTRUDER_IP6),
         ):
             outside, inside = f"{role[0]}0", "eth0"
-            self.ns("server", ["ip", "link", "add", outside, "type", "veth", "peer", "name", inside])
+            veth = ["ip", "link", "add", outside, "type", "veth", "peer", "name", inside]
+            self.ns("server", veth)
             self.ns("server", ["ip", "link", "set", inside, "netns", self.namespaces[role]])
             self.ns("server", ["ip", "link", "set", outside, "master", "br0", "up"])
             self.ns(role, ["ip", "addr", "add", f"{ip}/24", "dev", inside])

@@ -3,9 +3,10 @@ Attacks on the real daemon in the namespace lab, against the security requiremen
 DESIGN.md: replay (same server, after a restart, at another server), spoofed noise during a
 knock, floods of junk and of almost-valid messages, session-state exhaustion, and clocks.
 
-The attack programs are in ``tests/attack_tools.py``; they run inside the lab's namespaces and
-send only to lab addresses (198.18.0.0/15), bounded in packets and in time. The daemon runs with
-``FIREWALL = nftables`` and ``FIREWALL_POLICY = lockdown``. Needs root; skipped otherwise.
+The attack programs are in ``tests/attack_tools.py`` (run by ``tests/attack_driver.py``); they
+run inside the lab's namespaces and send only to lab addresses (198.18.0.0/15), bounded in packets
+and in time. The daemon runs with ``FIREWALL = nftables`` and ``FIREWALL_POLICY = lockdown``.
+Needs root; skipped otherwise.
 """
 
 import os
@@ -15,8 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests import attack_tools as tools
-from tests import lab
+from tests import attack_driver as driver, attack_tools as tools, lab
 from tests.lab import built_lab
 
 RANGE = (40000, 40999)
@@ -81,7 +81,7 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         used yet: ``use_grant`` does that).
         """
         path = os.path.join(self.lab.directory, "p1p2.jsonl")
-        capture = tools.Background(self.lab, "server", "capture", {
+        capture = driver.Background(self.lab, "server", "capture", {
             "interface": "br0",
             "filter": f"udp and src host {lab.CLIENT_IP} and dst port {lab.CONTROL_PORT}",
             "out": path, "seconds": 30, "max": 1000,
@@ -90,7 +90,7 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         time.sleep(0.2)
         capture.stop()
         capture.result()
-        datagrams = tools.read_capture(path)
+        datagrams = driver.read_capture(path)
         sizes = {len(bytes.fromhex(d["payload"])) for d in datagrams}
         self.assertIn(90, sizes, "a P1 (4 knocks) was captured")
         self.assertIn(80, sizes, "a P2 was captured")
@@ -101,7 +101,7 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         The client's one connection through ``port``; then its listener is gone.
         """
         self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
-        self.assertTrue(tools.wait_for(lambda: port not in self.ports_in_range(), 5))
+        self.assertTrue(driver.wait_for(lambda: port not in self.ports_in_range(), 5))
 
     def replay(self, datagrams: List[Dict], reason: str, destination: str = lab.SERVER_IP,
                payload=lambda data: data) -> None:
@@ -112,11 +112,11 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         before_ports = set(self.ports_in_range())
         offset = len(self.lab.log())
         source_ports = sorted({d["sport"] for d in datagrams})
-        listener = tools.Background(self.lab, "client", "listen", {
+        listener = driver.Background(self.lab, "client", "listen", {
             "address": lab.CLIENT_IP, "ports": source_ports, "seconds": 2.0,
         })
         answers_path = os.path.join(self.lab.directory, f"answers-{offset}.jsonl")
-        sniffer = tools.Background(self.lab, "client", "capture", {
+        sniffer = driver.Background(self.lab, "client", "capture", {
             "interface": "eth0", "filter": "udp and not dst host 255.255.255.255",
             "out": answers_path, "seconds": 10, "max": 1000,
         })
@@ -125,29 +125,29 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
              "payload": payload(bytes.fromhex(d["payload"])).hex()}
             for d in datagrams
         ]
-        sent = tools.run_tool(self.lab, "intruder", "rawsend", {"packets": packets,
+        sent = driver.run_tool(self.lab, "intruder", "rawsend", {"packets": packets,
                                                                 "interval": 0.002})
         self.assertEqual(sent["sent"], len(datagrams))
         received = listener.result()["received"]
         sniffer.stop()
         sniffer.result()
         # Replies to the spoofed source would land in the client's namespace.
-        answers = [a for a in tools.read_capture(answers_path) if a["src"] != lab.CLIENT_IP]
+        answers = [a for a in driver.read_capture(answers_path) if a["src"] != lab.CLIENT_IP]
         self.assertEqual(received, [], "a replayed datagram was answered")
         self.assertEqual(answers, [], "UDP reached the client's address during the replay")
         self.assertTrue(
-            tools.wait_for(
-                lambda: tools.refusal_count(tools.log_since(self.lab, offset), reason)
+            driver.wait_for(
+                lambda: driver.refusal_count(driver.log_since(self.lab, offset), reason)
                 >= len(datagrams), 5),
             f"expected {len(datagrams)} '{reason}' refusals:\n"
-            f"{tools.log_since(self.lab, offset)[-4000:]}",
+            f"{driver.log_since(self.lab, offset)[-4000:]}",
         )
-        log = tools.log_since(self.lab, offset)
+        log = driver.log_since(self.lab, offset)
         for step in ("P1 accepted", "knock sequence complete", "granted", "P3 sent"):
             self.assertNotIn(step, log)
         self.assertFalse(set(self.ports_in_range()) - before_ports, "a new port was opened")
         print(f"\nreplayed {len(datagrams)} datagrams to {destination}: "
-              f"{tools.refusal_count(log, reason)} refused '{reason}', 0 answered")
+              f"{driver.refusal_count(log, reason)} refused '{reason}', 0 answered")
 
     def fresh_p2_is_answered(self, datagrams: List[Dict]) -> None:
         """
@@ -166,10 +166,10 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         ).message
         fresh = wire.encode(wire.Confirm(confirm.session_id, wire.now_ms(time.time())), alice,
                             binding)
-        listener = tools.Background(self.lab, "client", "listen", {
+        listener = driver.Background(self.lab, "client", "listen", {
             "address": lab.CLIENT_IP, "ports": [captured["sport"]], "seconds": 1.5,
         })
-        tools.run_tool(self.lab, "intruder", "rawsend",
+        driver.run_tool(self.lab, "intruder", "rawsend",
                        {"packets": [{**captured, "payload": fresh.hex()}]})
         received = listener.result()["received"]
         self.assertEqual([r["size"] for r in received], [wire.GRANT_SIZE],
@@ -215,7 +215,7 @@ class NoiseTests(AttackLabMixin, SynchronousTestCase):
 
     def knock_through_noise(self, protocol: str) -> None:
         self.start(KNOCK_PROTO=protocol)
-        noise = tools.Background(self.lab, "client", "noise", {
+        noise = driver.Background(self.lab, "client", "noise", {
             "target": lab.SERVER_IP, "count": 20000, "seconds": 2.0,
             "protocols": ["tcp", "udp"], "exclude": [lab.CONTROL_PORT], "seed": 1,
             # Not the assigned ports: the noise comes from the client's own stack, so a SYN to
@@ -260,19 +260,19 @@ class FloodTests(AttackLabMixin, SynchronousTestCase):
 
     def test_floodIsSilentAndDoesNotStopAKnock(self) -> None:
         self.start()
-        tools.add_addresses(self.lab, "intruder", "eth0", FLOOD_SOURCES)
+        driver.add_addresses(self.lab, "intruder", "eth0", FLOOD_SOURCES)
         sniff_path = os.path.join(self.lab.directory, "intruder-in.jsonl")
-        sniffer = tools.Background(self.lab, "intruder", "capture", {
+        sniffer = driver.Background(self.lab, "intruder", "capture", {
             "interface": "eth0", "filter": f"udp and src host {lab.SERVER_IP}",
             "out": sniff_path, "seconds": 60, "max": 1000,
         })
         templates = self.templates()
         pid = self.lab.daemon.pid
-        before = tools.rss_kib(pid)
-        sampler = tools.RssSampler(pid)
+        before = driver.rss_kib(pid)
+        sampler = driver.RssSampler(pid)
         sampler.start()
         floods = [
-            tools.Background(self.lab, "intruder", "flood", {
+            driver.Background(self.lab, "intruder", "flood", {
                 "target": [lab.SERVER_IP, lab.CONTROL_PORT], "sources": FLOOD_SOURCES[i::2],
                 "count": 20000, "pace": 6.0, "seconds": 12.0, "seed": i,
                 "templates": templates,
@@ -289,7 +289,7 @@ class FloodTests(AttackLabMixin, SynchronousTestCase):
         results = [flood.result(timeout=60) for flood in floods]
         peak = sampler.stop()
         time.sleep(0.5)
-        after_flood = tools.rss_kib(pid)
+        after_flood = driver.rss_kib(pid)
         self.assertDaemonAlive()
         started = time.monotonic()
         port = self.knocked_port()
@@ -317,7 +317,7 @@ class FloodTests(AttackLabMixin, SynchronousTestCase):
             f"\nknock during the flood: {during:.2f} s (flood still running: {still_flooding});"
             f" after: {after:.2f} s"
             f"\nrefusals logged: "
-            + ", ".join(f"{reason}={tools.refusal_count(log, reason)}"
+            + ", ".join(f"{reason}={driver.refusal_count(log, reason)}"
                         for reason in ("size", "version", "type", "binding", "unknown-key",
                                        "rate-limited", "auth", "malformed", "replay"))
         )
@@ -325,7 +325,7 @@ class FloodTests(AttackLabMixin, SynchronousTestCase):
         self.assertTrue(still_flooding, "the knock did not happen during the flood")
         for result in results:
             self.assertEqual(result["answered"], [], "a flood datagram was answered")
-        self.assertEqual(tools.read_capture(sniff_path), [], "the server sent UDP to the intruder")
+        self.assertEqual(driver.read_capture(sniff_path), [], "the server sent UDP to the intruder")
         self.assertLess(peak - before, RSS_GROWTH_LIMIT_KIB)
         self.assertLess(after_flood - before, RSS_GROWTH_LIMIT_KIB)
 
@@ -340,25 +340,25 @@ class ExhaustionTests(AttackLabMixin, SynchronousTestCase):
 
     def test_sessionFloodsLeaveRoomForAlice(self) -> None:
         self.start(users={"alice": lab.PASSWORD, "bob": BOB_PASSWORD})
-        tools.add_addresses(self.lab, "intruder", "eth0", FLOOD_SOURCES)
+        driver.add_addresses(self.lab, "intruder", "eth0", FLOOD_SOURCES)
         bob = tools.lab_key("bob", BOB_PASSWORD)
         strangers = [
             {"name": name, "key": tools.lab_key(name, f"{name} is not in the users file").hex()}
             for name in ("carol", "dave", "erin")
         ]
         pid = self.lab.daemon.pid
-        before = tools.rss_kib(pid)
-        sampler = tools.RssSampler(pid)
+        before = driver.rss_kib(pid)
+        sampler = driver.RssSampler(pid)
         sampler.start()
         offset = len(self.lab.log())
         floods = [
-            tools.Background(self.lab, "intruder", "flood", {
+            driver.Background(self.lab, "intruder", "flood", {
                 "target": [lab.SERVER_IP, lab.CONTROL_PORT], "sources": FLOOD_SOURCES,
                 "count": 60000, "seconds": 4.0, "seed": 7,
                 "keys": strangers,
                 "mix": {"p1": 1},
             }),
-            tools.Background(self.lab, "intruder", "flood", {
+            driver.Background(self.lab, "intruder", "flood", {
                 "target": [lab.SERVER_IP, lab.CONTROL_PORT], "sources": [lab.INTRUDER_IP],
                 "count": 60000, "seconds": 4.0, "seed": 8,
                 "keys": [{"name": "bob", "key": bob.hex()}],
@@ -380,15 +380,15 @@ class ExhaustionTests(AttackLabMixin, SynchronousTestCase):
         self.assertDaemonAlive()
         self.lab.stop_daemon()  # logs the last summary of refusals
 
-        log = tools.log_since(self.lab, offset)
-        limits = {reason: tools.refusal_count(log, reason) for reason in LIMIT_REASONS}
+        log = driver.log_since(self.lab, offset)
+        limits = {reason: driver.refusal_count(log, reason) for reason in LIMIT_REASONS}
         accepted = log.count("P1 accepted")
         print(
             f"\nsession flood: {results[0]['sent']} P1s from {len(FLOOD_SOURCES)} addresses"
             f" (unknown keys) and {results[1]['sent']} of bob's from one address,"
             f" in {max(r['elapsed'] for r in results):.1f} s"
             f"\nlogged: P1 accepted={accepted}, "
-            + ", ".join(f"{reason}={tools.refusal_count(log, reason)}"
+            + ", ".join(f"{reason}={driver.refusal_count(log, reason)}"
                         for reason in ("unknown-key", "replay", "cache-full"))
             + f", limits={limits}"
             f"\ndaemon VmRSS: before {before} KiB, peak {peak} KiB"
@@ -410,10 +410,10 @@ class ExhaustionTests(AttackLabMixin, SynchronousTestCase):
         """
         self.start(users={"alice": lab.PASSWORD, "bob": BOB_PASSWORD})
         sources = [f"198.18.0.{host}" for host in range(20, 160)]
-        tools.add_addresses(self.lab, "intruder", "eth0", sources)
+        driver.add_addresses(self.lab, "intruder", "eth0", sources)
         bob = tools.lab_key("bob", BOB_PASSWORD)
         offset = len(self.lab.log())
-        flood = tools.Background(self.lab, "intruder", "flood", {
+        flood = driver.Background(self.lab, "intruder", "flood", {
             "target": [lab.SERVER_IP, lab.CONTROL_PORT], "sources": sources,
             "count": 1400, "pace": 2.8, "seconds": 5.0, "seed": 9, "linger": 0.1,
             "keys": [{"name": "bob", "key": bob.hex()}], "mix": {"p1": 1},
@@ -427,11 +427,11 @@ class ExhaustionTests(AttackLabMixin, SynchronousTestCase):
         elapsed = time.monotonic() - started
         self.assertDaemonAlive()
         self.lab.stop_daemon()  # logs the last summary of refusals
-        log = tools.log_since(self.lab, offset)
+        log = driver.log_since(self.lab, offset)
         print(
             f"\nbob: {sent['sent']} P1s from {len(sources)} addresses in {sent['elapsed']:.1f} s;"
             f" P1 accepted={log.count('P1 accepted')}, "
-            + ", ".join(f"{reason}={tools.refusal_count(log, reason)}"
+            + ", ".join(f"{reason}={driver.refusal_count(log, reason)}"
                         for reason in LIMIT_REASONS + ("cache-full",))
             + f"\nalice: exit {result.returncode} after {elapsed:.2f} s"
         )
@@ -439,7 +439,8 @@ class ExhaustionTests(AttackLabMixin, SynchronousTestCase):
         self.assertEqual(
             result.returncode, 0,
             "alice was locked out: one other user's pending sessions (spread over many"
-            f" addresses) filled the session table (table-full={tools.refusal_count(log, 'table-full')})"
+            " addresses) filled the session table"
+            f" (table-full={driver.refusal_count(log, 'table-full')})"
             f"; client said: {result.stderr.strip()}",
         )
 
@@ -459,23 +460,23 @@ class ClockTests(AttackLabMixin, SynchronousTestCase):
             tools.make_p1("alice", alice, lab.SERVER_IP, lab.CONTROL_PORT, timestamp=now - 60),
             tools.make_p1("alice", alice, lab.SERVER_IP, lab.CONTROL_PORT, timestamp=now + 60),
         ]
-        result = tools.run_tool(self.lab, "client", "sendwait", {
+        result = driver.run_tool(self.lab, "client", "sendwait", {
             "source": [lab.CLIENT_IP, 0], "target": [lab.SERVER_IP, lab.CONTROL_PORT],
             "payloads": [p.hex() for p in payloads], "wait": 1.0,
         })
         self.assertEqual(result["answers"], 0)
-        log = tools.log_since(self.lab, offset)
-        self.assertEqual(tools.refusal_count(log, "stale"), 1, log)
-        self.assertEqual(tools.refusal_count(log, "future"), 1, log)
+        log = driver.log_since(self.lab, offset)
+        self.assertEqual(driver.refusal_count(log, "stale"), 1, log)
+        self.assertEqual(driver.refusal_count(log, "future"), 1, log)
         self.assertNotIn("P1 accepted", log)
         # A fresh, valid P1 is accepted, and answered with silence too.
         fresh = tools.make_p1("alice", alice, lab.SERVER_IP, lab.CONTROL_PORT)
-        result = tools.run_tool(self.lab, "client", "sendwait", {
+        result = driver.run_tool(self.lab, "client", "sendwait", {
             "source": [lab.CLIENT_IP, 0], "target": [lab.SERVER_IP, lab.CONTROL_PORT],
             "payloads": [fresh.hex()], "wait": 1.0,
         })
         self.assertEqual(result["answers"], 0)
-        self.assertIn("P1 accepted", tools.log_since(self.lab, offset))
+        self.assertIn("P1 accepted", driver.log_since(self.lab, offset))
 
     def test_clientWithWrongClockBlamesTheClock(self) -> None:
         if shutil.which("faketime") is None:

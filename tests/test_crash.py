@@ -21,7 +21,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.protocol import addresses, wire
 from sig2knock.protocol.kdf import KdfParams, derive_key
-
 from tests import lab
 from tests.lab import built_lab
 

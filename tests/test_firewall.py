@@ -5,8 +5,8 @@ it only the client reaches only its port, an established session outlives the gr
 at its deadline even when the daemon is killed, and a firewall that refuses leaves nothing open.
 """
 
-import signal
 import shutil
+import signal
 import time
 
 from twisted.trial.unittest import SynchronousTestCase

@@ -173,7 +173,9 @@ class WheelTests(SynchronousTestCase):
         self.assertEqual(done.returncode, 0, done.stdout[-5000:] + done.stderr[-2000:])
         self.assertRegex(summary, r"^PASSED \(successes=\d+\)$", "no test skipped or failed")
         with open(log, encoding="utf-8") as started:
-            self.assertEqual(started.read(), "", "the unit tests started a namespace or firewall tool")
+            self.assertEqual(
+                started.read(), "", "the unit tests started a namespace or firewall tool"
+            )
         return summary
 
     def test_unitTestsAsRootChangeNothing(self) -> None:

@@ -24,9 +24,8 @@ class KnockTests(SynchronousTestCase):
 
     def knocked_port(self, **options) -> int:
         result = self.lab.knock(**options)
-        self.assertEqual(
-            result.returncode, 0, f"client failed: {result.stderr}\n--- daemon ---\n{self.lab.log()}"
-        )
+        why = f"client failed: {result.stderr}\n--- daemon ---\n{self.lab.log()}"
+        self.assertEqual(result.returncode, 0, why)
         self.assertRegex(result.stdout, r"^[0-9]+\n$", "stdout must be exactly the port")
         return int(result.stdout)
 

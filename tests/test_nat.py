@@ -5,8 +5,8 @@ the firewall hold as in proxy mode: only the client, only its port, one connecti
 session outlives the grant, and a grant ends at its deadline even when the daemon is killed.
 """
 
-import signal
 import shutil
+import signal
 import time
 
 from twisted.trial.unittest import SynchronousTestCase

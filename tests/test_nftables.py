@@ -17,8 +17,9 @@ from sig2knock.firewall import FirewallError, nftables_rules
 from sig2knock.firewall.nftables import NftablesFirewall
 from sig2knock.firewall.nftables_rules import render_grant, render_replace_grant, render_ruleset
 from sig2knock.firewall.runner import find_tool, run_tool
-from sig2knock.test.test_nftables_rules import LOCKDOWN, NAT_LOCKDOWN, PORTS, V4, V6
+from sig2knock.test.expected_nftables import LOCKDOWN, NAT_LOCKDOWN, PORTS, V4, V6
 from tests.lab import nft_in, scratch_namespace
+
 
 _UNITS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
 

@@ -2,19 +2,19 @@
 The client's key file: the user's derived key, saved once (``sig2knockc --save-key``) so later
 knocks skip the password and scrypt (about 0.1 s at the default cost, on every login).
 
-The file is one key line (``NAME:scrypt:PARAMS:SALT:KEY``, ``sig2knock.protocol.keyline``), kept like an
-ssh private key: mode 0600 in a 0700 directory, refused when group or others can read it (on
-Windows, see ``sig2knock.client.portable.read_private``). It is worth exactly as much as the password
-to an attacker of this service (not of other services: the key is not the password).
+The file is one key line (``NAME:scrypt:PARAMS:SALT:KEY``, ``sig2knock.protocol.keyline``), kept
+like an ssh private key: mode 0600 in a 0700 directory, refused when group or others can read it (on
+Windows, see ``sig2knock.client.portable.read_private``). It is worth exactly as much as the
+password to an attacker of this service (not of other services: the key is not the password).
 Twisted-free, for the client.
 """
 
 import os
 from typing import Callable, Optional
 
+from sig2knock.client.portable import PrivateFileError, config_home, read_private, write_private
 from sig2knock.protocol.kdf import KdfParams
 from sig2knock.protocol.keyline import KeyLineError, format_key_line, parse_key_line
-from sig2knock.client.portable import PrivateFileError, config_home, read_private, write_private
 from sig2knock.protocol.wire import UserKey
 
 

@@ -6,7 +6,7 @@ from the watched sources to the server's own addresses pass; with no watched sou
 
 from typing import FrozenSet, Iterable, List, Optional
 
-from sig2knock.protocol.addresses import IPAddress, PROTO_TCP, PROTO_UDP, unmapped
+from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP, IPAddress, unmapped
 
 # A filter that no packet passes. libpcap refuses a program its optimizer proves empty ("expression
 # rejects all packets"), so this one is an unsigned comparison the optimizer leaves alone.

@@ -2,9 +2,9 @@
 Knock capture: a pcap handle on the knock interface, read by the reactor like any socket.
 
 ``KnockCapture`` is an ``IReadDescriptor`` around a non-blocking pcapy-ng handle. Its kernel filter
-(BPF, built by ``sig2knock.daemon.bpf``) lets through only knock-shaped packets (an opening TCP SYN, or a
-UDP datagram not aimed at the control port) from the *watched* source addresses to the server's own
-addresses, so a scan or a flood from anyone else never reaches Python. Every packet that does is
+(BPF, built by ``sig2knock.daemon.bpf``) lets through only knock-shaped packets (an opening TCP SYN,
+or a UDP datagram not aimed at the control port) from the *watched* source addresses to the server's
+own addresses, so a scan or a flood from anyone else never reaches Python. Every packet that does is
 decoded by ``sig2knock.daemon.packets.parse_frame`` and checked again against the same sets before
 ``on_knock`` sees it: the filter is a first line, not the only one (packets queued before a filter
 change, userland filtering when the kernel refuses a program, fragments).
@@ -31,9 +31,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sig2knock.daemon.bpf import MATCH_NOTHING, build_filter, plain_set
-from sig2knock.daemon.waiting import cancel
 from sig2knock.daemon.packets import SUPPORTED_DATALINKS, Knock, parse_frame
-from sig2knock.protocol.addresses import IPAddress, PROTOCOL_NAMES, PROTO_TCP, PROTO_UDP
+from sig2knock.daemon.waiting import cancel
+from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP, PROTOCOL_NAMES, IPAddress
 
 SNAPLEN = 128  # link + IP + TCP/UDP headers, without IPv6 extension headers
 READ_TIMEOUT_MS = 1  # no immediate mode in pcapy-ng: the kernel hands over a block every 1 ms

@@ -1,11 +1,11 @@
 """
 The UDP control channel: receives P1 and P2, answers a granted P2 with P3, and nothing else.
 
-Checks run cheapest first (``sig2knock.protocol.wire.decode``: size, version, type, binding, key id, then
-the rate limits, then the AEAD; then the replay cache), so junk costs a few comparisons and a
-flood of valid-looking datagrams costs at most the rate limits' worth of cryptography. Every
-refusal is counted and reported with the source address and a fixed reason (``RefusalLog``) and is
-never answered.
+Checks run cheapest first (``sig2knock.protocol.wire.decode``: size, version, type, binding, key id,
+then the rate limits, then the AEAD; then the replay cache), so junk costs a few comparisons and a
+flood of valid-looking datagrams costs at most the rate limits' worth of cryptography. Every refusal
+is counted and reported with the source address and a fixed reason (``RefusalLog``) and is never
+answered.
 """
 
 import collections
@@ -22,13 +22,13 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sig2knock.protocol import addresses, wire
-from sig2knock.protocol.addresses import IPAddress, parse_address
 from sig2knock.daemon.ratelimit import RateLimiter
 from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.daemon.replay import ReplayCache
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.sessions import SessionTable
+from sig2knock.protocol import addresses, wire
+from sig2knock.protocol.addresses import IPAddress, parse_address
 from sig2knock.protocol.wire import Binding, BindingCheck, MessageRejected, Received, UserKey
 
 EXPECTED_TYPES = (wire.TYPE_KNOCK_REQUEST, wire.TYPE_CONFIRM)

@@ -145,9 +145,8 @@ class PortGranter(Service):
             opening.addBoth(self._forget_opening, opening)
             opening.addCallbacks(self._opened, self._refused, (grant,), None, (grant,))
             return opening
-        return fail(
-            SessionRefused("no-free-port", f"no free port found in {low}-{high} (ASSIGN_PORT_RANGE)")
-        )
+        detail = f"no free port found in {low}-{high} (ASSIGN_PORT_RANGE)"
+        return fail(SessionRefused("no-free-port", detail))
 
     def _forget_opening(self, result: Any, opening: Deferred) -> Any:
         self._opening.discard(opening)

@@ -240,9 +240,9 @@ def open_notification_socket() -> socket.socket:
 class AddressWatcher(Service):
     """
     Keeps ``current``, the addresses of ``interface`` (every interface when ``None``), and reports
-    them to ``on_change`` (unless it is ``None``): once when the service starts, then whenever
-    the kernel announces an address change that changes the set. ``read_addresses`` and ``open_socket`` default to ``addresses`` and
-    ``open_notification_socket``; tests replace them.
+    them to ``on_change`` (unless it is ``None``): once when the service starts, then whenever the
+    kernel announces an address change that changes the set. ``read_addresses`` and ``open_socket``
+    default to ``addresses`` and ``open_notification_socket``; tests replace them.
     """
 
     log = Logger()

@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from sig2knock.protocol.addresses import IPAddress, PROTO_TCP, PROTO_UDP
+from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP, IPAddress
 
 # Link types (pcap DLT_* / LINKTYPE_* values).
 DLT_NULL = 0

@@ -6,8 +6,8 @@ and summed up once a minute under a flood, so junk can neither flood the log nor
 import collections
 from typing import Any, Counter
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.application.internet import TimerService
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 # Refusals logged one by one in each interval; the rest go into the interval's summary.
@@ -70,7 +70,9 @@ class RefusalLog:
             busiest = ", ".join(
                 f"{source} ({count})" for source, count in self._sources.most_common(BUSIEST_SHOWN)
             )
-            reasons = ", ".join(f"{reason} {count}" for reason, count in self._reasons.most_common())
+            reasons = ", ".join(
+                f"{reason} {count}" for reason, count in self._reasons.most_common()
+            )
             self.log.warn(
                 "refused {total} datagrams in the last {interval:.0f}s, {suppressed} of them not"
                 " logged one by one: {reasons}; busiest sources: {busiest}",

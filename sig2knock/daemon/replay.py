@@ -5,10 +5,10 @@ inside the ``MAX_CLOCK_SKEW`` window, bounded, and persisted under ``STATE_DIR``
 A message older than the window is refused by its timestamp (``wire.decode``), a message inside it
 by this cache; together they refuse every replay. The file is an append-only log of fixed-size
 records, each written by a single ``write()`` and synced, so a killed daemon or a power loss leaves
-either the whole record or a partial tail that loading ignores; it is compacted by writing a new file and renaming it over the
-old one. If the file is lost (missing where state existed before, or not a replay cache) the cache
-refuses, for one window, every message stamped before start + window: a restart never reopens the
-window, at the price of clients waiting it out.
+either the whole record or a partial tail that loading ignores; it is compacted by writing a new
+file and renaming it over the old one. If the file is lost (missing where state existed before, or
+not a replay cache) the cache refuses, for one window, every message stamped before start + window:
+a restart never reopens the window, at the price of clients waiting it out.
 """
 
 import heapq

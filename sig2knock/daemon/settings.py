@@ -14,13 +14,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from sig2knock.daemon import values
 from sig2knock.daemon.schema import (
+    BY_KEY,
     KNOWN_KEYS,
     LIVE_UNLESS_NAT,
     REQUIRED,
     REQUIRED_KEYS,
     RESTART,
     SCHEMA,
-    BY_KEY,
 )
 from sig2knock.daemon.text import one_line
 from sig2knock.firewall import FirewallSettings, registry

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from sig2knock.daemon import netif
-from sig2knock.daemon.settings import Config, ConfigError, load_config
 from sig2knock.daemon.replay import FILE_NAME, ReplayCache, ReplayCacheError
+from sig2knock.daemon.settings import Config, ConfigError, load_config
 from sig2knock.daemon.users import Users, load_users
 
 

@@ -9,14 +9,14 @@ from typing import Any, Callable, Optional
 from twisted.application.service import IService
 from twisted.python import usage
 
-from sig2knock.daemon.settings import ConfigError, default_config_path
-from sig2knock.daemon.replay import ReplayCacheError
 from sig2knock.daemon.capture import CaptureError, InterfaceNotUp
-from sig2knock.firewall import FirewallError
 from sig2knock.daemon.control import ControlPortError
+from sig2knock.daemon.replay import ReplayCacheError
 from sig2knock.daemon.service import Sig2knockService
+from sig2knock.daemon.settings import ConfigError, default_config_path
 from sig2knock.daemon.startup import InterfaceNotReady, prepare
 from sig2knock.daemon.users import UsersError
+from sig2knock.firewall import FirewallError
 
 STARTUP_ERRORS = (
     ConfigError,

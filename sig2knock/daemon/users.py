@@ -11,10 +11,10 @@ import os
 import pwd
 from typing import Dict, List, NamedTuple, Optional
 
+from sig2knock.daemon.text import one_line
 from sig2knock.protocol import files
 from sig2knock.protocol.kdf import KdfParams, derive_key
 from sig2knock.protocol.keyline import KeyLineError, format_key_line, parse_key_line
-from sig2knock.daemon.text import one_line
 from sig2knock.protocol.wire import UserKey
 
 

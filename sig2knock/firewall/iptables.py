@@ -35,11 +35,7 @@ from sig2knock.firewall.iptables_rules import (
     render_nat_grant_specs,
     render_rules,
 )
-from sig2knock.firewall.kernel import (
-    forget_recent,
-    settle_route_localnet,
-    write_route_localnet,
-)
+from sig2knock.firewall.kernel import forget_recent, settle_route_localnet, write_route_localnet
 from sig2knock.firewall.runner import find_tool, run_tool
 from sig2knock.protocol.addresses import IPAddress
 

@@ -5,13 +5,13 @@ its base rules for each policy, a grant's rule with its ``--datestop``, and for
 ``FORWARD_MODE = nat`` the rules that DNAT a grant's one connection straight to the forward
 target. Installing and removing a chain with its jump is one script, for either table.
 
-In nat mode a grant is two rules in the daemon's chain ``SIG2KNOCK_NAT`` of the ``nat`` table, jumped to from
-``PREROUTING``: the first connection from the source to the port is DNAT'ed and recorded in an
-``xt_recent`` list of its own; any later one finds itself in that list and is left alone, so the
-filter chain drops it (one connection, enforced by the kernel). The DNAT rule carries the grant's
-``--datestop``, so the kernel stops forwarding at the deadline even if the daemon is killed. The
-filter chain lets DNAT'ed connections in by their original port, and with a loopback target
-drops every other packet from outside to 127.0.0.0/8 (``route_localnet`` is on for it).
+In nat mode a grant is two rules in the daemon's chain ``SIG2KNOCK_NAT`` of the ``nat`` table,
+jumped to from ``PREROUTING``: the first connection from the source to the port is DNAT'ed and
+recorded in an ``xt_recent`` list of its own; any later one finds itself in that list and is left
+alone, so the filter chain drops it (one connection, enforced by the kernel). The DNAT rule carries
+the grant's ``--datestop``, so the kernel stops forwarding at the deadline even if the daemon is
+killed. The filter chain lets DNAT'ed connections in by their original port, and with a loopback
+target drops every other packet from outside to 127.0.0.0/8 (``route_localnet`` is on for it).
 """
 
 import ipaddress

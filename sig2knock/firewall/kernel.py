@@ -13,6 +13,9 @@ from sig2knock.protocol.addresses import IPAddress
 
 log = Logger()
 
+# Where the kernel's settings are (the tests point this at a directory of their own).
+PROC = "/proc"
+
 
 def write_route_localnet(interface: str, value: str) -> None:
     """
@@ -20,7 +23,7 @@ def write_route_localnet(interface: str, value: str) -> None:
     127.0.0.0/8 from that interface; the backends install a rule that drops every other such
     packet first). Raises ``FirewallError``.
     """
-    path = f"/proc/sys/net/ipv4/conf/{interface}/route_localnet"
+    path = f"{PROC}/sys/net/ipv4/conf/{interface}/route_localnet"
     try:
         with open(path, "w", encoding="ascii") as setting:
             setting.write(value + "\n")
@@ -49,7 +52,7 @@ def forget_recent(name: str, address: IPAddress) -> None:
     to the same address must not count as this one's used connection). A list that does not
     exist yet has nothing to forget.
     """
-    path = f"/proc/net/xt_recent/{name}"
+    path = f"{PROC}/net/xt_recent/{name}"
     try:
         with open(path, "w", encoding="ascii") as recent:
             recent.write(f"-{ipaddress.ip_address(str(address))}\n")

@@ -255,7 +255,9 @@ def render_replace_grant(
     if nat_to is not None:
         map_name, value = _nat_value(source, nat_to)
         script += _removal(map_name, key, f" : {value}")
-        script += f"add element {_table()} {map_name} {{ {key} timeout {timeout_ms}ms : {value} }}\n"
+        script += (
+            f"add element {_table()} {map_name} {{ {key} timeout {timeout_ms}ms : {value} }}\n"
+        )
     script += _removal(name, key)
     return script + f"add element {_table()} {name} {{ {key} timeout {timeout_ms}ms }}\n"
 

@@ -17,11 +17,11 @@ AUTO = "auto"
 
 class Backend(NamedTuple):
     """
-    One backend: ``name`` as in ``FIREWALL``; ``module`` and ``class_name`` of its
-    implementation; ``tool`` the program it needs (for messages); ``gates`` whether it filters connections at all (``none`` does not, so it
-    cannot serve ``FIREWALL_POLICY = lockdown``); ``nat`` whether it can forward grants in the
-    kernel (``FORWARD_MODE = nat``); ``auto`` whether ``FIREWALL = auto`` tries it, in the
-    registry's order.
+    One backend: ``name`` as in ``FIREWALL``; ``module`` and ``class_name`` of its implementation;
+    ``tool`` the program it needs (for messages); ``gates`` whether it filters connections at all
+    (``none`` does not, so it cannot serve ``FIREWALL_POLICY = lockdown``); ``nat`` whether it can
+    forward grants in the kernel (``FORWARD_MODE = nat``); ``auto`` whether ``FIREWALL = auto``
+    tries it, in the registry's order.
     """
 
     name: str

@@ -6,7 +6,7 @@ its first compiled module, only to learn whether the platform is Windows. On POS
 ``file`` on the Python executable: 3-4 ms of every ``sig2knockc`` start. This module gives the
 loader the answer first (an executable format that is not Windows) when, and only when, the loader
 is the ctypes one and has not asked yet; with any other pycryptodome the guard does nothing and the
-library behaves as it always did. ``sig2knock.test.test_wire`` checks that no process is started.
+library behaves as it always did. ``sig2knock.test.test_cipher`` checks that no process is started.
 
 This module is imported by the client: it must not import Twisted.
 """

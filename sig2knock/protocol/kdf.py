@@ -2,9 +2,9 @@
 Per-user keys: scrypt over the password, with a salt the client can compute by itself.
 
 The client must derive its key without asking the server anything, so the salt is a function of the
-user name (``salt_for``). The parameters travel in the users file line (``KdfParams.format``) and the
-client takes the same text in ``--kdf``, so they can be raised for new users while old lines keep
-working.
+user name (``salt_for``). The parameters travel in the users file line (``KdfParams.format``) and
+the client takes the same text in ``--kdf``, so they can be raised for new users while old lines
+keep working.
 
 This module is imported by the client: it must not import Twisted.
 """
@@ -94,7 +94,8 @@ def check_user_name(user: str) -> str:
 
 def check_password(password: str) -> str:
     """
-    Return ``password`` if it is long enough, otherwise raise ``KdfError`` (which does not quote it).
+    Return ``password`` if it is long enough, otherwise raise ``KdfError`` (whose message does
+    not quote the password).
     """
     if len(password) < MIN_PASSWORD_LENGTH:
         raise KdfError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")

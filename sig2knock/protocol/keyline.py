@@ -1,9 +1,9 @@
 """
 The key line, ``NAME:scrypt:n=N,r=R,p=P:SALT:KEY``: one user's key and how it was derived.
 
-The daemon's users file is made of such lines (``sig2knock.daemon.users``) and the client's saved key
-file is one (``sig2knock.client.keyfile``). ``KDF:PARAMS`` is the scrypt cost the key was derived with
-(``sig2knock.protocol.kdf.KdfParams``); ``SALT`` and ``KEY`` are base64.
+The daemon's users file is made of such lines (``sig2knock.daemon.users``) and the client's saved
+key file is one (``sig2knock.client.keyfile``). ``KDF:PARAMS`` is the scrypt cost the key was
+derived with (``sig2knock.protocol.kdf.KdfParams``); ``SALT`` and ``KEY`` are base64.
 
 This module is imported by the client: it must not import Twisted or a POSIX-only module.
 """

@@ -84,8 +84,9 @@ class MessageRejected(Refusal):
     """
     The one error a received control message can cause.
 
-    ``reason`` is one of the ``REASON_*`` above (or the replay cache's); ``detail`` is a short text for the log. Neither ever contains
-    key material or plaintext of a message that failed authentication.
+    ``reason`` is one of the ``REASON_*`` above (or the replay cache's); ``detail`` is a short text
+    for the log. Neither ever contains key material or plaintext of a message that failed
+    authentication.
     """
 
 

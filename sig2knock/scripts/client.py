@@ -17,9 +17,9 @@ from sig2knock import __version__
 from sig2knock.client import portable
 from sig2knock.client.knocker import DEFAULT_KNOCKS, ClientError, knock, user_key
 from sig2knock.client.relay import connect, relay
+from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
 from sig2knock.protocol.kdf import KdfError, KdfParams, check_user_name, password_line
 from sig2knock.protocol.wire import MAX_KNOCKS, UserKey
-from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -210,7 +210,8 @@ def run_command(
             # default ones.
             child = (popen or subprocess.Popen)(command)
         except OSError as error:
-            raise ClientError(f"cannot run {_program(command)}: {error.strerror or error}") from None
+            reason = error.strerror or error
+            raise ClientError(f"cannot run {_program(command)}: {reason}") from None
         for signum in early:
             child.send_signal(signum)
         status = child.wait()

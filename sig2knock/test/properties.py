@@ -5,8 +5,8 @@ and with no example database, so nothing is written into the directory the tests
 The property tests import ``given``, ``settings`` and ``st`` from here.
 """
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
+
 
 settings.register_profile("sig2knock", derandomize=True, database=None)
 settings.load_profile("sig2knock")

@@ -6,7 +6,14 @@ import ipaddress
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP, PROTOCOL_NAMES, parse_address, unmapped
+from sig2knock.protocol.addresses import (
+    PROTO_TCP,
+    PROTO_UDP,
+    PROTOCOL_NAMES,
+    parse_address,
+    unmapped,
+)
+
 
 CLIENT = ipaddress.ip_address("198.18.0.2")
 

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from sig2knock.daemon import capture
 from sig2knock.daemon.bpf import MATCH_NOTHING, build_filter, plain_set
 from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP, IPAddress
-from sig2knock.test.test_capture import (
+from sig2knock.test.frames import (
     CASES,
     CLIENT4,
     CLIENT6,
@@ -21,14 +21,14 @@ from sig2knock.test.test_capture import (
     FILE_DATALINKS,
     LIVE_DATALINKS,
     MAPPED_CLIENT4,
-    packet4,
-    packet6,
     OTHER4,
     SECOND_SERVER4,
     SERVER4,
     SERVER6,
+    framed,
+    packet4,
+    packet6,
 )
-from sig2knock.test.test_packets import framed
 
 
 def knock_filter(

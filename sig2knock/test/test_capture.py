@@ -23,94 +23,23 @@ from sig2knock.daemon.capture import (
     open_live_handle,
 )
 from sig2knock.daemon.packets import Knock
-from sig2knock.test.test_packets import (
-    ACK,
-    RST,
-    SYN,
-    extension,
-    framed,
-    ipv4,
-    ipv6,
-    tcp,
-    udp,
-)
 from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
-
-CONTROL_PORT = 1001
-CLIENT4 = ipaddress.IPv4Address("198.18.0.2")
-OTHER4 = ipaddress.IPv4Address("198.18.0.3")
-SERVER4 = ipaddress.IPv4Address("198.18.0.1")
-SECOND_SERVER4 = ipaddress.IPv4Address("198.18.1.1")
-CLIENT6 = ipaddress.IPv6Address("2001:db8::2")
-OTHER6 = ipaddress.IPv6Address("2001:db8::3")
-SERVER6 = ipaddress.IPv6Address("2001:db8::1")
-MAPPED_CLIENT4 = ipaddress.IPv6Address("::ffff:198.18.0.2")
-
-# Link types a Linux capture can give us (pcap files store raw IP as 101, read back as DLT_RAW).
-LIVE_DATALINKS = (0, 1, 12, 108, 113, 276)
-FILE_DATALINKS = (0, 1, 101, 108, 113, 276)
-
-
-def packet4(
-    protocol: int, port: int, flags: int = SYN, source=CLIENT4, destination=SERVER4, **kw
-) -> bytes:
-    """An IPv4 TCP segment (with ``flags``) or UDP datagram to ``port``."""
-    payload = tcp(port, flags) if protocol == PROTO_TCP else udp(port)
-    return ipv4(protocol, payload, source=source, destination=destination, **kw)
-
-
-def packet6(
-    protocol: int, port: int, flags: int = SYN, source=CLIENT6, destination=SERVER6
-) -> bytes:
-    """An IPv6 TCP segment (with ``flags``) or UDP datagram to ``port``."""
-    payload = tcp(port, flags) if protocol == PROTO_TCP else udp(port)
-    return ipv6(protocol, payload, source=source, destination=destination)
-
-
-# (name, packet, passes a TCP knock filter, passes a UDP knock filter), for the filter built from
-# sources {CLIENT4, CLIENT6} and destinations {SERVER4, SERVER6}.
-CASES: List[Tuple[str, bytes, bool, bool]] = [
-    ("v4 syn", packet4(PROTO_TCP, 2222), True, False),
-    (
-        "v4 syn with options",
-        ipv4(PROTO_TCP, tcp(2222), CLIENT4, SERVER4, options=bytes(8)),
-        True,
-        False,
-    ),
-    ("v4 syn-ack", packet4(PROTO_TCP, 2222, SYN | ACK), False, False),
-    ("v4 ack", packet4(PROTO_TCP, 2222, ACK), False, False),
-    ("v4 rst", packet4(PROTO_TCP, 2222, RST), False, False),
-    ("v4 syn from other", packet4(PROTO_TCP, 2222, source=OTHER4), False, False),
-    ("v4 syn to other", packet4(PROTO_TCP, 2222, destination=SECOND_SERVER4), False, False),
-    (
-        "v4 syn reversed",
-        packet4(PROTO_TCP, 2222, source=SERVER4, destination=CLIENT4),
-        False,
-        False,
-    ),
-    ("v4 udp", packet4(PROTO_UDP, 3333), False, True),
-    ("v4 udp to control port", packet4(PROTO_UDP, CONTROL_PORT), False, False),
-    ("v4 udp from other", packet4(PROTO_UDP, 3333, source=OTHER4), False, False),
-    ("v4 udp later fragment", packet4(PROTO_UDP, 3333, fragment=0x0010), False, False),
-    ("v4 icmp", ipv4(1, bytes(16), CLIENT4, SERVER4), False, False),
-    ("v6 syn", packet6(PROTO_TCP, 2222), True, False),
-    ("v6 syn-ack", packet6(PROTO_TCP, 2222, SYN | ACK), False, False),
-    ("v6 ack", packet6(PROTO_TCP, 2222, ACK), False, False),
-    ("v6 rst", packet6(PROTO_TCP, 2222, RST), False, False),
-    ("v6 syn from other", packet6(PROTO_TCP, 2222, source=OTHER6), False, False),
-    ("v6 syn to other", packet6(PROTO_TCP, 2222, destination=OTHER6), False, False),
-    ("v6 udp", packet6(PROTO_UDP, 3333), False, True),
-    ("v6 udp to control port", packet6(PROTO_UDP, CONTROL_PORT), False, False),
-    ("v6 udp from other", packet6(PROTO_UDP, 3333, source=OTHER6), False, False),
-    # Knocks behind extension headers are left to userland (see bpf._shape).
-    (
-        "v6 syn behind dst options",
-        ipv6(60, extension(6) + tcp(2222), CLIENT6, SERVER6),
-        False,
-        False,
-    ),
-    ("v6 icmp", ipv6(58, bytes(16), CLIENT6, SERVER6), False, False),
-]
+from sig2knock.test.frames import (
+    ACK,
+    CLIENT4,
+    CLIENT6,
+    CONTROL_PORT,
+    MAPPED_CLIENT4,
+    OTHER4,
+    OTHER6,
+    SECOND_SERVER4,
+    SERVER4,
+    SERVER6,
+    SYN,
+    framed,
+    packet4,
+    packet6,
+)
 
 
 class FakeHandle:
@@ -206,9 +135,8 @@ class KnockCaptureTests(SynchronousTestCase):
         reader.set_destinations(frozenset([SERVER4]))
         self.assertEqual(len(self.handle.filters), 1)  # still nothing to match: no reinstall
         reader.watch(frozenset([CLIENT4]))
-        self.assertEqual(
-            self.handle.filters[-1], build_filter(PROTO_TCP, plain_set([CLIENT4]), plain_set([SERVER4]), CONTROL_PORT)
-        )
+        expected = build_filter(PROTO_TCP, plain_set([CLIENT4]), plain_set([SERVER4]), CONTROL_PORT)
+        self.assertEqual(self.handle.filters[-1], expected)
         reader.watch(frozenset([CLIENT4]))
         reader.watch(frozenset([MAPPED_CLIENT4]))  # the same address
         reader.set_destinations(frozenset([SERVER4]))
@@ -225,10 +153,8 @@ class KnockCaptureTests(SynchronousTestCase):
         reader.set_destinations(frozenset([SERVER4]))
         self.assertEqual(self.handle.filters, [])
         reader.open()
-        self.assertEqual(
-            self.handle.filters,
-            [MATCH_NOTHING, build_filter(PROTO_TCP, plain_set([CLIENT4]), plain_set([SERVER4]), CONTROL_PORT)],
-        )
+        expected = build_filter(PROTO_TCP, plain_set([CLIENT4]), plain_set([SERVER4]), CONTROL_PORT)
+        self.assertEqual(self.handle.filters, [MATCH_NOTHING, expected])
 
     def test_deliversKnocks(self) -> None:
         reader = self.started()

@@ -16,21 +16,25 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.test.common import CHEAP_KDF, IMPORT_ROOT
-from sig2knock.test.test_knocker import PASSWORD, LoopbackServer
-from sig2knock.test.test_relay import read_until_closed
+from sig2knock.test.common import CHEAP_KDF, IMPORT_ROOT, PASSWORD, read_until_closed
+from sig2knock.test.loopback_server import LoopbackServer
+
 
 POSIX_ONLY = ("pwd", "grp", "fcntl", "termios")
 
 # The client's tests: they import only the client's modules, so they run without Twisted's
 # reactor and without the POSIX-only modules.
 CLIENT_TESTS = (
-    "sig2knock.test.test_knocker",
-    "sig2knock.test.test_scripts_client",
+    "sig2knock.test.test_addresses",
+    "sig2knock.test.test_cipher",
+    "sig2knock.test.test_files",
+    "sig2knock.test.test_kdf",
     "sig2knock.test.test_keyfile",
     "sig2knock.test.test_keyline",
-    "sig2knock.test.test_kdf",
+    "sig2knock.test.test_knocker",
     "sig2knock.test.test_portable",
+    "sig2knock.test.test_relay",
+    "sig2knock.test.test_scripts_client",
     "sig2knock.test.test_wire",
 )
 

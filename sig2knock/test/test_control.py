@@ -1,6 +1,6 @@
 """
-Tests for sig2knock.daemon.control: the daemon answers only a valid P2 after a completed sequence, and
-logs every refusal with its source and reason.
+Tests for sig2knock.daemon.control: the daemon answers only a valid P2 after a completed sequence,
+and logs every refusal with its source and reason.
 """
 
 import ipaddress
@@ -11,7 +11,6 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from sig2knock.protocol import addresses, wire
 from sig2knock.daemon.control import (
     CONTROL_READ_BYTES,
     ControlPortError,
@@ -20,13 +19,15 @@ from sig2knock.daemon.control import (
     binding_check,
     rate_key,
 )
+from sig2knock.daemon.packets import Knock
 from sig2knock.daemon.ratelimit import RateLimiter
 from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.daemon.replay import ReplayCache
 from sig2knock.daemon.sessions import SessionTable
+from sig2knock.protocol import addresses, wire
 from sig2knock.protocol.wire import Binding, Confirm, KnockRequest, UserKey
-from sig2knock.daemon.packets import Knock
 from sig2knock.test.common import FakeCapture, FakeGranter, live_settings
+
 
 NOW = 1_800_000_000.0
 ALICE = UserKey("alice", bytes(range(32)))

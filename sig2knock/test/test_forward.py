@@ -6,28 +6,18 @@ address and forwards it with flow control and half-closes.
 import ipaddress
 from typing import List
 
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.logger import Logger
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon.forward import GrantForwardFactory
+from sig2knock.test.common import connect
+
 
 CLIENT = ipaddress.ip_address("198.18.0.2")
-
-
-def connect(factory: GrantForwardFactory, host: str, version: int = 4) -> StringTransport:
-    """
-    Build a protocol from ``factory`` as if ``host`` connected, and return its transport.
-    """
-    address_type = IPv6Address if version == 6 else IPv4Address
-    peer = address_type("TCP", host, 50000)
-    transport = StringTransport(peerAddress=peer)
-    protocol = factory.buildProtocol(peer)
-    protocol.makeConnection(transport)
-    return transport
 
 
 class ForwardFactoryTests(SynchronousTestCase):

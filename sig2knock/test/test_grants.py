@@ -17,8 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from sig2knock.daemon.grants import OpenGrant, PortGranter
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.firewall import FirewallError
-from sig2knock.test.common import live_settings
-from sig2knock.test.test_forward import connect
+from sig2knock.test.common import connect, live_settings
+
 
 CLIENT = ipaddress.ip_address("198.18.0.2")
 CLIENT6 = ipaddress.ip_address("2001:db8::2")
@@ -79,8 +79,6 @@ class RecordingFirewall:
     def revoke(self, source, port):  # type: ignore[no-untyped-def]
         self.calls.append(("revoke", source, port))
         return succeed(None)
-
-
 
 
 class PortGranterTests(SynchronousTestCase):

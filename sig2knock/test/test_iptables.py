@@ -17,7 +17,8 @@ from zope.interface.verify import verifyObject
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
 from sig2knock.firewall.iptables import IptablesFirewall
 from sig2knock.firewall.iptables_rules import NAT_CHAIN, render_chain, render_nat_grant_specs
-from sig2knock.test.test_iptables_rules import (
+from sig2knock.test import common
+from sig2knock.test.expected_iptables import (
     ALICE4,
     ALICE6,
     CLIENT,
@@ -33,9 +34,6 @@ from sig2knock.test.test_iptables_rules import (
 )
 
 
-# 2030-01-02T03:04:05Z
-
-
 EMPTY_LISTING = b"-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n"
 LEFTOVER_LISTING = (
     b"-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n-N SIG2KNOCK\n"
@@ -44,19 +42,21 @@ LEFTOVER_LISTING = (
 )
 
 
-class FakeRun:
+class FakeRun(common.FakeRun):
     """
-    Stands in for ``run_tool``: records ``(argv, stdin)``, answers ``-S`` with ``listings``
-    and fails the calls ``failing`` picks.
+    Records ``(argv, stdin)``, answers ``-S`` with ``listings`` and fails the calls ``failing``
+    picks.
     """
 
     def __init__(self) -> None:
-        self.calls: List[Tuple[List[str], bytes]] = []
+        super().__init__()
         self.listings = {"iptables": EMPTY_LISTING, "ip6tables": EMPTY_LISTING}
         self.failing: Callable[[List[str]], bool] = lambda argv: False
 
-    def __call__(self, reactor: object, argv: List[str], stdin: bytes = b"") -> Deferred:
-        self.calls.append((list(argv), stdin))
+    def record(self, reactor: object, argv: List[str], stdin: bytes) -> Tuple[List[str], bytes]:
+        return (argv, stdin)
+
+    def answer(self, argv: List[str], stdin: bytes) -> Deferred:
         if self.failing(argv):
             return fail(FirewallError(f"{' '.join(argv)}: exit status 1: refused"))
         if argv[-1] == "-S":
@@ -371,7 +371,10 @@ class NatBackendTests(TestCase):
         inserted = [argv[argv.index("-w") + 1:] for argv, _ in self.run.calls]
         self.assertEqual(
             inserted,
-            [["-t", "nat", "-I", NAT_CHAIN, "1", *dnat], ["-t", "nat", "-I", NAT_CHAIN, "1", *once]],
+            [
+                ["-t", "nat", "-I", NAT_CHAIN, "1", *dnat],
+                ["-t", "nat", "-I", NAT_CHAIN, "1", *once],
+            ],
         )
         self.run.calls.clear()
         self.successResultOf(firewall.revoke(CLIENT, 40005))

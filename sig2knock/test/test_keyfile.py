@@ -1,6 +1,6 @@
 """
-Tests for sig2knock.client.keyfile and ``sig2knockc --save-key``: the key saved once, kept like an ssh
-private key, used instead of the password and scrypt on later knocks.
+Tests for sig2knock.client.keyfile and ``sig2knockc --save-key``: the key saved once, kept like an
+ssh private key, used instead of the password and scrypt on later knocks.
 """
 
 import os
@@ -10,8 +10,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.client.keyfile import KeyFileError, default_key_path, load_key, save_key
 from sig2knock.protocol.kdf import derive_key
-from sig2knock.test.common import CHEAP_KDF, run_module
 from sig2knock.protocol.wire import UserKey
+from sig2knock.test.common import CHEAP_KDF, run_module
+
 
 PASSWORD = "alice's long password"
 

@@ -1,6 +1,6 @@
 """
-Tests for ``sig2knock.protocol.keyline``: the ``NAME:scrypt:PARAMS:SALT:KEY`` line of the users file and
-of the client's key file.
+Tests for ``sig2knock.protocol.keyline``: the ``NAME:scrypt:PARAMS:SALT:KEY`` line of the users file
+and of the client's key file.
 """
 
 import base64
@@ -9,8 +9,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.protocol.kdf import KdfError, KdfParams, derive_key, salt_for
 from sig2knock.protocol.keyline import KeyLine, KeyLineError, format_key_line, parse_key_line
-from sig2knock.test.common import CHEAP_KDF
 from sig2knock.protocol.wire import UserKey
+from sig2knock.test.common import CHEAP_KDF
+
 
 KEY = derive_key("alice's long password", "alice", CHEAP_KDF)
 

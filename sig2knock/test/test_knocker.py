@@ -1,20 +1,17 @@
 """
 Tests for ``sig2knock.client.knocker``: the retry schedule, the exchange against a fake network
 and clock, and a real exchange with a small UDP server on 127.0.0.1. Nothing leaves the
-loopback interface. The command line is tested in ``test_client_command``.
+loopback interface. The command line is tested in ``test_scripts_client``.
 """
 
 import errno
 import itertools
 import random
 import socket
-import threading
-import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from sig2knock.protocol import addresses, wire
 from sig2knock.client.knocker import (
     KNOCK_PORT_MAX,
     KNOCK_PORT_MIN,
@@ -22,178 +19,35 @@ from sig2knock.client.knocker import (
     GrantResult,
     Knocker,
     RetrySchedule,
-    Target,
     choose_ports,
     resolve,
     user_key,
 )
-from sig2knock.test.common import CHEAP_KDF
-from sig2knock.protocol.wire import Binding, Confirm, Grant, KnockRequest, MessageRejected, UserKey
+from sig2knock.protocol import addresses, wire
+from sig2knock.protocol.wire import Binding, Confirm, KnockRequest
+from sig2knock.test.common import (
+    CHEAP_KDF,
+    CONTROL_PORT,
+    SERVER,
+    SESSION,
+    START,
+    TARGET,
+    USER,
+    FakeNetwork,
+    grant_bytes,
+    grant_on_confirm,
+    knocker,
+)
+from sig2knock.test.loopback_server import LoopbackServer
 
-PASSWORD = "a long enough password"
-USER = user_key(PASSWORD, "alice", CHEAP_KDF.format())
+
 OTHER_USER = user_key("another password", "bob", CHEAP_KDF.format())
-CLIENT = "sig2knock.scripts.client"
-
-SERVER = "192.0.2.7"  # TEST-NET-1: the fake network never sends anything
-CONTROL_PORT = 1001
-TARGET = Target(socket.AF_INET, SERVER, CONTROL_PORT, (SERVER, CONTROL_PORT))
-BINDING = Binding.of(SERVER, CONTROL_PORT)
-START = 1_700_000_000.0
-SESSION = bytes(range(16))
 
 
-class FakeClock:
-    """
-    A clock that moves only when told (or when a fake socket waits).
-    """
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class FakeSocket:
-    """
-    A socket that records what it sends and answers ``recvfrom`` from its network's inbox.
-    """
-
-    def __init__(self, network: "FakeNetwork", family: int, kind: int) -> None:
-        self.network = network
-        self.family = family
-        self.kind = kind
-        self.timeout: Optional[float] = None
-        self.blocking = True
-        self.closed = False
-
-    def sendto(self, data: bytes, address: Tuple[Any, ...]) -> int:
-        self.network.sent.append(("udp", self, address, bytes(data)))
-        self.network.sent_at.append(self.network.clock.now)
-        if self.network.send_error is not None:
-            raise self.network.send_error
-        self.network.server(self.network, address, bytes(data))
-        return len(data)
-
-    def setblocking(self, flag: bool) -> None:
-        self.blocking = flag
-
-    def connect_ex(self, address: Tuple[Any, ...]) -> int:
-        self.network.sent.append(("tcp", self, address, b""))
-        self.network.sent_at.append(self.network.clock.now)
-        return errno.EINPROGRESS
-
-    def settimeout(self, timeout: Optional[float]) -> None:
-        self.timeout = timeout
-
-    def recvfrom(self, size: int) -> Tuple[bytes, Tuple[Any, ...]]:
-        assert self.timeout is not None and self.timeout > 0
-        clock = self.network.clock
-        inbox = self.network.inbox
-        inbox.sort(key=lambda item: item[0])
-        if inbox and inbox[0][0] <= clock.now + self.timeout:
-            when, data, source = inbox.pop(0)
-            clock.now = max(clock.now, when)
-            if isinstance(data, BaseException):
-                raise data
-            return data, source
-        clock.now += self.timeout
-        raise socket.timeout("timed out")
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def silent_server(network: "FakeNetwork", address: Tuple[Any, ...], data: bytes) -> None:
+def silent_server(network: FakeNetwork, address: Tuple[Any, ...], data: bytes) -> None:
     """
     A server that never answers.
     """
-
-
-class FakeNetwork:
-    """
-    Sockets, a clock and a server callback ``server(network, address, data)`` for each datagram.
-    """
-
-    def __init__(self, server: Callable[["FakeNetwork", Tuple[Any, ...], bytes], None]) -> None:
-        self.clock = FakeClock()
-        self.server = server
-        self.sent: List[Tuple[str, FakeSocket, Tuple[Any, ...], bytes]] = []
-        self.sent_at: List[float] = []
-        self.sockets: List[FakeSocket] = []
-        self.inbox: List[Tuple[float, Any, Tuple[Any, ...]]] = []
-        self.send_error: Optional[OSError] = None
-
-    def socket(self, family: int, kind: int) -> FakeSocket:
-        sock = FakeSocket(self, family, kind)
-        self.sockets.append(sock)
-        return sock
-
-    def deliver(self, delay: float, data: Any, source: Tuple[Any, ...] = TARGET.sockaddr) -> None:
-        self.inbox.append((self.clock.now + delay, data, source))
-
-    def control_messages(self) -> List[wire.Received]:
-        """
-        Every P1/P2 sent to the control port, decoded in order.
-        """
-        return [
-            decode_request(data, self.clock.now)
-            for kind, _, address, data in self.sent
-            if kind == "udp" and address == TARGET.sockaddr
-        ]
-
-    def knocks(self) -> List[Tuple[str, int]]:
-        return [
-            (kind, address[1])
-            for kind, _, address, _ in self.sent
-            if address != TARGET.sockaddr
-        ]
-
-
-def decode_request(data: bytes, now: float, binding: Binding = BINDING) -> wire.Received:
-    return wire.decode(
-        data,
-        keys={USER.key_id: USER},
-        bindings=(binding,),
-        expect=(wire.TYPE_KNOCK_REQUEST, wire.TYPE_CONFIRM),
-        now=now,
-        max_skew=60,
-    )
-
-
-def grant_bytes(
-    session_id: bytes,
-    now: float,
-    port: int = 40001,
-    user: UserKey = USER,
-    binding: Binding = BINDING,
-) -> bytes:
-    message = Grant(session_id, wire.now_ms(now), port, wire.now_ms(now + 10))
-    return wire.encode(message, user, binding)
-
-
-def grant_on_confirm(number: int, port: int = 40001) -> Callable[..., None]:
-    """
-    A server that answers the ``number``-th P2 (and later ones) with a P3 after 1 ms.
-    """
-    confirms = []
-
-    def server(network: FakeNetwork, address: Tuple[Any, ...], data: bytes) -> None:
-        if address != TARGET.sockaddr:
-            return
-        received = decode_request(data, network.clock.now)
-        if isinstance(received.message, Confirm):
-            confirms.append(received)
-            if len(confirms) >= number:
-                network.deliver(
-                    0.001, grant_bytes(received.message.session_id, network.clock.now, port)
-                )
-
-    return server
 
 
 class FixedRandom(random.Random):
@@ -217,23 +71,6 @@ class FixedRandom(random.Random):
         # choose_ports draws one port more than it needs: pad with ports not given.
         chosen += [port for port in population if port not in self.ports][: k - len(chosen)]
         return chosen
-
-
-def knocker(network: FakeNetwork, **kwargs: Any) -> Knocker:
-    kwargs.setdefault("timeout", 10.0)
-    # The timings below were written for rounds 10, 20, 40 ... ms apart, knocks right after P1.
-    kwargs.setdefault("schedule", RetrySchedule(first=0.01, knock_pause=0.0))
-    return Knocker(
-        USER,
-        TARGET,
-        clock=network.clock,
-        monotonic=network.clock,
-        sleep=network.clock.sleep,
-        socket_factory=network.socket,
-        rng=random.Random(1),
-        new_session_id=lambda: SESSION,
-        **kwargs,
-    )
 
 
 class RetryScheduleTests(SynchronousTestCase):
@@ -516,75 +353,6 @@ class KnockerTests(SynchronousTestCase):
         self.assertIn("P3 received: port 40001", reports[3])
 
 
-class LoopbackServer:
-    """
-    A tiny sig2knock server on 127.0.0.1 in a thread: it decodes P1/P2 with ``wire.decode``,
-    watches UDP knock ports it owns, and answers a P2 with P3 once P1 and every knock of its
-    session have arrived.
-    """
-
-    def __init__(self, grant_port: int, knock_ports: int = 0, host: str = "127.0.0.1") -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.control = socket.socket(family, socket.SOCK_DGRAM)
-        self.control.bind((host, 0))
-        self.port = self.control.getsockname()[1]
-        self.binding = Binding.of(host, self.port)
-        self.grant_port = grant_port
-        self.knock_sockets = []
-        for _ in range(knock_ports):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.bind((host, 0))
-            sock.setblocking(False)
-            self.knock_sockets.append(sock)
-        self.knock_ports = [sock.getsockname()[1] for sock in self.knock_sockets]
-        self.seen_knocks: List[int] = []
-        self.requests: List[KnockRequest] = []
-        self.grants = 0
-        self.errors: List[str] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(10)
-        self.control.close()
-        for sock in self.knock_sockets:
-            sock.close()
-
-    def _serve(self) -> None:
-        self.control.settimeout(0.01)
-        while not self.stopping.is_set():
-            for sock in self.knock_sockets:
-                try:
-                    sock.recvfrom(16)
-                except BlockingIOError:
-                    continue
-                self.seen_knocks.append(sock.getsockname()[1])
-            try:
-                data, source = self.control.recvfrom(2048)
-            except socket.timeout:
-                continue
-            try:
-                received = decode_request(data, time.time(), self.binding)
-            except MessageRejected as error:
-                self.errors.append(str(error))
-                continue
-            message = received.message
-            if isinstance(message, KnockRequest):
-                self.requests.append(message)
-                continue
-            if not any(request.session_id == message.session_id for request in self.requests):
-                continue
-            if self.knock_sockets and set(self.seen_knocks) != set(self.knock_ports):
-                continue
-            self.grants += 1
-            self.control.sendto(
-                grant_bytes(message.session_id, time.time(), self.grant_port, binding=self.binding),
-                source,
-            )
-
-
 class LoopbackTests(SynchronousTestCase):
     """
     The real client code path against a small server on 127.0.0.1.
@@ -594,9 +362,8 @@ class LoopbackTests(SynchronousTestCase):
         server = LoopbackServer(grant_port=45678, knock_ports=4)
         self.addCleanup(server.stop)
         target = resolve("127.0.0.1", server.port)
-        result = Knocker(
-            USER, target, protocol=addresses.PROTO_UDP, timeout=5.0, rng=FixedRandom(server.knock_ports)
-        ).run()
+        rng = FixedRandom(server.knock_ports)
+        result = Knocker(USER, target, protocol=addresses.PROTO_UDP, timeout=5.0, rng=rng).run()
         self.assertEqual(result.port, 45678)
         self.assertEqual(server.errors, [])
         self.assertEqual(server.requests[0].ports, tuple(server.knock_ports))
@@ -612,9 +379,8 @@ class LoopbackTests(SynchronousTestCase):
         self.addCleanup(server.stop)
         target = resolve("::1", server.port)
         self.assertEqual(target.family, socket.AF_INET6)
-        result = Knocker(
-            USER, target, protocol=addresses.PROTO_UDP, knocks=2, rng=FixedRandom(server.knock_ports)
-        ).run()
+        rng = FixedRandom(server.knock_ports)
+        result = Knocker(USER, target, protocol=addresses.PROTO_UDP, knocks=2, rng=rng).run()
         self.assertEqual(result.port, 45677)
         self.assertEqual(set(server.seen_knocks), set(server.knock_ports))
 

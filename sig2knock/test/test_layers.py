@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import sig2knock
 
+
 PACKAGE = os.path.dirname(os.path.abspath(sig2knock.__file__))
 SERVER_ONLY = ("twisted", "zope", "pcapy")
 

@@ -14,8 +14,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock.firewall import FirewallError, FirewallSettings
-from sig2knock.firewall import libnftables, nftables
+from sig2knock.firewall import FirewallError, FirewallSettings, libnftables, nftables
 from sig2knock.firewall.libnftables import (
     SONAME,
     LibnftablesRunner,
@@ -27,6 +26,7 @@ from sig2knock.firewall.libnftables import (
 from sig2knock.firewall.nftables import NftablesFirewall
 from sig2knock.firewall.nftables_rules import render_ruleset
 from sig2knock.firewall.runner import MESSAGE_LIMIT, IToolRunner, run_tool
+
 
 ARGV = ["/usr/sbin/nft", "-f", "-"]
 EXISTS = (

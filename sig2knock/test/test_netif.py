@@ -1,6 +1,6 @@
 """
-Tests for sig2knock.daemon.netif: default route, rtnetlink address dumps (built here byte by byte), the
-real loopback addresses, and the address watcher driven through a socket pair.
+Tests for sig2knock.daemon.netif: default route, rtnetlink address dumps (built here byte by byte),
+the real loopback addresses, and the address watcher driven through a socket pair.
 """
 
 import ipaddress
@@ -22,6 +22,7 @@ from sig2knock.daemon.netif import (
     interface_exists,
     parse_address_dump,
 )
+
 
 ROUTE_HEADER = (
     "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"

@@ -13,10 +13,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock.firewall import FirewallError, IFirewall
-from sig2knock.firewall import nftables, nftables_rules
-from sig2knock.test import common
-from sig2knock.test.test_nftables_rules import LOCKDOWN, LOCKDOWN_RULESET, PORTS, V4, V6
+from sig2knock.firewall import FirewallError, IFirewall, nftables, nftables_rules
 from sig2knock.firewall.nftables import NftablesFirewall
 from sig2knock.firewall.nftables_rules import (
     render_flush,
@@ -25,6 +22,8 @@ from sig2knock.firewall.nftables_rules import (
     render_revoke,
     render_stop,
 )
+from sig2knock.test import common
+from sig2knock.test.expected_nftables import LOCKDOWN, LOCKDOWN_RULESET, PORTS, V4, V6
 
 
 class FakeRun(common.FakeRun):

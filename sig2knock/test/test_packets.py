@@ -5,134 +5,37 @@ The frames are built here with struct, field by field, so the tests do not share
 idea of the layouts.
 """
 
-import ipaddress
 import struct
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.test.properties import given, settings, st
 from sig2knock.daemon import packets
 from sig2knock.daemon.packets import Knock, parse_frame
-
-V4_SOURCE = ipaddress.IPv4Address("198.18.0.2")
-V4_DESTINATION = ipaddress.IPv4Address("198.18.0.1")
-V6_SOURCE = ipaddress.IPv6Address("2001:db8::2")
-V6_DESTINATION = ipaddress.IPv6Address("2001:db8::1")
-
-SYN = 0x02
-ACK = 0x10
-RST = 0x04
-FIN = 0x01
-PSH = 0x08
-
-ALL_DATALINKS = (0, 1, 12, 14, 101, 108, 113, 276)
-
-
-def tcp(port: int, flags: int = SYN, source_port: int = 40000) -> bytes:
-    """A 20-byte TCP header to ``port`` with ``flags``."""
-    return struct.pack("!HHIIBBHHH", source_port, port, 1234, 0, 5 << 4, flags, 65535, 0, 0)
-
-
-def udp(port: int, payload: bytes = b"knock", source_port: int = 40000) -> bytes:
-    """A UDP datagram to ``port``."""
-    return struct.pack("!HHHH", source_port, port, 8 + len(payload), 0) + payload
-
-
-def ipv4(
-    protocol: int,
-    payload: bytes,
-    source=V4_SOURCE,
-    destination=V4_DESTINATION,
-    options: bytes = b"",
-    fragment: int = 0,
-) -> bytes:
-    """An IPv4 packet (``options`` a multiple of 4 bytes; ``fragment`` the flags+offset field)."""
-    ihl = 5 + len(options) // 4
-    total = ihl * 4 + len(payload)
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x40 | ihl,
-        0,
-        total,
-        1,
-        fragment,
-        64,
-        protocol,
-        0,
-        source.packed,
-        destination.packed,
-    )
-    return header + options + payload
-
-
-def ipv6(next_header: int, payload: bytes, source=V6_SOURCE, destination=V6_DESTINATION) -> bytes:
-    """An IPv6 packet whose first next-header is ``next_header``."""
-    return (
-        struct.pack("!IHBB", 6 << 28, len(payload), next_header, 64)
-        + source.packed
-        + destination.packed
-        + payload
-    )
-
-
-def extension(next_header: int, length_units: int = 0) -> bytes:
-    """A hop-by-hop / routing / destination options header of ``(length_units + 1) * 8`` bytes."""
-    body = bytes(6 + 8 * length_units)
-    return struct.pack("!BB", next_header, length_units) + body
-
-
-def fragment_header(next_header: int, offset: int = 0, more: bool = False) -> bytes:
-    """An IPv6 fragment header (``offset`` in 8-byte units)."""
-    return struct.pack("!BBHI", next_header, 0, (offset << 3) | int(more), 0xABCD)
-
-
-def ethernet(ethertype: int, payload: bytes, vlans: Sequence[int] = ()) -> bytes:
-    """
-    An Ethernet II frame carrying ``ethertype``; ``vlans`` lists the TPIDs of its VLAN tags (VLAN
-    42), outermost first.
-    """
-    frame = b"\x02\x00\x00\x00\x00\x01" + b"\x02\x00\x00\x00\x00\x02"
-    types = list(vlans) + [ethertype]
-    frame += struct.pack("!H", types[0])
-    for following in types[1:]:
-        frame += struct.pack("!HH", 42, following)
-    return frame + payload
-
-
-def sll(ethertype: int, payload: bytes) -> bytes:
-    """A Linux cooked (v1) frame: packet type, ARPHRD, address length, address, protocol."""
-    return struct.pack("!HHH8sH", 0, 1, 6, b"\x02\x00\x00\x00\x00\x02\x00\x00", ethertype) + payload
-
-
-def sll2(ethertype: int, payload: bytes) -> bytes:
-    """A Linux cooked v2 frame: protocol, reserved, ifindex, ARPHRD, type, address len, address."""
-    return struct.pack("!HHIHBB8s", ethertype, 0, 2, 1, 0, 6, bytes(8)) + payload
-
-
-def null_header(family: int, order: str) -> bytes:
-    """A BSD loopback header (``order`` is "<" or ">")."""
-    return struct.pack(order + "I", family)
-
-
-def ethertype_of(packet: bytes) -> int:
-    return 0x0800 if packet[0] >> 4 == 4 else 0x86DD
-
-
-def framed(datalink: int, packet: bytes) -> bytes:
-    """``packet`` (an IP packet) in a frame of ``datalink``."""
-    if datalink == 1:
-        return ethernet(ethertype_of(packet), packet)
-    if datalink == 113:
-        return sll(ethertype_of(packet), packet)
-    if datalink == 276:
-        return sll2(ethertype_of(packet), packet)
-    ipv4_packet = packet[0] >> 4 == 4
-    if datalink == 0:  # as macOS writes it (AF_INET6 is 30 there)
-        return null_header(2 if ipv4_packet else 30, "<") + packet
-    if datalink == 108:  # as OpenBSD writes it (AF_INET6 is 24 there)
-        return null_header(2 if ipv4_packet else 24, ">") + packet
-    return packet
+from sig2knock.test.frames import (
+    ACK,
+    ALL_DATALINKS,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    V4_DESTINATION,
+    V4_SOURCE,
+    V6_DESTINATION,
+    V6_SOURCE,
+    ethernet,
+    extension,
+    fragment_header,
+    framed,
+    ipv4,
+    ipv6,
+    null_header,
+    sll,
+    sll2,
+    tcp,
+    udp,
+)
+from sig2knock.test.properties import given, settings, st
 
 
 def hop_by_hop_then_fragment() -> bytes:

@@ -14,9 +14,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock.test import common
 from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
 from sig2knock.firewall.pktfilter import PktFilterFirewall, port_match, render_rules
+from sig2knock.test import common
+
 
 PORTS = FirewallSettings(1001, (40000, 40100), policy="ports", interface="eth0")
 LOCKDOWN = FirewallSettings(1001, (40000, 40100), policy="lockdown", interface="eth0")

@@ -14,6 +14,7 @@ from typing import Any, List, Tuple
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.client import portable
+from sig2knock.client.knocker import ClientError
 from sig2knock.client.portable import (
     PrivateFileError,
     binary_stdio,
@@ -23,9 +24,9 @@ from sig2knock.client.portable import (
     read_private,
     write_private,
 )
-from sig2knock.client.knocker import ClientError
 from sig2knock.scripts.client import run_command
-from sig2knock.test.test_knocker import FakeNetwork, grant_on_confirm, knocker
+from sig2knock.test.common import FakeNetwork, grant_on_confirm, knocker
+
 
 SECRET = "a secret line\n"
 

@@ -1,5 +1,6 @@
 """
-Tests for sig2knock.daemon.ratelimit and sig2knock.daemon.refusals: bounded work and bounded logs under a flood.
+Tests for sig2knock.daemon.ratelimit and sig2knock.daemon.refusals: bounded work and bounded logs
+under a flood.
 """
 
 

@@ -68,4 +68,3 @@ class RefusalLogTests(SynchronousTestCase):
         summary.stopService()
         (event,) = self.events
         self.assertEqual(event["suppressed"], 1)
-

@@ -10,8 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sig2knock.daemon.settings import firewall_settings, parse_config
-from sig2knock.firewall import FirewallError, IFirewall
-from sig2knock.firewall import registry
+from sig2knock.firewall import FirewallError, IFirewall, registry
 
 
 class ChoiceTests(SynchronousTestCase):

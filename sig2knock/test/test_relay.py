@@ -10,18 +10,7 @@ import threading
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.client.relay import relay
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """
-    Everything ``sock`` receives until the peer shuts its side down.
-    """
-    received = b""
-    while True:
-        data = sock.recv(100)
-        if not data:
-            return received
-        received += data
+from sig2knock.test.common import read_until_closed
 
 
 class RelayTests(SynchronousTestCase):
@@ -79,4 +68,3 @@ class RelayTests(SynchronousTestCase):
         theirs.close()
         relay(ours, input_read, output_write)
         self.assertEqual(os.read(output_read, 100), b"bye")
-

@@ -1,5 +1,6 @@
 """
-Tests for sig2knock.daemon.replay: the persisted, bounded cache of nonces inside the clock-skew window.
+Tests for sig2knock.daemon.replay: the persisted, bounded cache of nonces inside the clock-skew
+window.
 """
 
 import os
@@ -8,10 +9,11 @@ import stat
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon import replay
-from sig2knock.protocol import wire
 from sig2knock.daemon.replay import MAGIC, ReplayCache, ReplayCacheError
+from sig2knock.protocol import wire
 from sig2knock.protocol.wire import MessageRejected
 from sig2knock.test.common import remember
+
 
 NOW = 1_800_000_000.0
 SKEW = 60

@@ -17,9 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.protocol import addresses
 from sig2knock.scripts.client import command_line
-from sig2knock.test.common import CHEAP_KDF, run_module
-from sig2knock.test.test_knocker import PASSWORD, LoopbackServer
-from sig2knock.test.test_relay import read_until_closed
+from sig2knock.test.common import CHEAP_KDF, PASSWORD, read_until_closed, run_module
+from sig2knock.test.loopback_server import LoopbackServer
+
 
 CLIENT = "sig2knock.scripts.client"
 

@@ -10,7 +10,6 @@ from typing import List
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,7 +24,8 @@ from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.sessions import SessionTable
 from sig2knock.firewall import FirewallError
 from sig2knock.firewall.null import NoFirewall
-from sig2knock.test.common import write_config, write_users
+from sig2knock.test.common import StoppingReactor, write_config, write_users
+
 
 NOW = 1_800_000_000.0
 
@@ -45,22 +45,6 @@ class FakeAddressWatcher(Service):
         self.current = frozenset({ipaddress.ip_address("127.0.0.1")})
         if self.on_change is not None:
             self.on_change(self.current)
-
-
-class StoppingReactor(MemoryReactorClock):
-    """
-    A memory reactor that is running and records ``stop()`` (the daemon stops itself when its
-    firewall rules cannot be installed); ``clock`` is itself.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.running = True
-        self.stopped = 0
-        self.clock = self
-
-    def stop(self) -> None:
-        self.stopped += 1
 
 
 class ScriptedFirewall(NoFirewall):

@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from sig2knock.daemon.session import TRANSITIONS, Session, SessionRefused, State
 from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
 
+
 CLIENT = ipaddress.ip_address("198.18.0.2")
 
 

@@ -12,11 +12,12 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon import sessions
+from sig2knock.daemon.packets import Knock
 from sig2knock.daemon.session import SessionRefused, State
 from sig2knock.daemon.sessions import SessionTable
 from sig2knock.protocol import addresses, wire
-from sig2knock.daemon.packets import Knock
 from sig2knock.test.common import FakeCapture, FakeGrant, FakeGranter, live_settings
+
 
 CLIENT = ipaddress.ip_address("198.18.0.2")
 OTHER = ipaddress.ip_address("198.18.0.3")

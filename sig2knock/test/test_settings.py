@@ -5,57 +5,23 @@ Tests for sig2knock.daemon.settings: reading and validating sig2knockd.conf.
 import dataclasses
 import ipaddress
 import os
-import re
-from typing import Dict, Optional
+from typing import Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.test.properties import given, settings, st
 from sig2knock.daemon import schema
 from sig2knock.daemon.settings import Config, ConfigError, load_config, merge, parse_config
-from sig2knock.test.common import BASE_CONFIG, EXAMPLE_CONFIG, config_text
+from sig2knock.test.common import (
+    CONFIG_PATH,
+    EXAMPLE_CONFIG,
+    ConfigErrorAssertions,
+    parse_text,
+    settings_text,
+)
+from sig2knock.test.properties import given, settings, st
 
-PATH = "/etc/sig2knock/sig2knockd.conf"
+
 DIRECTORY = "/etc/sig2knock"
-
-
-def settings_text(**overrides: Optional[str]) -> str:
-    """
-    The base configuration (UDP_PORT on line 1, FORWARD_TO_IP on line 2, FORWARD_TO_PORT on line 3)
-    with ``overrides``: a known key keeps its line, a new key is appended from line 4 on, and
-    ``None`` leaves the key out.
-    """
-    values: Dict[str, Optional[str]] = dict(BASE_CONFIG)
-    values.update(overrides)
-    return config_text({key: value for key, value in values.items() if value is not None})
-
-
-def parse(text: str, interface: Optional[str] = None) -> Config:
-    return parse_config(text, PATH, interface)
-
-
-class ConfigErrorAssertions:
-    """
-    Checks of the one-line ``FILE:LINE: KEY: message`` form of configuration errors.
-    """
-
-    def assertConfigError(
-        self,
-        text: str,
-        line: Optional[int],
-        key: Optional[str],
-        interface: Optional[str] = None,
-    ) -> ConfigError:
-        error = self.assertRaises(ConfigError, parse_config, text, PATH, interface)  # type: ignore
-        where = PATH if line is None else f"{PATH}:{line}"
-        prefix = f"{where}: {key}: " if key else f"{where}: "
-        message = str(error)
-        self.assertTrue(message.startswith(prefix), f"{message!r} does not start with {prefix!r}")
-        self.assertNotIn("\n", message)
-        self.assertEqual((error.path, error.line, error.key), (PATH, line, key))  # type: ignore
-        if line is None:
-            self.assertNotRegex(message, re.escape(PATH) + r":[0-9]")  # type: ignore
-        return error
 
 
 class ExampleConfigTests(SynchronousTestCase):
@@ -95,7 +61,7 @@ class DefaultsTests(SynchronousTestCase):
         Every field of Config (but the line record) has the documented value; a field added to
         Config without a default checked here fails this test.
         """
-        parsed = parse(settings_text())
+        parsed = parse_text(settings_text())
         values = {
             field.name: getattr(parsed, field.name)
             for field in dataclasses.fields(Config)
@@ -104,7 +70,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(
             values,
             {
-                "path": PATH,
+                "path": CONFIG_PATH,
                 "udp_port": 1001,
                 "forward_to_ip": ipaddress.IPv4Address("127.0.0.1"),
                 "forward_to_port": 22,
@@ -131,7 +97,7 @@ class DefaultsTests(SynchronousTestCase):
         The line of each key that was set is kept for later messages.
         """
         self.assertEqual(
-            parse(settings_text()).lines,
+            parse_text(settings_text()).lines,
             {"UDP_PORT": 1, "FORWARD_TO_IP": 2, "FORWARD_TO_PORT": 3},
         )
 
@@ -139,7 +105,7 @@ class DefaultsTests(SynchronousTestCase):
         """
         Every key, set to a value other than its default, reaches its Config field.
         """
-        parsed = parse(
+        parsed = parse_text(
             settings_text(
                 UDP_PORT="62201",
                 FORWARD_TO_IP="2001:db8::22",
@@ -183,7 +149,7 @@ class SyntaxTests(SynchronousTestCase):
     """
 
     def test_commentsBlankLinesSpacesAndCase(self) -> None:
-        parsed = parse(
+        parsed = parse_text(
             "# sig2knockd.conf\n"
             "\n"
             "   \n"
@@ -206,15 +172,15 @@ class SyntaxTests(SynchronousTestCase):
         """
         A ``#`` not preceded by a space is part of the value, not a comment.
         """
-        parsed = parse(settings_text(USERS_FILE="users#1.txt"))
+        parsed = parse_text(settings_text(USERS_FILE="users#1.txt"))
         self.assertEqual(parsed.users_file, os.path.join(DIRECTORY, "users#1.txt"))
 
     def test_windowsLineEndings(self) -> None:
-        parsed = parse(settings_text(KNOCK_COUNT="6").replace("\n", "\r\n"))
+        parsed = parse_text(settings_text(KNOCK_COUNT="6").replace("\n", "\r\n"))
         self.assertEqual(parsed.knock_count, 6)
 
     def test_choicesAnyCase(self) -> None:
-        parsed = parse(settings_text(FIREWALL="None", KNOCK_PROTO="TCP"))
+        parsed = parse_text(settings_text(FIREWALL="None", KNOCK_PROTO="TCP"))
         self.assertEqual((parsed.firewall, parsed.knock_proto), ("none", "tcp"))
 
 
@@ -237,7 +203,7 @@ class PathTests(SynchronousTestCase):
         self.assertEqual(parsed.users_file, os.path.join(directory, "user.txt"))
 
     def test_absolutePathsKept(self) -> None:
-        parsed = parse(settings_text(USERS_FILE="/srv/users", STATE_DIR="/srv/state"))
+        parsed = parse_text(settings_text(USERS_FILE="/srv/users", STATE_DIR="/srv/state"))
         self.assertEqual((parsed.users_file, parsed.state_dir), ("/srv/users", "/srv/state"))
 
     def test_relativeConfigPathGivesAbsolutePaths(self) -> None:
@@ -267,18 +233,18 @@ class InterfaceTests(SynchronousTestCase, ConfigErrorAssertions):
     BOTH = settings_text(INTERFACE="eth0", PKTFILTER_INTERFACE="eth1")
 
     def test_optionBeatsBothKeys(self) -> None:
-        self.assertEqual(parse(self.BOTH, interface="wlan0").interface, "wlan0")
+        self.assertEqual(parse_text(self.BOTH, interface="wlan0").interface, "wlan0")
 
     def test_interfaceBeatsPktfilterInterface(self) -> None:
-        parsed = parse(self.BOTH)
+        parsed = parse_text(self.BOTH)
         self.assertEqual(parsed.interface, "eth0")
         self.assertEqual(parsed.pktfilter_interface, "eth1")
 
     def test_pktfilterInterfaceUsedAlone(self) -> None:
-        self.assertEqual(parse(settings_text(PKTFILTER_INTERFACE="eth1")).interface, "eth1")
+        self.assertEqual(parse_text(settings_text(PKTFILTER_INTERFACE="eth1")).interface, "eth1")
 
     def test_optionBeatsPktfilterInterface(self) -> None:
-        parsed = parse(settings_text(PKTFILTER_INTERFACE="eth1"), interface="br-lan")
+        parsed = parse_text(settings_text(PKTFILTER_INTERFACE="eth1"), interface="br-lan")
         self.assertEqual(parsed.interface, "br-lan")
 
     def test_invalidPktfilterInterfaceNotUsed(self) -> None:
@@ -288,12 +254,12 @@ class InterfaceTests(SynchronousTestCase, ConfigErrorAssertions):
         """
         for value in ("eth0 eth1", "eth0/1", "eth0:1", "a-very-long-interface"):
             with self.subTest(value=value):
-                parsed = parse(settings_text(PKTFILTER_INTERFACE=value))
+                parsed = parse_text(settings_text(PKTFILTER_INTERFACE=value))
                 self.assertEqual(parsed.pktfilter_interface, value)
                 self.assertIsNone(parsed.interface)
 
     def test_longestInterfaceName(self) -> None:
-        self.assertEqual(parse(settings_text(INTERFACE="e" * 15)).interface, "e" * 15)
+        self.assertEqual(parse_text(settings_text(INTERFACE="e" * 15)).interface, "e" * 15)
 
     def test_badOptionInterface(self) -> None:
         for name in ("eth 0", "eth/0", "eth:0", "e" * 16, ""):
@@ -330,58 +296,6 @@ class ErrorTests(SynchronousTestCase, ConfigErrorAssertions):
     def test_emptyFile(self) -> None:
         self.assertConfigError("", None, "UDP_PORT")
 
-    def test_badNumber(self) -> None:
-        for value in ("abc", "10o1", "-5", "1.5", "0x16", "1 001", "1234567"):
-            with self.subTest(value=value):
-                self.assertConfigError(settings_text(UDP_PORT=value), 1, "UDP_PORT")
-        self.assertConfigError(settings_text(KNOCK_COUNT="four"), 4, "KNOCK_COUNT")
-        self.assertConfigError(settings_text(KNOCK_TIMEOUT="ten"), 4, "KNOCK_TIMEOUT")
-
-    def test_portOutOfRange(self) -> None:
-        error = self.assertConfigError(settings_text(UDP_PORT="0"), 1, "UDP_PORT")
-        self.assertIn("out of range", str(error))
-        error = self.assertConfigError(settings_text(FORWARD_TO_PORT="65536"), 3, "FORWARD_TO_PORT")
-        self.assertIn("out of range", str(error))
-
-    def test_portLimitsAccepted(self) -> None:
-        parsed = parse(settings_text(UDP_PORT="65535", FORWARD_TO_PORT="1"))
-        self.assertEqual((parsed.udp_port, parsed.forward_to_port), (65535, 1))
-
-    def test_badAddress(self) -> None:
-        for value in ("127.0.0.256", "localhost", "1.2.3", "2001:db8::g"):
-            with self.subTest(value=value):
-                self.assertConfigError(settings_text(FORWARD_TO_IP=value), 2, "FORWARD_TO_IP")
-        self.assertConfigError(settings_text(LISTEN_ADDRESS="example.org"), 4, "LISTEN_ADDRESS")
-
-    def test_unspecifiedForwardAddress(self) -> None:
-        for value in ("0.0.0.0", "::"):
-            with self.subTest(value=value):
-                self.assertConfigError(settings_text(FORWARD_TO_IP=value), 2, "FORWARD_TO_IP")
-
-    def test_multicastAddresses(self) -> None:
-        self.assertConfigError(settings_text(FORWARD_TO_IP="224.0.0.1"), 2, "FORWARD_TO_IP")
-        self.assertConfigError(settings_text(LISTEN_ADDRESS="ff02::1"), 4, "LISTEN_ADDRESS")
-
-    def test_unspecifiedListenAddressAccepted(self) -> None:
-        parsed = parse(settings_text(LISTEN_ADDRESS="::"))
-        self.assertEqual(parsed.listen_address, ipaddress.ip_address("::"))
-
-    def test_badPortRange(self) -> None:
-        for value in ("5-3", "abc", "30000", "0-100", "30000-65536", "1-2-3"):
-            with self.subTest(value=value):
-                text = settings_text(ASSIGN_PORT_RANGE=value)
-                self.assertConfigError(text, 4, "ASSIGN_PORT_RANGE")
-
-    def test_singlePortRangeAccepted(self) -> None:
-        parsed = parse(settings_text(ASSIGN_PORT_RANGE="40000-40000"))
-        self.assertEqual(parsed.assign_port_range, (40000, 40000))
-
-    def test_badChoice(self) -> None:
-        error = self.assertConfigError(settings_text(FIREWALL="ufw"), 4, "FIREWALL")
-        self.assertIn("nftables", str(error))
-        self.assertConfigError(settings_text(FIREWALL_POLICY="open"), 4, "FIREWALL_POLICY")
-        self.assertConfigError(settings_text(KNOCK_PROTO="icmp"), 4, "KNOCK_PROTO")
-
     def test_emptyValue(self) -> None:
         """
         ``KEY =`` (also with only a comment after it) is an error, not the default.
@@ -397,7 +311,7 @@ class ErrorTests(SynchronousTestCase, ConfigErrorAssertions):
     def test_keySetTwiceNamesBothLines(self) -> None:
         text = settings_text() + "# again\n\nudp_port = 1002\n"
         error = self.assertConfigError(text, 6, "UDP_PORT")
-        self.assertRegex(str(error)[len(PATH):], r"\b1\b")
+        self.assertRegex(str(error)[len(CONFIG_PATH):], r"\b1\b")
 
     def test_keySetTwiceSameValue(self) -> None:
         self.assertConfigError(settings_text() + "FORWARD_TO_PORT = 22\n", 4, "FORWARD_TO_PORT")
@@ -412,7 +326,8 @@ class ErrorTests(SynchronousTestCase, ConfigErrorAssertions):
     def test_udpPortBesideAssignedRange(self) -> None:
         for udp_port in (29999, 61000):
             with self.subTest(udp_port=udp_port):
-                self.assertEqual(parse(settings_text(UDP_PORT=str(udp_port))).udp_port, udp_port)
+                parsed = parse_text(settings_text(UDP_PORT=str(udp_port)))
+                self.assertEqual(parsed.udp_port, udp_port)
 
     def test_loopbackForwardPortInsideAssignedRange(self) -> None:
         for address in ("127.0.0.1", "127.0.1.1", "::1"):
@@ -433,19 +348,19 @@ class ErrorTests(SynchronousTestCase, ConfigErrorAssertions):
         """
         The assigned ports are this host's: a service on another host may use one of their numbers.
         """
-        parsed = parse(settings_text(FORWARD_TO_IP="192.0.2.22", FORWARD_TO_PORT="40000"))
+        parsed = parse_text(settings_text(FORWARD_TO_IP="192.0.2.22", FORWARD_TO_PORT="40000"))
         self.assertEqual(parsed.forward_to_port, 40000)
 
     def test_lockdownWithoutFirewall(self) -> None:
         text = settings_text(FIREWALL="none", FIREWALL_POLICY="lockdown")
         error = self.assertConfigError(text, 5, "FIREWALL_POLICY")
-        self.assertIn("FIREWALL", str(error)[len(PATH) + len(":5: FIREWALL_POLICY: "):])
+        self.assertIn("FIREWALL", str(error)[len(CONFIG_PATH) + len(":5: FIREWALL_POLICY: "):])
 
     def test_lockdownWithFirewallAccepted(self) -> None:
         for firewall in ("auto", "nftables", "iptables", "pktfilter"):
             with self.subTest(firewall=firewall):
                 text = settings_text(FIREWALL=firewall, FIREWALL_POLICY="lockdown")
-                self.assertEqual(parse(text).firewall_policy, "lockdown")
+                self.assertEqual(parse_text(text).firewall_policy, "lockdown")
 
     def test_natNeedsNftables(self) -> None:
         for firewall in ("pktfilter", "none"):
@@ -455,38 +370,12 @@ class ErrorTests(SynchronousTestCase, ConfigErrorAssertions):
                 self.assertIn("nftables or iptables", str(error))
         for firewall in ("auto", "nftables", "iptables"):
             text = settings_text(FIREWALL=firewall, FORWARD_MODE="nat")
-            self.assertEqual(parse(text).forward_mode, "nat")
+            self.assertEqual(parse_text(text).forward_mode, "nat")
 
     def test_natCannotReachIPv6Loopback(self) -> None:
         text = settings_text(FORWARD_TO_IP="::1", FIREWALL="nftables", FORWARD_MODE="nat")
         error = self.assertConfigError(text, 5, "FORWARD_MODE")
         self.assertIn("proxy", str(error))
-
-    def test_knockCountOutOfRange(self) -> None:
-        for value in ("0", "65"):
-            with self.subTest(value=value):
-                self.assertConfigError(settings_text(KNOCK_COUNT=value), 4, "KNOCK_COUNT")
-
-    def test_knockCountLimitsAccepted(self) -> None:
-        for value in (1, 64):
-            with self.subTest(value=value):
-                self.assertEqual(parse(settings_text(KNOCK_COUNT=str(value))).knock_count, value)
-
-    def test_secondsOutOfRange(self) -> None:
-        for key, value in (
-            ("KNOCK_TIMEOUT", "0"),
-            ("KNOCK_TIMEOUT", "300.5"),
-            ("MAX_CLOCK_SKEW", "5000"),
-            ("MAX_CLOCK_SKEW", "0.5"),
-            ("SINGLECONN_PORTOPEN_TIME", "0"),
-            ("SINGLECONN_PORTOPEN_TIME", "86401"),
-        ):
-            with self.subTest(key=key, value=value):
-                error = self.assertConfigError(settings_text(**{key: value}), 4, key)
-                self.assertIn("out of range", str(error))
-
-    def test_fractionalSecondsAccepted(self) -> None:
-        self.assertEqual(parse(settings_text(KNOCK_TIMEOUT="2.5")).knock_timeout, 2.5)
 
 
 class LoadConfigTests(SynchronousTestCase):
@@ -567,7 +456,7 @@ class PropertyTests(SynchronousTestCase):
 
     def check(self, text: str, interface: Optional[str] = None) -> None:
         try:
-            parsed = parse_config(text, PATH, interface)
+            parsed = parse_config(text, CONFIG_PATH, interface)
         except ConfigError as error:
             self.assertNotIn("\n", str(error))
             self.assertNotIn("\r", str(error))

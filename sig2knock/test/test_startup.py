@@ -12,6 +12,7 @@ from sig2knock.daemon.replay import ReplayCacheError
 from sig2knock.protocol.wire import MessageRejected
 from sig2knock.test.common import remember, write_config
 
+
 NOW = 1_800_000_000.0
 
 

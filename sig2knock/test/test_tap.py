@@ -15,11 +15,11 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock.daemon import settings as config_module
-from sig2knock.daemon import service, startup, tap
+from sig2knock.daemon import service, settings as config_module, startup, tap
 from sig2knock.daemon.capture import CaptureError
 from sig2knock.daemon.control import ControlPortError
 from sig2knock.test.common import write_config
+
 
 NOW = 1_800_000_000.0
 

@@ -7,16 +7,12 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.test.properties import given, settings, st
+from sig2knock.daemon.users import UsersError, format_user_line, load_users, parse_users
 from sig2knock.protocol import kdf
 from sig2knock.protocol.kdf import KdfParams, derive_key, salt_for
 from sig2knock.test.common import CHEAP_KDF, write_users
-from sig2knock.daemon.users import (
-    UsersError,
-    format_user_line,
-    load_users,
-    parse_users,
-)
+from sig2knock.test.properties import given, settings, st
+
 
 PATH = "/etc/sig2knock/user.txt"
 ALICE_PASSWORD = "alice's password"

@@ -3,12 +3,9 @@ Tests for sig2knock.protocol.wire: the encrypted control messages P1, P2 and P3.
 """
 
 import ipaddress
-import subprocess
-import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.test.properties import given, settings, st
 from sig2knock.protocol import addresses, wire
 from sig2knock.protocol.kdf import key_id
 from sig2knock.protocol.wire import (
@@ -21,6 +18,8 @@ from sig2knock.protocol.wire import (
     decode,
     encode,
 )
+from sig2knock.test.properties import given, settings, st
+
 
 NOW = 1_800_000_000.0
 ALICE = UserKey("alice", bytes(range(32)))
@@ -60,7 +59,8 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_confirm(self) -> None:
         message = Confirm(b"C" * 16, wire.now_ms(NOW))
-        self.assertEqual(receive(encode(message, BOB, SERVER6), bindings={SERVER6}).message, message)
+        received = receive(encode(message, BOB, SERVER6), bindings={SERVER6})
+        self.assertEqual(received.message, message)
 
     def test_grant(self) -> None:
         message = Grant(b"G" * 16, wire.now_ms(NOW), 45678, wire.now_ms(NOW + 30))
@@ -98,7 +98,8 @@ class RoundTripTests(SynchronousTestCase):
         """
         Neither the knock ports, the session id nor the user name appear in the bytes sent.
         """
-        message = KnockRequest(b"\xa5" * 16, wire.now_ms(NOW), addresses.PROTO_UDP, (0x4142, 0x4344))
+        ports = (0x4142, 0x4344)
+        message = KnockRequest(b"\xa5" * 16, wire.now_ms(NOW), addresses.PROTO_UDP, ports)
         data = encode(message, ALICE, SERVER)
         self.assertNotIn(b"ABCD", data)
         self.assertNotIn(b"\xa5" * 4, data)
@@ -339,31 +340,6 @@ class KeyIdTests(SynchronousTestCase):
         self.assertIsInstance(SERVER.address, ipaddress.IPv4Address)
 
 
-def run_python(script: str) -> str:
-    """
-    What ``script`` prints, run by a fresh interpreter (import-time behaviour needs one).
-    """
-    return subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    ).stdout
-
-
-class LoadCipherTests(SynchronousTestCase):
-    """
-    ``cipher.load_gcm`` makes pycryptodome load its AES-GCM code before the first knock needs it.
-    """
-
-    def test_loadsGcmCode(self) -> None:
-        script = (
-            "import sys\n"
-            "from sig2knock.protocol import cipher\n"
-            "before = 'Crypto.Cipher._mode_gcm' in sys.modules\n"
-            "cipher.load_gcm()\n"
-            "print(before, 'Crypto.Cipher._mode_gcm' in sys.modules)\n"
-        )
-        self.assertEqual(run_python(script).split(), ["False", "True"])
-
-
 class ValueTypeTests(SynchronousTestCase):
     """
     The message and key types are immutable values that check what they are built from.
@@ -383,22 +359,3 @@ class ValueTypeTests(SynchronousTestCase):
         self.assertEqual(len({first, same}), 1)
         self.assertEqual(same.ports, (2000, 3000))
         self.assertRaises(AttributeError, setattr, first, "timestamp_ms", 6)
-
-
-class StartsNoProcessTests(SynchronousTestCase):
-    """
-    Loading the client's cryptography starts no child process (pycryptodome's loader would run
-    ``file`` on the interpreter; see ``sig2knock.protocol.cipher``).
-    """
-
-    def test_noProcess(self) -> None:
-        script = (
-            "import sys\n"
-            "started = []\n"
-            "sys.addaudithook(lambda event, args: event in ('subprocess.Popen', 'os.posix_spawn',"
-            " 'os.exec', 'os.fork') and started.append(event))\n"
-            "from sig2knock.protocol import cipher\n"
-            "cipher.load_gcm()\n"
-            "print(started)\n"
-        )
-        self.assertEqual(run_python(script).strip(), "[]")

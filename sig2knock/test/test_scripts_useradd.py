@@ -1,0 +1,112 @@
+"""
+Tests for sig2knock.scripts.useradd, as an operator runs ``sig2knockd_useradd`` (a subprocess):
+it makes lines the daemon accepts and never shows the password.
+"""
+
+import os
+import stat
+import subprocess
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock.daemon.users import load_users, parse_users
+from sig2knock.protocol.kdf import KdfParams, derive_key
+from sig2knock.test.common import CHEAP_KDF, PASSWORD, run_module
+
+
+USERADD = "sig2knock.scripts.useradd"
+
+
+def useradd(*arguments: str, stdin: str = PASSWORD + "\n") -> subprocess.CompletedProcess:
+    """
+    Run ``sig2knockd_useradd ARGUMENTS`` with a cheap KDF, the password on standard input.
+    """
+    return run_module(USERADD, ["--kdf", CHEAP_KDF.format(), *arguments], stdin=stdin)
+
+
+class UserAddTests(SynchronousTestCase):
+    """
+    ``sig2knockd_useradd`` makes lines the daemon accepts and never shows the password.
+    """
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.users_path = os.path.join(self.directory, "user.txt")
+
+    def assertPasswordHidden(self, result: subprocess.CompletedProcess) -> None:
+        self.assertNotIn(PASSWORD, result.stdout + result.stderr)
+
+    def test_printsLine(self) -> None:
+        """
+        With default parameters the printed line holds scrypt(password) and the daemon reads it.
+        """
+        result = run_module(USERADD, ["--password-stdin", "alice"], stdin=PASSWORD + "\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertPasswordHidden(result)
+        self.assertEqual(result.stdout.count("\n"), 1)
+        entry = parse_users(result.stdout, "<stdout>").entries["alice"]
+        self.assertEqual(entry.params, KdfParams())
+        self.assertEqual(entry.user.key, derive_key(PASSWORD, "alice"))
+
+    def test_appendsToNewPrivateFile(self) -> None:
+        for user in ("alice", "bob"):
+            result = useradd("--password-stdin", "--users-file", self.users_path, user)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(result.stdout, "")
+            self.assertPasswordHidden(result)
+        self.assertEqual(stat.S_IMODE(os.stat(self.users_path).st_mode), 0o600)
+        users = load_users(self.users_path)
+        self.assertEqual(users.names(), ["alice", "bob"])
+        self.assertEqual(users.entries["bob"].user.key, derive_key(PASSWORD, "bob", CHEAP_KDF))
+
+    def test_appendAfterLineWithoutNewline(self) -> None:
+        self.assertEqual(useradd("--password-stdin", "alice").returncode, 0)
+        line = useradd("--password-stdin", "alice").stdout.strip()
+        with open(self.users_path, "w") as users_file:
+            users_file.write(line)
+        os.chmod(self.users_path, 0o600)
+        result = useradd("--password-stdin", "--users-file", self.users_path, "bob")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(load_users(self.users_path).names(), ["alice", "bob"])
+
+    def test_duplicateRefused(self) -> None:
+        useradd("--password-stdin", "--users-file", self.users_path, "alice")
+        result = useradd("--password-stdin", "--users-file", self.users_path, "alice")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("already there", result.stderr)
+        self.assertEqual(load_users(self.users_path).names(), ["alice"])
+
+    def test_openFileRefused(self) -> None:
+        useradd("--password-stdin", "--users-file", self.users_path, "alice")
+        os.chmod(self.users_path, 0o644)
+        result = useradd("--password-stdin", "--users-file", self.users_path, "bob")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("chmod 600", result.stderr)
+
+    def test_shortPasswordRefused(self) -> None:
+        for password in ("", "short"):
+            result = useradd("--password-stdin", "alice", stdin=password + "\n")
+            self.assertEqual(result.returncode, 1)
+            self.assertIn("at least 8 characters", result.stderr)
+            self.assertEqual(result.stdout, "")
+
+    def test_noTerminal(self) -> None:
+        result = useradd("alice", stdin="")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("--password-stdin", result.stderr)
+
+    def test_badUserName(self) -> None:
+        result = useradd("--password-stdin", "al:ice")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("not valid", result.stderr)
+
+    def test_missingDirectory(self) -> None:
+        missing = os.path.join(self.directory, "no", "user.txt")
+        result = useradd("--password-stdin", "--users-file", missing, "alice")
+        self.assertEqual(result.returncode, 1)
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertIn("No such file or directory", result.stderr)
+
+    def test_usageError(self) -> None:
+        self.assertEqual(useradd().returncode, 2)
