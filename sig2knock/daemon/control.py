@@ -12,6 +12,7 @@ import collections
 import errno
 import ipaddress
 import socket
+from functools import partial
 from typing import Any, Callable, Hashable, List, Mapping, Optional, Tuple
 
 from twisted.application.service import Service
@@ -280,6 +281,42 @@ class ControlPorts(Service):
         """
         super().stopService()
         return DeferredList([d for d in self._close() if d is not None])
+
+
+def control_ports(
+    reactor: Any,
+    settings: Any,
+    sessions: SessionTable,
+    replay_cache: ReplayCache,
+    host_addresses: Callable[[], "frozenset[IPAddress]"],
+    refusals: RefusalLog,
+) -> ControlPorts:
+    """
+    The daemon's control channel for the ``LiveSettings`` ``settings``: its sockets on
+    ``UDP_PORT`` (at ``LISTEN_ADDRESS``, or at every address), each read by a ``ControlProtocol``
+    that takes the users in force at each message and accepts messages bound to the listen
+    address, or to one of ``host_addresses()`` (the host's addresses as they are now), and
+    reports its refusals to ``refusals``.
+    """
+    config = settings.config
+    if config.listen_address is not None:
+        listen_addresses = frozenset({config.listen_address})
+        accepts = binding_check(config.udp_port, lambda: listen_addresses)
+    else:
+        accepts = binding_check(config.udp_port, host_addresses)
+    protocol = partial(
+        ControlProtocol,
+        reactor,
+        keys=lambda: settings.users.by_key_id,
+        accepts=accepts,
+        sessions=sessions,
+        replay_cache=replay_cache,
+        max_skew=config.max_clock_skew,
+        limiter=RateLimiter(reactor),
+        user_limiter=user_rate_limiter(reactor),
+        refusals=refusals,
+    )
+    return ControlPorts(reactor, config.udp_port, config.listen_address, protocol)
 
 
 def _ipv6_only(listening: Any) -> bool:

@@ -15,21 +15,13 @@ from twisted.logger import Logger
 from sig2knock import __version__
 from sig2knock.daemon import netif
 from sig2knock.daemon.capture import KnockCapture
-from sig2knock.daemon.control import ControlPorts, ControlProtocol, binding_check, user_rate_limiter
+from sig2knock.daemon.control import control_ports
 from sig2knock.daemon.firewall_service import FirewallService
 from sig2knock.daemon.grants import PortGranter
-from sig2knock.daemon.ratelimit import RateLimiter
 from sig2knock.daemon.refusals import RefusalLog, RefusalSummary
 from sig2knock.daemon.sessions import KNOCK_PROTOCOLS, SessionTable
-from sig2knock.daemon.settings import (
-    ConfigError,
-    LiveSettings,
-    firewall_settings,
-    load_config,
-    merge,
-)
+from sig2knock.daemon.settings import LiveSettings, firewall_settings
 from sig2knock.daemon.startup import Prepared
-from sig2knock.daemon.users import UsersError, load_users
 from sig2knock.firewall import IFirewall, registry
 from sig2knock.protocol import cipher
 
@@ -93,28 +85,14 @@ class Sig2knockService(MultiService):
         )
         for part in (self.firewall, self.granter, capture, self.sessions):
             part.setServiceParent(self)
-        if config.listen_address is not None:
-            addresses = frozenset({config.listen_address})
-            accepts = binding_check(config.udp_port, lambda: addresses)
-        else:
-            accepts = binding_check(config.udp_port, lambda: self.host_addresses.current or ())
         refusals = RefusalLog()
-        self.control = ControlPorts(
+        self.control = control_ports(
             reactor,
-            config.udp_port,
-            config.listen_address,
-            partial(
-                ControlProtocol,
-                reactor,
-                keys=lambda: self.settings.users.by_key_id,
-                accepts=accepts,
-                sessions=self.sessions,
-                replay_cache=prepared.replay_cache,
-                max_skew=config.max_clock_skew,
-                limiter=RateLimiter(reactor),
-                user_limiter=user_rate_limiter(reactor),
-                refusals=refusals,
-            ),
+            self.settings,
+            self.sessions,
+            prepared.replay_cache,
+            lambda: self.host_addresses.current or frozenset(),
+            refusals,
         )
         self.control.setServiceParent(self)
         RefusalSummary(refusals, reactor).setServiceParent(self)
@@ -135,30 +113,9 @@ class Sig2knockService(MultiService):
 
     def reload(self) -> None:
         """
-        Read the configuration and users file again (SIGHUP). A file with an error is refused
-        with one log line and the daemon keeps running on what it had; settings bound to open
-        sockets, the capture, the firewall or the replay cache wait for a restart (logged).
+        Read the configuration and the users file again (SIGHUP): ``LiveSettings.reload``.
         """
-        running = self.settings.config
-        try:
-            loaded = load_config(running.path, self.prepared.interface_override)
-            users = load_users(loaded.users_file)
-            config, applied, pending = merge(running, loaded)
-        except (ConfigError, UsersError) as error:
-            self.log.error(
-                "reload refused, still running on the previous configuration: {error}",
-                error=str(error),
-            )
-            return
-        self.settings.replace(config, users)
-        self.log.info(
-            "reloaded {config_path}: {count} user(s); changed now: {applied}; waiting for a"
-            " restart: {pending}",
-            config_path=config.path,
-            count=len(users),
-            applied=", ".join(applied) or "nothing",
-            pending=", ".join(pending) or "nothing",
-        )
+        self.settings.reload(self.prepared.interface_override)
 
     def _hangup(self, signum: int, frame: object) -> None:
         self.reactor.callFromThread(self.reload)

@@ -40,8 +40,8 @@ class State(enum.Enum):
 
 # Which state may follow which; the rest are ends.
 TRANSITIONS: Dict[State, FrozenSet[State]] = {
-    State.PENDING: frozenset({State.COMPLETE, State.EXPIRED, State.REFUSED}),
-    State.COMPLETE: frozenset({State.GRANTING, State.EXPIRED, State.REFUSED}),
+    State.PENDING: frozenset({State.COMPLETE, State.EXPIRED}),
+    State.COMPLETE: frozenset({State.GRANTING, State.EXPIRED}),
     State.GRANTING: frozenset({State.GRANTED, State.REFUSED}),
     State.GRANTED: frozenset({State.USED, State.EXPIRED}),
     State.USED: frozenset(),

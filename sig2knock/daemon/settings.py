@@ -12,6 +12,8 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
+from twisted.logger import Logger
+
 from sig2knock.daemon import values
 from sig2knock.daemon.schema import (
     BY_KEY,
@@ -23,6 +25,7 @@ from sig2knock.daemon.schema import (
     SCHEMA,
 )
 from sig2knock.daemon.text import one_line
+from sig2knock.daemon.users import UsersError, load_users
 from sig2knock.firewall import FirewallSettings, registry
 
 
@@ -209,8 +212,10 @@ class LiveSettings:
     """
     The settings in force, in one place: the configuration (``config``) and the users
     (``users``). Components read them whenever they need a setting or a key, so that a reload
-    (``replace``) reaches them all at once.
+    (``reload``, or ``replace``) reaches them all at once.
     """
+
+    log = Logger()
 
     def __init__(self, config: Any, users: Any) -> None:
         self.config = config
@@ -222,6 +227,33 @@ class LiveSettings:
         """
         self.config = config
         self.users = users
+
+    def reload(self, interface_override: Optional[str] = None) -> None:
+        """
+        Read the configuration and its users file again (SIGHUP; ``interface_override`` is the
+        ``-i`` the daemon was started with). A file with an error is refused with one log line
+        and the settings in force stay; settings a reload cannot change wait for a restart
+        (``merge``), and the log says which.
+        """
+        try:
+            loaded = load_config(self.config.path, interface_override)
+            users = load_users(loaded.users_file)
+            config, applied, pending = merge(self.config, loaded)
+        except (ConfigError, UsersError) as error:
+            self.log.error(
+                "reload refused, still running on the previous configuration: {error}",
+                error=str(error),
+            )
+            return
+        self.replace(config, users)
+        self.log.info(
+            "reloaded {config_path}: {count} user(s); changed now: {applied}; waiting for a"
+            " restart: {pending}",
+            config_path=config.path,
+            count=len(users),
+            applied=", ".join(applied) or "nothing",
+            pending=", ".join(pending) or "nothing",
+        )
 
 
 def merge(running: Any, loaded: Any) -> Tuple[Any, List[str], List[str]]:

@@ -4,6 +4,7 @@ and logs every refusal with its source and reason.
 """
 
 import ipaddress
+import types
 from typing import List, Tuple
 
 from twisted.internet.protocol import DatagramProtocol
@@ -17,6 +18,7 @@ from sig2knock.daemon.control import (
     ControlPorts,
     ControlProtocol,
     binding_check,
+    control_ports,
     rate_key,
 )
 from sig2knock.daemon.packets import Knock
@@ -288,6 +290,68 @@ class BindingCheckTests(SynchronousTestCase):
         self.assertFalse(accepts(Binding.of("198.18.0.1", 1002)))
         addresses.clear()
         self.assertFalse(accepts(SERVER))
+
+
+class UdpRecordingClock(Clock):
+    """
+    A clock that records ``listenUDP(port, protocol, interface)`` calls instead of binding.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udp: List[Tuple[int, DatagramProtocol, str]] = []
+
+    def listenUDP(self, port: int, protocol: DatagramProtocol, interface: str = "") -> object:
+        self.udp.append((port, protocol, interface))
+        return types.SimpleNamespace(stopListening=lambda: None, getHandle=lambda: None)
+
+
+class ControlChannelTests(SynchronousTestCase):
+    """
+    ``control_ports`` builds the channel from the settings in force: the socket of UDP_PORT,
+    the bindings it answers for, and the users of each message read from the live settings.
+    """
+
+    def channel(self, listen_address: object, hosts: List[object]) -> Tuple[object, object]:
+        clock = UdpRecordingClock()
+        settings = live_settings(udp_port=1001, listen_address=listen_address, max_clock_skew=60.0)
+        settings.users = types.SimpleNamespace(by_key_id={ALICE.key_id: ALICE})
+        sessions = SessionTable(
+            clock, granter=FakeGranter(clock), capture=FakeCapture, settings=settings
+        )
+        replay_cache = ReplayCache(None, 60, NOW)
+        ports = control_ports(
+            clock, settings, sessions, replay_cache, lambda: frozenset(hosts), RefusalLog()
+        )
+        ports.open()
+        return clock, settings
+
+    def test_listenAddress(self) -> None:
+        """
+        With LISTEN_ADDRESS, one socket there, answering for that address alone.
+        """
+        clock, _ = self.channel(SERVER.address, [ipaddress.ip_address("198.18.0.9")])
+        ((port, protocol, interface),) = clock.udp
+        self.assertEqual((port, interface), (1001, "198.18.0.1"))
+        self.assertTrue(protocol.accepts(SERVER))
+        self.assertFalse(protocol.accepts(Binding.of("198.18.0.9", 1001)))
+        self.assertFalse(protocol.accepts(Binding.of("198.18.0.1", 1002)))
+
+    def test_hostAddresses(self) -> None:
+        """
+        Without it, every address, answering for the host's addresses as they are at each
+        message; the users are those in force at each message (a reload reaches the channel).
+        """
+        hosts = [SERVER.address]
+        clock, settings = self.channel(None, hosts)
+        port, protocol, interface = clock.udp[0]
+        self.assertEqual((port, interface), (1001, "::"))
+        self.assertTrue(protocol.accepts(SERVER))
+        hosts.clear()
+        self.assertFalse(protocol.accepts(SERVER))
+        self.assertEqual(protocol.keys(), {ALICE.key_id: ALICE})
+        settings.users = types.SimpleNamespace(by_key_id={})
+        self.assertEqual(protocol.keys(), {})
 
 
 class ControlPortsTests(TestCase):

@@ -22,6 +22,7 @@ from sig2knock.daemon.refusals import RefusalSummary
 from sig2knock.daemon.replay import ReplayCache
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.sessions import SessionTable
+from sig2knock.daemon.settings import LiveSettings
 from sig2knock.firewall import FirewallError
 from sig2knock.firewall.null import NoFirewall
 from sig2knock.test.common import StoppingReactor, write_config, write_users
@@ -212,7 +213,7 @@ class ServiceReloadTests(SynchronousTestCase):
             prepared, Clock(), watch_addresses=FakeAddressWatcher
         )
         self.events: List[dict] = []
-        self.patch(service.Sig2knockService, "log", Logger(observer=self.events.append))
+        self.patch(LiveSettings, "log", Logger(observer=self.events.append))
         self.addCleanup(self.daemon.prepared.replay_cache.close)
 
     def test_newUsersAndSettingsApply(self) -> None:

@@ -1,0 +1,191 @@
+"""
+The documents that name code stay true to it: every test that docs/SECURITY.md gives as the proof
+of a promise exists, every function docs/ARCHITECTURE.md names on the path of a knock exists
+where it says, every module is in its list, and the drawing of a session's states
+(docs/server-statemachine.dot) has exactly the states and moves of ``sig2knock.daemon.session``.
+They read the checkout's files; no root needed.
+"""
+
+import ast
+import os
+import re
+from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock.daemon.schema import KNOWN_KEYS
+from sig2knock.daemon.session import TRANSITIONS, State
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(REPOSITORY, "docs")
+PACKAGES = ("protocol", "client", "daemon", "firewall")
+
+_CODE = re.compile(r"`([^`]+)`")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_TEST_NAME = re.compile(r"(test_\w+|[A-Z]\w*Tests(\.test_\w+)?)")
+
+
+def read(name: str) -> str:
+    with open(os.path.join(DOCS, name), encoding="utf-8") as document:
+        return document.read()
+
+
+def names_in(path: str) -> Set[str]:
+    """
+    What ``path`` defines: its top-level functions, classes and assignments, and each class's
+    members as ``Class.member``.
+    """
+    with open(path, encoding="utf-8") as source:
+        tree = ast.parse(source.read(), path)
+    defined: Set[str] = set()
+
+    def assigned(node: ast.AST) -> List[str]:
+        if isinstance(node, ast.Assign):
+            return [target.id for target in node.targets if isinstance(target, ast.Name)]
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            return [node.target.id]
+        return []
+
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        defined.update(assigned(node))
+        if isinstance(node, ast.ClassDef):
+            for member in node.body:
+                if isinstance(member, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    defined.add(f"{node.name}.{member.name}")
+                for name in assigned(member):
+                    defined.add(f"{node.name}.{name}")
+    return defined
+
+
+def package_modules() -> Iterator[Tuple[str, str]]:
+    """
+    (package, module name) of every module of the four packages.
+    """
+    for package in PACKAGES:
+        directory = os.path.join(REPOSITORY, "sig2knock", package)
+        for entry in sorted(os.listdir(directory)):
+            if entry.endswith(".py") and entry != "__init__.py":
+                yield package, entry[:-3]
+
+
+def find_test_module(name: str) -> Optional[str]:
+    """
+    The path of a test module named in a document: as written, or in sig2knock/test/.
+    """
+    for candidate in (name, os.path.join("sig2knock", "test", name)):
+        path = os.path.join(REPOSITORY, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def cited(text: str, is_name: "re.Pattern[str]") -> Iterator[Tuple[str, Optional[str], str]]:
+    """
+    (row, file, name) for every name in backquotes that follows a ``*.py`` file in the same
+    table row of ``text`` (the file it is defined in); ``is_name`` picks which backquoted words
+    are code names.
+    """
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            continue
+        current: Optional[str] = None
+        for token in _CODE.findall(line):
+            if token.endswith(".py"):
+                current = token
+            elif current is not None and is_name.fullmatch(token):
+                yield line, current, token
+
+
+class SecurityProofsTests(SynchronousTestCase):
+    """
+    docs/SECURITY.md proves each promise by tests; each one it names is there.
+    """
+
+    def test_everyCitedTestExists(self) -> None:
+        missing = []
+        for line, name, test in cited(read("SECURITY.md"), _TEST_NAME):
+            path = find_test_module(name)
+            if path is None:
+                missing.append(f"{name} (no such file)")
+            else:
+                defined = names_in(path)
+                methods = {member.split(".")[-1] for member in defined}
+                if test not in defined and test not in methods:
+                    missing.append(f"{name} {test}")
+        self.assertEqual(missing, [])
+
+    def test_everyCitedFileExists(self) -> None:
+        files = set(re.findall(r"`([\w/]*test_\w+\.py)`", read("SECURITY.md")))
+        self.assertGreater(len(files), 10)
+        self.assertEqual(sorted(name for name in files if find_test_module(name) is None), [])
+
+
+class ArchitectureTests(SynchronousTestCase):
+    """
+    docs/ARCHITECTURE.md names the functions of a knock's hops where they are, and lists every
+    module.
+    """
+
+    def setUp(self) -> None:
+        self.text = read("ARCHITECTURE.md")
+
+    def test_namedFunctionsExist(self) -> None:
+        checked, missing = 0, []
+        for _, name, code in cited(self.text, _NAME):
+            if code in KNOWN_KEYS:
+                continue  # a configuration key mentioned beside the code
+            checked += 1
+            path = os.path.join(REPOSITORY, name)
+            if not os.path.isfile(path) or code not in names_in(path):
+                missing.append(f"{name} {code}")
+        self.assertGreater(checked, 30)
+        self.assertEqual(missing, [])
+
+    def test_methodsNamedAnywhereExist(self) -> None:
+        """
+        ``Class.method`` in the text (not only in the hop table) is a method of a class of the
+        package.
+        """
+        defined: Set[str] = set()
+        for package, module in package_modules():
+            defined |= names_in(os.path.join(REPOSITORY, "sig2knock", package, module + ".py"))
+        methods = set(re.findall(r"`([A-Z]\w*\.\w+)`", self.text))
+        self.assertGreater(len(methods), 10)
+        self.assertEqual(sorted(methods - defined), [])
+
+    def test_everyModuleListed(self) -> None:
+        sections: Dict[str, str] = {}
+        for package in PACKAGES:
+            match = re.search(rf"\*\*{package}/\*\*:(.*?)(?:\n\n|\Z)", self.text, re.S)
+            self.assertIsNotNone(match, f"no list of {package}/")
+            sections[package] = match.group(1)  # type: ignore[union-attr]
+        unlisted = [
+            f"{package}/{module}"
+            for package, module in package_modules()
+            if f"`{module}`" not in sections[package]
+        ]
+        self.assertEqual(unlisted, [])
+
+
+class StateDrawingTests(SynchronousTestCase):
+    """
+    The drawing has the session's states and exactly the moves ``TRANSITIONS`` allows.
+    """
+
+    def setUp(self) -> None:
+        drawing = read("server-statemachine.dot")
+        self.edges = set(re.findall(r"^\s*(\w+)\s*->\s*(\w+)", drawing, re.M))
+        self.nodes = set(re.findall(r"^\s*(\w+)\s*\[label=", drawing, re.M))
+
+    def test_states(self) -> None:
+        self.assertEqual(self.nodes - {"start"}, {state.value for state in State})
+
+    def test_moves(self) -> None:
+        drawn = {(start, end) for start, end in self.edges if start != end and start != "start"}
+        allowed = {
+            (state.value, later.value) for state, laters in TRANSITIONS.items() for later in laters
+        }
+        self.assertEqual(drawn, allowed)
+        self.assertEqual({end for start, end in self.edges if start == "start"}, {"pending"})
