@@ -16,7 +16,6 @@ from typing import Any, Callable, List, Optional, TextIO, Union
 from sig2knock import __version__
 from sig2knock.client import portable
 from sig2knock.client.knocker import DEFAULT_KNOCKS, ClientError, knock, user_key
-from sig2knock.client.relay import connect, relay
 from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
 from sig2knock.protocol.kdf import KdfError, KdfParams, check_user_name, password_line
 from sig2knock.protocol.wire import MAX_KNOCKS, UserKey
@@ -314,6 +313,8 @@ def run(options: argparse.Namespace) -> int:
         report(f"running {_program(command)}")
         return run_command(command)
     if options.stdio:
+        from sig2knock.client.relay import connect, relay  # not at every start: --stdio only
+
         with connect(result, options.timeout) as sock:
             report(f"connected to {result.target.address} port {result.port}")
             relay(sock)
