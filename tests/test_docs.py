@@ -1,9 +1,9 @@
 """
-The documents that name code stay true to it: every test that docs/SECURITY.md gives as the proof
-of a promise exists, every function docs/ARCHITECTURE.md names on the path of a knock exists
-where it says, every module is in its list, and the drawing of a session's states
-(docs/server-statemachine.dot) has exactly the states and moves of ``sig2knock.daemon.session``.
-They read the checkout's files; no root needed.
+The documents that name code stay true to it: every test that docs/SECURITY.md gives as the proof of
+a promise exists, every function docs/ARCHITECTURE.md names on the path of a knock exists where it
+says, every module is in its list, the README's configuration reference is the schema's, and the
+drawing of a session's states (docs/server-statemachine.dot) has exactly the states and moves of
+``sig2knock.daemon.session``. They read the checkout's files; no root needed.
 """
 
 import ast
@@ -13,6 +13,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from sig2knock.daemon import schema
 from sig2knock.daemon.schema import KNOWN_KEYS
 from sig2knock.daemon.session import TRANSITIONS, State
 
@@ -96,6 +97,18 @@ def cited(text: str, is_name: "re.Pattern[str]") -> Iterator[Tuple[str, Optional
                 current = token
             elif current is not None and is_name.fullmatch(token):
                 yield line, current, token
+
+
+class ConfigurationReferenceTests(SynchronousTestCase):
+    """
+    The README's configuration reference is the table the settings' schema gives, verbatim: a
+    key added, a default or a reload class changed in the code shows in the README or fails here.
+    """
+
+    def test_readmeHasTheSchemaTable(self) -> None:
+        with open(os.path.join(REPOSITORY, "README.md"), encoding="utf-8") as readme:
+            text = readme.read()
+        self.assertIn(schema.reference_table(), text)
 
 
 class SecurityProofsTests(SynchronousTestCase):

@@ -24,7 +24,7 @@ Addresses are compared in their plain form: an IPv4-mapped IPv6 address given to
 from typing import Any, Callable, FrozenSet, Optional
 
 import pcapy
-from twisted.application.service import Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -113,7 +113,7 @@ def _activation_error(interface: str, status: int) -> str:
 
 
 @implementer(IReadDescriptor)
-class KnockCapture(Service):
+class KnockCapture(MultiService):
     """
     Knocks of ``protocol`` on ``interface``, delivered to ``on_knock`` (a ``Knock`` each),
     as a service of the daemon: ``open`` opens the handle (before twistd starts anything, so a
@@ -122,7 +122,9 @@ class KnockCapture(Service):
     ``reactor`` provides ``IReactorFDSet`` and ``IReactorTime``; ``open_handle(interface)`` returns
     an activated pcapy-like handle (``open_live_handle``, or a fake in tests). Only knocks from a
     source given to ``watch`` to a destination given to ``set_destinations`` are delivered; UDP
-    datagrams to ``control_port`` are never knocks.
+    datagrams to ``control_port`` are never knocks. With ``watch_addresses`` (``AddressWatcher``
+    or a fake), the capture owns a child service that keeps its destinations the addresses of
+    ``interface``: ``watch_addresses(reactor, interface, set_destinations)``.
     """
 
     log = Logger()
@@ -136,9 +138,11 @@ class KnockCapture(Service):
         on_knock: Callable[[Knock], None],
         open_handle: Callable[[str], Any] = open_live_handle,
         max_per_read: int = MAX_PACKETS_PER_READ,
+        watch_addresses: Optional[Callable[..., IService]] = None,
     ) -> None:
         if protocol not in (PROTO_TCP, PROTO_UDP):
             raise ValueError(f"knock protocol must be TCP or UDP, not {protocol}")
+        super().__init__()
         self._reactor = reactor
         self.interface = interface
         self.protocol = protocol
@@ -153,6 +157,8 @@ class KnockCapture(Service):
         self._destinations: FrozenSet[IPAddress] = frozenset()
         self._installed: Optional[str] = None
         self._continuation: Any = None
+        if watch_addresses is not None:
+            watch_addresses(reactor, interface, self.set_destinations).setServiceParent(self)
 
     @property
     def installed_filter(self) -> Optional[str]:
@@ -191,16 +197,17 @@ class KnockCapture(Service):
             datalink=datalink,
         )
 
-    def stopService(self) -> None:
+    def stopService(self) -> Any:
         """
-        Stop reading and close the handle. Harmless when not opened.
+        Stop watching the interface's addresses, stop reading and close the handle. Harmless
+        when not opened.
         """
-        super().stopService()
-        if self._handle is None:
-            return
-        self._reactor.removeReader(self)
-        self._close()
-        self.log.info("stopped capturing on {interface}", interface=self.interface)
+        stopping = super().stopService()
+        if self._handle is not None:
+            self._reactor.removeReader(self)
+            self._close()
+            self.log.info("stopped capturing on {interface}", interface=self.interface)
+        return stopping
 
     def watch(self, sources: FrozenSet[IPAddress]) -> None:
         """

@@ -15,7 +15,7 @@ import socket
 from functools import partial
 from typing import Any, Callable, Hashable, List, Mapping, Optional, Tuple
 
-from twisted.application.service import Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
@@ -217,13 +217,14 @@ class ControlPortError(Exception):
     """
 
 
-class ControlPorts(Service):
+class ControlPorts(MultiService):
     """
     The daemon's control sockets on ``port``: on ``listen_address``, or on every address of
     both families (one dual-stack socket, or one per family where IPv6 sockets take no IPv4).
     ``protocol()`` makes the ``ControlProtocol`` of each socket. ``open`` binds them (before
     twistd starts anything, so a port in use stops the daemon with one line); stopping the
-    service closes them.
+    service closes them. Its children (the watcher of the host's addresses that the protocols
+    accept bindings to) start and stop with it.
     """
 
     def __init__(
@@ -233,6 +234,7 @@ class ControlPorts(Service):
         listen_address: Optional[IPAddress],
         protocol: Callable[[], ControlProtocol],
     ) -> None:
+        super().__init__()
         self.reactor = reactor
         self.port = port
         self.listen_address = listen_address
@@ -277,10 +279,10 @@ class ControlPorts(Service):
 
     def stopService(self) -> Deferred:
         """
-        Close the control sockets.
+        Close the control sockets, and stop the children.
         """
-        super().stopService()
-        return DeferredList([d for d in self._close() if d is not None])
+        stopping = super().stopService()
+        return DeferredList([stopping] + [d for d in self._close() if d is not None])
 
 
 def control_ports(
@@ -288,22 +290,24 @@ def control_ports(
     settings: Any,
     sessions: SessionTable,
     replay_cache: ReplayCache,
-    host_addresses: Callable[[], "frozenset[IPAddress]"],
+    watch_addresses: Callable[..., IService],
     refusals: RefusalLog,
 ) -> ControlPorts:
     """
     The daemon's control channel for the ``LiveSettings`` ``settings``: its sockets on
     ``UDP_PORT`` (at ``LISTEN_ADDRESS``, or at every address), each read by a ``ControlProtocol``
     that takes the users in force at each message and accepts messages bound to the listen
-    address, or to one of ``host_addresses()`` (the host's addresses as they are now), and
-    reports its refusals to ``refusals``.
+    address, or to an address the host has now (kept by a child service of the control ports,
+    ``watch_addresses(reactor, None, None)``), and reports its refusals to ``refusals``.
     """
     config = settings.config
+    host = None
     if config.listen_address is not None:
         listen_addresses = frozenset({config.listen_address})
         accepts = binding_check(config.udp_port, lambda: listen_addresses)
     else:
-        accepts = binding_check(config.udp_port, host_addresses)
+        host = watch_addresses(reactor, None, None)
+        accepts = binding_check(config.udp_port, lambda: host.current or frozenset())
     protocol = partial(
         ControlProtocol,
         reactor,
@@ -316,7 +320,10 @@ def control_ports(
         user_limiter=user_rate_limiter(reactor),
         refusals=refusals,
     )
-    return ControlPorts(reactor, config.udp_port, config.listen_address, protocol)
+    ports = ControlPorts(reactor, config.udp_port, config.listen_address, protocol)
+    if host is not None:
+        host.setServiceParent(ports)
+    return ports
 
 
 def _ipv6_only(listening: Any) -> bool:

@@ -5,7 +5,7 @@ before they are in place, and at the end removes the grants, leaving the base ru
 host stays closed.
 """
 
-from typing import Any, List, Set
+from typing import Any, List, Optional, Set
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
@@ -27,7 +27,8 @@ class FirewallService(Service):
     """
     ``firewall`` (the backend registered as ``backend``, chosen for ``reason``) under policy
     ``policy``. ``grant`` and ``revoke`` are the backend's, refused with ``SessionRefused`` until
-    the rules are in place; ``when_ready()`` fires once they are.
+    the rules are in place (``not_ready()`` says so beforehand); ``when_ready()`` fires once they
+    are.
     """
 
     log = Logger()
@@ -90,13 +91,23 @@ class FirewallService(Service):
         else:
             self.reactor.callWhenRunning(self.reactor.stop)
 
+    def not_ready(self) -> Optional[SessionRefused]:
+        """
+        The refusal of a grant asked for now, while the rules are not in place; ``None`` once
+        they are.
+        """
+        if self.ready:
+            return None
+        return SessionRefused("firewall-not-ready", "the firewall rules are not in place")
+
     def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
         """
         Let ``source`` reach ``port`` until ``deadline``: the backend's ``grant``, once the rules
         are in place.
         """
-        if not self.ready:
-            return fail(SessionRefused("firewall-not-ready", "the firewall rules are not in place"))
+        refusal = self.not_ready()
+        if refusal is not None:
+            return fail(refusal)
         return self._change(self.firewall.grant, source, port, deadline)
 
     def revoke(self, source: IPAddress, port: int) -> Deferred:

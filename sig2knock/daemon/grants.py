@@ -1,8 +1,9 @@
 """
 Grants: a random free port from ``ASSIGN_PORT_RANGE``, listening for one connection from the
 knocking address, forwarded to the hidden service, and opened in the firewall for that address
-alone. ``PortGranter.open`` gives an ``OpenGrant``; its owner (the session) closes it when its one
-connection came or its deadline passed. A firewall that refuses the grant refuses the session,
+alone. ``PortGranter.open`` gives an ``OpenGrant``. The grant closes itself when its one connection
+comes (then ``used`` fires), and its owner (the session table) expires it when its deadline passes.
+A firewall that refuses the grant refuses the session,
 and the listener is closed again: nothing stays half-open.
 """
 
@@ -82,6 +83,13 @@ class OpenGrant:
         )
         return self._granter.release(self)
 
+    def discard(self) -> "Deferred[Any]":
+        """
+        End a grant the firewall refused: it added nothing, so only the listener is closed.
+        """
+        self.closed = True
+        return self._granter.release(self, revoke=False)
+
     def stop_listening(self) -> "Deferred[Any]":
         """
         Close the listener, if there is one (the granter's part of closing).
@@ -123,6 +131,9 @@ class PortGranter(Service):
         Open a random free port for ``source``; fires with its ``OpenGrant``, or fails with
         ``SessionRefused`` when no port can be opened or the firewall refuses.
         """
+        refusal = self.firewall.not_ready()
+        if refusal is not None:  # not even a listener before the rules are in place
+            return fail(refusal)
         config = self.settings.config
         low, high = config.assign_port_range
         for _ in range(MAX_PORT_ATTEMPTS):
@@ -146,7 +157,7 @@ class PortGranter(Service):
             opening.addCallbacks(self._opened, self._refused, (grant,), None, (grant,))
             return opening
         detail = f"no free port found in {low}-{high} (ASSIGN_PORT_RANGE)"
-        return fail(SessionRefused("no-free-port", detail))
+        return fail(SessionRefused("no-free-port", detail, severe=True))
 
     def _forget_opening(self, result: Any, opening: Deferred) -> Any:
         self._opening.discard(opening)
@@ -163,14 +174,12 @@ class PortGranter(Service):
             port=grant.port,
             user=grant.user,
             source=str(grant.source),
-            open_time=grant.deadline - self.reactor.seconds(),
+            open_time=self.settings.config.singleconn_portopen_time,
         )
         return grant
 
     def _refused(self, failure: Any, grant: OpenGrant) -> Any:
-        grant.closed = True
-        # The firewall added nothing: only the listener is to be closed.
-        self.release(grant, revoke=False)
+        grant.discard()
         if failure.check(SessionRefused):  # the firewall's rules are not in place yet
             return failure
         raise SessionRefused("firewall", failure.getErrorMessage(), severe=True)

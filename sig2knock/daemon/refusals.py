@@ -41,16 +41,18 @@ class RefusalLog:
         self, source: str, port: int, reason: str, detail: str, severe: bool = False
     ) -> None:
         """
-        Count one refusal from ``source``/``port`` and log it if the interval's quota allows:
-        at info level, or at error level when it is ``severe`` (the operator must look into it:
-        the firewall refused a change).
+        Count one refusal from ``source``/``port`` and log it: at info level if the interval's
+        quota allows, or always, at error level, when it is ``severe`` (the operator must look
+        into it: the firewall refused a change, no port was free). Only an authenticated
+        session can be refused as severe, so junk cannot flood the log this way.
         """
         self.totals[reason] += 1
         self._reasons[reason] += 1
         if source in self._sources or len(self._sources) < MAX_SOURCES_PER_INTERVAL:
             self._sources[source] += 1
-        if self._detailed < self.detailed_per_interval:
-            self._detailed += 1
+        if severe or self._detailed < self.detailed_per_interval:
+            if not severe:
+                self._detailed += 1
             (self.log.error if severe else self.log.info)(
                 "refused datagram from {source} port {source_port}: {reason} ({detail})",
                 source=source,

@@ -6,10 +6,10 @@ configuration reference and ``sig2knockd.conf(5)`` all read these rows; adding a
 here and the code that uses it.
 """
 
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Tuple
 
 from sig2knock.daemon import values
-from sig2knock.firewall import registry
+from sig2knock.firewall import POLICIES, registry
 from sig2knock.protocol.wire import MAX_KNOCKS
 
 # What a reload (SIGHUP) does with a changed value.
@@ -120,7 +120,7 @@ SCHEMA: Tuple[Setting, ...] = (
         " knocking address. See [Firewall](#firewall).",
     ),
     Setting(
-        "FIREWALL_POLICY", "firewall_policy", values.Choice(("ports", "lockdown")), "ports",
+        "FIREWALL_POLICY", "firewall_policy", values.Choice(POLICIES), "ports",
         "`ports`", RESTART,
         "`ports` gates only `ASSIGN_PORT_RANGE` and leaves the host's other rules alone: the"
         " safe default, it cannot lock an admin out. `lockdown` drops every new inbound"
@@ -180,13 +180,6 @@ RELOAD_TEXT = {
     RESTART: "restart",
     LIVE_UNLESS_NAT: "next session (restart with `FORWARD_MODE = nat`)",
 }
-
-
-def setting(key: str) -> Optional[Setting]:
-    """
-    The row of ``key``, or ``None`` for an unknown key.
-    """
-    return BY_KEY.get(key)
 
 
 def reference_table() -> str:

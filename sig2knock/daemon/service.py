@@ -9,8 +9,10 @@ import signal
 from functools import partial
 from typing import Any, Callable, Optional
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sig2knock import __version__
 from sig2knock.daemon import netif
@@ -19,19 +21,20 @@ from sig2knock.daemon.control import control_ports
 from sig2knock.daemon.firewall_service import FirewallService
 from sig2knock.daemon.grants import PortGranter
 from sig2knock.daemon.refusals import RefusalLog, RefusalSummary
-from sig2knock.daemon.sessions import KNOCK_PROTOCOLS, SessionTable
+from sig2knock.daemon.sessions import SessionTable
 from sig2knock.daemon.settings import LiveSettings, firewall_settings
 from sig2knock.daemon.startup import Prepared
 from sig2knock.firewall import IFirewall, registry
 from sig2knock.protocol import cipher
+from sig2knock.protocol.addresses import PROTOCOLS_BY_NAME
 
 
 class Sig2knockService(MultiService):
     """
     The daemon. Its children, in the order they start (they stop in reverse): the replay cache
-    (closed last), the watchers of the host's and the capture interface's addresses, the firewall,
-    the granter, the knock capture, the session table, the control ports and the refusal
-    summary.
+    (closed last), the firewall, the granter, the knock capture (with the watcher of its
+    interface's addresses), the session table, the control ports (with the watcher of the host's
+    addresses) and the refusal summary.
 
     ``open`` opens the capture handle and the control ports; ``tap.makeService`` calls it before
     twistd starts anything, so a missing permission or a port in use stops the daemon with one
@@ -56,8 +59,6 @@ class Sig2knockService(MultiService):
         config = prepared.config
         self.settings = LiveSettings(config, prepared.users)
         prepared.replay_cache.setServiceParent(self)
-        self.host_addresses = watch_addresses(reactor, None, None)
-        self.host_addresses.setServiceParent(self)
         if firewall is None:
             backend, reason = registry.choose(config.firewall, config.firewall_policy)
             firewall = backend.build(reactor, firewall_settings(config, prepared.interface))
@@ -74,29 +75,27 @@ class Sig2knockService(MultiService):
                 KnockCapture,
                 reactor,
                 prepared.interface,
-                KNOCK_PROTOCOLS[config.knock_proto],
+                PROTOCOLS_BY_NAME[config.knock_proto],
                 config.udp_port,
+                watch_addresses=watch_addresses,
                 **capture_options,
             ),
         )
-        capture = self.sessions.capture
-        watch_addresses(reactor, prepared.interface, capture.set_destinations).setServiceParent(
-            self
-        )
-        for part in (self.firewall, self.granter, capture, self.sessions):
-            part.setServiceParent(self)
         refusals = RefusalLog()
         self.control = control_ports(
-            reactor,
-            self.settings,
-            self.sessions,
-            prepared.replay_cache,
-            lambda: self.host_addresses.current or frozenset(),
-            refusals,
+            reactor, self.settings, self.sessions, prepared.replay_cache, watch_addresses, refusals
         )
-        self.control.setServiceParent(self)
-        RefusalSummary(refusals, reactor).setServiceParent(self)
+        for part in (
+            self.firewall,
+            self.granter,
+            self.sessions.capture,
+            self.sessions,
+            self.control,
+            RefusalSummary(refusals, reactor),
+        ):
+            part.setServiceParent(self)
         self._previous_hangup: Any = None
+        self._saying_ready: Any = None
 
     def open(self) -> None:
         """
@@ -150,13 +149,15 @@ class Sig2knockService(MultiService):
         if hasattr(self.reactor, "callFromThread"):
             self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
         # Said from a turn of the reactor, once signal handlers are in place.
-        self.firewall.when_ready().addCallback(
-            lambda _: self.reactor.callLater(0, self._ready)
-        )
+        self.firewall.when_ready().addCallback(self._say_ready_soon)
+
+    def _say_ready_soon(self, _: object) -> None:
+        if self.running:
+            self._saying_ready = self.reactor.callLater(0, self._ready)
 
     def _ready(self) -> None:
-        if self.running:
-            self.log.info("sig2knock ready")
+        self._saying_ready = None
+        self.log.info("sig2knock ready")
 
     def stopService(self) -> Any:
         """
@@ -167,4 +168,17 @@ class Sig2knockService(MultiService):
         if self._previous_hangup is not None:
             signal.signal(signal.SIGHUP, self._previous_hangup)
             self._previous_hangup = None
-        return super().stopService()
+        if self._saying_ready is not None:
+            self._saying_ready.cancel()
+            self._saying_ready = None
+        # MultiService's own stop leaves a child's failure unhandled: each is logged here.
+        Service.stopService(self)
+        stopping = []
+        for child in reversed(list(self)):
+            stopped = maybeDeferred(child.stopService)
+            stopped.addErrback(self._stop_failed, child)
+            stopping.append(stopped)
+        return DeferredList(stopping, consumeErrors=True)
+
+    def _stop_failed(self, failure: Failure, child: IService) -> None:
+        self.log.failure("{part} failed to stop", failure, part=type(child).__name__)

@@ -10,7 +10,9 @@ One knock session and the states of its life, from a valid P1 to its end:
 ``docs/server-statemachine.dot``). ``used``, ``expired`` and ``refused`` are ends. A session has one
 timer at a time, its deadline: the knock deadline while pending or complete, none while the grant
 is being opened (the firewall tool has its own time limit), the grant's deadline once granted.
-``sig2knock.daemon.sessions.SessionTable`` is the one owner that moves sessions along.
+``sig2knock.daemon.sessions.SessionTable`` is the one owner that moves sessions along. In nat mode
+the kernel takes a grant's connection unseen, so a used grant ends as ``expired`` too; a daemon
+that stops drops every session, in any state, without a move.
 """
 
 import enum
@@ -91,13 +93,6 @@ class Session:
         """
         return (self.source, self.session_id)
 
-    @property
-    def live(self) -> bool:
-        """
-        Whether the session has not ended.
-        """
-        return bool(TRANSITIONS[self.state])
-
     def move(self, state: State) -> None:
         """
         Go to ``state``; a move its life does not allow is a programming error.
@@ -118,6 +113,14 @@ class Session:
                 self.move(State.COMPLETE)
                 return True
         return False
+
+    def granted(self, grant: Any) -> None:
+        """
+        The session's grant is open: it is ``granted`` until its connection comes or its
+        deadline passes.
+        """
+        self.move(State.GRANTED)
+        self.grant = grant
 
     def set_deadline(self, timer: Optional[IDelayedCall]) -> None:
         """

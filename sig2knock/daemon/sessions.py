@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from sig2knock.daemon.packets import Knock
 from sig2knock.daemon.session import Session, SessionRefused, State
 from sig2knock.daemon.waiting import cancel
-from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP, PROTOCOL_NAMES, IPAddress
+from sig2knock.protocol.addresses import PROTOCOL_NAMES, PROTOCOLS_BY_NAME, IPAddress
 from sig2knock.protocol.wire import KnockRequest
 
 DEFAULT_MAX_PER_SOURCE = 8
@@ -49,7 +49,6 @@ MAX_WAITERS = 8
 # How long after a sequence completes the capture filter is narrowed again: not at once, because
 # the grant being opened (its firewall change runs on a worker thread) would wait for it.
 NARROW_DELAY = 0.05
-KNOCK_PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
 
 
 class SessionTable(Service):
@@ -127,7 +126,7 @@ class SessionTable(Service):
             if existing.user != user or existing.ports != request.ports:
                 raise SessionRefused("session-conflict", "session id in use with other content")
             return None
-        expected = KNOCK_PROTOCOLS[config.knock_proto]
+        expected = PROTOCOLS_BY_NAME[config.knock_proto]
         if request.protocol != expected:
             raise SessionRefused(
                 "knock-protocol",
@@ -256,8 +255,7 @@ class SessionTable(Service):
         if self._sessions.get(session.key) is not session:
             grant.close("the daemon stopped while it was opened")
             return
-        session.move(State.GRANTED)
-        session.grant = grant
+        session.granted(grant)
         remaining = max(grant.deadline - self.clock.seconds(), 0.0)
         session.set_deadline(self.clock.callLater(remaining, self._grant_overdue, session))
         grant.used.addCallback(lambda _: self._used(session))
@@ -275,7 +273,8 @@ class SessionTable(Service):
                 user=session.user,
                 source=str(session.source),
             )
-            refusal = SessionRefused("grant-failed", failure.getErrorMessage(), severe=True)
+            # Logged above: the refusal line need not say it again at error level.
+            refusal = SessionRefused("grant-failed", failure.getErrorMessage())
         self._end(session, State.REFUSED)
         for waiter in session.take_waiters():
             waiter.errback(refusal)

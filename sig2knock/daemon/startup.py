@@ -18,6 +18,8 @@ from sig2knock.daemon.users import Users, load_users
 class Prepared:
     """
     What the daemon loaded at start: its configuration, its users and its replay cache.
+    ``config`` and ``users`` stay as they were at start: after a reload the settings in force
+    are the service's ``LiveSettings``, never these.
     """
 
     config: Config

@@ -127,4 +127,7 @@ def open_daemon(
                 sys.stderr.flush()
                 announced = True
             sleep(1.0)
-
+        except BaseException:
+            if prepared is not None:  # nothing else is open: the daemon undid its own part
+                prepared.replay_cache.close()
+            raise

@@ -16,6 +16,11 @@ from zope.interface import Attribute, Interface
 from sig2knock.protocol.addresses import IPAddress
 
 
+# FIREWALL_POLICY: ``ports`` gates the assigned ports only, ``lockdown`` drops every new inbound
+# connection that is not let in.
+POLICIES = ("ports", "lockdown")
+
+
 class FirewallError(Exception):
     """
     The firewall refused a change or its tool could not be run; the message says which and why.

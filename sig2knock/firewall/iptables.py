@@ -207,9 +207,19 @@ class IptablesFirewall:
                 address, port, datestop(deadline), self.settings.nat_to
             )
             rules = [(family, "nat", NAT_CHAIN, once), (family, "nat", NAT_CHAIN, dnat)]
-        # Inserted at the top in reverse, so they stand in the chain in the order listed.
-        for rule_family, table, chain, spec in reversed(rules):
-            yield self._run(rule_family, [*_table(table), "-I", chain, "1", *spec])
+        # Inserted at the top in reverse, so they stand in the chain in the order listed. A
+        # refused insert takes back the ones before it: a refused grant leaves nothing behind
+        # (a nat DNAT rule without its one-connection guard would let several in).
+        inserted: List[Rule] = []
+        try:
+            for rule in reversed(rules):
+                rule_family, table, chain, spec = rule
+                yield self._run(rule_family, [*_table(table), "-I", chain, "1", *spec])
+                inserted.append(rule)
+        except FirewallError:
+            for rule in inserted:
+                yield self._delete(*rule)
+            raise
         previous = self.grants.get(key)
         self.grants[key] = rules
         if previous is not None and previous != rules:

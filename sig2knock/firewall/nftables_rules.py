@@ -9,7 +9,7 @@ The nftables backend's scripts (pure functions, tested for their exact text): th
 import ipaddress
 from typing import Any, List, Optional, Tuple
 
-from sig2knock.firewall import FirewallError, FirewallSettings
+from sig2knock.firewall import POLICIES, FirewallError, FirewallSettings
 from sig2knock.protocol.addresses import IPAddress, unmapped
 
 FAMILY = "inet"
@@ -17,7 +17,6 @@ TABLE = "sig2knock"
 CHAIN = "input"
 SET4 = "grants4"
 SET6 = "grants6"
-POLICIES = ("ports", "lockdown")
 
 # nft 1.0.6 refuses a timeout written as more than 8 digits of "ms" ("value too large"); a grant
 # that long (over 27 hours) is a bug anyway, so it is refused before nft is asked.

@@ -14,6 +14,7 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 PROTO_TCP = 6
 PROTO_UDP = 17
 PROTOCOL_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp"}
+PROTOCOLS_BY_NAME = {name: number for number, name in PROTOCOL_NAMES.items()}
 
 
 def unmapped(address: IPAddress) -> IPAddress:

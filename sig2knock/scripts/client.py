@@ -16,14 +16,13 @@ from typing import Any, Callable, List, Optional, TextIO, Union
 from sig2knock import __version__
 from sig2knock.client import portable
 from sig2knock.client.knocker import DEFAULT_KNOCKS, ClientError, knock, user_key
-from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
+from sig2knock.protocol.addresses import PROTOCOLS_BY_NAME
 from sig2knock.protocol.kdf import KdfError, KdfParams, check_user_name, password_line
 from sig2knock.protocol.wire import MAX_KNOCKS, UserKey
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 
-_PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
 
 
 class PasswordError(Exception):
@@ -303,7 +302,7 @@ def run(options: argparse.Namespace) -> int:
         options.server,
         options.port,
         key,
-        protocol=_PROTOCOLS[options.knock_proto],
+        protocol=PROTOCOLS_BY_NAME[options.knock_proto],
         knocks=options.knocks,
         timeout=options.timeout,
         report=report,

@@ -198,7 +198,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     Entry point of ``sig2knockd``.
     """
     options = build_parser().parse_args(argv)
-    problem = missing_server_profile() or installation_problem()
+    problem = missing_server_profile()
+    if problem is None and options.check_config:
+        # Only here: a broken installation must not keep --flush from removing the rules.
+        problem = installation_problem()
     if problem is not None:
         print(f"sig2knockd: {problem}", file=sys.stderr)
         return 1

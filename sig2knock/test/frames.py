@@ -1,12 +1,17 @@
 """
 Frames for the capture's tests, built with struct field by field (so the tests do not share the
-parser's idea of the layouts), and the knocks and non-knocks the kernel filter must tell apart.
+parser's idea of the layouts), the knocks and non-knocks the kernel filter must tell apart, and
+a stand-in for a live capture handle.
 """
 
 import ipaddress
 import struct
-from typing import List, Sequence, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, List, Sequence, Tuple
 
+import pcapy
+
+from sig2knock.daemon import capture
 from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
 
 
@@ -206,3 +211,43 @@ CASES: List[Tuple[str, bytes, bool, bool]] = [
     ),
     ("v6 icmp", ipv6(58, bytes(16), CLIENT6, SERVER6), False, False),
 ]
+
+
+class FakeHandle:
+    """
+    A deterministic stand-in for a live pcapy handle: frames queued by the test, filters
+    compiled by libpcap (so a bad one raises like the real thing) and recorded.
+    """
+
+    def __init__(self, datalink: int = 1, reject: Callable[[str], bool] = lambda text: False):
+        self._datalink = datalink
+        self._reject = reject
+        self.frames: Deque[bytes] = deque()
+        self.filters: List[str] = []
+        self.dispatches: List[int] = []
+        self.delivered = 0
+        self.closed = False
+
+    def datalink(self) -> int:
+        return self._datalink
+
+    def getfd(self) -> int:
+        return 42
+
+    def setfilter(self, text: str) -> None:
+        if self._reject(text):
+            raise pcapy.PcapError("filter too long")
+        pcapy.compile(self._datalink, capture.SNAPLEN, text, 1, 0)
+        self.filters.append(text)
+
+    def dispatch(self, count: int, callback: Callable[[Any, bytes], None]) -> int:
+        self.dispatches.append(count)
+        delivered = 0
+        while self.frames and (count <= 0 or delivered < count):
+            callback(None, self.frames.popleft())
+            delivered += 1
+            self.delivered += 1
+        return delivered
+
+    def close(self) -> None:
+        self.closed = True

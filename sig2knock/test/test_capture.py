@@ -4,17 +4,16 @@ kernel filter it installs is tested in test_bpf).
 """
 
 import ipaddress
-from collections import deque
-from typing import Any, Callable, Deque, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import pcapy
+from twisted.application.service import Service
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock.daemon import capture
 from sig2knock.daemon.bpf import MATCH_NOTHING, build_filter, plain_set
 from sig2knock.daemon.capture import (
     MAX_FILTER_SOURCES,
@@ -36,50 +35,11 @@ from sig2knock.test.frames import (
     SERVER4,
     SERVER6,
     SYN,
+    FakeHandle,
     framed,
     packet4,
     packet6,
 )
-
-
-class FakeHandle:
-    """
-    A deterministic stand-in for a live pcapy handle: frames queued by the test, filters
-    compiled by libpcap (so a bad one raises like the real thing) and recorded.
-    """
-
-    def __init__(self, datalink: int = 1, reject: Callable[[str], bool] = lambda text: False):
-        self._datalink = datalink
-        self._reject = reject
-        self.frames: Deque[bytes] = deque()
-        self.filters: List[str] = []
-        self.dispatches: List[int] = []
-        self.delivered = 0
-        self.closed = False
-
-    def datalink(self) -> int:
-        return self._datalink
-
-    def getfd(self) -> int:
-        return 42
-
-    def setfilter(self, text: str) -> None:
-        if self._reject(text):
-            raise pcapy.PcapError("filter too long")
-        pcapy.compile(self._datalink, capture.SNAPLEN, text, 1, 0)
-        self.filters.append(text)
-
-    def dispatch(self, count: int, callback: Callable[[Any, bytes], None]) -> int:
-        self.dispatches.append(count)
-        delivered = 0
-        while self.frames and (count <= 0 or delivered < count):
-            callback(None, self.frames.popleft())
-            delivered += 1
-            self.delivered += 1
-        return delivered
-
-    def close(self) -> None:
-        self.closed = True
 
 
 class KnockCaptureTests(SynchronousTestCase):
@@ -232,6 +192,39 @@ class KnockCaptureTests(SynchronousTestCase):
         reader.stopService()  # harmless
         reader.doRead()  # a late call from the reactor does nothing
         self.assertEqual(len(self.knocks), 1)
+
+    def test_ownsTheWatcherOfItsInterfacesAddresses(self) -> None:
+        """
+        With ``watch_addresses``, the capture's destinations are its interface's addresses, kept
+        by a child service that starts and stops with the capture.
+        """
+        watchers: List[Any] = []
+
+        class Watcher(Service):
+            def __init__(self, reactor: object, interface: str, on_change: Any) -> None:
+                self.interface = interface
+                self.on_change = on_change
+                watchers.append(self)
+
+            def startService(self) -> None:
+                super().startService()
+                self.on_change(frozenset([SERVER4]))
+
+        reader = self.make(watch_addresses=Watcher)
+        reader.open()
+        reader.watch(frozenset([CLIENT4]))
+        (watcher,) = watchers
+        self.assertEqual((watcher.interface, list(reader)), ("eth0", [watcher]))
+        self.feed(packet4(PROTO_TCP, 1))
+        reader.doRead()
+        self.assertEqual(self.knocks, [], "no destination before the watcher reports")
+        reader.startService()
+        self.feed(packet4(PROTO_TCP, 2))
+        reader.doRead()
+        self.assertEqual([knock.port for knock in self.knocks], [2])
+        reader.stopService()
+        self.assertFalse(watcher.running)
+        self.assertTrue(self.handle.closed)
 
     def test_connectionLostCloses(self) -> None:
         reader = self.started()

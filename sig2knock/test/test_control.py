@@ -7,6 +7,7 @@ import ipaddress
 import types
 from typing import List, Tuple
 
+from twisted.application.service import Service
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -313,6 +314,19 @@ class ControlChannelTests(SynchronousTestCase):
     """
 
     def channel(self, listen_address: object, hosts: List[object]) -> Tuple[object, object]:
+        """
+        The channel built with a stand-in watcher of the host's addresses: its ``current`` are
+        ``hosts`` as they are when read.
+        """
+
+        class HostWatcher(Service):
+            def __init__(self, reactor: object, interface: object, on_change: object) -> None:
+                assert (interface, on_change) == (None, None), "the host's, with no callback"
+
+            @property
+            def current(self) -> frozenset:
+                return frozenset(hosts)
+
         clock = UdpRecordingClock()
         settings = live_settings(udp_port=1001, listen_address=listen_address, max_clock_skew=60.0)
         settings.users = types.SimpleNamespace(by_key_id={ALICE.key_id: ALICE})
@@ -320,10 +334,11 @@ class ControlChannelTests(SynchronousTestCase):
             clock, granter=FakeGranter(clock), capture=FakeCapture, settings=settings
         )
         replay_cache = ReplayCache(None, 60, NOW)
-        ports = control_ports(
-            clock, settings, sessions, replay_cache, lambda: frozenset(hosts), RefusalLog()
-        )
+        ports = control_ports(clock, settings, sessions, replay_cache, HostWatcher, RefusalLog())
         ports.open()
+        watchers = [type(child) for child in ports]
+        self.assertEqual(watchers, [] if listen_address else [HostWatcher],
+                         "the control ports own the watcher they need")
         return clock, settings
 
     def test_listenAddress(self) -> None:

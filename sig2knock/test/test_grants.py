@@ -80,6 +80,11 @@ class RecordingFirewall:
         self.calls.append(("revoke", source, port))
         return succeed(None)
 
+    def not_ready(self) -> Optional[SessionRefused]:
+        if self.refusal is not None and self.refusal.reason == "firewall-not-ready":
+            return self.refusal
+        return None
+
 
 class PortGranterTests(SynchronousTestCase):
     """
@@ -130,6 +135,7 @@ class PortGranterTests(SynchronousTestCase):
         self.reactor.busy = set(range(40000, 40010))
         failure = self.failureResultOf(self.granter.open(CLIENT, "alice"), SessionRefused)
         self.assertEqual(failure.value.reason, "no-free-port")
+        self.assertTrue(failure.value.severe, "a full range is for the operator to look into")
 
     def test_portsNeverShared(self) -> None:
         ports = {self.open().port for _ in range(10)}
@@ -215,6 +221,8 @@ class PortGranterTests(SynchronousTestCase):
         failure = self.failureResultOf(self.granter.open(CLIENT, "alice"), SessionRefused)
         self.assertEqual(failure.value.reason, "firewall-not-ready")
         self.assertEqual(self.granter.open_grants, {})
+        self.assertEqual(self.reactor.tcpServers, [], "no listener before the rules are in place")
+        self.assertEqual(self.firewall.calls, [])
 
     def test_closedWhileFirewallOpening(self) -> None:
         firewall = self.firewall

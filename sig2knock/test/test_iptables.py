@@ -384,6 +384,26 @@ class NatBackendTests(TestCase):
             [["-t", "nat", "-D", NAT_CHAIN, *once], ["-t", "nat", "-D", NAT_CHAIN, *dnat]],
         )
 
+    def test_natGrantHalfRefusedLeavesNothing(self) -> None:
+        """
+        When the one-connection rule is refused after the DNAT rule went in, the DNAT rule is
+        taken back: a refused grant must not forward every connection until its deadline.
+        """
+        firewall = self.backend(NAT_PORTS)
+        once, dnat = render_nat_grant_specs(CLIENT, 40005, "2030-01-02T03:04:34", LOOPBACK)
+        self.run.failing = lambda argv: "-I" in argv and argv[-len(once):] == once
+        self.failureResultOf(firewall.grant(CLIENT, 40005, T0 + 30), FirewallError)
+        commands = [argv[argv.index("-w") + 1:] for argv, _ in self.run.calls]
+        self.assertEqual(
+            commands,
+            [
+                ["-t", "nat", "-I", NAT_CHAIN, "1", *dnat],
+                ["-t", "nat", "-I", NAT_CHAIN, "1", *once],
+                ["-t", "nat", "-D", NAT_CHAIN, *dnat],
+            ],
+        )
+        self.assertEqual(firewall.grants, {})
+
     def test_natOtherFamilyRefused(self) -> None:
         firewall = self.backend(NAT_PORTS)
         self.failureResultOf(

@@ -10,12 +10,13 @@ from typing import List
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon import firewall_service, service, startup
 from sig2knock.daemon.capture import KnockCapture
-from sig2knock.daemon.control import ControlPorts
+from sig2knock.daemon.control import ControlPortError, ControlPorts
 from sig2knock.daemon.firewall_service import FirewallService
 from sig2knock.daemon.grants import PortGranter
 from sig2knock.daemon.refusals import RefusalSummary
@@ -25,10 +26,14 @@ from sig2knock.daemon.sessions import SessionTable
 from sig2knock.daemon.settings import LiveSettings
 from sig2knock.firewall import FirewallError
 from sig2knock.firewall.null import NoFirewall
+from sig2knock.protocol.addresses import PROTO_TCP
+from sig2knock.protocol.wire import KnockRequest
 from sig2knock.test.common import StoppingReactor, write_config, write_users
+from sig2knock.test.frames import FakeHandle
 
 
 NOW = 1_800_000_000.0
+CLIENT = ipaddress.ip_address("198.18.0.2")
 
 
 class FakeAddressWatcher(Service):
@@ -119,11 +124,39 @@ class ServiceTests(SynchronousTestCase):
         daemon = self.daemon()
         self.addCleanup(daemon.prepared.replay_cache.close)
         kinds = [type(child) for child in daemon]
-        self.assertEqual(kinds, [ReplayCache, FakeAddressWatcher, FakeAddressWatcher,
-                                 FirewallService, PortGranter, KnockCapture, SessionTable,
-                                 ControlPorts, RefusalSummary])
-        self.assertIs(daemon.sessions.capture, list(daemon)[5])
+        self.assertEqual(kinds, [ReplayCache, FirewallService, PortGranter, KnockCapture,
+                                 SessionTable, ControlPorts, RefusalSummary])
+        self.assertIs(daemon.sessions.capture, list(daemon)[3])
+        # The watchers of the capture interface's and the host's addresses belong to their users.
+        ((capture_watcher,),) = [list(daemon.sessions.capture)]
+        self.assertEqual(capture_watcher.interface, daemon.prepared.interface)
+        self.assertEqual(capture_watcher.on_change, daemon.sessions.capture.set_destinations)
+        ((host_watcher,),) = [list(daemon.control)]
+        self.assertEqual((host_watcher.interface, host_watcher.on_change), (None, None))
         self.assertEqual(daemon.sessions.granter, daemon.granter)
+
+    def test_failedOpenLeavesNothingOpen(self) -> None:
+        """
+        When the control port cannot be bound, the capture handle opened before it is closed
+        again.
+        """
+        handle = FakeHandle()
+        prepared = startup.prepare(write_config(self.directory), None, NOW)
+        self.addCleanup(prepared.replay_cache.close)
+        daemon = service.Sig2knockService(
+            prepared,
+            MemoryReactorClock(),
+            open_handle=lambda interface: handle,
+            watch_addresses=FakeAddressWatcher,
+        )
+
+        def refuse() -> None:
+            raise ControlPortError("UDP_PORT 1001: cannot listen on ::: in use")
+
+        self.patch(daemon.control, "open", refuse)
+        self.assertRaises(ControlPortError, daemon.open)
+        self.assertTrue(handle.closed)
+        self.assertEqual(daemon.reactor.getReaders(), [])
 
     def test_controlAcceptsTheHostsAddresses(self) -> None:
         """
@@ -230,6 +263,14 @@ class ServiceReloadTests(SynchronousTestCase):
         self.assertEqual(self.daemon.settings.config.knock_count, 6)
         self.assertEqual(self.daemon.settings.config.singleconn_portopen_time, 5)
         self.assertIn("KNOCK_COUNT", self.events[-1]["applied"])
+        # The next session is held to the new count: four knocks are refused now.
+        request = KnockRequest(b"S" * 16, 0, PROTO_TCP, (1111, 2222, 3333, 4444))
+        error = self.assertRaises(
+            SessionRefused, self.daemon.sessions.open, CLIENT, "bob", request
+        )
+        self.assertEqual(error.reason, "knock-count")
+        self.daemon.sessions.open(CLIENT, "bob", request._replace(ports=tuple(range(1, 7))))
+        self.addCleanup(self.daemon.sessions.stopService)
 
     def test_brokenFileKeepsTheRunningConfiguration(self) -> None:
         write_config(self.directory, {"KNOCK_COUNT": "many"})

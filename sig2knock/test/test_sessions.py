@@ -1,22 +1,25 @@
 """
 Tests for sig2knock.daemon.sessions: the session table, on a Clock, with a fake granter and a
-fake capture.
+fake capture; and with the real granter on a memory reactor.
 """
 
 import ipaddress
+import random
 from typing import List
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon import sessions
+from sig2knock.daemon.grants import PortGranter
 from sig2knock.daemon.packets import Knock
 from sig2knock.daemon.session import SessionRefused, State
 from sig2knock.daemon.sessions import SessionTable
 from sig2knock.protocol import addresses, wire
-from sig2knock.test.common import FakeCapture, FakeGrant, FakeGranter, live_settings
+from sig2knock.test.common import FakeCapture, FakeGrant, FakeGranter, connect, live_settings
 
 
 CLIENT = ipaddress.ip_address("198.18.0.2")
@@ -274,8 +277,14 @@ class SessionTableTests(SynchronousTestCase):
             self.assertEqual(len(table), 0)
             self.assertIs(opened.state, State.USED)
         # A used grant of another session leaves a pending one alone.
-        table.open(OTHER, "alice", request(b"P" * 16))
+        pending = table.open(OTHER, "alice", request(b"P" * 16))
+        table.open(CLIENT, "alice", request(b"Q" * 16))
+        self.knock_all()
+        grant = self.successResultOf(table.confirm(CLIENT, "alice", b"Q" * 16))
+        self.assertEqual(len(table), 2)
+        grant.used.callback(None)
         self.assertEqual(len(table), 1)
+        self.assertIs(pending.state, State.PENDING)
         self.assertEqual(table.pending_count(OTHER), 1)
 
     def test_totalLimit(self) -> None:
@@ -305,7 +314,8 @@ class SessionTableTests(SynchronousTestCase):
     def test_failedGrantRefusesSession(self) -> None:
         """
         A grant that fails with an error nobody expected refuses the session as
-        ``grant-failed`` and is logged with its traceback.
+        ``grant-failed`` and is logged with its traceback, once: the refusal itself is not
+        severe, so the refusal log does not say it again at error level.
         """
         self.granter.result = fail(RuntimeError("firewall said no"))
         opened = self.table.open(CLIENT, "alice", request())
@@ -314,7 +324,7 @@ class SessionTableTests(SynchronousTestCase):
             self.table.confirm(CLIENT, "alice", b"S" * 16), SessionRefused
         )
         self.assertEqual(failure.value.reason, "grant-failed")
-        self.assertTrue(failure.value.severe)
+        self.assertFalse(failure.value.severe)
         self.assertEqual(len(self.table), 0)
         self.assertIs(opened.state, State.REFUSED)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
@@ -362,3 +372,66 @@ class SessionTableTests(SynchronousTestCase):
         self.table.open(CLIENT6, "alice", request())
         self.knock_all(source=CLIENT6)
         self.successResultOf(self.table.confirm(CLIENT6, "alice", b"S" * 16))
+
+
+class OpenFirewall:
+    """
+    Stands for the daemon's ``FirewallService`` with its rules in place: grants and revokes
+    succeed and are recorded.
+    """
+
+    def __init__(self) -> None:
+        self.calls: List[tuple] = []
+
+    def not_ready(self) -> None:
+        return None
+
+    def grant(self, source, port, deadline):  # type: ignore[no-untyped-def]
+        self.calls.append(("grant", source, port))
+        return succeed(None)
+
+    def revoke(self, source, port):  # type: ignore[no-untyped-def]
+        self.calls.append(("revoke", source, port))
+        return succeed(None)
+
+
+class SessionWithRealGrantTests(SynchronousTestCase):
+    """
+    The table and the real granter together, on a memory reactor: the session's one deadline
+    closes the assigned port at SINGLECONN_PORTOPEN_TIME, and its one connection ends it.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1000)
+        self.firewall = OpenFirewall()
+        settings = live_settings(assign_port_range=(40000, 40009))
+        self.granter = PortGranter(self.reactor, settings, self.firewall, random.Random(3))
+        self.table = SessionTable(
+            self.reactor, granter=self.granter, capture=FakeCapture, settings=settings
+        )
+        self.session = self.table.open(CLIENT, "alice", request())
+        for port in PORTS:
+            self.table.knock(Knock(CLIENT, SERVER, TCP, port))
+        self.grant = self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        ((port, self.factory, _backlog, _interface),) = self.reactor.tcpServers
+        self.assertEqual(port, self.grant.port)
+
+    def test_portClosesAtOpenTime(self) -> None:
+        self.reactor.advance(29.9)
+        self.assertEqual(self.granter.open_grants, {self.grant.port: self.grant})
+        self.assertIs(self.session.state, State.GRANTED)
+        self.reactor.advance(0.2)
+        self.assertEqual(self.granter.open_grants, {})
+        self.assertIs(self.session.state, State.EXPIRED)
+        self.assertEqual(self.firewall.calls[-1], ("revoke", CLIENT, self.grant.port))
+        self.assertEqual(len(self.table), 0)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_connectionEndsTheSession(self) -> None:
+        connect(self.factory, str(CLIENT))
+        self.assertIs(self.session.state, State.USED)
+        self.assertEqual(self.granter.open_grants, {})
+        self.assertEqual(self.firewall.calls[-1], ("revoke", CLIENT, self.grant.port))
+        self.assertEqual(len(self.table), 0)
+        self.assertEqual(self.reactor.getDelayedCalls(), [], "no deadline left behind")
