@@ -21,8 +21,9 @@ from sig2knock.daemon.control import control_ports
 from sig2knock.daemon.firewall_service import FirewallService
 from sig2knock.daemon.grants import PortGranter
 from sig2knock.daemon.refusals import RefusalLog, RefusalSummary
+from sig2knock.daemon.reload import LiveSettings
 from sig2knock.daemon.sessions import SessionTable
-from sig2knock.daemon.settings import LiveSettings, firewall_settings
+from sig2knock.daemon.settings import firewall_settings
 from sig2knock.daemon.startup import Prepared
 from sig2knock.firewall import IFirewall, registry
 from sig2knock.protocol import cipher

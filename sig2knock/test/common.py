@@ -241,7 +241,7 @@ def live_settings(**config: Any) -> Any:
     import ipaddress
     import types
 
-    from sig2knock.daemon.settings import LiveSettings
+    from sig2knock.daemon.reload import LiveSettings
 
     values: Dict[str, Any] = dict(
         knock_proto="tcp", knock_count=4, knock_timeout=10.0, singleconn_portopen_time=30.0,

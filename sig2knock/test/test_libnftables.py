@@ -1,20 +1,19 @@
 """
 Tests for sig2knock.firewall.libnftables: the in-process runner around a fake library, a fake
-pool and a fake clock (errors, the worker thread, shutdown, time limit), and the runner's choice.
+pool and a fake clock (errors, the worker thread, shutdown, time limit), and the runner's choice
+(the nftables backend's use of it is tested in test_nftables).
 The real library is exercised by tests/test_libnftables.py (as root, in its own namespace).
 """
 
 import ctypes
 import threading
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 from twisted.internet import reactor as globalReactor
-from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock.firewall import FirewallError, FirewallSettings, libnftables, nftables
+from sig2knock.firewall import FirewallError, libnftables
 from sig2knock.firewall.libnftables import (
     SONAME,
     LibnftablesRunner,
@@ -23,9 +22,8 @@ from sig2knock.firewall.libnftables import (
     shared_runner,
     worker_pool,
 )
-from sig2knock.firewall.nftables import NftablesFirewall
-from sig2knock.firewall.nftables_rules import render_ruleset
 from sig2knock.firewall.runner import MESSAGE_LIMIT, IToolRunner, run_tool
+from sig2knock.test.fake_libnftables import CONTEXT, FakeLibrary, FakePool, FakeReactor
 
 
 ARGV = ["/usr/sbin/nft", "-f", "-"]
@@ -34,130 +32,6 @@ EXISTS = (
     b"create element inet sig2knock grants4 { 198.18.0.2 . 45678 timeout 5000ms }\n"
     b"                                       ^^^^^^^^^^^^^^^^^^^^\n"
 )
-CONTEXT = 0x5EED
-
-
-class FakeLibrary:
-    """
-    Stands for libnftables: one context at a time, buffered output and error text, answers
-    from ``answers`` ((status, output, error text) per script, else success with no output).
-    Records every call with the thread it came from.
-    """
-
-    def __init__(self) -> None:
-        self.calls: List[Tuple[str, Any]] = []
-        self.threads: List[int] = []
-        self.scripts: List[bytes] = []
-        self.answers: List[Tuple[int, bytes, bytes]] = []
-        self.context: Optional[int] = CONTEXT
-        self.during_run: Callable[[], None] = lambda: None
-        self._output = b""
-        self._error = b""
-
-    def _record(self, name: str, argument: Any) -> None:
-        self.calls.append((name, argument))
-        self.threads.append(threading.get_ident())
-
-    def nft_ctx_new(self, flags: int) -> Optional[int]:
-        self._record("nft_ctx_new", flags)
-        return self.context
-
-    def nft_ctx_buffer_output(self, context: int) -> int:
-        self._record("nft_ctx_buffer_output", context)
-        return 0
-
-    def nft_ctx_buffer_error(self, context: int) -> int:
-        self._record("nft_ctx_buffer_error", context)
-        return 0
-
-    def nft_run_cmd_from_buffer(self, context: int, script: bytes) -> int:
-        self._record("nft_run_cmd_from_buffer", context)
-        self.scripts.append(script)
-        self.during_run()
-        status, self._output, self._error = (
-            self.answers.pop(0) if self.answers else (0, b"", b"")
-        )
-        return status
-
-    def nft_ctx_get_output_buffer(self, context: int) -> Optional[bytes]:
-        self._record("nft_ctx_get_output_buffer", context)
-        output, self._output = self._output, b""
-        return output or None
-
-    def nft_ctx_get_error_buffer(self, context: int) -> Optional[bytes]:
-        self._record("nft_ctx_get_error_buffer", context)
-        error, self._error = self._error, b""
-        return error or None
-
-    def nft_ctx_free(self, context: int) -> None:
-        self._record("nft_ctx_free", context)
-
-    def names(self) -> List[str]:
-        """
-        The functions called, in order.
-        """
-        return [name for name, _ in self.calls]
-
-
-class FakePool:
-    """
-    Stands for the worker pool: work waits until ``runAll`` runs it (the worker thread's turn).
-    """
-
-    def __init__(self) -> None:
-        self.work: List[Tuple[Optional[Callable[..., None]], Callable[..., Any], tuple]] = []
-        self.started = 0
-        self.stopped = 0
-
-    def start(self) -> None:
-        self.started += 1
-
-    def stop(self) -> None:
-        self.stopped += 1
-
-    def callInThread(self, function: Callable[..., Any], *args: Any) -> None:
-        self.work.append((None, function, args))
-
-    def callInThreadWithCallback(
-        self, onResult: Callable[..., None], function: Callable[..., Any], *args: Any
-    ) -> None:
-        self.work.append((onResult, function, args))
-
-    def runAll(self) -> None:
-        """
-        Run the queued work in order, reporting each result like a thread pool does.
-        """
-        while self.work:
-            onResult, function, args = self.work.pop(0)
-            try:
-                result = function(*args)
-            except BaseException as error:  # noqa: BLE001 - reported, as the pool does
-                if onResult is not None:
-                    from twisted.python.failure import Failure
-
-                    onResult(False, Failure(error))
-            else:
-                if onResult is not None:
-                    onResult(True, result)
-
-
-class FakeReactor(Clock):
-    """
-    A clock that also takes calls from threads (run at once) and system event triggers.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.triggers: List[Tuple[str, str, Callable[[], Any]]] = []
-
-    def callFromThread(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        function(*args, **kwargs)
-
-    def addSystemEventTrigger(
-        self, phase: str, event: str, function: Callable[[], Any]
-    ) -> Tuple[str, str]:
-        self.triggers.append((phase, event, function))
-        return (phase, event)
 
 
 class RunnerTests(SynchronousTestCase):
@@ -487,34 +361,3 @@ class ChoiceTests(SynchronousTestCase):
         )
         self.assertEqual(library.nft_ctx_get_error_buffer.restype, ctypes.c_char_p)
         self.assertEqual(library.nft_ctx_new.restype, ctypes.c_void_p)
-
-
-class BackendChoiceTests(SynchronousTestCase):
-    """
-    ``NftablesFirewall`` takes ``choose_runner``'s runner and says which at start.
-    """
-
-    def test_chosenAndLogged(self) -> None:
-        """
-        Without a runner given, the backend runs its scripts with ``choose_runner``'s and logs
-        which when it starts, once.
-        """
-        self.patch(nftables, "find_tool", lambda name: "/usr/sbin/" + name)
-        library = FakeLibrary()
-        runner = LibnftablesRunner(library, make_pool=FakePool)
-        self.patch(libnftables, "_shared", [(runner, SONAME)])
-        settings = FirewallSettings(control_port=1001, port_range=(40000, 49999))
-        reactor = FakeReactor()
-        firewall = NftablesFirewall(reactor, settings)
-        self.assertIs(firewall.run, runner)
-        self.assertIs(NftablesFirewall(reactor, settings, command_prefix=["ip"]).run, run_tool)
-        events: List[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        starting = firewall.start()
-        said = [formatEvent(event) for event in events if "runs" in event]
-        self.assertEqual(said, ["nftables: changes run in-process with libnftables.so.1"])
-        self.assertEqual(library.calls, [])
-        runner._pool.runAll()  # type: ignore[union-attr]
-        self.successResultOf(starting)
-        self.assertEqual(library.scripts, [render_ruleset(settings).encode()])

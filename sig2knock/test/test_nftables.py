@@ -13,17 +13,28 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock.firewall import FirewallError, IFirewall, nftables, nftables_rules
+from sig2knock.firewall import (
+    FirewallError,
+    FirewallSettings,
+    IFirewall,
+    libnftables,
+    nftables,
+    nftables_rules,
+)
+from sig2knock.firewall.libnftables import SONAME, LibnftablesRunner
 from sig2knock.firewall.nftables import NftablesFirewall
 from sig2knock.firewall.nftables_rules import (
     render_flush,
     render_grant,
     render_replace_grant,
     render_revoke,
+    render_ruleset,
     render_stop,
 )
+from sig2knock.firewall.runner import run_tool
 from sig2knock.test import common
 from sig2knock.test.expected_nftables import LOCKDOWN, LOCKDOWN_RULESET, PORTS, V4, V6
+from sig2knock.test.fake_libnftables import FakeLibrary, FakePool, FakeReactor
 
 
 class FakeRun(common.FakeRun):
@@ -279,3 +290,34 @@ class BackendTests(SynchronousTestCase):
         self.assertIn("past", str(failure.value))
         # A refused change is said once, by whoever asked for it (the refusal log for a grant).
         self.assertEqual(events[logged:], [])
+
+
+class BackendChoiceTests(SynchronousTestCase):
+    """
+    ``NftablesFirewall`` takes ``choose_runner``'s runner and says which at start.
+    """
+
+    def test_chosenAndLogged(self) -> None:
+        """
+        Without a runner given, the backend runs its scripts with ``choose_runner``'s and logs
+        which when it starts, once.
+        """
+        self.patch(nftables, "find_tool", lambda name: "/usr/sbin/" + name)
+        library = FakeLibrary()
+        runner = LibnftablesRunner(library, make_pool=FakePool)
+        self.patch(libnftables, "_shared", [(runner, SONAME)])
+        settings = FirewallSettings(control_port=1001, port_range=(40000, 49999))
+        reactor = FakeReactor()
+        firewall = NftablesFirewall(reactor, settings)
+        self.assertIs(firewall.run, runner)
+        self.assertIs(NftablesFirewall(reactor, settings, command_prefix=["ip"]).run, run_tool)
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        starting = firewall.start()
+        said = [formatEvent(event) for event in events if "runs" in event]
+        self.assertEqual(said, ["nftables: changes run in-process with libnftables.so.1"])
+        self.assertEqual(library.calls, [])
+        runner._pool.runAll()  # type: ignore[union-attr]
+        self.successResultOf(starting)
+        self.assertEqual(library.scripts, [render_ruleset(settings).encode()])

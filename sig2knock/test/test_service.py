@@ -20,10 +20,10 @@ from sig2knock.daemon.control import ControlPortError, ControlPorts
 from sig2knock.daemon.firewall_service import FirewallService
 from sig2knock.daemon.grants import PortGranter
 from sig2knock.daemon.refusals import RefusalSummary
+from sig2knock.daemon.reload import LiveSettings
 from sig2knock.daemon.replay import ReplayCache
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.sessions import SessionTable
-from sig2knock.daemon.settings import LiveSettings
 from sig2knock.firewall import FirewallError
 from sig2knock.firewall.null import NoFirewall
 from sig2knock.protocol.addresses import PROTO_TCP

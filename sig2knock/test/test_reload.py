@@ -1,0 +1,68 @@
+"""
+Tests for sig2knock.daemon.reload: what a reload may change at once, and what waits for a
+restart. The reload of real files through the daemon is tested in test_service.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock.daemon import schema
+from sig2knock.daemon.reload import merge
+from sig2knock.daemon.settings import ConfigError, parse_config
+
+
+class MergeTests(SynchronousTestCase):
+    """
+    What a reload may change at once, and what waits for a restart.
+    """
+
+    def config(self, extra: str = ""):
+        text = "UDP_PORT = 1001\nFORWARD_TO_IP = 127.0.0.1\nFORWARD_TO_PORT = 22\n" + extra
+        return parse_config(text, "/etc/sig2knock/sig2knockd.conf")
+
+    def test_liveAndRestartOnly(self) -> None:
+        running = self.config()
+        loaded = self.config("KNOCK_COUNT = 6\nFIREWALL_POLICY = lockdown\nFIREWALL = nftables\n")
+        merged, applied, pending = merge(running, loaded)
+        self.assertEqual(merged.knock_count, 6)
+        self.assertEqual(applied, ["KNOCK_COUNT"])
+        self.assertEqual(pending, ["FIREWALL", "FIREWALL_POLICY"])
+        self.assertEqual((merged.firewall, merged.firewall_policy), ("auto", "ports"))
+
+    def test_natForwardTargetWaitsForRestart(self) -> None:
+        running = self.config("FIREWALL = nftables\nFORWARD_MODE = nat\n")
+        loaded = parse_config(
+            "UDP_PORT = 1001\nFORWARD_TO_IP = 127.0.0.1\nFORWARD_TO_PORT = 2222\n"
+            "FIREWALL = nftables\nFORWARD_MODE = nat\n",
+            "/etc/sig2knock/sig2knockd.conf",
+        )
+        merged, applied, pending = merge(running, loaded)
+        self.assertEqual(merged.forward_to_port, 22)
+        self.assertEqual((applied, pending), ([], ["FORWARD_TO_PORT"]))
+
+    def test_mixMustHoldTogether(self) -> None:
+        """
+        A new FORWARD_TO_PORT is checked against the ASSIGN_PORT_RANGE still in force.
+        """
+        running = self.config()
+        loaded = parse_config(
+            "UDP_PORT = 1001\nFORWARD_TO_IP = 127.0.0.1\nFORWARD_TO_PORT = 40000\n"
+            "ASSIGN_PORT_RANGE = 1100-2000\n",
+            "/etc/sig2knock/sig2knockd.conf",
+        )
+        self.assertRaises(ConfigError, merge, running, loaded)
+
+    def test_everyKeyClassified(self) -> None:
+        """
+        Each key says what a reload does with it: the settings of new sessions apply at once,
+        those bound to sockets, the capture, the firewall or the replay cache wait.
+        """
+        by_reload = {}
+        for row in schema.SCHEMA:
+            by_reload.setdefault(row.reload, set()).add(row.key)
+        self.assertEqual(by_reload[schema.LIVE], {
+            "SINGLECONN_PORTOPEN_TIME", "KNOCK_COUNT", "KNOCK_TIMEOUT", "USERS_FILE"})
+        self.assertEqual(by_reload[schema.LIVE_UNLESS_NAT], {"FORWARD_TO_IP", "FORWARD_TO_PORT"})
+        self.assertEqual(by_reload[schema.RESTART], {
+            "UDP_PORT", "LISTEN_ADDRESS", "INTERFACE", "INTERFACE_WAIT", "FIREWALL",
+            "FORWARD_MODE", "FIREWALL_POLICY", "ASSIGN_PORT_RANGE", "KNOCK_PROTO",
+            "MAX_CLOCK_SKEW", "STATE_DIR", "PKTFILTER_INTERFACE"})
