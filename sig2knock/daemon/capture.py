@@ -24,7 +24,7 @@ Addresses are compared in their plain form: an IPv4-mapped IPv6 address given to
 from typing import Any, Callable, FrozenSet, Optional
 
 import pcapy
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from sig2knock.daemon.bpf import MATCH_NOTHING, build_filter, plain_set
 from sig2knock.daemon.packets import SUPPORTED_DATALINKS, Knock, parse_frame
-from sig2knock.daemon.waiting import cancel
+from sig2knock.daemon.waiting import cancel, stop_children
 from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP, PROTOCOL_NAMES, IPAddress
 
 SNAPLEN = 128  # link + IP + TCP/UDP headers, without IPv6 extension headers
@@ -169,8 +169,9 @@ class KnockCapture(MultiService):
 
     def open(self) -> None:
         """
-        Open the handle, install the filter for the current sets and start reading. Raises
-        ``CaptureError`` when the interface cannot be captured on.
+        Open the handle, install the filter for the current sets and start reading; open the
+        address watcher's socket. Raises ``CaptureError`` when the interface cannot be captured
+        on, ``InterfaceError`` when its addresses cannot be watched.
         """
         if self._handle is not None:
             return
@@ -196,13 +197,20 @@ class KnockCapture(MultiService):
             interface=self.interface,
             datalink=datalink,
         )
+        try:
+            for watcher in self:
+                watcher.open()
+        except Exception:
+            self.stopService()
+            raise
 
     def stopService(self) -> Any:
         """
         Stop watching the interface's addresses, stop reading and close the handle. Harmless
         when not opened.
         """
-        stopping = super().stopService()
+        Service.stopService(self)
+        stopping = stop_children(self, self.log)
         if self._handle is not None:
             self._reactor.removeReader(self)
             self._close()

@@ -15,7 +15,7 @@ import socket
 from functools import partial
 from typing import Any, Callable, Hashable, List, Mapping, Optional, Tuple
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
@@ -28,6 +28,7 @@ from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.daemon.replay import ReplayCache
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.sessions import SessionTable
+from sig2knock.daemon.waiting import stop_children
 from sig2knock.protocol import addresses, wire
 from sig2knock.protocol.addresses import IPAddress, parse_address
 from sig2knock.protocol.wire import Binding, BindingCheck, MessageRejected, Received, UserKey
@@ -223,9 +224,11 @@ class ControlPorts(MultiService):
     both families (one dual-stack socket, or one per family where IPv6 sockets take no IPv4).
     ``protocol()`` makes the ``ControlProtocol`` of each socket. ``open`` binds them (before
     twistd starts anything, so a port in use stops the daemon with one line); stopping the
-    service closes them. Its children (the watcher of the host's addresses that the protocols
-    accept bindings to) start and stop with it.
+    service closes them. Its children (without ``LISTEN_ADDRESS``, the watcher of the host's
+    addresses that the protocols accept bindings to) open, start and stop with it.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -243,7 +246,8 @@ class ControlPorts(MultiService):
 
     def open(self) -> None:
         """
-        Bind the control sockets. Raises ``ControlPortError``; on failure none stays open.
+        Bind the control sockets and open the address watcher's socket. Raises
+        ``ControlPortError`` or ``InterfaceError``; on failure none stays open.
         """
         port = self.port
         if self.listen_address is not None:
@@ -271,6 +275,12 @@ class ControlPorts(MultiService):
             self.listening.append(listening)
             if interface == "::" and not _ipv6_only(listening):
                 break  # dual stack: IPv4 arrives as IPv4-mapped IPv6
+        try:
+            for watcher in self:
+                watcher.open()
+        except Exception:
+            self.stopService()
+            raise
 
     def _close(self) -> List[Optional[Deferred]]:
         closing = [listening.stopListening() for listening in self.listening]
@@ -281,7 +291,8 @@ class ControlPorts(MultiService):
         """
         Close the control sockets, and stop the children.
         """
-        stopping = super().stopService()
+        Service.stopService(self)
+        stopping = stop_children(self, self.log)
         return DeferredList([stopping] + [d for d in self._close() if d is not None])
 
 

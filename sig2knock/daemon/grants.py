@@ -1,10 +1,10 @@
 """
 Grants: a random free port from ``ASSIGN_PORT_RANGE``, listening for one connection from the
 knocking address, forwarded to the hidden service, and opened in the firewall for that address
-alone. ``PortGranter.open`` gives an ``OpenGrant``. The grant closes itself when its one connection
-comes (then ``used`` fires), and its owner (the session table) expires it when its deadline passes.
-A firewall that refuses the grant refuses the session,
-and the listener is closed again: nothing stays half-open.
+alone. ``PortGranter.open`` gives an ``OpenGrant``. In proxy mode the grant closes itself when its
+one connection comes (then ``used`` fires); its owner (the session table) expires it when its
+deadline passes (in nat mode, the only end: the kernel takes the connection unseen). A firewall that
+refuses the grant refuses the session, and the listener is closed again: nothing stays half-open.
 """
 
 import random
@@ -154,7 +154,10 @@ class PortGranter(Service):
             # Stopping waits for grants still being opened, so none lands after a clean stop.
             self._opening.add(opening)
             opening.addBoth(self._forget_opening, opening)
-            opening.addCallbacks(self._opened, self._refused, (grant,), None, (grant,))
+            open_time = config.singleconn_portopen_time  # as it was when the deadline was set
+            opening.addCallbacks(
+                self._opened, self._refused, (grant, open_time), None, (grant,)
+            )
             return opening
         detail = f"no free port found in {low}-{high} (ASSIGN_PORT_RANGE)"
         return fail(SessionRefused("no-free-port", detail, severe=True))
@@ -163,7 +166,7 @@ class PortGranter(Service):
         self._opening.discard(opening)
         return result
 
-    def _opened(self, _: object, grant: OpenGrant) -> OpenGrant:
+    def _opened(self, _: object, grant: OpenGrant, open_time: float) -> OpenGrant:
         if grant.closed:
             # Closed while the firewall was still opening it (the daemon is stopping): the
             # revocation may have overtaken the grant, so revoke again.
@@ -174,13 +177,13 @@ class PortGranter(Service):
             port=grant.port,
             user=grant.user,
             source=str(grant.source),
-            open_time=self.settings.config.singleconn_portopen_time,
+            open_time=open_time,
         )
         return grant
 
     def _refused(self, failure: Any, grant: OpenGrant) -> Any:
         grant.discard()
-        if failure.check(SessionRefused):  # the firewall's rules are not in place yet
+        if failure.check(SessionRefused):  # the firewall service's own refusal: keep its reason
             return failure
         raise SessionRefused("firewall", failure.getErrorMessage(), severe=True)
 

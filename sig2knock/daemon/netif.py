@@ -263,14 +263,23 @@ class AddressWatcher(Service):
         self._socket: Any = None
         self.current: Optional[FrozenSet[IPAddress]] = None
 
-    def startService(self) -> None:
+    def open(self) -> None:
         """
-        Subscribe to address changes, then report the current addresses.
+        Subscribe to address changes (the daemon does it before twistd starts anything, so a
+        failure stops it with one line). Raises ``InterfaceError``.
         """
+        if self._socket is not None:
+            return
         try:
             self._socket = self._open_socket()
         except OSError as error:
             raise InterfaceError(f"cannot watch address changes over netlink: {error}") from error
+
+    def startService(self) -> None:
+        """
+        Subscribe to address changes (unless ``open`` did), then report the current addresses.
+        """
+        self.open()
         self._reactor.addReader(self)
         Service.startService(self)
         self.refresh()

@@ -10,9 +10,7 @@ from functools import partial
 from typing import Any, Callable, Optional
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from sig2knock import __version__
 from sig2knock.daemon import netif
@@ -25,6 +23,7 @@ from sig2knock.daemon.reload import LiveSettings
 from sig2knock.daemon.sessions import SessionTable
 from sig2knock.daemon.settings import firewall_settings
 from sig2knock.daemon.startup import Prepared
+from sig2knock.daemon.waiting import stop_children
 from sig2knock.firewall import IFirewall, registry
 from sig2knock.protocol import cipher
 from sig2knock.protocol.addresses import PROTOCOLS_BY_NAME
@@ -35,13 +34,13 @@ class Sig2knockService(MultiService):
     The daemon. Its children, in the order they start (they stop in reverse): the replay cache
     (closed last), the firewall, the granter, the knock capture (with the watcher of its
     interface's addresses), the session table, the control ports (with the watcher of the host's
-    addresses) and the refusal summary.
+    addresses, unless ``LISTEN_ADDRESS`` is set) and the refusal summary.
 
-    ``open`` opens the capture handle and the control ports; ``tap.makeService`` calls it before
-    twistd starts anything, so a missing permission or a port in use stops the daemon with one
-    line. ``watch_addresses(reactor, interface, on_change)`` builds the address watchers, and
-    ``open_handle`` opens the capture (fakes in tests); ``firewall`` replaces the backend that
-    ``FIREWALL`` names.
+    ``open`` opens the capture handle, the control ports and the watchers' netlink sockets;
+    ``tap.makeService`` calls it before twistd starts anything, so a missing permission or a port
+    in use stops the daemon with one line. ``watch_addresses(reactor, interface, on_change)``
+    builds the address watchers, and ``open_handle`` opens the capture (fakes in tests);
+    ``firewall`` replaces the backend that ``FIREWALL`` names.
     """
 
     log = Logger()
@@ -100,8 +99,9 @@ class Sig2knockService(MultiService):
 
     def open(self) -> None:
         """
-        Open the capture handle and bind the control ports. Raises ``CaptureError`` or
-        ``ControlPortError``; on failure nothing stays open.
+        Open the capture handle and bind the control ports (each with its address watcher's
+        netlink socket). Raises ``CaptureError``, ``ControlPortError`` or ``InterfaceError``; on
+        failure nothing stays open.
         """
         capture = self.sessions.capture
         capture.open()
@@ -172,14 +172,5 @@ class Sig2knockService(MultiService):
         if self._saying_ready is not None:
             self._saying_ready.cancel()
             self._saying_ready = None
-        # MultiService's own stop leaves a child's failure unhandled: each is logged here.
         Service.stopService(self)
-        stopping = []
-        for child in reversed(list(self)):
-            stopped = maybeDeferred(child.stopService)
-            stopped.addErrback(self._stop_failed, child)
-            stopping.append(stopped)
-        return DeferredList(stopping, consumeErrors=True)
-
-    def _stop_failed(self, failure: Failure, child: IService) -> None:
-        self.log.failure("{part} failed to stop", failure, part=type(child).__name__)
+        return stop_children(self, self.log)

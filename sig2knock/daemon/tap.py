@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from sig2knock.daemon.capture import CaptureError, InterfaceNotUp
 from sig2knock.daemon.control import ControlPortError
+from sig2knock.daemon.netif import InterfaceError
 from sig2knock.daemon.replay import ReplayCacheError
 from sig2knock.daemon.service import Sig2knockService
 from sig2knock.daemon.settings import ConfigError, default_config_path
@@ -24,6 +25,7 @@ STARTUP_ERRORS = (
     ReplayCacheError,
     CaptureError,
     ControlPortError,
+    InterfaceError,
     FirewallError,
 )
 

@@ -1,11 +1,14 @@
 """
-Two small things every timer and every Deferred the daemon waits on needs, written once.
+Small things every timer, every Deferred the daemon waits on and every service that owns others
+needs, written once.
 """
 
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.application.service import IServiceCollection
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
 
 
 def cancel(call: Optional[IDelayedCall]) -> None:
@@ -29,3 +32,20 @@ def settled(waited: Deferred) -> Deferred:
 
     waited.addBoth(passed)
     return done
+
+
+def stop_children(parent: IServiceCollection, log: Logger) -> Deferred:
+    """
+    Stop the children of ``parent`` as ``MultiService`` does (each stop begun in reverse order,
+    none waiting for another), and fire once all have ended; a child whose stop fails is logged
+    on ``log``, where ``MultiService`` would leave the failure unhandled.
+    """
+    stopping = []
+    for child in reversed(list(parent)):
+        stopped = maybeDeferred(child.stopService)
+        stopped.addErrback(
+            lambda failure, part: log.failure("{part} failed to stop", failure, part=part),
+            type(child).__name__,
+        )
+        stopping.append(stopped)
+    return DeferredList(stopping, consumeErrors=True)

@@ -216,10 +216,16 @@ class IptablesFirewall:
                 rule_family, table, chain, spec = rule
                 yield self._run(rule_family, [*_table(table), "-I", chain, "1", *spec])
                 inserted.append(rule)
-        except FirewallError:
+        except FirewallError as refused:
+            left = []
             for rule in inserted:
-                yield self._delete(*rule)
-            raise
+                try:
+                    yield self._delete(*rule)
+                except FirewallError:
+                    left.append(rule)
+            if left:  # still in the chain: remembered, so that revoke and stop try again
+                self.grants[key] = self.grants.get(key, []) + left
+            raise refused
         previous = self.grants.get(key)
         self.grants[key] = rules
         if previous is not None and previous != rules:

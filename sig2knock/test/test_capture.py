@@ -21,6 +21,7 @@ from sig2knock.daemon.capture import (
     KnockCapture,
     open_live_handle,
 )
+from sig2knock.daemon.netif import InterfaceError
 from sig2knock.daemon.packets import Knock
 from sig2knock.protocol.addresses import PROTO_TCP, PROTO_UDP
 from sig2knock.test.frames import (
@@ -204,7 +205,11 @@ class KnockCaptureTests(SynchronousTestCase):
             def __init__(self, reactor: object, interface: str, on_change: Any) -> None:
                 self.interface = interface
                 self.on_change = on_change
+                self.opened = False
                 watchers.append(self)
+
+            def open(self) -> None:
+                self.opened = True
 
             def startService(self) -> None:
                 super().startService()
@@ -215,6 +220,7 @@ class KnockCaptureTests(SynchronousTestCase):
         reader.watch(frozenset([CLIENT4]))
         (watcher,) = watchers
         self.assertEqual((watcher.interface, list(reader)), ("eth0", [watcher]))
+        self.assertTrue(watcher.opened, "its socket opened with the capture")
         self.feed(packet4(PROTO_TCP, 1))
         reader.doRead()
         self.assertEqual(self.knocks, [], "no destination before the watcher reports")
@@ -225,6 +231,24 @@ class KnockCaptureTests(SynchronousTestCase):
         reader.stopService()
         self.assertFalse(watcher.running)
         self.assertTrue(self.handle.closed)
+
+    def test_watcherThatCannotOpenClosesTheCapture(self) -> None:
+        """
+        When the address watcher cannot subscribe (no netlink), opening fails with its error
+        and the handle is closed again: nothing stays open.
+        """
+
+        class Refusing(Service):
+            def __init__(self, reactor: object, interface: str, on_change: Any) -> None:
+                pass
+
+            def open(self) -> None:
+                raise InterfaceError("cannot watch address changes over netlink: denied")
+
+        reader = self.make(watch_addresses=Refusing)
+        self.assertRaises(InterfaceError, reader.open)
+        self.assertTrue(self.handle.closed)
+        self.assertEqual(self.reactor.getReaders(), [])
 
     def test_connectionLostCloses(self) -> None:
         reader = self.started()

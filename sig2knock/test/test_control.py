@@ -323,6 +323,9 @@ class ControlChannelTests(SynchronousTestCase):
             def __init__(self, reactor: object, interface: object, on_change: object) -> None:
                 assert (interface, on_change) == (None, None), "the host's, with no callback"
 
+            def open(self) -> None:
+                pass
+
             @property
             def current(self) -> frozenset:
                 return frozenset(hosts)

@@ -224,6 +224,25 @@ class PortGranterTests(SynchronousTestCase):
         self.assertEqual(self.reactor.tcpServers, [], "no listener before the rules are in place")
         self.assertEqual(self.firewall.calls, [])
 
+    def test_grantLogSaysTheOpenTimeOfItsDeadline(self) -> None:
+        """
+        The "granted" line names the open time the grant's deadline was set with, even when a
+        reload changed SINGLECONN_PORTOPEN_TIME while the firewall was still opening it.
+        """
+        events: List[dict] = []
+        self.patch(PortGranter, "log", Logger(observer=events.append))
+        self.firewall.pending = Deferred()
+        opening = self.granter.open(CLIENT, "alice")
+        config = self.granter.settings.config
+        self.granter.settings.replace(
+            type(config)(**{**vars(config), "singleconn_portopen_time": 5.0}), None
+        )
+        self.firewall.pending.callback(None)
+        grant = self.successResultOf(opening)
+        self.assertEqual(grant.deadline, 1030)
+        (granted,) = [event for event in events if "open_time" in event]
+        self.assertEqual(granted["open_time"], 30.0)
+
     def test_closedWhileFirewallOpening(self) -> None:
         firewall = self.firewall
         firewall.pending = Deferred()

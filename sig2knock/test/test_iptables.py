@@ -404,6 +404,26 @@ class NatBackendTests(TestCase):
         )
         self.assertEqual(firewall.grants, {})
 
+    def test_natGrantRollbackRefusedIsRemembered(self) -> None:
+        """
+        When taking the DNAT rule back fails too, the insert's refusal is what the caller hears,
+        and the rule left in the chain is remembered, so that stopping deletes it.
+        """
+        firewall = self.backend(NAT_PORTS)
+        once, dnat = render_nat_grant_specs(CLIENT, 40005, "2030-01-02T03:04:34", LOOPBACK)
+        self.run.failing = lambda argv: (
+            ("-I" in argv and argv[-len(once):] == once) or "-D" in argv
+        )
+        failure = self.failureResultOf(firewall.grant(CLIENT, 40005, T0 + 30), FirewallError)
+        self.assertIn("-I", failure.getErrorMessage())
+        self.assertEqual(list(firewall.grants), [(CLIENT, 40005)])
+        self.run.failing = lambda argv: False
+        self.run.calls.clear()
+        self.successResultOf(firewall.stop())
+        deleted = [argv[argv.index("-w") + 1:] for argv, _ in self.run.calls]
+        self.assertIn(["-t", "nat", "-D", NAT_CHAIN, *dnat], deleted)
+        self.assertEqual(firewall.grants, {})
+
     def test_natOtherFamilyRefused(self) -> None:
         firewall = self.backend(NAT_PORTS)
         self.failureResultOf(

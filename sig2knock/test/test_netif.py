@@ -326,6 +326,27 @@ class AddressWatcherTests(SynchronousTestCase):
         error = self.assertRaises(InterfaceError, watcher.startService)
         self.assertIn("Operation not permitted", str(error))
         self.assertFalse(watcher.running)
+        self.assertRaises(InterfaceError, watcher.open)
+
+    def test_openedBeforeStart(self) -> None:
+        """
+        ``open`` subscribes before the service starts (the daemon does it before twistd starts
+        anything); starting then uses that socket and reports the addresses.
+        """
+        opened = []
+
+        def open_socket():  # type: ignore[no-untyped-def]
+            opened.append(self.ours)
+            return self.ours
+
+        watcher = AddressWatcher(self.reactor, None, self.changes.append, self.read, open_socket)
+        watcher.open()
+        self.assertEqual((opened, self.changes), ([self.ours], []))
+        watcher.startService()
+        self.addCleanup(watcher.stopService)
+        self.assertEqual(len(opened), 1, "one subscription")
+        self.assertIn(watcher, self.reactor.getReaders())
+        self.assertEqual(len(self.changes), 1)
 
     def test_realNotificationSocket(self) -> None:
         try:

@@ -66,16 +66,22 @@ class RefusalLogTests(SynchronousTestCase):
         logged even after the interval's quota is spent, and uses none of it.
         """
         refusals = RefusalLog(detailed_per_interval=2)
+        refusals.refused("198.18.0.2", 4000, "no-free-port", "40000-40009 in use", severe=True)
         for _ in range(5):
             refusals.refused("198.18.0.3", 4000, "auth", "bad tag")
         refusals.refused("198.18.0.2", 4000, "firewall", "nft said no", severe=True)
         self.assertEqual(
-            [event["reason"] for event in self.events], ["auth", "auth", "firewall"]
+            [event["reason"] for event in self.events],
+            ["no-free-port", "auth", "auth", "firewall"],
         )
-        self.assertEqual(self.events[-1]["log_level"].name, "error")
+        self.assertEqual(
+            [event["log_level"].name for event in self.events], ["error", "info", "info", "error"]
+        )
         refusals.summarize()
         self.assertEqual(self.events[-1]["suppressed"], 3)
-        self.assertEqual(self.events[-1]["reason_counts"], {"auth": 5, "firewall": 1})
+        self.assertEqual(
+            self.events[-1]["reason_counts"], {"auth": 5, "firewall": 1, "no-free-port": 1}
+        )
 
     def test_lastSummaryAtStop(self) -> None:
         summary = RefusalSummary(RefusalLog(detailed_per_interval=0), self.clock)

@@ -45,6 +45,10 @@ class FakeAddressWatcher(Service):
         self.interface = interface
         self.on_change = on_change
         self.current = None
+        self.opened = False
+
+    def open(self) -> None:
+        self.opened = True
 
     def startService(self) -> None:
         super().startService()
@@ -230,6 +234,33 @@ class ServiceFirewallTests(SynchronousTestCase):
         daemon.startService()
         self.successResultOf(daemon.stopService())
         self.assertEqual(daemon.firewall.firewall.stops, ["stop"])
+
+    def test_stopBeforeReadyIsSaidCancelsIt(self) -> None:
+        """
+        A daemon stopped between its rules standing and the next reactor turn never says
+        "ready", and leaves no timer behind.
+        """
+        daemon = self.daemon(succeed(None))
+        daemon.startService()
+        self.successResultOf(daemon.stopService())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.reactor.advance(0)
+        self.assertNotIn("sig2knock ready", [e["log_format"] for e in self.events])
+
+    def test_failedStopOfAPartIsLoggedAndTheRestStops(self) -> None:
+        """
+        A part whose stop fails is logged with its name and traceback; every other part still
+        stops, and the daemon's stop completes.
+        """
+        daemon = self.daemon(succeed(None))
+        daemon.startService()
+        self.patch(daemon.granter, "stopService", lambda: fail(RuntimeError("stuck")))
+        self.successResultOf(daemon.stopService())
+        (failed,) = [e for e in self.events if e.get("log_failure")]
+        self.assertEqual(failed["part"], "PortGranter")
+        self.assertTrue(failed["log_failure"].check(RuntimeError))
+        self.assertEqual(daemon.firewall.firewall.stops, ["stop"])
+        self.assertFalse(daemon.prepared.replay_cache.running)
 
 
 class ServiceReloadTests(SynchronousTestCase):

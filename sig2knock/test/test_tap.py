@@ -18,6 +18,7 @@ from zope.interface.verify import verifyObject
 from sig2knock.daemon import service, settings as config_module, startup, tap
 from sig2knock.daemon.capture import CaptureError
 from sig2knock.daemon.control import ControlPortError
+from sig2knock.daemon.netif import InterfaceError
 from sig2knock.daemon.replay import ReplayCache
 from sig2knock.test.common import write_config
 
@@ -162,6 +163,13 @@ class MakeServiceTests(SynchronousTestCase):
         self.patch(ReplayCache, "close", lambda cache: (closed.append(cache), close(cache)))
         self.assertStopsWithOneLine(write_config(self.directory), "UDP_PORT 1001")
         self.assertEqual(len(closed), 1, "the replay cache is closed again")
+
+    def test_addressWatchProblemStopsWithOneLine(self) -> None:
+        def refuse(daemon):
+            raise InterfaceError("cannot watch address changes over netlink: denied")
+
+        self.patch(service.Sig2knockService, "open", refuse)
+        self.assertStopsWithOneLine(write_config(self.directory), "netlink")
 
     def test_missingInterface(self) -> None:
         path = write_config(self.directory, {"INTERFACE": "nosuchif0", "INTERFACE_WAIT": "0"})
