@@ -1,21 +1,28 @@
 """
-The client's key file: the user's derived key, saved once (``sig2knockc --save-key``) so later
-knocks skip the password and scrypt (about 0.1 s at the default cost, on every login).
+The client's key files: a user's private X25519 key, kept like an ssh private key (mode 0600 in a
+0700 directory, refused when group or others can read it; on Windows, see
+``sig2knock.client.portable.read_private``).
 
-The file is one key line (``NAME:scrypt:PARAMS:SALT:KEY``, ``sig2knock.protocol.keyline``), kept
-like an ssh private key: mode 0600 in a 0700 directory, refused when group or others can read it (on
-Windows, see ``sig2knock.client.portable.read_private``). It is worth exactly as much as the
-password to an attacker of this service (not of other services: the key is not the password).
+Two kinds, both PKCS#8 PEM after one comment line that says whose key it is:
+
+- a key made by ``sig2knockc --keygen`` (``# sig2knock key of NAME``), for any server that
+  enrolled its public half; it may be encrypted with a passphrase;
+- a password user's key saved by ``--save-key`` (``# sig2knock key of NAME for SERVER``), the key
+  derived from the password for that one server, so later knocks skip the password and scrypt.
+  It is worth as much as the password at that server, and nothing at any other.
+
 Twisted-free, for the client.
 """
 
 import os
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from sig2knock.client.portable import PrivateFileError, config_home, read_private, write_private
-from sig2knock.protocol.kdf import KdfParams
-from sig2knock.protocol.keyline import KeyLineError, format_key_line, parse_key_line
+from sig2knock.protocol import keys
 from sig2knock.protocol.wire import UserKey
+
+_HEADER = "# sig2knock key of "
+_FOR = " for "
 
 
 class KeyFileError(Exception):
@@ -24,12 +31,33 @@ class KeyFileError(Exception):
     """
 
 
-def default_key_path(user: str) -> str:
+class KeyFile(NamedTuple):
     """
-    Where ``user``'s key is kept by default: ``USER.key`` in the client's configuration folder
-    (``sig2knock.client.portable.config_home``: ``~/.config/sig2knock``, ``%APPDATA%\\sig2knock``).
+    A key file's text: whose key it is, the server it is bound to (``None``: any), the PEM.
     """
-    return os.path.join(config_home(), f"{user}.key")
+
+    user: str
+    server: Optional[bytes]
+    pem: str
+
+    @property
+    def encrypted(self) -> bool:
+        """
+        Whether a passphrase is needed to read the key.
+        """
+        return keys.is_encrypted(self.pem)
+
+
+def default_key_path(user: str, server: Optional[bytes] = None) -> str:
+    """
+    Where ``user``'s key is kept by default, in the client's configuration folder
+    (``~/.config/sig2knock``, ``%APPDATA%\\sig2knock``): ``USER.key`` for a key of their own,
+    ``USER@SERVER.key`` for a password user's key saved for the server ``server``.
+    """
+    if server is None:
+        return os.path.join(config_home(), f"{user}.key")
+    short = keys.fingerprint(server)[len("SHA256:"):].replace("/", "_").replace("+", "-")
+    return os.path.join(config_home(), f"{user}@{short}.key")
 
 
 def _quiet(line: str) -> None:
@@ -38,10 +66,10 @@ def _quiet(line: str) -> None:
     """
 
 
-def load_key(path: str, user: str, warn: Callable[[str], None] = _quiet) -> Optional[UserKey]:
+def read_key_file(path: str, warn: Callable[[str], None] = _quiet) -> Optional[KeyFile]:
     """
-    ``user``'s key from the key file at ``path``; ``None`` when there is no such file. Raises
-    ``KeyFileError`` for a file that is open to others, broken, or holds another user.
+    The key file at ``path``; ``None`` when there is no such file. Raises ``KeyFileError`` for a
+    file that is open to others or broken.
     """
     try:
         text = read_private(path, warn)
@@ -51,25 +79,63 @@ def load_key(path: str, user: str, warn: Callable[[str], None] = _quiet) -> Opti
         raise KeyFileError(f"{path}: cannot read it: {error.strerror or error}") from None
     except PrivateFileError as error:
         raise KeyFileError(str(error)) from None
-    lines = [line.strip() for line in text.split("\n")]
-    lines = [line for line in lines if line and not line.startswith("#")]
-    if len(lines) != 1:
-        raise KeyFileError(f"{path}: a key file holds one key line, not {len(lines)}")
+    first, _, pem = text.partition("\n")
+    if not first.startswith(_HEADER):
+        raise KeyFileError(f"{path}: not a sig2knock key file (make one with sig2knockc --keygen)")
+    owner, _, server_text = first[len(_HEADER):].strip().partition(_FOR)
+    server = None
+    if server_text:
+        try:
+            server = keys.parse_public_key(server_text)
+        except keys.KeyFormatError as error:
+            raise KeyFileError(f"{path}: {error}") from None
+    return KeyFile(owner, server, pem)
+
+
+def load_key(
+    path: str,
+    user: str,
+    server: bytes,
+    passphrase: Callable[[str], str],
+    warn: Callable[[str], None] = _quiet,
+) -> Optional[UserKey]:
+    """
+    ``user``'s key from the key file at ``path`` for the server ``server``; ``None`` when there
+    is no such file. ``passphrase(path)`` is asked for an encrypted key. Raises ``KeyFileError``
+    for a file that is open to others, broken, or holds another user's key or another
+    server's.
+    """
+    found = read_key_file(path, warn)
+    if found is None:
+        return None
+    if found.user != user:
+        raise KeyFileError(f"{path}: holds no key of user {user}, but of {found.user}")
+    if found.server is not None and found.server != server:
+        raise KeyFileError(
+            f"{path}: the key of {user} at another server ({keys.fingerprint(found.server)})"
+        )
     try:
-        key, _ = parse_key_line(lines[0])
-    except KeyLineError as error:
+        private = keys.import_private(
+            found.pem, passphrase(path) if found.encrypted else None
+        )
+    except keys.KeyFormatError as error:
         raise KeyFileError(f"{path}: {error}") from None
-    if key.name != user:
-        raise KeyFileError(f"{path}: holds no key of user {user}")
-    return key
+    return UserKey(user, private)
 
 
-def save_key(path: str, key: UserKey, params: KdfParams) -> None:
+def save_key(
+    path: str, key: UserKey, server: Optional[bytes], passphrase: Optional[str] = None
+) -> None:
     """
-    Write ``key`` (derived with ``params``) to ``path`` atomically, mode 0600, creating its
-    directory mode 0700.
+    Write ``key`` (bound to ``server``, or to none for a key of the user's own) to ``path``
+    atomically, mode 0600, creating its directory mode 0700; encrypted with ``passphrase`` when
+    one is given.
     """
+    header = _HEADER + key.name
+    if server is not None:
+        header += _FOR + keys.format_public_key(server)
+    text = header + "\n" + keys.export_private(key.private, passphrase)
     try:
-        write_private(path, format_key_line(key.name, key.key, params) + "\n")
+        write_private(path, text)
     except OSError as error:
         raise KeyFileError(f"{path}: cannot save the key: {error.strerror or error}") from None

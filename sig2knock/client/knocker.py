@@ -3,10 +3,11 @@ The client side of the exchange: send P1, knock, send P2, wait for P3 (docs/PROT
 
 Plain sockets only: no raw sockets, no root, and no Twisted (every login pays the client's start-up
 time). The server only captures a source's knocks once it has processed that source's P1, so the
-first knocks are often missed; the client therefore repeats the whole round (P1, knocks, P2, each
-P1/P2 freshly encrypted, same session id and ports) on a short doubling schedule until P3 arrives
-or the timeout passes. Repeats are harmless: the server ignores duplicate knocks and answers a
-repeated P2 with the same P3.
+first knocks are often missed; the client therefore repeats the whole round (the same P1, the
+knocks, a fresh P2) on a short doubling schedule until P3 arrives or the timeout passes. Repeats
+are harmless: the server drops a P1 it has seen as a replay, ignores duplicate knocks and answers a
+repeated P2 with the same P3. P1 is sealed once per exchange: its HPKE context gives the session's
+keys (``sig2knock.protocol.wire``), which P2 and P3 are protected with.
 
 Clock, sockets and randomness are injected so that the exchange can be tested deterministically.
 Every import here is paid on every login: see ``docs/BENCHMARKS.md`` (client start-up) before
@@ -19,9 +20,10 @@ import socket
 import time
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-from sig2knock.protocol import addresses, wire
+from sig2knock.protocol import addresses, keys, wire
+from sig2knock.protocol.addresses import IPAddress, parse_address
 from sig2knock.protocol.kdf import KdfParams, derive_key
-from sig2knock.protocol.wire import Binding, Confirm, Grant, KnockRequest, MessageRejected, UserKey
+from sig2knock.protocol.wire import Confirm, Grant, KnockRequest, MessageRejected, UserKey
 
 # How far P3's timestamp may be from this clock. Generous on purpose: the server enforces its own
 # MAX_CLOCK_SKEW on P1/P2, and P3 is already tied to this session's random id.
@@ -93,13 +95,6 @@ class Target(NamedTuple):
             return f"{self.name} ({self.address}) port {self.port}"
         return f"{self.address} port {self.port}"
 
-    @property
-    def binding(self) -> Binding:
-        """
-        What messages of this exchange are bound to: the server address and control port.
-        """
-        return Binding.of(self.address, self.port)
-
     def sockaddr_for(self, port: int) -> Tuple[Any, ...]:
         """
         The socket address of ``port`` on the server (keeps IPv6 flow info and scope).
@@ -109,7 +104,9 @@ class Target(NamedTuple):
 
 class GrantResult(NamedTuple):
     """
-    A successful exchange: the assigned ``port`` on ``target``, open until ``deadline_ms``.
+    A successful exchange: the assigned ``port`` on ``target``, open until ``deadline_ms`` for
+    ``granted_address`` (the address the server saw; ``client_address`` is the one this client
+    said it sends from, ``None`` when it could not tell), and the session's ``door`` secret.
     """
 
     target: Target
@@ -117,6 +114,23 @@ class GrantResult(NamedTuple):
     deadline_ms: int
     session_id: bytes
     rounds: int
+    granted_address: Optional[IPAddress] = None
+    client_address: Optional[IPAddress] = None
+    door: bytes = b""
+
+    @property
+    def relayed(self) -> bool:
+        """
+        Whether the server granted another public address than the one this client sends from:
+        someone on the way re-sent this login from their own address.
+        """
+        claimed, granted = self.client_address, self.granted_address
+        return (
+            claimed is not None
+            and granted is not None
+            and claimed.is_global
+            and granted != claimed
+        )
 
 
 def resolve(
@@ -153,11 +167,13 @@ def _address_literal(server: str, port: int) -> Optional[Target]:
     return Target(socket.AF_INET, str(address), port, (str(address), port), server)
 
 
-def user_key(password: str, user: str, kdf: str) -> UserKey:
+def user_key(password: str, user: str, kdf: str, server: bytes) -> UserKey:
     """
-    ``user``'s key from ``password`` with the scrypt parameters ``kdf`` (``scrypt:n=..,r=..,p=..``).
+    ``user``'s key at the server whose public key is ``server``, from ``password`` with the
+    scrypt parameters ``kdf`` (``scrypt:n=..,r=..,p=..``).
     """
-    return UserKey(user, derive_key(password, user, KdfParams.parse(kdf)))
+    seed = derive_key(password, user, server, KdfParams.parse(kdf))
+    return UserKey(user, keys.private_from_seed(seed))
 
 
 def choose_ports(rng: random.Random, count: int, control_port: int) -> Tuple[int, ...]:
@@ -178,7 +194,8 @@ def choose_ports(rng: random.Random, count: int, control_port: int) -> Tuple[int
 
 class Knocker:
     """
-    One exchange with one server: rounds of P1, knocks and P2 until a P3 for this session arrives.
+    One exchange with one server (``server``: its public key's 32 bytes): rounds of P1, knocks
+    and P2 until a P3 for this session arrives.
 
     ``clock`` gives the time for message timestamps and for checking P3, ``monotonic`` measures the
     timeout and the retry intervals, ``sleep`` makes the pause between P1 and the knocks,
@@ -190,6 +207,7 @@ class Knocker:
         self,
         user: UserKey,
         target: Target,
+        server: bytes,
         *,
         protocol: int = addresses.PROTO_TCP,
         knocks: int = DEFAULT_KNOCKS,
@@ -207,7 +225,7 @@ class Knocker:
             raise ValueError(f"knock protocol {protocol!r} is neither TCP nor UDP")
         self.user = user
         self.target = target
-        self.binding = target.binding
+        self.server = keys.import_public_key(server)
         self.protocol = protocol
         self.timeout = timeout
         self.schedule = schedule
@@ -225,6 +243,15 @@ class Knocker:
         Knock until granted; raise ``ClientError`` when no P3 came within the timeout.
         """
         deadline = self.monotonic() + self.timeout
+        self.client_address = self._local_address()
+        request = KnockRequest(
+            self.session_id,
+            wire.now_ms(self.clock()),
+            self.protocol,
+            self.ports,
+            self.client_address,
+        )
+        self.request, self.keys = wire.seal_request(request, self.user, self.server)
         control = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
         knocker = None
         if self.protocol == addresses.PROTO_UDP:
@@ -245,7 +272,14 @@ class Knocker:
                         f" (in {deadline_s - self.clock():.1f} s; round {rounds})"
                     )
                     return GrantResult(
-                        self.target, grant.port, grant.deadline_ms, self.session_id, rounds
+                        self.target,
+                        grant.port,
+                        grant.deadline_ms,
+                        self.session_id,
+                        rounds,
+                        grant.address,
+                        self.client_address,
+                        self.keys.door,
                     )
         finally:
             control.close()
@@ -253,19 +287,30 @@ class Knocker:
                 knocker.close()
         raise ClientError(
             f"no answer from {self.target} within"
-            f" {self.timeout:g} s: wrong user or password, a knock port filtered on the way,"
+            f" {self.timeout:g} s: wrong user, password, key or --server-key, a knock port filtered on the way,"
             " the server's clock more than MAX_CLOCK_SKEW away from this one,"
             " or the server is down"
         )
 
+    def _local_address(self) -> Optional[IPAddress]:
+        """
+        The address this host sends to the server from, as it sees it (a private one behind NAT),
+        or ``None`` when it cannot tell. Connecting a UDP socket sends nothing.
+        """
+        probe = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
+        try:
+            probe.connect(self.target.sockaddr)
+            return parse_address(str(probe.getsockname()[0]))
+        except OSError:
+            return None
+        finally:
+            probe.close()
+
     def _round(self, control: Any, knocker: Any, number: int) -> None:
         """
-        Send P1, the knocks and P2, each P1/P2 freshly encrypted.
+        Send P1 (the same each round), the knocks and a fresh P2.
         """
-        request = KnockRequest(
-            self.session_id, wire.now_ms(self.clock()), self.protocol, self.ports
-        )
-        self._send_control(control, wire.encode(request, self.user, self.binding))
+        self._send_control(control, self.request)
         self.report(f"round {number}: P1 sent to {self.target}")
         self.sleep(self.schedule.knock_pause)
         for port in self.ports:
@@ -278,7 +323,7 @@ class Knocker:
             f" {' '.join(map(str, self.ports))}"
         )
         confirm = Confirm(self.session_id, wire.now_ms(self.clock()))
-        self._send_control(control, wire.encode(confirm, self.user, self.binding))
+        self._send_control(control, wire.encode_confirm(confirm, self.keys))
         self.report(f"round {number}: P2 sent")
 
     def _send_control(self, control: Any, data: bytes) -> None:
@@ -334,31 +379,27 @@ class Knocker:
 
     def _grant_from(self, data: bytes, source: Sequence[Any]) -> Optional[Grant]:
         try:
-            if Binding.of(str(source[0]), int(source[1])) != self.binding:
+            if (parse_address(str(source[0])), int(source[1])) != (
+                parse_address(self.target.address),
+                self.target.port,
+            ):
                 return None
         except (ValueError, TypeError, IndexError):
             return None
         try:
-            received = wire.decode(
-                data,
-                keys={self.user.key_id: self.user},
-                bindings=(self.binding,),
-                expect=(wire.TYPE_GRANT,),
-                now=self.clock(),
-                max_skew=MAX_SKEW,
-            )
+            grant = wire.decode_grant(data, self.keys, now=self.clock(), max_skew=MAX_SKEW)
         except MessageRejected:
             return None
-        message = received.message
-        if not isinstance(message, Grant) or message.session_id != self.session_id:
+        if grant.session_id != self.session_id:
             return None
-        return message
+        return grant
 
 
 def knock(
     server: str,
     port: int,
     user: UserKey,
+    server_key: bytes,
     *,
     protocol: int = addresses.PROTO_TCP,
     knocks: int = DEFAULT_KNOCKS,
@@ -366,10 +407,17 @@ def knock(
     report: Reporter = _quiet,
 ) -> GrantResult:
     """
-    Resolve ``server`` and run one exchange with its control ``port``; raise ``ClientError``.
+    Resolve ``server`` and run one exchange with its control ``port`` (``server_key``: the
+    server's public key); raise ``ClientError``.
     """
     target = resolve(server, port)
     knocker = Knocker(
-        user, target, protocol=protocol, knocks=knocks, timeout=timeout, report=report
+        user,
+        target,
+        server_key,
+        protocol=protocol,
+        knocks=knocks,
+        timeout=timeout,
+        report=report,
     )
     return knocker.run()

@@ -1,9 +1,10 @@
 """
 The UDP control channel: receives P1 and P2, answers a granted P2 with P3, and nothing else.
 
-Checks run cheapest first (``sig2knock.protocol.wire.decode``: size, version, type, binding, key id,
-then the rate limits, then the AEAD; then the replay cache), so junk costs a few comparisons and a
-flood of valid-looking datagrams costs at most the rate limits' worth of cryptography. Every refusal
+Checks run cheapest first (``sig2knock.protocol.wire.open_request``: size, version, type, then the
+rate limits, then HPKE; then the replay cache; a P2 is looked up by its session tag before any
+cryptography), so junk costs a few comparisons and a flood of valid-looking datagrams costs at most
+the rate limits' worth of cryptography. Every refusal
 is counted and reported with the source address and a fixed reason (``RefusalLog``) and is never
 answered.
 """
@@ -13,9 +14,9 @@ import errno
 import ipaddress
 import socket
 from functools import partial
-from typing import Any, Callable, Hashable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Hashable, List, Optional, Tuple
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
@@ -25,13 +26,12 @@ from twisted.python.failure import Failure
 
 from sig2knock.daemon.ratelimit import RateLimiter
 from sig2knock.daemon.refusals import RefusalLog
-from sig2knock.daemon.replay import ReplayCache
+from sig2knock.daemon.replay import REASON_REPLAY, ReplayCache
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.sessions import SessionTable
-from sig2knock.daemon.waiting import stop_children
-from sig2knock.protocol import addresses, wire
+from sig2knock.protocol import addresses, keys, wire
 from sig2knock.protocol.addresses import IPAddress, parse_address
-from sig2knock.protocol.wire import Binding, BindingCheck, MessageRejected, Received, UserKey
+from sig2knock.protocol.wire import MessageRejected, SessionKeys
 
 EXPECTED_TYPES = (wire.TYPE_KNOCK_REQUEST, wire.TYPE_CONFIRM)
 # How much a control socket reads in one reactor turn: about 45 full-size P1s, so the capture is
@@ -58,10 +58,10 @@ class ControlProtocol(DatagramProtocol):
     """
     The daemon's side of the control protocol.
 
-    ``keys`` returns the users by key id (a callable, so a reload can swap them); ``accepts``
-    says which server bindings (address and control port) this daemon answers for; ``sessions``
-    is the session table; ``replay_cache`` remembers accepted nonces; ``limiter`` decides which
-    datagrams may cost cryptography; ``refusals`` counts and logs what is refused.
+    ``identity`` is the server's key pair (``ServerIdentity``); ``users`` returns the users in
+    force (a callable, so a reload can swap them); ``sessions`` is the session table;
+    ``replay_cache`` remembers accepted P1s; ``limiter`` decides which datagrams may cost
+    cryptography; ``refusals`` counts and logs what is refused.
     """
 
     log = Logger()
@@ -71,8 +71,8 @@ class ControlProtocol(DatagramProtocol):
         self,
         clock: IReactorTime,
         *,
-        keys: Callable[[], Mapping[bytes, UserKey]],
-        accepts: BindingCheck,
+        identity: Any,
+        users: Callable[[], Any],
         sessions: SessionTable,
         replay_cache: ReplayCache,
         max_skew: float,
@@ -81,16 +81,19 @@ class ControlProtocol(DatagramProtocol):
         refusals: Optional[RefusalLog] = None,
     ) -> None:
         self.clock = clock
-        self.keys = keys
-        self.accepts = accepts
+        self.identity = identity
+        self.users = users
         self.sessions = sessions
         self.replay_cache = replay_cache
         self.max_skew = max_skew
         self.limiter = limiter if limiter is not None else RateLimiter(clock)
         self.user_limiter = user_limiter if user_limiter is not None else user_rate_limiter(clock)
         self.refusals = refusals if refusals is not None else RefusalLog()
+        # An unknown user's request is opened against this key, so that it costs what a known
+        # user's does: the time of a refusal does not tell which names exist.
+        self.decoy = keys.generate().public_key()  # type: ignore[attr-defined]
         # Sources that sent an authentic message lately: their datagrams skip the global budget,
-        # so a flood from elsewhere carrying a known key id cannot starve returning users.
+        # so a flood from elsewhere cannot starve returning users.
         self.trusted: "collections.OrderedDict[Hashable, float]" = collections.OrderedDict()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
@@ -101,6 +104,12 @@ class ControlProtocol(DatagramProtocol):
         source = parse_address(host)
         if source is None:
             return
+        if wire.message_type(datagram) == wire.TYPE_CONFIRM:
+            self._confirm(datagram, source, addr)
+        else:
+            self._request(datagram, source, port)
+
+    def _request(self, datagram: bytes, source: IPAddress, port: int) -> None:
         now = self.clock.seconds()
 
         def admit() -> bool:
@@ -108,42 +117,58 @@ class ControlProtocol(DatagramProtocol):
             key = rate_key(source)
             return self.limiter.allow(key, use_global=not self._is_trusted(key, now))
 
+        received = None
         try:
-            received = wire.decode(
+            received = wire.open_request(
                 datagram,
-                keys=self.keys(),
-                bindings=self.accepts,
-                expect=EXPECTED_TYPES,
+                identity=self.identity.private,
+                users=self.users().public_key,
+                decoy=self.decoy,
                 now=now,
                 max_skew=self.max_skew,
                 admit=admit,
             )
+            request = received.request
             # A replay is refused before it can spend anything of its user's allowance.
-            self.replay_cache.check(received.nonce, received.message.timestamp_ms, now)
+            self.replay_cache.check(received.keys.replay_id, request.timestamp_ms, now)
             # Per user, and only once authenticated and fresh (so nobody can spend another's
             # allowance): one key holder with many addresses cannot fill the replay cache.
-            if not self.user_limiter.allow(received.user.name):
+            if not self.user_limiter.allow(received.user):
                 raise MessageRejected(
-                    wire.REASON_RATE, f"user {received.user.name}: over the per-user rate limit"
+                    wire.REASON_RATE, f"user {received.user}: over the per-user rate limit"
                 )
-            self.replay_cache.remember(received.nonce, received.message.timestamp_ms, now)
+            self.replay_cache.remember(received.keys.replay_id, request.timestamp_ms, now)
             self._trust(rate_key(source), now)
+        except MessageRejected as rejection:
+            if received is not None and rejection.reason == REASON_REPLAY:
+                # A copy of a P1 already taken: from another address, the session is relayed.
+                self.sessions.resent(source, received.user, received.request.session_id)
+            self._refused(source, port, rejection.reason, rejection.detail)
+            return
+        try:
+            self.sessions.open(source, received.user, request, received.keys)
+        except SessionRefused as refusal:
+            self._session_refused(source, port, received.user, refusal)
+
+    def _confirm(self, datagram: bytes, source: IPAddress, addr: Tuple[Any, ...]) -> None:
+        port = addr[1]
+        try:
+            session_keys, confirm = wire.decode_confirm(
+                datagram,
+                find=self.sessions.keys_for,
+                now=self.clock.seconds(),
+                max_skew=self.max_skew,
+            )
         except MessageRejected as rejection:
             self._refused(source, port, rejection.reason, rejection.detail)
             return
-        user = received.user.name
-        message = received.message
-        if isinstance(message, wire.KnockRequest):
-            try:
-                self.sessions.open(source, user, message)
-            except SessionRefused as refusal:
-                self._session_refused(source, port, user, refusal)
-            return
-        confirming = self.sessions.confirm(source, user, message.session_id)
+        session = self.sessions.session_for(session_keys.tag)
+        user = session.user if session is not None else "?"
+        confirming = self.sessions.confirm(source, session_keys.tag, confirm.session_id)
         confirming.addCallbacks(
             self._sendGrant,
             self._confirmRefused,
-            callbackArgs=(received, addr),
+            callbackArgs=(session_keys, confirm.session_id, user, source, addr),
             errbackArgs=(source, port, user),
         )
 
@@ -157,21 +182,30 @@ class ControlProtocol(DatagramProtocol):
         while len(self.trusted) > MAX_TRUSTED:
             self.trusted.popitem(last=False)
 
-    def _sendGrant(self, grant: Any, received: Received, addr: Tuple[Any, ...]) -> None:
+    def _sendGrant(
+        self,
+        grant: Any,
+        session_keys: SessionKeys,
+        session_id: bytes,
+        user: str,
+        source: IPAddress,
+        addr: Tuple[Any, ...],
+    ) -> None:
         reply = wire.Grant(
-            received.message.session_id,
+            session_id,
             wire.now_ms(self.clock.seconds()),
             grant.port,
             wire.now_ms(grant.deadline),
+            source,
         )
         if self.transport is None:
             return
-        self.transport.write(wire.encode(reply, received.user, received.binding), addr)
+        self.transport.write(wire.encode_grant(reply, session_keys), addr)
         self.log.info(
             "P3 sent: port {port} to {user} at {source}",
             port=grant.port,
-            user=received.user.name,
-            source=str(parse_address(addr[0])),
+            user=user,
+            source=str(source),
         )
 
     def _confirmRefused(self, failure: Failure, source: object, port: int, user: str) -> None:
@@ -198,37 +232,20 @@ def user_rate_limiter(clock: IReactorTime) -> RateLimiter:
     return RateLimiter(clock, global_rate=None)
 
 
-def binding_check(
-    control_port: int, addresses: Callable[[], "frozenset[addresses.IPAddress]"]
-) -> Callable[[Binding], bool]:
-    """
-    Accept messages bound to ``control_port`` at one of ``addresses()`` (read at each message,
-    so address changes apply at once).
-    """
-
-    def accepts(binding: Binding) -> bool:
-        return binding.port == control_port and binding.address in addresses()
-
-    return accepts
-
-
 class ControlPortError(Exception):
     """
     The control port cannot be opened (in use, or an address this host does not have).
     """
 
 
-class ControlPorts(MultiService):
+class ControlPorts(Service):
     """
     The daemon's control sockets on ``port``: on ``listen_address``, or on every address of
     both families (one dual-stack socket, or one per family where IPv6 sockets take no IPv4).
     ``protocol()`` makes the ``ControlProtocol`` of each socket. ``open`` binds them (before
     twistd starts anything, so a port in use stops the daemon with one line); stopping the
-    service closes them. Its children (without ``LISTEN_ADDRESS``, the watcher of the host's
-    addresses that the protocols accept bindings to) open, start and stop with it.
+    service closes them.
     """
-
-    log = Logger()
 
     def __init__(
         self,
@@ -237,7 +254,6 @@ class ControlPorts(MultiService):
         listen_address: Optional[IPAddress],
         protocol: Callable[[], ControlProtocol],
     ) -> None:
-        super().__init__()
         self.reactor = reactor
         self.port = port
         self.listen_address = listen_address
@@ -246,8 +262,7 @@ class ControlPorts(MultiService):
 
     def open(self) -> None:
         """
-        Bind the control sockets and open the address watcher's socket. Raises
-        ``ControlPortError`` or ``InterfaceError``; on failure none stays open.
+        Bind the control sockets. Raises ``ControlPortError``; on failure none stays open.
         """
         port = self.port
         if self.listen_address is not None:
@@ -275,12 +290,6 @@ class ControlPorts(MultiService):
             self.listening.append(listening)
             if interface == "::" and not _ipv6_only(listening):
                 break  # dual stack: IPv4 arrives as IPv4-mapped IPv6
-        try:
-            for watcher in self:
-                watcher.open()
-        except Exception:
-            self.stopService()
-            raise
 
     def _close(self) -> List[Optional[Deferred]]:
         closing = [listening.stopListening() for listening in self.listening]
@@ -289,41 +298,32 @@ class ControlPorts(MultiService):
 
     def stopService(self) -> Deferred:
         """
-        Close the control sockets, and stop the children.
+        Close the control sockets.
         """
-        Service.stopService(self)
-        stopping = stop_children(self, self.log)
-        return DeferredList([stopping] + [d for d in self._close() if d is not None])
+        super().stopService()
+        return DeferredList([d for d in self._close() if d is not None])
 
 
 def control_ports(
     reactor: Any,
     settings: Any,
+    identity: Any,
     sessions: SessionTable,
     replay_cache: ReplayCache,
-    watch_addresses: Callable[..., IService],
     refusals: RefusalLog,
 ) -> ControlPorts:
     """
-    The daemon's control channel for the ``LiveSettings`` ``settings``: its sockets on
-    ``UDP_PORT`` (at ``LISTEN_ADDRESS``, or at every address), each read by a ``ControlProtocol``
-    that takes the users in force at each message and accepts messages bound to the listen
-    address, or to an address the host has now (kept by a child service of the control ports,
-    ``watch_addresses(reactor, None, None)``), and reports its refusals to ``refusals``.
+    The daemon's control channel for the ``LiveSettings`` ``settings`` and the server's
+    ``identity``: its sockets on ``UDP_PORT`` (at ``LISTEN_ADDRESS``, or at every address), each
+    read by a ``ControlProtocol`` that takes the users in force at each message and reports its
+    refusals to ``refusals``.
     """
     config = settings.config
-    host = None
-    if config.listen_address is not None:
-        listen_addresses = frozenset({config.listen_address})
-        accepts = binding_check(config.udp_port, lambda: listen_addresses)
-    else:
-        host = watch_addresses(reactor, None, None)
-        accepts = binding_check(config.udp_port, lambda: host.current or frozenset())
     protocol = partial(
         ControlProtocol,
         reactor,
-        keys=lambda: settings.users.by_key_id,
-        accepts=accepts,
+        identity=identity,
+        users=lambda: settings.users,
         sessions=sessions,
         replay_cache=replay_cache,
         max_skew=config.max_clock_skew,
@@ -331,10 +331,7 @@ def control_ports(
         user_limiter=user_rate_limiter(reactor),
         refusals=refusals,
     )
-    ports = ControlPorts(reactor, config.udp_port, config.listen_address, protocol)
-    if host is not None:
-        host.setServiceParent(ports)
-    return ports
+    return ControlPorts(reactor, config.udp_port, config.listen_address, protocol)
 
 
 def _ipv6_only(listening: Any) -> bool:

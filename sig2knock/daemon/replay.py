@@ -20,7 +20,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from sig2knock.protocol import files
-from sig2knock.protocol.wire import NONCE_SIZE, MessageRejected
+from sig2knock.protocol.wire import REPLAY_ID_SIZE as NONCE_SIZE, MessageRejected
 
 # Why the cache refuses a message (MessageRejected.reason), beside decode's reasons.
 REASON_REPLAY = "replay"

@@ -158,6 +158,14 @@ SCHEMA: Tuple[Setting, ...] = (
         " keep the replay cache small.",
     ),
     Setting(
+        "REQUIRE_SOURCE_ADDRESS", "require_source_address", values.YesNo(), False, "`no`", LIVE,
+        "`yes` grants only a client whose request names the address it comes from: no relay"
+        " can then use a login, whichever way the client connects, but clients behind NAT"
+        " cannot log in. `no` also lets in a client that names a private address (behind"
+        " NAT); a request naming another public address than its source is refused either"
+        " way. See [Security](docs/SECURITY.md).",
+    ),
+    Setting(
         "LISTEN_ADDRESS", "listen_address", values.listen_address, None, "every address",
         RESTART,
         "address of the control channel, IPv4 or IPv6; unset listens on all addresses of both"

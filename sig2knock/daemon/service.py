@@ -33,13 +33,13 @@ class Sig2knockService(MultiService):
     """
     The daemon. Its children, in the order they start (they stop in reverse): the replay cache
     (closed last), the firewall, the granter, the knock capture (with the watcher of its
-    interface's addresses), the session table, the control ports (with the watcher of the host's
-    addresses, unless ``LISTEN_ADDRESS`` is set) and the refusal summary.
+    interface's addresses), the session table, the control ports and the refusal summary.
 
-    ``open`` opens the capture handle, the control ports and the watchers' netlink sockets;
+    ``open`` opens the capture handle (and its address watcher's netlink socket) and the control
+    ports;
     ``tap.makeService`` calls it before twistd starts anything, so a missing permission or a port
     in use stops the daemon with one line. ``watch_addresses(reactor, interface, on_change)``
-    builds the address watchers, and ``open_handle`` opens the capture (fakes in tests);
+    builds the capture's address watcher, and ``open_handle`` opens the capture (fakes in tests);
     ``firewall`` replaces the backend that ``FIREWALL`` names.
     """
 
@@ -83,7 +83,7 @@ class Sig2knockService(MultiService):
         )
         refusals = RefusalLog()
         self.control = control_ports(
-            reactor, self.settings, self.sessions, prepared.replay_cache, watch_addresses, refusals
+            reactor, self.settings, prepared.identity, self.sessions, prepared.replay_cache, refusals
         )
         for part in (
             self.firewall,
@@ -129,8 +129,9 @@ class Sig2knockService(MultiService):
         self.log.info(
             "sig2knock {version} starting with {config_path}: control port {port}/udp,"
             " forwarding to {forward_ip} port {forward_port}, {count} user(s) from {users_file},"
-            " knocks captured on {interface}",
+            " knocks captured on {interface}, identity {identity}",
             version=__version__,
+            identity=self.prepared.identity.fingerprint,
             config_path=config.path,
             port=config.udp_port,
             forward_ip=str(config.forward_to_ip),

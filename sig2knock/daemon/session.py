@@ -6,6 +6,9 @@ One knock session and the states of its life, from a valid P1 to its end:
        └──── expired (KNOCK_TIMEOUT) ─┘                   └── refused            ├── used
                                                                                  └── expired
 
+and from pending, complete or granted to refused when the session is seen relayed (its P1 or
+P2 from a second address).
+
 (a P2 that arrives before the last knock waits in ``pending``; the drawing is
 ``docs/server-statemachine.dot``). ``used``, ``expired`` and ``refused`` are ends. A session has one
 timer at a time, its deadline: the knock deadline while pending or complete, none while the grant
@@ -42,10 +45,10 @@ class State(enum.Enum):
 
 # Which state may follow which; the rest are ends.
 TRANSITIONS: Dict[State, FrozenSet[State]] = {
-    State.PENDING: frozenset({State.COMPLETE, State.EXPIRED}),
-    State.COMPLETE: frozenset({State.GRANTING, State.EXPIRED}),
+    State.PENDING: frozenset({State.COMPLETE, State.EXPIRED, State.REFUSED}),
+    State.COMPLETE: frozenset({State.GRANTING, State.EXPIRED, State.REFUSED}),
     State.GRANTING: frozenset({State.GRANTED, State.REFUSED}),
-    State.GRANTED: frozenset({State.USED, State.EXPIRED}),
+    State.GRANTED: frozenset({State.USED, State.EXPIRED, State.REFUSED}),
     State.USED: frozenset(),
     State.EXPIRED: frozenset(),
     State.REFUSED: frozenset(),
@@ -67,16 +70,24 @@ class SessionRefused(Refusal):
 
 class Session:
     """
-    One knock session: who opened it, the sequence it waits for, how far it got, and its grant
-    once it has one (an ``OpenGrant`` of ``sig2knock.daemon.grants``).
+    One knock session: who opened it from where, the sequence it waits for, how far it got, the
+    keys its P1 gave (``SessionKeys``), and its grant once it has one (an ``OpenGrant`` of
+    ``sig2knock.daemon.grants``).
     """
 
     def __init__(
-        self, source: IPAddress, user: str, session_id: bytes, protocol: int, ports: Tuple[int, ...]
+        self,
+        source: IPAddress,
+        user: str,
+        session_id: bytes,
+        protocol: int,
+        ports: Tuple[int, ...],
+        keys: Any = None,
     ) -> None:
         self.source = source
         self.user = user
         self.session_id = session_id
+        self.keys = keys
         self.protocol = protocol
         self.ports = ports
         self.state = State.PENDING
@@ -87,11 +98,12 @@ class Session:
         self._timer: Optional[IDelayedCall] = None
 
     @property
-    def key(self) -> Tuple[IPAddress, bytes]:
+    def key(self) -> Tuple[str, bytes]:
         """
-        How the table finds this session: its source address and session id.
+        How the table finds this session: its user and session id (wherever it comes from, so
+        that the same session from a second address is seen).
         """
-        return (self.source, self.session_id)
+        return (self.user, self.session_id)
 
     def move(self, state: State) -> None:
         """

@@ -2,14 +2,17 @@
 Knock sessions: the table that owns every session's life, from a valid P1 to its end (the states
 are in ``sig2knock.daemon.session``).
 
-A valid P1 opens a *pending* session for its source address with the knock sequence it carries.
+A valid P1 opens a *pending* session for its user and session id, from its source address, with the
+knock sequence it carries (``sig2knock.daemon.admission`` decides what a P1 may ask).
 Knocks from that address advance it; the sequence is complete when its ports have been seen in
 order, as a subsequence of whatever the address sent, so extra, duplicated or out-of-order packets
 are ignored and can never reset it. A valid P2 asks for the grant: at once when the sequence is
 complete, or as soon as it completes when P2 overtook the last knocks (the control socket delivers
 P2 sooner than the capture delivers knocks). A repeated P2 gets the same grant, never a second port.
 The grant's first connection ends the session (*used*); its deadline ends it otherwise, closing
-the grant (*expired*).
+the grant (*expired*). A session whose P1 or P2 also comes from a second address is being relayed:
+it ends at once (*refused*), its grant closed, and the log says so. An ended session's id is
+remembered for a while, so a late copy of its P1 cannot open it again and get a second port.
 
 The capture only sees the knocks of *watched* sources (the addresses with a pending session), and
 it can deliver a knock before the control socket delivers its P1, so knocks of watched addresses
@@ -29,11 +32,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sig2knock.daemon.admission import check_request
 from sig2knock.daemon.packets import Knock
 from sig2knock.daemon.session import Session, SessionRefused, State
 from sig2knock.daemon.waiting import cancel
-from sig2knock.protocol.addresses import PROTOCOL_NAMES, PROTOCOLS_BY_NAME, IPAddress
-from sig2knock.protocol.wire import KnockRequest
+from sig2knock.protocol.addresses import PROTOCOL_NAMES, IPAddress
+from sig2knock.protocol.wire import KnockRequest, SessionKeys
 
 DEFAULT_MAX_PER_SOURCE = 8
 # One key holder with many addresses (an IPv6 prefix, a botnet, a stolen key) must not fill the
@@ -49,6 +53,9 @@ MAX_WAITERS = 8
 # How long after a sequence completes the capture filter is narrowed again: not at once, because
 # the grant being opened (its firewall change runs on a worker thread) would wait for it.
 NARROW_DELAY = 0.05
+# How long, and how many, ended sessions' ids are remembered (longer than any P1 is fresh).
+ENDED_MEMORY = 600.0
+MAX_ENDED = 4096
 
 
 class SessionTable(Service):
@@ -87,7 +94,11 @@ class SessionTable(Service):
         self.max_per_user = max_per_user
         self.max_total = max_total
         self.early_window = early_window
-        self._sessions: Dict[Tuple[IPAddress, bytes], Session] = {}
+        self._sessions: Dict[Tuple[str, bytes], Session] = {}
+        self._by_tag: Dict[bytes, Session] = {}
+        self._ended: "collections.OrderedDict[Tuple[str, bytes], float]" = (
+            collections.OrderedDict()
+        )
         self._pending: Dict[IPAddress, List[Session]] = {}
         # Every live session counts (pending, complete, granting, granted): they all hold a slot.
         self._sessions_by_user: Dict[str, int] = {}
@@ -115,38 +126,42 @@ class SessionTable(Service):
             return len(self._pending.get(source, ()))
         return sum(len(sessions) for sessions in self._pending.values())
 
-    def open(self, source: IPAddress, user: str, request: KnockRequest) -> Optional[Session]:
+    def open(
+        self,
+        source: IPAddress,
+        user: str,
+        request: KnockRequest,
+        keys: Optional[SessionKeys] = None,
+    ) -> Optional[Session]:
         """
-        Handle a valid P1 from ``source``: open a session and return it, or return ``None`` when
-        the session exists already (a re-sent P1). Raises ``SessionRefused``.
+        Handle a valid P1 from ``source`` (``keys``: those its HPKE context gave): open a session
+        and return it, or return ``None`` when the session exists already (a re-sent P1).
+        Raises ``SessionRefused``.
         """
         config = self.settings.config
-        existing = self._sessions.get((source, request.session_id))
+        key = (user, request.session_id)
+        existing = self._sessions.get(key)
         if existing is not None:
-            if existing.user != user or existing.ports != request.ports:
+            if existing.source != source:
+                self._relayed(existing, source)
+                raise SessionRefused("relay", f"session of {user} from {existing.source}")
+            if existing.ports != request.ports or existing.keys != keys:
                 raise SessionRefused("session-conflict", "session id in use with other content")
             return None
-        expected = PROTOCOLS_BY_NAME[config.knock_proto]
-        if request.protocol != expected:
-            raise SessionRefused(
-                "knock-protocol",
-                f"{PROTOCOL_NAMES[request.protocol]} knocks, the server expects"
-                f" {PROTOCOL_NAMES[expected]} (KNOCK_PROTO)",
-            )
-        if len(request.ports) < config.knock_count:
-            raise SessionRefused(
-                "knock-count",
-                f"{len(request.ports)} knocks, the server requires {config.knock_count}"
-                " (KNOCK_COUNT)",
-            )
+        self._forget_ended()
+        if key in self._ended:
+            raise SessionRefused("session-ended", "this session has ended; no second port")
+        check_request(config, source, request)
         if self.pending_count(source) >= self.max_per_source:
             raise SessionRefused("source-limit", f"{self.max_per_source} pending sessions")
         if self._sessions_by_user.get(user, 0) >= self.max_per_user:
             raise SessionRefused("user-limit", f"{self.max_per_user} sessions of user {user}")
         if len(self._sessions) >= self.max_total:
             raise SessionRefused("table-full", f"{self.max_total} sessions")
-        session = Session(source, user, request.session_id, request.protocol, request.ports)
+        session = Session(source, user, request.session_id, request.protocol, request.ports, keys)
         self._sessions[session.key] = session
+        if keys is not None:
+            self._by_tag[keys.tag] = session
         self._pending.setdefault(source, []).append(session)
         self._sessions_by_user[user] = self._sessions_by_user.get(user, 0) + 1
         timeout = config.knock_timeout
@@ -191,14 +206,42 @@ class SessionTable(Service):
         if completed and self._narrowing is None:
             self._narrowing = self.clock.callLater(NARROW_DELAY, self._update_watched)
 
-    def confirm(self, source: IPAddress, user: str, session_id: bytes) -> Deferred:
+    def keys_for(self, tag: bytes) -> Optional[SessionKeys]:
         """
-        Handle a valid P2: a Deferred that fires with the session's ``OpenGrant`` (at once if it
-        exists, when the sequence completes if P2 came first) or fails with ``SessionRefused``.
+        The keys of the live session whose P2 and P3 carry ``tag``, or ``None``.
         """
-        session = self._sessions.get((source, session_id))
-        if session is None or session.user != user:
-            return fail(SessionRefused("unknown-session", "no such session from this address"))
+        session = self._by_tag.get(tag)
+        return None if session is None else session.keys
+
+    def session_for(self, tag: bytes) -> Optional[Session]:
+        """
+        The live session whose P2 and P3 carry ``tag``, or ``None``.
+        """
+        return self._by_tag.get(tag)
+
+    def resent(self, source: IPAddress, user: str, session_id: bytes) -> None:
+        """
+        An authentic P1 of ``user``'s session ``session_id`` came again from ``source`` (a
+        re-sent copy, which the replay cache refuses): from another address than the session's,
+        the session is being relayed, and it ends.
+        """
+        session = self._sessions.get((user, session_id))
+        if session is not None and session.source != source:
+            self._relayed(session, source)
+
+    def confirm(self, source: IPAddress, tag: bytes, session_id: bytes) -> Deferred:
+        """
+        Handle a valid P2 of the session ``tag`` names: a Deferred that fires with the session's
+        ``OpenGrant`` (at once if it exists, when the sequence completes if P2 came first) or
+        fails with ``SessionRefused``.
+        """
+        session = self._by_tag.get(tag)
+        if session is None or session.session_id != session_id:
+            return fail(SessionRefused("unknown-session", "no such session"))
+        user = session.user
+        if session.source != source:
+            self._relayed(session, source)
+            return fail(SessionRefused("relay", f"session of {user} from {session.source}"))
         if session.state is State.GRANTED:
             self.log.info(
                 "P2 repeated: {user} from {source}, same port {port}",
@@ -307,6 +350,26 @@ class SessionTable(Service):
         session.move(state)
         self._remove(session)
 
+    def _relayed(self, session: Session, other: IPAddress) -> None:
+        self.log.warn(
+            "relay: session of {user} from {source} seen from {other} too; ended, its grant"
+            " closed",
+            user=session.user,
+            source=str(session.source),
+            other=str(other),
+        )
+        if session.state is State.GRANTED:
+            session.grant.close("relayed")
+        # A grant still being opened is closed when it lands: its session is gone.
+        self._end(session, State.REFUSED)
+        for waiter in session.take_waiters():
+            waiter.errback(SessionRefused("relay", f"session of {session.user} relayed"))
+
+    def _forget_ended(self) -> None:
+        now = self.clock.seconds()
+        while self._ended and next(iter(self._ended.values())) <= now:
+            self._ended.popitem(last=False)
+
     def _pending_remove(self, session: Session) -> None:
         pending = self._pending.get(session.source)
         if pending is not None and session in pending:
@@ -319,6 +382,11 @@ class SessionTable(Service):
         self._pending_remove(session)
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
+            if session.keys is not None:
+                self._by_tag.pop(session.keys.tag, None)
+            self._ended[session.key] = self.clock.seconds() + ENDED_MEMORY
+            while len(self._ended) > MAX_ENDED:
+                self._ended.popitem(last=False)
             remaining = self._sessions_by_user[session.user] - 1
             if remaining:
                 self._sessions_by_user[session.user] = remaining

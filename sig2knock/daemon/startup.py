@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from sig2knock.daemon import netif
+from sig2knock.daemon.identity import FILE_NAME as IDENTITY_FILE, ServerIdentity, ensure_identity
 from sig2knock.daemon.replay import FILE_NAME, ReplayCache, ReplayCacheError
 from sig2knock.daemon.settings import Config, ConfigError, load_config
 from sig2knock.daemon.users import Users, load_users
@@ -17,7 +18,8 @@ from sig2knock.daemon.users import Users, load_users
 @dataclass
 class Prepared:
     """
-    What the daemon loaded at start: its configuration, its users and its replay cache.
+    What the daemon loaded at start: its configuration, its users, its identity and its replay
+    cache.
     ``config`` and ``users`` stay as they were at start: after a reload the settings in force
     are the service's ``LiveSettings``, never these.
     """
@@ -26,6 +28,7 @@ class Prepared:
     users: Users
     replay_cache: ReplayCache
     interface: str
+    identity: ServerIdentity
     # The -i option, which a reload must apply again.
     interface_override: Optional[str] = None
 
@@ -34,10 +37,11 @@ def ensure_state_dir(path: str) -> bool:
     """
     Create ``STATE_DIR`` (mode 0700) if needed and refuse one that others could write to. Return
     whether this is a first start: the directory was created now, or prepared empty for the
-    daemon (systemd's ``StateDirectory=``, ``install -d``).
+    daemon (systemd's ``StateDirectory=``, ``install -d``), or holds only the identity that
+    ``sig2knockd --init`` made.
     """
     try:
-        created = not os.path.exists(path) or not os.listdir(path)
+        created = not os.path.exists(path) or not set(os.listdir(path)) - {IDENTITY_FILE}
     except OSError:
         created = False
     try:
@@ -55,13 +59,15 @@ def ensure_state_dir(path: str) -> bool:
 def prepare(config_path: str, interface: Optional[str], now: float) -> Prepared:
     """
     Load the configuration at ``config_path`` (``interface`` is the ``-i`` override), resolve the
-    capture interface, load the users file and the replay cache. Raises ``ConfigError``,
-    ``UsersError`` or ``ReplayCacheError``.
+    capture interface, load the users file, the server's identity (made on a first start) and
+    the replay cache. Raises ``ConfigError``, ``UsersError``, ``IdentityError`` or
+    ``ReplayCacheError``.
     """
     config = load_config(config_path, interface)
     capture_interface = resolve_interface(config)
     users = load_users(config.users_file)
     first_start = ensure_state_dir(config.state_dir)
+    identity = ensure_identity(config.state_dir, first_start)
     replay_cache = ReplayCache(
         os.path.join(config.state_dir, FILE_NAME),
         config.max_clock_skew,
@@ -77,7 +83,7 @@ def prepare(config_path: str, interface: Optional[str], now: float) -> Prepared:
                 started.write("sig2knock has run with this STATE_DIR; see docs/PROTOCOL.md\n")
         except OSError as error:
             raise ReplayCacheError(f"STATE_DIR {config.state_dir}: {error.strerror}") from None
-    return Prepared(config, users, replay_cache, capture_interface, interface)
+    return Prepared(config, users, replay_cache, capture_interface, identity, interface)
 
 
 STARTED_MARKER = "started"

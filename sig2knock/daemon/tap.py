@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from sig2knock.daemon.capture import CaptureError, InterfaceNotUp
 from sig2knock.daemon.control import ControlPortError
+from sig2knock.daemon.identity import IdentityError
 from sig2knock.daemon.netif import InterfaceError
 from sig2knock.daemon.replay import ReplayCacheError
 from sig2knock.daemon.service import Sig2knockService
@@ -23,6 +24,7 @@ STARTUP_ERRORS = (
     ConfigError,
     UsersError,
     ReplayCacheError,
+    IdentityError,
     CaptureError,
     ControlPortError,
     InterfaceError,

@@ -1,10 +1,12 @@
 """
-The users file (``user.txt``): one key line per user (``sig2knock.protocol.keyline``), for example::
+The users file (``user.txt``): one line per user (``sig2knock.protocol.keyline``), for example::
 
-    alice:scrypt:n=32768,r=8,p=1:c2lnMmtub2NrL3YxL3VzZXI6YWxpY2U=:q1Z...=
+    alice:scrypt:n=32768,r=8,p=1:q1Z...=
+    bob:x25519:Vd3...=
 
-The file holds key material: the daemon refuses it unless it is owned by the
-user running the daemon and closed to group and others.
+It holds public keys only, so a stolen copy opens no door; but a password user's key lets a thief
+test password guesses offline (at scrypt's cost each), so the daemon refuses the file unless it is
+owned by the user running the daemon and closed to group and others.
 """
 
 import os
@@ -13,9 +15,9 @@ from typing import Dict, List, NamedTuple, Optional
 
 from sig2knock.daemon.text import one_line
 from sig2knock.protocol import files
+from sig2knock.protocol import keys
 from sig2knock.protocol.kdf import KdfParams, derive_key
-from sig2knock.protocol.keyline import KeyLineError, format_key_line, parse_key_line
-from sig2knock.protocol.wire import UserKey
+from sig2knock.protocol.keyline import KeyLine, KeyLineError, format_key_line, parse_key_line
 
 
 class UsersError(Exception):
@@ -30,30 +32,37 @@ class UsersError(Exception):
 
 class UserEntry(NamedTuple):
     """
-    One user line: the user's key and how it was derived, and where it was read.
+    One user line: the user's public key (``key``, an ``EccKey``, and ``line.public``, its
+    bytes), how a password user's was derived, and where it was read.
     """
 
-    user: UserKey
-    params: KdfParams
-    line: int
+    line: KeyLine
+    key: object
+    number: int
 
     @property
     def name(self) -> str:
         """
         The user name.
         """
-        return self.user.name
+        return self.line.name
 
 
 class Users:
     """
-    The users of a users file, by name and by the key id their messages carry.
+    The users of a users file, by name; ``public_key(name)`` is what the control channel asks.
     """
 
     def __init__(self, path: str, entries: List[UserEntry]) -> None:
         self.path = path
         self.entries = {entry.name: entry for entry in entries}
-        self.by_key_id: Dict[bytes, UserKey] = {entry.user.key_id: entry.user for entry in entries}
+
+    def public_key(self, name: str) -> Optional[object]:
+        """
+        The public key (an ``EccKey``) of user ``name``, or ``None`` for no such user.
+        """
+        entry = self.entries.get(name)
+        return None if entry is None else entry.key
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -65,19 +74,24 @@ class Users:
         return list(self.entries)
 
 
-def format_user_line(user: str, password: str, params: KdfParams = KdfParams()) -> str:
+def format_user_line(
+    user: str, password: str, server_public: bytes, params: KdfParams = KdfParams()
+) -> str:
     """
-    The users file line for ``user`` with ``password`` (without a newline).
+    The users file line (without a newline) for ``user`` with ``password`` at the server whose
+    public key is ``server_public``.
     """
-    return format_key_line(user, derive_key(password, user, params), params)
+    private = keys.private_from_seed(derive_key(password, user, server_public, params))
+    return format_key_line(user, keys.public_bytes(private), params)
 
 
 def _parse_line(text: str, path: str, number: int) -> UserEntry:
     try:
-        user, params = parse_key_line(text)
-    except KeyLineError as error:
+        line = parse_key_line(text)
+        key = keys.import_public_key(line.public)
+    except (KeyLineError, keys.KeyFormatError) as error:
         raise UsersError(f"{path}:{number}: {error}") from None
-    return UserEntry(user, params, number)
+    return UserEntry(line, key, number)
 
 
 def parse_users(text: str, path: str) -> Users:
@@ -86,7 +100,7 @@ def parse_users(text: str, path: str) -> Users:
     """
     entries: List[UserEntry] = []
     seen: Dict[str, int] = {}
-    key_ids: Dict[bytes, str] = {}
+    publics: Dict[bytes, str] = {}
     # Split on newlines only (not splitlines()), so line numbers are the ones an editor shows.
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
@@ -98,13 +112,13 @@ def parse_users(text: str, path: str) -> Users:
                 f"{path}:{number}: user {entry.name} is defined twice, on lines"
                 f" {seen[entry.name]} and {number}"
             )
-        if entry.user.key_id in key_ids:
+        if entry.line.public in publics:
             raise UsersError(
                 f"{path}:{number}: user {entry.name} has the same key as user"
-                f" {key_ids[entry.user.key_id]}"
+                f" {publics[entry.line.public]}"
             )
         seen[entry.name] = number
-        key_ids[entry.user.key_id] = entry.name
+        publics[entry.line.public] = entry.name
         entries.append(entry)
     return Users(path, entries)
 

@@ -76,6 +76,19 @@ class Choice:
         return text.lower()
 
 
+class YesNo:
+    """
+    ``yes`` or ``no``, as a bool.
+    """
+
+    accepts = "yes, no"
+
+    def __call__(self, text: str) -> bool:
+        if text not in ("yes", "no"):
+            raise BadValue(f"must be yes or no, not {text!r}")
+        return text == "yes"
+
+
 def _address(text: str) -> IPAddress:
     try:
         address = ipaddress.ip_address(text)

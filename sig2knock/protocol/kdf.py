@@ -1,10 +1,11 @@
 """
-Per-user keys: scrypt over the password, with a salt the client can compute by itself.
+Password users' keys: scrypt over the password gives the secret of the user's X25519 key pair.
 
 The client must derive its key without asking the server anything, so the salt is a function of the
-user name (``salt_for``). The parameters travel in the users file line (``KdfParams.format``) and
-the client takes the same text in ``--kdf``, so they can be raised for new users while old lines
-keep working.
+server's identity (its public key) and the user name (``salt_for``): the same name and password give
+unrelated keys at two servers. The server keeps only the public half. The parameters travel in the
+users file line (``KdfParams.format``) and the client takes the same text in ``--kdf``, so they can
+be raised for new users while old lines keep working.
 
 This module is imported by the client: it must not import Twisted.
 """
@@ -12,10 +13,7 @@ This module is imported by the client: it must not import Twisted.
 import re
 from typing import Any, NamedTuple
 
-from sig2knock.protocol.cipher import SHA256
-
 KEY_SIZE = 32
-KEY_ID_SIZE = 8
 MIN_PASSWORD_LENGTH = 8
 
 # 2**15 * 8 * 128 bytes = 32 MiB of memory and ~90 ms on one core here; see README "Users and keys".
@@ -110,32 +108,33 @@ def password_line(stream: Any) -> str:
     return stream.readline().rstrip("\r\n")
 
 
-def salt_for(user: str) -> bytes:
+def salt_for(user: str, server_public: bytes) -> bytes:
     """
-    The salt of ``user``'s key: fixed by the user name, so a client can derive the key offline.
+    The salt of ``user``'s key at the server whose public key is ``server_public``: fixed by the
+    two, so a client can derive the key offline, and different at every server.
     """
-    return b"sig2knock/v1/user:" + check_user_name(user).encode("utf-8")
+    if len(server_public) != 32:
+        raise KdfError("a server's public key has 32 bytes")
+    return b"sig2knock/v2 user\x00" + server_public + check_user_name(user).encode("utf-8")
 
 
-def derive_key(password: str, user: str, params: KdfParams = KdfParams()) -> bytes:
+def derive_key(
+    password: str, user: str, server_public: bytes, params: KdfParams = KdfParams()
+) -> bytes:
     """
-    Derive ``user``'s 256-bit key from ``password`` with scrypt.
+    Derive the 32-byte secret of ``user``'s key pair at the server ``server_public`` from
+    ``password`` with scrypt (``sig2knock.protocol.keys.private_from_seed`` makes the pair).
     """
     # Imported here: a client with a saved key (sig2knockc --save-key) never pays for it.
     from Crypto.Protocol.KDF import scrypt
 
     key = scrypt(
-        password.encode("utf-8"), salt_for(user), KEY_SIZE, N=params.n, r=params.r, p=params.p
+        password.encode("utf-8"),
+        salt_for(user, server_public),
+        KEY_SIZE,
+        N=params.n,
+        r=params.r,
+        p=params.p,
     )
     assert isinstance(key, bytes)
     return key
-
-
-def key_id(key: bytes) -> bytes:
-    """
-    The 8-byte identifier that control messages carry in clear so the server can find the key
-    without trying every user; it names no user and reveals nothing usable about the key.
-    """
-    # pycryptodome's SHA-256 rather than hashlib's: loading OpenSSL would add 2-3 ms to every
-    # client start.
-    return SHA256.new(b"sig2knock/v1/key-id\x00" + key).digest()[:KEY_ID_SIZE]

@@ -1,64 +1,82 @@
 """
-The control protocol: encoding and decoding of P1 (knock request), P2 (confirm) and P3 (grant).
+The control protocol, version 2: P1 (knock request), P2 (confirm) and P3 (grant).
 
-Every message is AES-256-GCM under the user's key with a fresh random 96-bit nonce. The clear header
-(version, type, key id, the server address and control port the message is meant for, nonce) and
-the user name are the associated data, so a message is worthless with any of them changed. The byte
-layout and the order of checks are documented in docs/PROTOCOL.md; keep the two in step.
+P1 is sealed to the server's identity (its X25519 public key) with HPKE (RFC 9180: DHKEM(X25519,
+HKDF-SHA256), HKDF-SHA256, AES-256-GCM), twice: first the user's name in base mode, so nobody but
+the server learns whose message it is, then the request in auth mode with the user's key pair, so
+only that user can have sent it. The request's HPKE context then gives every key of the session
+(``SessionKeys``): P2 and P3 are AES-256-GCM under keys only the sender of that P1 and the server
+hold, and a random-looking session tag lets the server find the session without naming anyone.
+The byte layout and the order of checks are in docs/PROTOCOL.md; keep the two in step.
 
-``decode`` raises nothing but ``MessageRejected``, whatever the bytes. The replay check is stateful
-and lives in ``sig2knock.daemon.replay``; it raises the same error type.
+The decoders raise nothing but ``MessageRejected``, whatever the bytes. The replay check is
+stateful and lives in ``sig2knock.daemon.replay``; it raises the same error type.
 
 This module is imported by the client: it must not import Twisted, and its value types are
 ``NamedTuple``s rather than dataclasses (``dataclasses`` costs every client run about 12 ms of
-start-up: the module, ``inspect``, and generating each class's methods).
+start-up).
 """
 
 import ipaddress
 import struct
-from typing import Callable, Container, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
-from sig2knock.protocol.addresses import PROTOCOL_NAMES, IPAddress, parse_address, unmapped
+from sig2knock.protocol.addresses import PROTOCOL_NAMES, IPAddress, unmapped
 from sig2knock.protocol.cipher import AES, get_random_bytes
-from sig2knock.protocol.kdf import KEY_ID_SIZE, KEY_SIZE, key_id
+from sig2knock.protocol.kdf import check_user_name
+from sig2knock.protocol.keys import public_bytes
 
-VERSION = 1
+VERSION = 2
 
 TYPE_KNOCK_REQUEST = 1  # P1, client -> server
 TYPE_CONFIRM = 2  # P2, client -> server
 TYPE_GRANT = 3  # P3, server -> client
 
+ENC_SIZE = 32  # an HPKE encapsulated key (X25519 public key)
 NONCE_SIZE = 12
 TAG_SIZE = 16
 SESSION_ID_SIZE = 16
+SESSION_TAG_SIZE = 8
+REPLAY_ID_SIZE = 12
+DOOR_SIZE = 16
+ADDRESS_SIZE = 16
 MAX_KNOCKS = 64
+MAX_NAME = 64
+MAX_SERVICE = 64
 
-# version, type, key id, server address (IPv6 or IPv4-mapped), server port, nonce
-_HEADER = struct.Struct(f"!BB{KEY_ID_SIZE}s16sH{NONCE_SIZE}s")
-# timestamp (ms since the Unix epoch), session id
-_COMMON = struct.Struct(f"!Q{SESSION_ID_SIZE}s")
+_INFO_WHO = b"sig2knock/v2 who"
+_INFO_REQUEST = b"sig2knock/v2 request"
+_EXPORT_LABEL = b"sig2knock/v2 session"
+
+_PREFIX = struct.Struct("!BB")  # version, type
+# P1: who (name length, name padded to MAX_NAME), then the request's fields
+_WHO = struct.Struct(f"!B{MAX_NAME}s")
+_REQUEST_HEAD = struct.Struct(f"!Q{SESSION_ID_SIZE}s{ADDRESS_SIZE}sB")  # time, id, address, len
 _KNOCK_HEAD = struct.Struct("!BB")  # protocol, count; then count ports
-_GRANT_BODY = struct.Struct("!HQ")  # assigned port, deadline (ms since the Unix epoch)
+# P2 and P3: version, type, session tag, nonce
+_SESSION_HEADER = struct.Struct(f"!BB{SESSION_TAG_SIZE}s{NONCE_SIZE}s")
+_COMMON = struct.Struct(f"!Q{SESSION_ID_SIZE}s")  # time (ms since the epoch), session id
+_GRANT_BODY = struct.Struct(f"!HQ{ADDRESS_SIZE}s")  # assigned port, deadline (ms), address
 
-HEADER_SIZE = _HEADER.size
-_FIXED = HEADER_SIZE + _COMMON.size + TAG_SIZE
-CONFIRM_SIZE = _FIXED
-GRANT_SIZE = _FIXED + _GRANT_BODY.size
-MIN_KNOCK_REQUEST_SIZE = _FIXED + _KNOCK_HEAD.size + 2
-MAX_KNOCK_REQUEST_SIZE = _FIXED + _KNOCK_HEAD.size + 2 * MAX_KNOCKS
+_WHO_OFFSET = _PREFIX.size + ENC_SIZE
+_REQUEST_ENC_OFFSET = _WHO_OFFSET + _WHO.size + TAG_SIZE
+REQUEST_OFFSET = _REQUEST_ENC_OFFSET + ENC_SIZE
+MIN_KNOCK_REQUEST_SIZE = REQUEST_OFFSET + _REQUEST_HEAD.size + _KNOCK_HEAD.size + 2 + TAG_SIZE
+MAX_KNOCK_REQUEST_SIZE = MIN_KNOCK_REQUEST_SIZE + MAX_SERVICE + 2 * (MAX_KNOCKS - 1)
+CONFIRM_SIZE = _SESSION_HEADER.size + _COMMON.size + TAG_SIZE
+GRANT_SIZE = CONFIRM_SIZE + _GRANT_BODY.size
 MIN_SIZE = CONFIRM_SIZE
 MAX_SIZE = MAX_KNOCK_REQUEST_SIZE
 
-_AD_CONTEXT = b"sig2knock/v1/ad\x00"
-
-# Why decode refuses a datagram (MessageRejected.reason), in the order the checks run (see
+# Why a message is refused (MessageRejected.reason), in the order the checks run (see
 # docs/PROTOCOL.md); the replay cache adds its own (sig2knock.daemon.replay).
 REASON_SIZE = "size"
 REASON_VERSION = "version"
 REASON_TYPE = "type"
-REASON_BINDING = "binding"
-REASON_UNKNOWN_KEY = "unknown-key"
 REASON_RATE = "rate-limited"
+REASON_WHO = "who"
+REASON_UNKNOWN_USER = "unknown-user"
+REASON_UNKNOWN_SESSION = "unknown-session"
 REASON_AUTH = "auth"
 REASON_MALFORMED = "malformed"
 REASON_STALE = "stale"
@@ -90,70 +108,54 @@ class MessageRejected(Refusal):
     """
 
 
-class _UserKeyFields(NamedTuple):
+class UserKey(NamedTuple):
+    """
+    A user's name and private X25519 key (a pycryptodome ``EccKey``), as the client holds them.
+    """
+
     name: str
-    key: bytes
-
-
-class UserKey(_UserKeyFields):
-    """
-    A user's name and 256-bit key; ``key_id`` is what messages carry to name the key.
-    """
-
-    __slots__ = ()
-
-    def __new__(cls, name: str, key: bytes) -> "UserKey":
-        if len(key) != KEY_SIZE:
-            raise ValueError(f"a user key has {KEY_SIZE} bytes, not {len(key)}")
-        return super().__new__(cls, name, key)
+    private: Any
 
     @property
-    def key_id(self) -> bytes:
+    def public(self) -> bytes:
         """
-        The identifier of this key in message headers.
+        The 32 raw bytes of the public half, as the server's users file holds it.
         """
-        return key_id(self.key)
+        return public_bytes(self.private)
 
     def __repr__(self) -> str:
         # Never let a key reach a log or a traceback through repr().
-        return f"UserKey(name={self.name!r}, key=<redacted>)"
+        return f"UserKey(name={self.name!r}, private=<redacted>)"
 
 
-class Binding(NamedTuple):
+class SessionKeys(NamedTuple):
     """
-    The server address and control port a message is meant for. Part of every message's associated
-    data, so a message captured at one server is useless at another.
+    What the HPKE context of one P1 gives its sender and the server: the session ``tag`` that P2
+    and P3 carry in clear, the ``replay_id`` the replay cache records, the keys of P2 and P3, and
+    ``door``, a secret a relaying client can show on the assigned port.
     """
 
-    address: IPAddress
-    port: int
+    tag: bytes
+    replay_id: bytes
+    confirm_key: bytes
+    grant_key: bytes
+    door: bytes
 
-    @classmethod
-    def of(cls, address: str, port: int) -> "Binding":
-        """
-        Build a binding from an address in text form; IPv4-mapped IPv6 is folded to IPv4.
-        """
-        parsed = parse_address(address)
-        if parsed is None:
-            raise ValueError(f"{address!r} is not an IP address")
-        if not 0 < port < 65536:
-            raise ValueError(f"port {port} is out of range")
-        return cls(parsed, port)
+    def __repr__(self) -> str:
+        return f"SessionKeys(tag={self.tag.hex()}, <keys redacted>)"
 
-    def packed_address(self) -> bytes:
-        """
-        The address as 16 bytes: IPv6, or IPv4 mapped into IPv6.
-        """
-        if isinstance(self.address, ipaddress.IPv4Address):
-            return b"\x00" * 10 + b"\xff\xff" + self.address.packed
-        return self.address.packed
 
-    @classmethod
-    def unpack(cls, packed: bytes, port: int) -> "Binding":
-        """
-        The inverse of ``packed_address``.
-        """
-        return cls(unmapped(ipaddress.IPv6Address(packed)), port)
+_EXPORT_SIZES = (SESSION_TAG_SIZE, REPLAY_ID_SIZE, 32, 32, DOOR_SIZE)
+
+
+def _session_keys(context: Any) -> SessionKeys:
+    material = context.export(_EXPORT_LABEL, sum(_EXPORT_SIZES))
+    parts = []
+    offset = 0
+    for size in _EXPORT_SIZES:
+        parts.append(material[offset : offset + size])
+        offset += size
+    return SessionKeys(*parts)
 
 
 def new_session_id() -> bytes:
@@ -168,46 +170,90 @@ def _check_port(port: int, what: str) -> None:
         raise ValueError(f"{what} {port!r} is not a port number")
 
 
-class _KnockRequestFields(NamedTuple):
+def pack_address(address: Optional[IPAddress]) -> bytes:
+    """
+    ``address`` as 16 bytes (IPv6, or IPv4 mapped into IPv6); ``None`` as all zeros (``::``).
+    """
+    if address is None:
+        return bytes(ADDRESS_SIZE)
+    if isinstance(address, ipaddress.IPv4Address):
+        return b"\x00" * 10 + b"\xff\xff" + address.packed
+    return address.packed
+
+
+def unpack_address(packed: bytes) -> Optional[IPAddress]:
+    """
+    The inverse of ``pack_address``.
+    """
+    address = ipaddress.IPv6Address(packed)
+    if address.is_unspecified:
+        return None
+    return unmapped(address)
+
+
+class KnockRequest(NamedTuple):
+    """
+    P1: opens a session and carries the knock sequence the client chose, the address the client
+    sends from as it sees it (``None`` when it does not know), and the service it asks for
+    (``""``: the default).
+    """
+
     session_id: bytes
     timestamp_ms: int
     protocol: int
     ports: Tuple[int, ...]
+    client_address: Optional[IPAddress] = None
+    service: str = ""
 
-
-class KnockRequest(_KnockRequestFields):
-    """
-    P1: opens a session and carries the knock sequence the client chose.
-    """
-
-    __slots__ = ()
     TYPE = TYPE_KNOCK_REQUEST
 
-    def __new__(
-        cls, session_id: bytes, timestamp_ms: int, protocol: int, ports: Tuple[int, ...]
-    ) -> "KnockRequest":
-        if protocol not in PROTOCOL_NAMES:
-            raise ValueError(f"knock protocol {protocol!r} is neither TCP nor UDP")
-        if not 1 <= len(ports) <= MAX_KNOCKS:
+    def check(self) -> "KnockRequest":
+        """
+        Return this request if its fields are valid; raise ``ValueError`` otherwise.
+        """
+        if len(self.session_id) != SESSION_ID_SIZE:
+            raise ValueError(f"a session id has {SESSION_ID_SIZE} bytes")
+        if self.protocol not in PROTOCOL_NAMES:
+            raise ValueError(f"knock protocol {self.protocol!r} is neither TCP nor UDP")
+        if not 1 <= len(self.ports) <= MAX_KNOCKS:
             raise ValueError(f"a knock sequence has 1 to {MAX_KNOCKS} ports")
-        for port in ports:
+        for port in self.ports:
             _check_port(port, "knock port")
-        if len(set(ports)) != len(ports):
+        if len(set(self.ports)) != len(self.ports):
             raise ValueError("knock ports must be distinct")
-        return super().__new__(cls, session_id, timestamp_ms, protocol, tuple(ports))
+        if len(self.service.encode("utf-8")) > MAX_SERVICE:
+            raise ValueError(f"a service name has at most {MAX_SERVICE} bytes")
+        return self
 
-    def _body(self) -> bytes:
-        return _KNOCK_HEAD.pack(self.protocol, len(self.ports)) + struct.pack(
-            f"!{len(self.ports)}H", *self.ports
+    def _plaintext(self) -> bytes:
+        service = self.service.encode("utf-8")
+        return (
+            _REQUEST_HEAD.pack(
+                self.timestamp_ms, self.session_id, pack_address(self.client_address), len(service)
+            )
+            + service
+            + _KNOCK_HEAD.pack(self.protocol, len(self.ports))
+            + struct.pack(f"!{len(self.ports)}H", *self.ports)
         )
 
     @classmethod
-    def _from_body(cls, session_id: bytes, timestamp_ms: int, body: bytes) -> "KnockRequest":
-        protocol, count = _KNOCK_HEAD.unpack_from(body)
-        ports = body[_KNOCK_HEAD.size :]
+    def _parse(cls, plaintext: bytes) -> "KnockRequest":
+        timestamp_ms, session_id, packed, service_size = _REQUEST_HEAD.unpack_from(plaintext)
+        offset = _REQUEST_HEAD.size
+        service = plaintext[offset : offset + service_size].decode("utf-8")
+        offset += service_size
+        protocol, count = _KNOCK_HEAD.unpack_from(plaintext, offset)
+        ports = plaintext[offset + _KNOCK_HEAD.size :]
         if len(ports) != 2 * count:
             raise ValueError("knock count does not match the message size")
-        return cls(session_id, timestamp_ms, protocol, struct.unpack(f"!{count}H", ports))
+        return cls(
+            session_id,
+            timestamp_ms,
+            protocol,
+            struct.unpack(f"!{count}H", ports),
+            unpack_address(packed),
+            service,
+        ).check()
 
 
 class Confirm(NamedTuple):
@@ -220,180 +266,289 @@ class Confirm(NamedTuple):
 
     TYPE = TYPE_CONFIRM
 
-    def _body(self) -> bytes:
-        return b""
 
-    @classmethod
-    def _from_body(cls, session_id: bytes, timestamp_ms: int, body: bytes) -> "Confirm":
-        if body:
-            raise ValueError("a confirm has no body")
-        return cls(session_id, timestamp_ms)
+class Grant(NamedTuple):
+    """
+    P3: the server opened ``port`` for ``address`` (the address it saw the client's P1 and P2
+    come from) until ``deadline_ms``.
+    """
 
-
-class _GrantFields(NamedTuple):
     session_id: bytes
     timestamp_ms: int
     port: int
     deadline_ms: int
+    address: Optional[IPAddress] = None
 
-
-class Grant(_GrantFields):
-    """
-    P3: the server opened ``port`` for the client's address until ``deadline_ms``.
-    """
-
-    __slots__ = ()
     TYPE = TYPE_GRANT
 
-    def __new__(cls, session_id: bytes, timestamp_ms: int, port: int, deadline_ms: int) -> "Grant":
-        _check_port(port, "assigned port")
-        return super().__new__(cls, session_id, timestamp_ms, port, deadline_ms)
 
-    def _body(self) -> bytes:
-        return _GRANT_BODY.pack(self.port, self.deadline_ms)
-
-    @classmethod
-    def _from_body(cls, session_id: bytes, timestamp_ms: int, body: bytes) -> "Grant":
-        port, deadline_ms = _GRANT_BODY.unpack(body)
-        return cls(session_id, timestamp_ms, port, deadline_ms)
-
-
-Message = Union[KnockRequest, Confirm, Grant]
-_MESSAGE_CLASSES = {cls.TYPE: cls for cls in (KnockRequest, Confirm, Grant)}
-
-
-def _size_fits(message_type: int, size: int) -> bool:
-    if message_type == TYPE_KNOCK_REQUEST:
-        return MIN_KNOCK_REQUEST_SIZE <= size <= MAX_KNOCK_REQUEST_SIZE and size % 2 == 0
-    if message_type == TYPE_CONFIRM:
-        return size == CONFIRM_SIZE
-    return size == GRANT_SIZE
-
-
-def _associated_data(header: bytes, user: str) -> bytes:
-    name = user.encode("utf-8")
-    return _AD_CONTEXT + header + struct.pack("!B", len(name)) + name
-
-
-def encode(
-    message: Message, user: UserKey, binding: Binding, nonce: Optional[bytes] = None
-) -> bytes:
+class ReceivedRequest(NamedTuple):
     """
-    Encrypt ``message`` for ``user`` and bind it to ``binding`` (the server's address and control
-    port). ``nonce`` is for tests only: by default a fresh one comes from the OS CSPRNG.
+    A P1 that passed every stateless check: whose it is, what it asks, and its session's keys.
     """
-    if nonce is None:
-        nonce = get_random_bytes(NONCE_SIZE)
-    if len(nonce) != NONCE_SIZE or len(message.session_id) != SESSION_ID_SIZE:
-        raise ValueError("nonce or session id of the wrong size")
-    header = _HEADER.pack(
-        VERSION, message.TYPE, user.key_id, binding.packed_address(), binding.port, nonce
+
+    user: str
+    request: KnockRequest
+    keys: SessionKeys
+
+
+def _hpke() -> Any:
+    # Imported on first use: the client pays for it once per login, when it seals P1.
+    from Crypto.Protocol import HPKE
+
+    return HPKE
+
+
+def _seal(receiver: Any, info: bytes, aad: bytes, plaintext: bytes, sender: Any = None) -> Any:
+    HPKE = _hpke()
+    context = HPKE.new(
+        receiver_key=receiver, sender_key=sender, aead_id=HPKE.AEAD.AES256_GCM, info=info
     )
-    plaintext = _COMMON.pack(message.timestamp_ms, message.session_id) + message._body()
-    cipher = AES.new(user.key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_SIZE)
-    cipher.update(_associated_data(header, user.name))
-    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
-    return header + ciphertext + tag
+    return context, context.seal(plaintext, aad)
 
 
-class Received(NamedTuple):
+def _open(
+    receiver: Any,
+    enc: bytes,
+    info: bytes,
+    aad: bytes,
+    ciphertext: bytes,
+    sender: Any = None,
+    aead: Optional[int] = None,
+) -> Any:
+    # ``aead`` is for RFC 9180's test vectors (AES-128-GCM): the protocol uses AES-256-GCM.
+    HPKE = _hpke()
+    context = HPKE.new(
+        receiver_key=receiver,
+        sender_key=sender,
+        aead_id=HPKE.AEAD.AES256_GCM if aead is None else aead,
+        info=info,
+        enc=enc,
+    )
+    return context, context.unseal(ciphertext, aad)
+
+
+def seal_request(
+    request: KnockRequest, user: UserKey, server: Any
+) -> Tuple[bytes, SessionKeys]:
     """
-    A message that passed every stateless check: who sent it, what it says, and its nonce (which
-    the replay cache records).
+    P1 for ``request`` from ``user`` to the server whose public key is ``server`` (an
+    ``EccKey``), and the session's keys.
     """
+    request.check()
+    name = check_user_name(user.name).encode("utf-8")
+    prefix = _PREFIX.pack(VERSION, TYPE_KNOCK_REQUEST)
+    who_context, who = _seal(server, _INFO_WHO, prefix, _WHO.pack(len(name), name))
+    head = prefix + who_context.enc + who
+    context, sealed = _seal(server, _INFO_REQUEST, head, request._plaintext(), user.private)
+    return head + context.enc + sealed, _session_keys(context)
 
-    user: UserKey
-    message: Message
-    nonce: bytes
-    binding: Binding
 
-
-BindingCheck = Union[Callable[[Binding], bool], Container[Binding]]
-
-
-def decode(
+def open_request(
     data: bytes,
     *,
-    keys: Mapping[bytes, UserKey],
-    bindings: BindingCheck,
-    expect: Sequence[int],
+    identity: Any,
+    users: Callable[[str], Any],
+    decoy: Any,
     now: float,
     max_skew: float,
     admit: Optional[Callable[[], bool]] = None,
-) -> Received:
+) -> ReceivedRequest:
     """
-    Check and decrypt one datagram.
+    Check and open one P1 with the server's private key ``identity``.
 
-    ``keys`` maps key ids to user keys; ``bindings`` says which (address, port) the receiver
-    accepts, as a container or a predicate; ``expect`` lists the message types this side accepts;
-    ``now`` is the receiver's time in seconds since the epoch and ``max_skew`` how far in seconds a
-    timestamp may be from it. ``admit``, when given, is asked after the cheap checks and before
-    the cryptography whether this datagram may cost that work (a rate limit). Raises
-    ``MessageRejected`` and nothing else.
+    ``users(name)`` gives a user's public key (an ``EccKey``) or ``None``; ``decoy`` is a public
+    key the request is opened against for an unknown name, so that the work (and the time)
+    does not tell names that exist from names that do not. ``now`` is the receiver's time in
+    seconds since the epoch and ``max_skew`` how far a timestamp may be from it. ``admit`` is
+    asked after the cheap checks and before any cryptography whether this datagram may cost it
+    (a rate limit). Raises ``MessageRejected`` and nothing else.
     """
     try:
-        return _decode(data, keys, bindings, expect, now, max_skew, admit)
+        return _open_request(data, identity, users, decoy, now, max_skew, admit)
     except MessageRejected:
         raise
     except Exception as error:  # noqa: BLE001 - the documented contract: one error type only
         raise MessageRejected(REASON_MALFORMED, type(error).__name__) from None
 
 
-def _decode(
-    data: bytes,
-    keys: Mapping[bytes, UserKey],
-    bindings: BindingCheck,
-    expect: Sequence[int],
-    now: float,
-    max_skew: float,
-    admit: Optional[Callable[[], bool]] = None,
-) -> Received:
-    data = bytes(data)
+def _check_prefix(data: bytes, message_type: int, sizes: Tuple[int, int]) -> None:
     size = len(data)
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise MessageRejected(REASON_SIZE, f"{size} bytes")
-    version, message_type, received_key_id, packed_address, port, nonce = _HEADER.unpack_from(data)
+    version, received_type = _PREFIX.unpack_from(data)
     if version != VERSION:
         raise MessageRejected(REASON_VERSION, f"version {version}")
-    if message_type not in expect:
-        raise MessageRejected(REASON_TYPE, f"type {message_type}")
-    if not _size_fits(message_type, size):
+    if received_type != message_type:
+        raise MessageRejected(REASON_TYPE, f"type {received_type}")
+    if not sizes[0] <= size <= sizes[1]:
         raise MessageRejected(REASON_SIZE, f"{size} bytes for type {message_type}")
-    if port == 0:
-        raise MessageRejected(REASON_BINDING, "port 0")
-    binding = Binding.unpack(packed_address, port)
-    accepted = bindings(binding) if callable(bindings) else binding in bindings
-    if not accepted:
-        raise MessageRejected(REASON_BINDING, f"meant for {binding.address} port {port}")
-    user = keys.get(received_key_id)
-    if user is None:
-        raise MessageRejected(REASON_UNKNOWN_KEY, f"key id {received_key_id.hex()}")
+
+
+def message_type(data: bytes) -> Optional[int]:
+    """
+    The type a datagram says it is (``None`` for one too short to say), to route it.
+    """
+    return data[1] if len(data) >= _PREFIX.size else None
+
+
+def _open_request(
+    data: bytes,
+    identity: Any,
+    users: Callable[[str], Any],
+    decoy: Any,
+    now: float,
+    max_skew: float,
+    admit: Optional[Callable[[], bool]],
+) -> ReceivedRequest:
+    data = bytes(data)
+    _check_prefix(data, TYPE_KNOCK_REQUEST, (MIN_KNOCK_REQUEST_SIZE, MAX_KNOCK_REQUEST_SIZE))
     if admit is not None and not admit():
-        # Not yet authenticated: name the key id, not a user who may have nothing to do with it.
-        raise MessageRejected(REASON_RATE, f"key id {received_key_id.hex()}: over the rate limit")
-
-    header = data[:HEADER_SIZE]
-    cipher = AES.new(user.key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_SIZE)
-    cipher.update(_associated_data(header, user.name))
+        raise MessageRejected(REASON_RATE, "over the rate limit")
+    prefix = data[: _PREFIX.size]
     try:
-        plaintext = cipher.decrypt_and_verify(data[HEADER_SIZE:-TAG_SIZE], data[-TAG_SIZE:])
-    except ValueError:
-        raise MessageRejected(REASON_AUTH, f"user {user.name}") from None
-
-    timestamp_ms, session_id = _COMMON.unpack_from(plaintext)
-    try:
-        message = _MESSAGE_CLASSES[message_type]._from_body(
-            session_id, timestamp_ms, plaintext[_COMMON.size :]
+        _, who = _open(
+            identity,
+            data[_PREFIX.size : _WHO_OFFSET],
+            _INFO_WHO,
+            prefix,
+            data[_WHO_OFFSET:_REQUEST_ENC_OFFSET],
         )
-    except (ValueError, struct.error) as error:
-        raise MessageRejected(REASON_MALFORMED, f"user {user.name}: {error}") from None
+        size, padded = _WHO.unpack(who)
+        name = padded[:size].decode("ascii")
+        check_user_name(name)
+        if size > MAX_NAME or padded[size:] != bytes(MAX_NAME - size):
+            raise ValueError("bad padding")
+    except ValueError:
+        raise MessageRejected(REASON_WHO, "cannot be opened with this server's key") from None
+    sender = users(name)
+    try:
+        context, plaintext = _open(
+            identity,
+            data[_REQUEST_ENC_OFFSET:REQUEST_OFFSET],
+            _INFO_REQUEST,
+            data[:_REQUEST_ENC_OFFSET],
+            data[REQUEST_OFFSET:],
+            sender if sender is not None else decoy,
+        )
+    except ValueError:
+        if sender is None:
+            raise MessageRejected(REASON_UNKNOWN_USER, f"user {name}") from None
+        raise MessageRejected(REASON_AUTH, f"user {name}") from None
+    if sender is None:  # cannot happen: nobody holds the decoy's private key
+        raise MessageRejected(REASON_UNKNOWN_USER, f"user {name}")
+    try:
+        request = KnockRequest._parse(plaintext)
+    except (ValueError, struct.error, UnicodeDecodeError) as error:
+        raise MessageRejected(REASON_MALFORMED, f"user {name}: {error}") from None
+    _check_time(request.timestamp_ms, now, max_skew, f"user {name}")
+    return ReceivedRequest(name, request, _session_keys(context))
 
+
+def _check_time(timestamp_ms: int, now: float, max_skew: float, who: str) -> None:
     offset = timestamp_ms / 1000.0 - now
     if offset < -max_skew:
-        raise MessageRejected(REASON_STALE, f"user {user.name}: {-offset:.1f}s old")
+        raise MessageRejected(REASON_STALE, f"{who}: {-offset:.1f}s old")
     if offset > max_skew:
-        raise MessageRejected(REASON_FUTURE, f"user {user.name}: {offset:.1f}s ahead")
-    return Received(user, message, nonce, binding)
+        raise MessageRejected(REASON_FUTURE, f"{who}: {offset:.1f}s ahead")
+
+
+def _seal_session(
+    message_type: int, keys: SessionKeys, key: bytes, plaintext: bytes, nonce: Optional[bytes]
+) -> bytes:
+    if nonce is None:
+        nonce = get_random_bytes(NONCE_SIZE)
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError("a nonce has 12 bytes")
+    header = _SESSION_HEADER.pack(VERSION, message_type, keys.tag, nonce)
+    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_SIZE)
+    cipher.update(header)
+    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
+    return header + ciphertext + tag
+
+
+def _open_session(data: bytes, key: bytes) -> bytes:
+    header = data[: _SESSION_HEADER.size]
+    nonce = header[-NONCE_SIZE:]
+    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_SIZE)
+    cipher.update(header)
+    try:
+        return cipher.decrypt_and_verify(data[_SESSION_HEADER.size : -TAG_SIZE], data[-TAG_SIZE:])
+    except ValueError:
+        raise MessageRejected(REASON_AUTH, "not sealed with this session's key") from None
+
+
+def session_tag(data: bytes) -> bytes:
+    """
+    The session tag a P2 or P3 carries in clear (for finding its session's keys).
+    """
+    return bytes(data[_PREFIX.size : _PREFIX.size + SESSION_TAG_SIZE])
+
+
+def encode_confirm(confirm: Confirm, keys: SessionKeys, nonce: Optional[bytes] = None) -> bytes:
+    """
+    P2 for ``confirm`` under its session's ``keys``. ``nonce`` is for tests only.
+    """
+    plaintext = _COMMON.pack(confirm.timestamp_ms, confirm.session_id)
+    return _seal_session(TYPE_CONFIRM, keys, keys.confirm_key, plaintext, nonce)
+
+
+def decode_confirm(
+    data: bytes,
+    *,
+    find: Callable[[bytes], Optional[SessionKeys]],
+    now: float,
+    max_skew: float,
+) -> Tuple[SessionKeys, Confirm]:
+    """
+    Check and open one P2: ``find(tag)`` gives the keys of the session its tag names (``None``
+    when there is none). Raises ``MessageRejected`` and nothing else.
+    """
+    try:
+        data = bytes(data)
+        _check_prefix(data, TYPE_CONFIRM, (CONFIRM_SIZE, CONFIRM_SIZE))
+        keys = find(session_tag(data))
+        if keys is None:
+            raise MessageRejected(REASON_UNKNOWN_SESSION, f"tag {session_tag(data).hex()}")
+        timestamp_ms, session_id = _COMMON.unpack(_open_session(data, keys.confirm_key))
+        _check_time(timestamp_ms, now, max_skew, "confirm")
+        return keys, Confirm(session_id, timestamp_ms)
+    except MessageRejected:
+        raise
+    except Exception as error:  # noqa: BLE001 - one error type only
+        raise MessageRejected(REASON_MALFORMED, type(error).__name__) from None
+
+
+def encode_grant(grant: Grant, keys: SessionKeys, nonce: Optional[bytes] = None) -> bytes:
+    """
+    P3 for ``grant`` under its session's ``keys``. ``nonce`` is for tests only.
+    """
+    _check_port(grant.port, "assigned port")
+    plaintext = _COMMON.pack(grant.timestamp_ms, grant.session_id) + _GRANT_BODY.pack(
+        grant.port, grant.deadline_ms, pack_address(grant.address)
+    )
+    return _seal_session(TYPE_GRANT, keys, keys.grant_key, plaintext, nonce)
+
+
+def decode_grant(data: bytes, keys: SessionKeys, *, now: float, max_skew: float) -> Grant:
+    """
+    Check and open one P3 of the session ``keys``. Raises ``MessageRejected`` and nothing else.
+    """
+    try:
+        data = bytes(data)
+        _check_prefix(data, TYPE_GRANT, (GRANT_SIZE, GRANT_SIZE))
+        if session_tag(data) != keys.tag:
+            raise MessageRejected(REASON_UNKNOWN_SESSION, "another session's tag")
+        plaintext = _open_session(data, keys.grant_key)
+        timestamp_ms, session_id = _COMMON.unpack_from(plaintext)
+        port, deadline_ms, packed = _GRANT_BODY.unpack_from(plaintext, _COMMON.size)
+        _check_time(timestamp_ms, now, max_skew, "grant")
+        _check_port(port, "assigned port")
+        return Grant(session_id, timestamp_ms, port, deadline_ms, unpack_address(packed))
+    except MessageRejected:
+        raise
+    except Exception as error:  # noqa: BLE001 - one error type only
+        raise MessageRejected(REASON_MALFORMED, type(error).__name__) from None
 
 
 def now_ms(seconds: float) -> int:

@@ -16,8 +16,10 @@ from typing import Any, Callable, List, Optional, TextIO, Union
 from sig2knock import __version__
 from sig2knock.client import portable
 from sig2knock.client.knocker import DEFAULT_KNOCKS, ClientError, knock, user_key
+from sig2knock.protocol import keys
 from sig2knock.protocol.addresses import PROTOCOLS_BY_NAME
 from sig2knock.protocol.kdf import KdfError, KdfParams, check_user_name, password_line
+from sig2knock.protocol.keys import KeyFormatError, import_public_key, parse_public_key
 from sig2knock.protocol.wire import MAX_KNOCKS, UserKey
 
 EXIT_OK = 0
@@ -51,8 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
             " port and a newline, so PORT=$(sig2knockc host 1001) works."
         ),
     )
-    parser.add_argument("server", metavar="SERVER", help="server host name or address")
-    parser.add_argument("port", metavar="PORT", type=int, help="server control port (UDP_PORT)")
+    parser.add_argument("server", metavar="SERVER", nargs="?", help="server host name or address")
+    parser.add_argument(
+        "port", metavar="PORT", type=int, nargs="?", help="server control port (UDP_PORT)"
+    )
+    parser.add_argument(
+        "--server-key",
+        metavar="KEY",
+        help="the server's public key, as sig2knockd --show-identity prints it (required to"
+        " knock: only that server can read the request)",
+    )
+    parser.add_argument(
+        "--keygen",
+        action="store_true",
+        help="make a key pair for --user, save the private key to the key file (default:"
+        " ~/.config/sig2knock/USER.key; encrypted with a passphrase from --password-* or the"
+        " prompt, unless the passphrase is empty), print the public key for"
+        " sig2knockd_useradd --public-key, and exit",
+    )
     parser.add_argument(
         "--user", help="user name on the server (default: your login name)"
     )
@@ -69,15 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--key-file",
         metavar="FILE",
-        help="the saved key of --user (default: ~/.config/sig2knock/USER.key, on Windows"
-        " %%APPDATA%%\\sig2knock\\USER.key); used instead of a password when it exists and no"
-        " --password-* option is given",
+        help="the key of --user: one made by --keygen, or one saved by --save-key (default:"
+        " the saved key for this server, ~/.config/sig2knock/USER@SERVER.key, else"
+        " ~/.config/sig2knock/USER.key; on Windows in %%APPDATA%%\\sig2knock); used instead of"
+        " a password when it exists and no --password-* option is given",
     )
     parser.add_argument(
         "--save-key",
         action="store_true",
-        help="derive the key from the password once and save it to the key file (mode 0600),"
-        " so later knocks need neither the password nor the 0.1 s of scrypt",
+        help="derive the key for this server from the password once and save it to the key"
+        " file (mode 0600), so later knocks need neither the password nor the 0.1 s of scrypt",
     )
     parser.add_argument(
         "--knock-proto",
@@ -223,16 +242,34 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
     """
     Usage checks argparse cannot express; each ends the program with status 2.
     """
+    if options.user is None:
+        options.user = _login_name()
+    if not options.user:
+        parser.error("no login name to take as the user name: give --user NAME")
+    if options.keygen:
+        if options.server is not None or options.command is not None or options.stdio:
+            parser.error("--keygen makes a key and knocks nowhere: no SERVER, --exec or --stdio")
+        try:
+            check_user_name(options.user)
+        except KdfError as error:
+            parser.error(str(error))
+        return
+    if options.server is None or options.port is None:
+        parser.error("SERVER and PORT are required to knock")
+    if options.server_key is None:
+        parser.error("--server-key KEY is required: the server's public key, as"
+                     " sig2knockd --show-identity prints it")
+    try:
+        options.server_public = parse_public_key(options.server_key)
+        import_public_key(options.server_public)
+    except KeyFormatError as error:
+        parser.error(f"--server-key: {error}")
     if not 0 < options.port < 65536:
         parser.error(f"PORT {options.port} is not a port number (1-65535)")
     if not options.timeout > 0:
         parser.error("--timeout must be a positive number of seconds")
     if not 1 <= options.knocks <= MAX_KNOCKS:
         parser.error(f"--knocks must be from 1 to {MAX_KNOCKS}")
-    if options.user is None:
-        options.user = _login_name()
-    if not options.user:
-        parser.error("no login name to take as the user name: give --user NAME")
     try:
         check_user_name(options.user)
         KdfParams.parse(options.kdf)
@@ -262,33 +299,85 @@ def _silent(line: str) -> None:
     pass
 
 
+def _passphrase_for(options: argparse.Namespace) -> Callable[[str], str]:
+    """
+    Where the passphrase of an encrypted key file comes from: ``--password-*``, else a prompt.
+    """
+
+    def passphrase(path: str) -> str:
+        if options.password_file or options.password_stdin:
+            return read_password(options)
+        if not sys.stdin.isatty() and not (options.stdio and portable.have_terminal()):
+            raise PasswordError(f"{path} is encrypted and there is no terminal to ask on")
+        return getpass.getpass(f"Passphrase for {path}: ")
+
+    return passphrase
+
+
 def obtain_key(options: argparse.Namespace, report: Callable[[str], None]) -> UserKey:
     """
-    The user's key: from the key file when there is one (and no password option was given),
-    else derived from the password, and saved with ``--save-key``.
+    The user's key at this server: from the key file when there is one (and no password option
+    was given), else derived from the password, and saved with ``--save-key``.
     """
     from sig2knock.client.keyfile import KeyFileError, default_key_path, load_key, save_key
 
-    path = options.key_file or default_key_path(options.user)
-    asked_for_password = options.password_stdin or options.password_file or options.save_key
+    server = options.server_public
+    if options.key_file:
+        paths = [options.key_file]
+    else:
+        paths = [default_key_path(options.user, server), default_key_path(options.user)]
+    password_given = options.password_stdin or options.password_file
     try:
-        if not asked_for_password:
-            saved = load_key(path, options.user, _warn)
-            if saved is not None:
-                report(f"key read from {path}")
-                return saved
+        if not options.save_key and (options.key_file or not password_given):
+            # With --key-file, --password-* is the passphrase of an encrypted key.
+            for path in paths:
+                saved = load_key(path, options.user, server, _passphrase_for(options), _warn)
+                if saved is not None:
+                    report(f"key read from {path}")
+                    return saved
+            if options.key_file:
+                raise PasswordError(f"{options.key_file}: no such file")
         password = read_password(options)
         if not password:
             raise PasswordError("the password is empty")
         started = time.monotonic()
-        key = user_key(password, options.user, options.kdf)
+        key = user_key(password, options.user, options.kdf, server)
         report(f"key derived in {(time.monotonic() - started) * 1000:.0f} ms")
         if options.save_key:
-            save_key(path, key, KdfParams.parse(options.kdf))
-            report(f"key saved to {path}")
+            save_key(paths[0], key, server)
+            report(f"key saved to {paths[0]}")
     except KeyFileError as error:
         raise PasswordError(str(error)) from None
     return key
+
+
+def keygen(options: argparse.Namespace) -> int:
+    """
+    ``--keygen``: make a key pair for ``--user``, save its private half and print the public
+    half (the last line of standard output); refuse to replace a key file that exists.
+    """
+    from sig2knock.client.keyfile import KeyFileError, default_key_path, save_key
+
+    path = options.key_file or default_key_path(options.user)
+    if os.path.lexists(path):
+        raise PasswordError(f"{path} exists already; it is kept (give another --key-file)")
+    if options.password_file or options.password_stdin:
+        passphrase = read_password(options)
+    elif sys.stdin.isatty():
+        passphrase = getpass.getpass(f"Passphrase for {path} (empty for none): ")
+        if passphrase and getpass.getpass("Passphrase (again): ") != passphrase:
+            raise PasswordError("the passphrases do not match")
+    else:
+        passphrase = ""
+    key = UserKey(options.user, keys.generate())
+    try:
+        save_key(path, key, None, passphrase or None)
+    except KeyFileError as error:
+        raise PasswordError(str(error)) from None
+    _report(f"key of {options.user} saved to {path}; enrol it with: sig2knockd_useradd"
+            f" --public-key {keys.format_public_key(key.public)} {options.user}")
+    print(keys.format_public_key(key.public), flush=True)
+    return EXIT_OK
 
 
 def run(options: argparse.Namespace) -> int:
@@ -296,17 +385,27 @@ def run(options: argparse.Namespace) -> int:
     Derive the key, knock, and act on the grant as the options say. Returns the exit status
     (with ``--exec``, the command's).
     """
+    if options.keygen:
+        return keygen(options)
     report = _report if options.verbose else _silent
     key = obtain_key(options, report)
     result = knock(
         options.server,
         options.port,
         key,
+        options.server_public,
         protocol=PROTOCOLS_BY_NAME[options.knock_proto],
         knocks=options.knocks,
         timeout=options.timeout,
         report=report,
     )
+    if result.relayed:
+        raise ClientError(
+            f"the server opened port {result.port} for {result.granted_address}, not for this"
+            f" host's {result.client_address}: someone on the way is relaying this login"
+        )
+    if result.granted_address is not None:
+        report(f"port {result.port} opened for {result.granted_address}")
     if options.command is not None:
         command = command_line(options.command, result.port, options.server)
         report(f"running {_program(command)}")

@@ -4,6 +4,7 @@ or check a configuration with ``--check-config``.
 """
 
 import argparse
+import os
 import sys
 from typing import Any, List, Optional
 
@@ -43,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-config",
         action="store_true",
         help="check the configuration and the users file, print a summary and exit",
+    )
+    parser.add_argument(
+        "--init",
+        action="store_true",
+        help="make the server's identity (its key pair, in STATE_DIR) if it has none, print its"
+        " public key and exit",
+    )
+    parser.add_argument(
+        "--show-identity",
+        action="store_true",
+        help="print the server's public key and its fingerprint, and exit",
     )
     parser.add_argument(
         "--flush",
@@ -182,6 +194,36 @@ def flush(config_path: str, interface: Optional[str]) -> int:
     return status["code"]
 
 
+def identity_command(config_path: str, make: bool) -> int:
+    """
+    ``--init`` (``make``) and ``--show-identity``: print ``KEY FINGERPRINT`` of the server's
+    identity, made first with ``--init`` when there is none; return the exit status.
+    """
+    from sig2knock.daemon import identity
+    from sig2knock.daemon.settings import ConfigError, load_config
+    from sig2knock.daemon.startup import ensure_state_dir
+    from sig2knock.protocol.keys import fingerprint, format_public_key
+
+    try:
+        config = load_config(config_path)
+        path = identity.identity_path(config.state_dir)
+        if make and not os.path.lexists(path):
+            from sig2knock.daemon.replay import ReplayCacheError
+
+            try:
+                ensure_state_dir(config.state_dir)
+            except ReplayCacheError as error:
+                raise identity.IdentityError(str(error)) from None
+            identity.create_identity(path)
+            print(f"sig2knockd: made the server identity {path}", file=sys.stderr)
+        public = identity.read_public(path)
+    except (ConfigError, identity.IdentityError) as error:
+        print(f"sig2knockd: {error}", file=sys.stderr)
+        return 1
+    print(f"{format_public_key(public)} {fingerprint(public)}")
+    return 0
+
+
 def twistd_arguments(config_path: str, interface: Optional[str]) -> List[str]:
     """
     The twistd command line equivalent to ``sig2knockd -c CONFIG [-i IFACE]``: foreground, no
@@ -213,6 +255,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return check_config(options.config, options.interface)
     if options.flush:
         return flush(options.config, options.interface)
+    if options.init or options.show_identity:
+        return identity_command(options.config, options.init)
     from twisted.scripts import twistd
 
     from sig2knock.daemon import firewall_service

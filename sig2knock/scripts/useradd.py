@@ -1,13 +1,15 @@
 """
-``sig2knockd_useradd USER``: derive a user's key from a password and print (or append) the line
-for the users file. The password is read without echo and never printed or logged.
+``sig2knockd_useradd USER``: enrol a user and print (or append) the line for the users file: a
+password user (the password read without echo, never printed or logged; the line holds the public
+half of the key pair derived from it for this server), or with ``--public-key`` a user who made
+their own key pair with ``sig2knockc --keygen``.
 """
 
 import argparse
 import getpass
 import os
 import sys
-from typing import List, Optional, TextIO
+from typing import Any, List, Optional, TextIO
 
 from sig2knock import __version__
 from sig2knock.protocol.kdf import (
@@ -32,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sig2knockd_useradd",
         description=(
-            "Derive USER's key from a password (asked twice, without echo) and print the line"
-            " to add to the daemon's users file, or append it with --users-file."
+            "Enrol USER: derive their key for this server from a password (asked twice,"
+            " without echo), or take the public key they made with sig2knockc --keygen, and"
+            " print the line to add to the daemon's users file, or append it with --users-file"
+            " (or -c, to the configuration's USERS_FILE)."
         ),
     )
     parser.add_argument("user", metavar="USER", help="user name (letters, digits, . _ @ -)")
@@ -46,6 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--users-file",
         metavar="FILE",
         help="append the line to FILE (created with mode 0600) instead of printing it",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="CONFIG",
+        help="the daemon's configuration: its server identity (in STATE_DIR) and, unless"
+        " --users-file is given, its USERS_FILE to append to",
+    )
+    parser.add_argument(
+        "--server-key",
+        metavar="KEY",
+        help="the server's public key (sig2knockd --show-identity), instead of -c",
+    )
+    parser.add_argument(
+        "--public-key",
+        metavar="KEY",
+        help="enrol a user with their own key pair: the public key sig2knockc --keygen printed"
+        " (no password)",
     )
     parser.add_argument(
         "--kdf",
@@ -91,7 +113,7 @@ def append_line(path: str, user: str, line: str) -> None:
         except UsersError as error:
             raise UserAddError(str(error)) from None
         if user in existing.entries:
-            number = existing.entries[user].line
+            number = existing.entries[user].number
             raise UserAddError(f"{path}:{number}: user {user} is already there")
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -106,24 +128,67 @@ def append_line(path: str, user: str, line: str) -> None:
         raise UserAddError(f"{path}: {error.strerror}") from None
 
 
+def _config(path: str) -> Any:
+    from sig2knock.daemon.settings import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        raise UserAddError(str(error)) from None
+
+
+def _server_key(options: argparse.Namespace) -> bytes:
+    """
+    The public key of the server a password user is enrolled at: ``--server-key``, or the
+    identity of ``-c``'s daemon.
+    """
+    from sig2knock.daemon.identity import IdentityError, identity_path, read_public
+    from sig2knock.protocol.keys import parse_public_key
+
+    if options.server_key is not None:
+        return parse_public_key(options.server_key)
+    if options.config is None:
+        raise UserAddError(
+            "a password user's key is made for one server: give -c CONFIG (the daemon's"
+            " configuration) or --server-key KEY (sig2knockd --show-identity)"
+        )
+    try:
+        return read_public(identity_path(_config(options.config).state_dir))
+    except IdentityError as error:
+        raise UserAddError(str(error)) from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """
     Entry point of ``sig2knockd_useradd``.
     """
     options = build_parser().parse_args(argv)
     from sig2knock.daemon.users import format_user_line
+    from sig2knock.protocol.keyline import format_key_line
+    from sig2knock.protocol.keys import KeyFormatError, import_public_key, parse_public_key
 
     try:
         user = check_user_name(options.user)
         params = KdfParams.parse(options.kdf)
-        password = check_password(read_password(options.password_stdin))
-        line = format_user_line(user, password, params)
-        if options.users_file:
-            append_line(options.users_file, user, line)
-            print(f"added user {user} to {options.users_file}", file=sys.stderr)
+        users_file = options.users_file
+        if options.config and not users_file:
+            users_file = _config(options.config).users_file
+        if options.public_key is not None:
+            if options.password_stdin:
+                raise UserAddError("--public-key enrols a user without a password")
+            public = parse_public_key(options.public_key)
+            import_public_key(public)  # refuses a key no one can use
+            line = format_key_line(user, public, None)
+        else:
+            server = _server_key(options)
+            password = check_password(read_password(options.password_stdin))
+            line = format_user_line(user, password, server, params)
+        if users_file:
+            append_line(users_file, user, line)
+            print(f"added user {user} to {users_file}", file=sys.stderr)
         else:
             print(line)
-    except (KdfError, UserAddError) as error:
+    except (KdfError, UserAddError, KeyFormatError) as error:
         print(f"sig2knockd_useradd: {error}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, EOFError):

@@ -13,15 +13,15 @@ import re
 import socket
 import subprocess
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from twisted.internet.testing import MemoryReactorClock
 
 from sig2knock import examples
 from sig2knock.client.knocker import Knocker, RetrySchedule, Target, user_key
-from sig2knock.protocol import wire
+from sig2knock.protocol import keys, wire
 from sig2knock.protocol.kdf import KdfParams
-from sig2knock.protocol.wire import Binding, Confirm, Grant, UserKey
+from sig2knock.protocol.wire import Confirm, Grant, SessionKeys, UserKey
 
 
 # The directory that holds the sig2knock package under test (a checkout, or site-packages of an
@@ -32,6 +32,25 @@ EXAMPLE_CONFIG = examples.path("sig2knockd.conf")
 
 # The cheapest scrypt the KDF accepts: keeps tests fast; production uses KdfParams().
 CHEAP_KDF = KdfParams(n=1024, r=1, p=1)
+
+# The server identity of the tests: a fixed key pair (its private key as a PEM file's text, as
+# STATE_DIR/identity.key holds it), so users lines can be written before a daemon starts.
+SERVER_KEY = keys.private_from_seed(bytes(range(1, 33)))
+SERVER_PUBLIC = keys.public_bytes(SERVER_KEY)
+SERVER_PEM = keys.export_private(SERVER_KEY)
+SERVER_KEY_TEXT = keys.format_public_key(SERVER_PUBLIC)  # what --server-key takes
+
+
+def write_identity(state_dir: str, pem: str = SERVER_PEM) -> str:
+    """
+    Put the tests' server identity into ``state_dir`` (created mode 0700); return its path.
+    """
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(state_dir, "identity.key")
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as identity:
+        identity.write(pem)
+    return path
 
 BASE_CONFIG = {
     "UDP_PORT": "1001",
@@ -101,7 +120,8 @@ class ConfigErrorAssertions:
 def write_config(directory: str, extra: Optional[Dict[str, str]] = None) -> str:
     """
     Write a valid configuration (plus ``extra`` keys) into ``directory`` with its users file and
-    state directory beside it; return the configuration's path.
+    state directory (holding the tests' server identity) beside it; return the configuration's
+    path.
     """
     settings = dict(BASE_CONFIG)
     # Loopback exists everywhere: the tests need no default route.
@@ -115,16 +135,24 @@ def write_config(directory: str, extra: Optional[Dict[str, str]] = None) -> str:
     users_path = os.path.join(directory, "user.txt")
     if not os.path.exists(users_path):
         write_users(users_path, {"alice": "alice's password"})
+    state = os.path.join(directory, settings["STATE_DIR"])
+    if not os.path.lexists(state) or (
+        os.path.isdir(state) and not os.path.exists(os.path.join(state, "identity.key"))
+    ):
+        write_identity(state)
     return path
 
 
 def write_users(path: str, passwords: Dict[str, str], mode: int = 0o600) -> None:
     """
-    Write a users file with a line per user (cheap KDF) and set its mode.
+    Write a users file with a line per user (cheap KDF, the tests' server) and set its mode.
     """
     from sig2knock.daemon.users import format_user_line
 
-    lines = [format_user_line(user, password, CHEAP_KDF) for user, password in passwords.items()]
+    lines = [
+        format_user_line(user, password, SERVER_PUBLIC, CHEAP_KDF)
+        for user, password in passwords.items()
+    ]
     with open(path, "w", encoding="utf-8") as users_file:
         users_file.write("\n".join(lines) + "\n")
     os.chmod(path, mode)
@@ -247,6 +275,7 @@ def live_settings(**config: Any) -> Any:
         knock_proto="tcp", knock_count=4, knock_timeout=10.0, singleconn_portopen_time=30.0,
         assign_port_range=(40000, 40999), forward_mode="proxy",
         forward_to_ip=ipaddress.ip_address("127.0.0.1"), forward_to_port=22,
+        require_source_address=False,
     )
     values.update(config)
     return LiveSettings(types.SimpleNamespace(**values), None)
@@ -287,13 +316,60 @@ class FakeRun:
 # The client's side: one user, a fake network and clock to drive Knocker through, and a small
 # real server on 127.0.0.1.
 PASSWORD = "a long enough password"
-USER = user_key(PASSWORD, "alice", CHEAP_KDF.format())
+USER = user_key(PASSWORD, "alice", CHEAP_KDF.format(), SERVER_PUBLIC)
 SERVER = "192.0.2.7"  # TEST-NET-1: the fake network never sends anything
 CONTROL_PORT = 1001
 TARGET = Target(socket.AF_INET, SERVER, CONTROL_PORT, (SERVER, CONTROL_PORT))
-BINDING = Binding.of(SERVER, CONTROL_PORT)
 START = 1_700_000_000.0
 SESSION = bytes(range(16))
+
+
+class Decoded(NamedTuple):
+    """
+    A control message as a server opened it: the message, its session's keys, whose it is and
+    the nonce it was sealed with (a P1's replay id).
+    """
+
+    message: Any
+    keys: SessionKeys
+    user: str
+    nonce: bytes
+
+
+class FakeServer:
+    """
+    The server side of the exchange, without a daemon: opens P1 and P2 with the tests' server
+    identity and ``users`` (name -> ``UserKey``), remembering each session's keys by tag.
+    """
+
+    def __init__(self, users: Optional[Dict[str, UserKey]] = None) -> None:
+        self.users = users if users is not None else {USER.name: USER}
+        self.sessions: Dict[bytes, Tuple[str, SessionKeys]] = {}
+        self.decoy = keys.generate().public_key()  # type: ignore[attr-defined]
+
+    def public_key(self, name: str) -> Any:
+        user = self.users.get(name)
+        return None if user is None else user.private.public_key()
+
+    def decode(self, data: bytes, now: float) -> Decoded:
+        """
+        Open one P1 or P2; raises ``MessageRejected``.
+        """
+        if wire.message_type(data) == wire.TYPE_CONFIRM:
+            session_keys, confirm = wire.decode_confirm(
+                data,
+                find=lambda tag: self.sessions[tag][1] if tag in self.sessions else None,
+                now=now,
+                max_skew=60,
+            )
+            user = self.sessions[session_keys.tag][0]
+            return Decoded(confirm, session_keys, user, bytes(data[10:22]))
+        received = wire.open_request(
+            data, identity=SERVER_KEY, users=self.public_key, decoy=self.decoy, now=now,
+            max_skew=60,
+        )
+        self.sessions[received.keys.tag] = (received.user, received.keys)
+        return Decoded(received.request, received.keys, received.user, received.keys.replay_id)
 
 
 class FakeClock:
@@ -323,6 +399,7 @@ class FakeSocket:
         self.timeout: Optional[float] = None
         self.blocking = True
         self.closed = False
+        self.peer: Optional[Tuple[Any, ...]] = None
 
     def sendto(self, data: bytes, address: Tuple[Any, ...]) -> int:
         self.network.sent.append(("udp", self, address, bytes(data)))
@@ -331,6 +408,13 @@ class FakeSocket:
             raise self.network.send_error
         self.network.server(self.network, address, bytes(data))
         return len(data)
+
+    def connect(self, address: Tuple[Any, ...]) -> None:
+        # A UDP socket's connect sends nothing: it only picks the local address.
+        self.peer = address
+
+    def getsockname(self) -> Tuple[Any, ...]:
+        return (self.network.local_address, 40000)
 
     def setblocking(self, flag: bool) -> None:
         self.blocking = flag
@@ -351,6 +435,8 @@ class FakeSocket:
         if inbox and inbox[0][0] <= clock.now + self.timeout:
             when, data, source = inbox.pop(0)
             clock.now = max(clock.now, when)
+            if callable(data):  # made when it arrives (a P3 needs the session's keys)
+                data = data()
             if isinstance(data, BaseException):
                 raise data
             return data, source
@@ -363,12 +449,16 @@ class FakeSocket:
 
 class FakeNetwork:
     """
-    Sockets, a clock and a server callback ``server(network, address, data)`` for each datagram.
+    Sockets, a clock and a server callback ``server(network, address, data)`` for each datagram;
+    ``fake_server`` opens what the client sent, and ``local_address`` is what the client's
+    sockets say they send from.
     """
 
     def __init__(self, server: Callable[["FakeNetwork", Tuple[Any, ...], bytes], None]) -> None:
         self.clock = FakeClock()
         self.server = server
+        self.fake_server = FakeServer()
+        self.local_address = "192.0.2.50"
         self.sent: List[Tuple[str, FakeSocket, Tuple[Any, ...], bytes]] = []
         self.sent_at: List[float] = []
         self.sockets: List[FakeSocket] = []
@@ -381,17 +471,34 @@ class FakeNetwork:
         return sock
 
     def deliver(self, delay: float, data: Any, source: Tuple[Any, ...] = TARGET.sockaddr) -> None:
+        """
+        Put ``data`` (bytes, an exception to raise, or a callable that makes either) into the
+        inbox, to arrive ``delay`` seconds from now from ``source``.
+        """
         self.inbox.append((self.clock.now + delay, data, source))
 
-    def control_messages(self) -> List[wire.Received]:
+    def control_messages(self) -> List[Decoded]:
         """
-        Every P1/P2 sent to the control port, decoded in order.
+        Every P1/P2 sent to the control port, opened in order (by a server of its own).
         """
+        server = FakeServer()
         return [
-            decode_request(data, self.clock.now)
+            server.decode(data, self.clock.now)
             for kind, _, address, data in self.sent
             if kind == "udp" and address == TARGET.sockaddr
         ]
+
+    def session_keys(self) -> SessionKeys:
+        """
+        The keys of the session the client's first P1 opened.
+        """
+        return self.control_messages()[0].keys
+
+    def grant_later(self, session_id: bytes, now: float, port: int) -> Callable[[], bytes]:
+        """
+        A P3 of the client's session, made when it is received (``deliver`` takes it).
+        """
+        return lambda: grant_bytes(session_id, now, self.session_keys(), port)
 
     def knocks(self) -> List[Tuple[str, int]]:
         return [
@@ -401,26 +508,18 @@ class FakeNetwork:
         ]
 
 
-def decode_request(data: bytes, now: float, binding: Binding = BINDING) -> wire.Received:
-    return wire.decode(
-        data,
-        keys={USER.key_id: USER},
-        bindings=(binding,),
-        expect=(wire.TYPE_KNOCK_REQUEST, wire.TYPE_CONFIRM),
-        now=now,
-        max_skew=60,
-    )
-
-
 def grant_bytes(
     session_id: bytes,
     now: float,
+    session_keys: SessionKeys,
     port: int = 40001,
-    user: UserKey = USER,
-    binding: Binding = BINDING,
+    address: Any = None,
 ) -> bytes:
-    message = Grant(session_id, wire.now_ms(now), port, wire.now_ms(now + 10))
-    return wire.encode(message, user, binding)
+    """
+    A P3 of the session ``session_keys`` for ``port``, open 10 s from ``now``.
+    """
+    message = Grant(session_id, wire.now_ms(now), port, wire.now_ms(now + 10), address)
+    return wire.encode_grant(message, session_keys)
 
 
 def grant_on_confirm(number: int, port: int = 40001) -> Callable[..., None]:
@@ -432,12 +531,18 @@ def grant_on_confirm(number: int, port: int = 40001) -> Callable[..., None]:
     def server(network: FakeNetwork, address: Tuple[Any, ...], data: bytes) -> None:
         if address != TARGET.sockaddr:
             return
-        received = decode_request(data, network.clock.now)
+        received = network.fake_server.decode(data, network.clock.now)
         if isinstance(received.message, Confirm):
             confirms.append(received)
             if len(confirms) >= number:
                 network.deliver(
-                    0.001, grant_bytes(received.message.session_id, network.clock.now, port)
+                    0.001,
+                    grant_bytes(
+                        received.message.session_id,
+                        network.clock.now,
+                        received.keys,
+                        port,
+                    ),
                 )
 
     return server
@@ -450,6 +555,7 @@ def knocker(network: FakeNetwork, **kwargs: Any) -> Knocker:
     return Knocker(
         USER,
         TARGET,
+        SERVER_PUBLIC,
         clock=network.clock,
         monotonic=network.clock,
         sleep=network.clock.sleep,

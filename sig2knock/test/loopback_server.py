@@ -8,13 +8,14 @@ import threading
 import time
 from typing import List
 
-from sig2knock.protocol.wire import Binding, KnockRequest, MessageRejected
-from sig2knock.test.common import decode_request, grant_bytes
+from sig2knock.protocol.wire import KnockRequest, MessageRejected
+from sig2knock.test.common import FakeServer, grant_bytes
 
 
 class LoopbackServer:
     """
-    A tiny sig2knock server on 127.0.0.1 in a thread: it decodes P1/P2 with ``wire.decode``,
+    A tiny sig2knock server on 127.0.0.1 in a thread, with the tests' server identity: it opens
+    P1/P2 as the daemon does (``FakeServer``),
     watches UDP knock ports it owns, and answers a P2 with P3 once P1 and every knock of its
     session have arrived.
     """
@@ -24,7 +25,7 @@ class LoopbackServer:
         self.control = socket.socket(family, socket.SOCK_DGRAM)
         self.control.bind((host, 0))
         self.port = self.control.getsockname()[1]
-        self.binding = Binding.of(host, self.port)
+        self.server = FakeServer()
         self.grant_port = grant_port
         self.knock_sockets = []
         for _ in range(knock_ports):
@@ -62,7 +63,7 @@ class LoopbackServer:
             except socket.timeout:
                 continue
             try:
-                received = decode_request(data, time.time(), self.binding)
+                received = self.server.decode(data, time.time())
             except MessageRejected as error:
                 self.errors.append(str(error))
                 continue
@@ -76,6 +77,6 @@ class LoopbackServer:
                 continue
             self.grants += 1
             self.control.sendto(
-                grant_bytes(message.session_id, time.time(), self.grant_port, binding=self.binding),
+                grant_bytes(message.session_id, time.time(), received.keys, self.grant_port),
                 source,
             )

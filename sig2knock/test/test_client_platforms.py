@@ -16,7 +16,15 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.test.common import CHEAP_KDF, IMPORT_ROOT, PASSWORD, read_until_closed
+from sig2knock.client.keyfile import default_key_path
+from sig2knock.test.common import (
+    CHEAP_KDF,
+    IMPORT_ROOT,
+    PASSWORD,
+    SERVER_KEY_TEXT,
+    SERVER_PUBLIC,
+    read_until_closed,
+)
 from sig2knock.test.loopback_server import LoopbackServer
 
 
@@ -28,6 +36,7 @@ CLIENT_TESTS = (
     "sig2knock.test.test_addresses",
     "sig2knock.test.test_cipher",
     "sig2knock.test.test_files",
+    "sig2knock.test.test_hpke",
     "sig2knock.test.test_kdf",
     "sig2knock.test.test_keyfile",
     "sig2knock.test.test_keyline",
@@ -53,6 +62,7 @@ CLIENT_MODULES = frozenset({
     "sig2knock.protocol.files",
     "sig2knock.protocol.kdf",
     "sig2knock.protocol.keyline",
+    "sig2knock.protocol.keys",
     "sig2knock.protocol.wire",
     "sig2knock.scripts",
     "sig2knock.scripts.client",
@@ -180,7 +190,8 @@ class PlatformRun:
         """
         done = self.python(
             ["-c", RUN_CLIENT, "127.0.0.1", str(port), "--user", "alice", "--kdf",
-             CHEAP_KDF.format(), "--timeout", "10", *arguments],
+             CHEAP_KDF.format(), "--server-key", SERVER_KEY_TEXT, "--timeout", "10",
+             *arguments],
             stdin=stdin.encode(),
         )
         lines = done.stderr.decode().splitlines(keepends=True)
@@ -261,7 +272,8 @@ class WindowsClientTests(SynchronousTestCase):
         status, out, err, loaded = self.run.client(
             server.port, "--save-key", "--password-stdin", "-v", stdin=PASSWORD + "\n"
         )
-        path = os.path.join(self.run.env["APPDATA"], "sig2knock", "alice.key")
+        name = os.path.basename(default_key_path("alice", SERVER_PUBLIC))
+        path = os.path.join(self.run.env["APPDATA"], "sig2knock", name)
         self.assertEqual((status, out), (0, "45692\n"), err)
         self.assertIn(f"key saved to {path}", err)
         self.assertTrue(os.path.isfile(path))

@@ -1,13 +1,13 @@
 """
 Tests for sig2knock.daemon.control: the daemon answers only a valid P2 after a completed sequence,
-and logs every refusal with its source and reason.
+sees a session relayed from a second address and ends it, and logs every refusal with its source
+and reason.
 """
 
 import ipaddress
 import types
-from typing import List, Tuple
+from typing import Any, List, Optional, Tuple
 
-from twisted.application.service import Service
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -18,7 +18,6 @@ from sig2knock.daemon.control import (
     ControlPortError,
     ControlPorts,
     ControlProtocol,
-    binding_check,
     control_ports,
     rate_key,
 )
@@ -27,19 +26,30 @@ from sig2knock.daemon.ratelimit import RateLimiter
 from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.daemon.replay import ReplayCache
 from sig2knock.daemon.sessions import SessionTable
-from sig2knock.protocol import addresses, wire
-from sig2knock.protocol.wire import Binding, Confirm, KnockRequest, UserKey
+from sig2knock.protocol import addresses, keys, wire
+from sig2knock.protocol.wire import Confirm, KnockRequest, SessionKeys, UserKey
 from sig2knock.test.common import FakeCapture, FakeGranter, live_settings
 
 
 NOW = 1_800_000_000.0
-ALICE = UserKey("alice", bytes(range(32)))
-MALLORY = UserKey("alice", bytes(range(1, 33)))
-SERVER = Binding.of("198.18.0.1", 1001)
+IDENTITY = types.SimpleNamespace(private=keys.private_from_seed(bytes(range(32))))
+OTHER_SERVER = keys.private_from_seed(bytes(range(1, 33)))
+ALICE = UserKey("alice", keys.private_from_seed(b"a" * 32))
+MALLORY = UserKey("mallory", keys.private_from_seed(b"m" * 32))
+SERVER_ADDRESS = ipaddress.ip_address("198.18.0.1")
 CLIENT = ("198.18.0.2", 40404)
 CLIENT_ADDRESS = ipaddress.ip_address("198.18.0.2")
+RELAY = ("198.18.9.9", 40404)
 PORTS = (1111, 2222, 3333, 4444)
 SESSION = b"S" * 16
+
+
+def users(*known: UserKey) -> Any:
+    """
+    Stands for the daemon's ``Users``: their public keys by name.
+    """
+    by_name = {user.name: user.private.public_key() for user in known}
+    return types.SimpleNamespace(public_key=by_name.get)
 
 
 class DatagramTransport:
@@ -54,9 +64,10 @@ class DatagramTransport:
         self.sent.append((data, addr))
 
 
-class ControlProtocolTests(SynchronousTestCase):
+class ControlTestCase(SynchronousTestCase):
     """
-    P1 is never answered, a P2 after the sequence gets P3, junk and replays get silence.
+    A control protocol over a real session table with a fake granter, and the client's side
+    (P1 sealed to the test identity, P2 with its session's keys).
     """
 
     def setUp(self) -> None:
@@ -65,51 +76,69 @@ class ControlProtocolTests(SynchronousTestCase):
         self.events: List[dict] = []
         self.patch(ControlProtocol, "log", Logger(observer=self.events.append))
         self.patch(RefusalLog, "log", Logger(observer=self.events.append))
-        self.patch(SessionTable, "log", Logger(observer=lambda event: None))
-        granter = FakeGranter(self.clock)
-        granter.next_port = 45677
+        self.session_events: List[dict] = []
+        self.patch(SessionTable, "log", Logger(observer=self.session_events.append))
+        self.granter = FakeGranter(self.clock)
+        self.granter.next_port = 45677
         self.sessions = SessionTable(
-            self.clock, granter=granter, capture=FakeCapture, settings=live_settings()
+            self.clock, granter=self.granter, capture=FakeCapture, settings=live_settings()
         )
         self.protocol = ControlProtocol(
             self.clock,
-            keys=lambda: {ALICE.key_id: ALICE},
-            accepts=binding_check(1001, lambda: frozenset({SERVER.address})),
+            identity=IDENTITY,
+            users=lambda: users(ALICE),
             sessions=self.sessions,
             replay_cache=ReplayCache(None, 60, NOW),
             max_skew=60,
         )
         self.transport = DatagramTransport()
         self.protocol.makeConnection(self.transport)
+        self.keys: Optional[SessionKeys] = None
 
-    def p1(self, user: UserKey = ALICE, binding: Binding = SERVER, when: float = NOW) -> bytes:
-        request = KnockRequest(SESSION, wire.now_ms(when), addresses.PROTO_TCP, PORTS)
-        return wire.encode(request, user, binding)
+    def p1(
+        self,
+        user: UserKey = ALICE,
+        server: Any = None,
+        when: float = NOW,
+        session: bytes = SESSION,
+        **fields: Any,
+    ) -> bytes:
+        fields.setdefault("client_address", CLIENT_ADDRESS)
+        request = KnockRequest(session, wire.now_ms(when), addresses.PROTO_TCP, PORTS, **fields)
+        server = IDENTITY.private if server is None else server
+        data, self.keys = wire.seal_request(request, user, server.public_key())
+        return data
 
-    def p2(self, user: UserKey = ALICE, binding: Binding = SERVER) -> bytes:
-        return wire.encode(Confirm(SESSION, wire.now_ms(self.clock.seconds())), user, binding)
+    def p2(self, session: bytes = SESSION) -> bytes:
+        assert self.keys is not None
+        return wire.encode_confirm(Confirm(session, wire.now_ms(self.clock.seconds())), self.keys)
 
-    def knock(self) -> None:
+    def knock(self, source: Any = CLIENT_ADDRESS) -> None:
         for port in PORTS:
-            self.sessions.knock(Knock(CLIENT_ADDRESS, SERVER.address, addresses.PROTO_TCP, port))
+            self.sessions.knock(Knock(source, SERVER_ADDRESS, addresses.PROTO_TCP, port))
 
-    def grants(self) -> List[wire.Grant]:
+    def grants(self, expected_address: Any = CLIENT) -> List[wire.Grant]:
         received = []
         for data, addr in self.transport.sent:
-            self.assertEqual(addr, CLIENT)
-            decoded = wire.decode(
-                data,
-                keys={ALICE.key_id: ALICE},
-                bindings=(SERVER,),
-                expect=(wire.TYPE_GRANT,),
-                now=self.clock.seconds(),
-                max_skew=60,
+            self.assertEqual(addr, expected_address)
+            received.append(
+                wire.decode_grant(data, self.keys, now=self.clock.seconds(), max_skew=60)
             )
-            received.append(decoded.message)
         return received
 
     def refusals(self) -> List[str]:
         return [event["reason"] for event in self.events if "reason" in event]
+
+    def exchange(self) -> None:
+        self.protocol.datagramReceived(self.p1(), CLIENT)
+        self.knock()
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+
+
+class ControlProtocolTests(ControlTestCase):
+    """
+    P1 is never answered, a P2 after the sequence gets P3, junk and replays get silence.
+    """
 
     def test_fullExchange(self) -> None:
         self.protocol.datagramReceived(self.p1(), CLIENT)
@@ -119,11 +148,10 @@ class ControlProtocolTests(SynchronousTestCase):
         (grant,) = self.grants()
         self.assertEqual((grant.session_id, grant.port), (SESSION, 45678))
         self.assertEqual(grant.deadline_ms, wire.now_ms(NOW + 30))
+        self.assertEqual(grant.address, CLIENT_ADDRESS, "P3 says which address was granted")
 
     def test_repeatedConfirmSamePort(self) -> None:
-        self.protocol.datagramReceived(self.p1(), CLIENT)
-        self.knock()
-        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.exchange()
         self.protocol.datagramReceived(self.p2(), CLIENT)
         self.assertEqual([grant.port for grant in self.grants()], [45678, 45678])
 
@@ -135,6 +163,7 @@ class ControlProtocolTests(SynchronousTestCase):
         self.assertIn("knock-timeout", self.refusals())
 
     def test_confirmWithoutRequestSilent(self) -> None:
+        self.p1()  # the keys of a P1 the server never saw
         self.protocol.datagramReceived(self.p2(), CLIENT)
         self.assertEqual(self.transport.sent, [])
         self.assertEqual(self.refusals(), ["unknown-session"])
@@ -144,18 +173,21 @@ class ControlProtocolTests(SynchronousTestCase):
         self.protocol.datagramReceived(p1, CLIENT)
         self.protocol.datagramReceived(p1, CLIENT)
         self.assertEqual(self.refusals(), ["replay"])
+        self.assertEqual(self.sessions.pending_count(), 1, "a copy from its own address is harmless")
 
     def test_refusals(self) -> None:
         """
-        Junk, wrong key, wrong server binding and stale messages are refused, logged with the
-        source and reason, and never answered.
+        Junk, an unknown user, a P1 for another server, a changed one and a stale one are
+        refused, logged with the source and reason, and never answered.
         """
+        tampered = bytearray(self.p1(session=b"T" * 16))
+        tampered[-1] ^= 1
         cases = [
             (b"", "size"),
             (b"\x00" * 80, "version"),
-            (self.p1(user=MALLORY), "unknown-key"),
-            (self.p1(binding=Binding.of("198.18.0.77", 1001)), "binding"),
-            (self.p1(binding=Binding.of("198.18.0.1", 1002)), "binding"),
+            (self.p1(user=MALLORY), "unknown-user"),
+            (self.p1(server=OTHER_SERVER), "who"),
+            (bytes(tampered), "auth"),
             (self.p1(when=NOW - 61), "stale"),
         ]
         for data, _ in cases:
@@ -164,14 +196,7 @@ class ControlProtocolTests(SynchronousTestCase):
         self.assertEqual(self.transport.sent, [])
         for event in self.events:
             self.assertEqual(event["source"], "198.18.0.2")
-            self.assertNotIn(ALICE.key.hex(), repr(event))
         self.assertEqual(sum(self.protocol.refusals.totals.values()), len(cases))
-
-    def test_tamperedSilent(self) -> None:
-        p1 = bytearray(self.p1())
-        p1[-1] ^= 1
-        self.protocol.datagramReceived(bytes(p1), CLIENT)
-        self.assertEqual(self.refusals(), ["auth"])
 
     def test_mappedSourceIsIPv4Session(self) -> None:
         mapped = ("::ffff:198.18.0.2", 40404, 0, 0)
@@ -189,14 +214,12 @@ class ControlProtocolTests(SynchronousTestCase):
         self.protocol.limiter = RateLimiter(
             self.clock, per_source_rate=1, per_source_burst=2, global_rate=100, global_burst=100
         )
-        flipped = bytearray(self.p1())
+        flipped = bytearray(self.p1(session=b"F" * 16))
         flipped[-1] ^= 1
         for _ in range(5):
             self.protocol.datagramReceived(bytes(flipped), ("198.18.0.66", 5000))
         self.assertEqual(self.refusals(), ["auth", "auth"] + ["rate-limited"] * 3)
-        self.protocol.datagramReceived(self.p1(), CLIENT)
-        self.knock()
-        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.exchange()
         self.assertEqual(len(self.grants()), 1)
 
     def test_perUserRateLimitAfterAuthentication(self) -> None:
@@ -212,9 +235,8 @@ class ControlProtocolTests(SynchronousTestCase):
         for n in range(10):
             self.protocol.datagramReceived(bytes(forged), (f"198.18.3.{n}", 5000))
         for n in range(5):
-            request = KnockRequest(bytes([n]) * 16, wire.now_ms(NOW), addresses.PROTO_TCP, PORTS)
             self.protocol.datagramReceived(
-                wire.encode(request, ALICE, SERVER), (f"198.18.4.{n}", 5000)
+                self.p1(session=bytes([n]) * 16, client_address=None), (f"198.18.4.{n}", 5000)
             )
         self.assertEqual(self.refusals().count("rate-limited"), 2)
         self.assertEqual(self.sessions.pending_count(), 3)
@@ -230,33 +252,32 @@ class ControlProtocolTests(SynchronousTestCase):
         captured = self.p1()
         self.protocol.datagramReceived(captured, CLIENT)
         for n in range(50):
-            self.protocol.datagramReceived(captured, (f"198.18.5.{n}", 5000))
+            self.protocol.datagramReceived(captured, CLIENT)
         self.assertEqual(set(self.refusals()), {"replay"})
-        request = KnockRequest(b"T" * 16, wire.now_ms(NOW), addresses.PROTO_TCP, PORTS)
-        self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), CLIENT)
+        self.protocol.datagramReceived(self.p1(session=b"T" * 16), CLIENT)
         self.assertEqual(set(self.refusals()), {"replay"})
         self.assertEqual(self.sessions.pending_count(), 2)
 
     def test_returningSourceServedWhenFloodEmptiesGlobalBudget(self) -> None:
         """
-        Datagrams with a known key id from many addresses can empty the global budget; a source
-        that authenticated before is still served, a new one waits its turn.
+        Valid-looking P1s from many addresses can empty the global budget; a source that
+        authenticated before is still served, a new one waits its turn.
         """
         self.protocol.limiter = RateLimiter(
             self.clock, per_source_rate=10, per_source_burst=10, global_rate=1, global_burst=3
         )
         self.protocol.datagramReceived(self.p1(), CLIENT)  # alice knocked before
-        flipped = bytearray(self.p1())
+        flipped = bytearray(self.p1(session=b"F" * 16))
         flipped[-1] ^= 1
         for n in range(20):
             self.protocol.datagramReceived(bytes(flipped), (f"198.18.6.{n}", 5000))
         self.assertIn("rate-limited", self.refusals())
         before = len(self.refusals())
-        request = KnockRequest(b"R" * 16, wire.now_ms(NOW), addresses.PROTO_TCP, PORTS)
-        self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), CLIENT)
+        self.protocol.datagramReceived(self.p1(session=b"R" * 16), CLIENT)
         self.assertEqual(len(self.refusals()), before, "the returning client was refused")
-        request = KnockRequest(b"N" * 16, wire.now_ms(NOW), addresses.PROTO_TCP, PORTS)
-        self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), ("198.18.7.1", 5000))
+        self.protocol.datagramReceived(
+            self.p1(session=b"N" * 16, client_address=None), ("198.18.7.1", 5000)
+        )
         self.assertEqual(self.refusals()[-1], "rate-limited")
 
     def test_ipv6SourcesCountPerSlash64(self) -> None:
@@ -269,28 +290,109 @@ class ControlProtocolTests(SynchronousTestCase):
 
     def test_junkNeverReachesTheLimiter(self) -> None:
         for _ in range(100):
-            self.protocol.datagramReceived(b"\x01" * 90, ("198.18.0.66", 5000))
+            self.protocol.datagramReceived(b"\x01" * 214, ("198.18.0.66", 5000))
+            self.protocol.datagramReceived(b"\x02\x02" + b"\x01" * 60, ("198.18.0.66", 5000))
         self.assertEqual(len(self.protocol.limiter), 0)
 
     def test_sessionRefusalLogged(self) -> None:
         request = KnockRequest(SESSION, wire.now_ms(NOW), addresses.PROTO_UDP, PORTS)
-        self.protocol.datagramReceived(wire.encode(request, ALICE, SERVER), CLIENT)
+        data, _ = wire.seal_request(request, ALICE, IDENTITY.private.public_key())
+        self.protocol.datagramReceived(data, CLIENT)
         self.assertEqual(self.refusals(), ["knock-protocol"])
         self.assertEqual(len(self.sessions), 0)
 
+    def test_otherServiceRefused(self) -> None:
+        self.protocol.datagramReceived(self.p1(service="rdp"), CLIENT)
+        self.assertEqual(self.refusals(), ["unknown-service"])
+        self.assertEqual(len(self.sessions), 0)
 
-class BindingCheckTests(SynchronousTestCase):
+    def test_usersReadAtEachMessage(self) -> None:
+        """
+        The users are those in force at each message: a reload reaches the channel.
+        """
+        current = [users(ALICE)]
+        self.protocol.users = lambda: current[0]
+        self.protocol.datagramReceived(self.p1(), CLIENT)
+        current[0] = users()
+        self.protocol.datagramReceived(self.p1(session=b"T" * 16), CLIENT)
+        self.assertEqual(self.refusals(), ["unknown-user"])
+
+
+class RelayTests(ControlTestCase):
     """
-    The server answers for its own addresses and control port only, as they are now.
+    An on-path host that re-sends a client's login from its own address gets nothing it can use:
+    the client's own copy shows the session is relayed, and it ends, grant and all.
     """
 
-    def test_addressesReadEachTime(self) -> None:
-        addresses = {SERVER.address}
-        accepts = binding_check(1001, lambda: frozenset(addresses))
-        self.assertTrue(accepts(SERVER))
-        self.assertFalse(accepts(Binding.of("198.18.0.1", 1002)))
-        addresses.clear()
-        self.assertFalse(accepts(SERVER))
+    def relay_first(self) -> bytes:
+        """
+        The relay sends the client's P1, knocks and P2 from its own address before the client's
+        own copies arrive; the grant goes to the relay's address.
+        """
+        p1 = self.p1(client_address=None)
+        self.protocol.datagramReceived(p1, RELAY)
+        self.knock(ipaddress.ip_address(RELAY[0]))
+        p2 = self.p2()
+        self.protocol.datagramReceived(p2, RELAY)
+        (grant,) = self.granter.opened
+        self.assertEqual(grant[0], ipaddress.ip_address(RELAY[0]))
+        return p1
+
+    def relay_warnings(self) -> List[dict]:
+        return [e for e in self.session_events if e["log_format"].startswith("relay:")]
+
+    def test_clientsCopyOfP1EndsTheRelayedGrant(self) -> None:
+        p1 = self.relay_first()
+        grant = self.granter.grants[-1]
+        self.protocol.datagramReceived(p1, CLIENT)
+        self.assertEqual(grant.closed, ["relayed"], "the relay's grant is closed at once")
+        self.assertEqual(len(self.sessions), 0)
+        (warning,) = self.relay_warnings()
+        self.assertEqual((warning["source"], warning["other"]), (RELAY[0], CLIENT[0]))
+
+    def test_clientsCopyOfP2EndsTheRelayedGrant(self) -> None:
+        self.relay_first()
+        grant = self.granter.grants[-1]
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.assertEqual(grant.closed, ["relayed"])
+        self.assertEqual(self.refusals()[-1], "relay")
+        self.assertEqual(len(self.transport.sent), 1, "only the relay's P3, which it cannot read")
+
+    def test_noSecondPortAfterTheSessionEnded(self) -> None:
+        """
+        Once a session has ended (here: relayed), its id opens nothing again, whatever copy of
+        its P1 comes later.
+        """
+        self.relay_first()
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.protocol.datagramReceived(self.p1(client_address=None), CLIENT)  # sealed again
+        self.assertEqual(self.refusals()[-1], "session-ended")
+        self.assertEqual(len(self.granter.opened), 1)
+
+    def test_publicAddressThatIsNotTheSourceRefused(self) -> None:
+        """
+        A P1 that names a public address other than its source (the client is not behind NAT,
+        so a relay sent it) is refused before any session.
+        """
+        self.protocol.datagramReceived(
+            # A public address (only written into the message: nothing is sent anywhere).
+            self.p1(client_address=ipaddress.ip_address("8.8.4.4")),
+            RELAY,
+        )
+        self.assertEqual(self.refusals(), ["address-mismatch"])
+        self.assertEqual(len(self.sessions), 0)
+
+    def test_requireSourceAddress(self) -> None:
+        """
+        With REQUIRE_SOURCE_ADDRESS, a P1 must name its source exactly: a relayed one names the
+        client's address, and one naming none is refused too.
+        """
+        self.sessions.settings.config.require_source_address = True
+        self.protocol.datagramReceived(self.p1(), RELAY)
+        self.protocol.datagramReceived(self.p1(session=b"T" * 16, client_address=None), CLIENT)
+        self.assertEqual(self.refusals(), ["address-mismatch", "no-address"])
+        self.protocol.datagramReceived(self.p1(session=b"U" * 16), CLIENT)
+        self.assertEqual(self.sessions.pending_count(), 1)
 
 
 class UdpRecordingClock(Clock):
@@ -309,67 +411,36 @@ class UdpRecordingClock(Clock):
 
 class ControlChannelTests(SynchronousTestCase):
     """
-    ``control_ports`` builds the channel from the settings in force: the socket of UDP_PORT,
-    the bindings it answers for, and the users of each message read from the live settings.
+    ``control_ports`` builds the channel from the settings in force: the socket of UDP_PORT and
+    the users of each message read from the live settings.
     """
 
-    def channel(self, listen_address: object, hosts: List[object]) -> Tuple[object, object]:
-        """
-        The channel built with a stand-in watcher of the host's addresses: its ``current`` are
-        ``hosts`` as they are when read.
-        """
-
-        class HostWatcher(Service):
-            def __init__(self, reactor: object, interface: object, on_change: object) -> None:
-                assert (interface, on_change) == (None, None), "the host's, with no callback"
-
-            def open(self) -> None:
-                pass
-
-            @property
-            def current(self) -> frozenset:
-                return frozenset(hosts)
-
+    def channel(self, listen_address: object) -> Tuple[Any, Any]:
         clock = UdpRecordingClock()
         settings = live_settings(udp_port=1001, listen_address=listen_address, max_clock_skew=60.0)
-        settings.users = types.SimpleNamespace(by_key_id={ALICE.key_id: ALICE})
+        settings.users = users(ALICE)
         sessions = SessionTable(
             clock, granter=FakeGranter(clock), capture=FakeCapture, settings=settings
         )
-        replay_cache = ReplayCache(None, 60, NOW)
-        ports = control_ports(clock, settings, sessions, replay_cache, HostWatcher, RefusalLog())
+        ports = control_ports(
+            clock, settings, IDENTITY, sessions, ReplayCache(None, 60, NOW), RefusalLog()
+        )
         ports.open()
-        watchers = [type(child) for child in ports]
-        self.assertEqual(watchers, [] if listen_address else [HostWatcher],
-                         "the control ports own the watcher they need")
         return clock, settings
 
     def test_listenAddress(self) -> None:
-        """
-        With LISTEN_ADDRESS, one socket there, answering for that address alone.
-        """
-        clock, _ = self.channel(SERVER.address, [ipaddress.ip_address("198.18.0.9")])
+        clock, _ = self.channel(SERVER_ADDRESS)
         ((port, protocol, interface),) = clock.udp
         self.assertEqual((port, interface), (1001, "198.18.0.1"))
-        self.assertTrue(protocol.accepts(SERVER))
-        self.assertFalse(protocol.accepts(Binding.of("198.18.0.9", 1001)))
-        self.assertFalse(protocol.accepts(Binding.of("198.18.0.1", 1002)))
+        self.assertIs(protocol.identity, IDENTITY)
 
-    def test_hostAddresses(self) -> None:
-        """
-        Without it, every address, answering for the host's addresses as they are at each
-        message; the users are those in force at each message (a reload reaches the channel).
-        """
-        hosts = [SERVER.address]
-        clock, settings = self.channel(None, hosts)
+    def test_everyAddressAndLiveUsers(self) -> None:
+        clock, settings = self.channel(None)
         port, protocol, interface = clock.udp[0]
         self.assertEqual((port, interface), (1001, "::"))
-        self.assertTrue(protocol.accepts(SERVER))
-        hosts.clear()
-        self.assertFalse(protocol.accepts(SERVER))
-        self.assertEqual(protocol.keys(), {ALICE.key_id: ALICE})
-        settings.users = types.SimpleNamespace(by_key_id={})
-        self.assertEqual(protocol.keys(), {})
+        self.assertIsNotNone(protocol.users().public_key("alice"))
+        settings.users = users()
+        self.assertIsNone(protocol.users().public_key("alice"))
 
 
 class ControlPortsTests(TestCase):

@@ -11,6 +11,11 @@ from sig2knock.protocol.kdf import KdfError, KdfParams, derive_key, salt_for
 from sig2knock.test.common import CHEAP_KDF
 
 
+# Two servers' public keys (any 32 bytes name a server for the salt).
+SERVER_A = bytes(range(32))
+SERVER_B = bytes(range(1, 33))
+
+
 class KdfParamsTests(SynchronousTestCase):
     """
     Parameters round-trip through their users-file text and refuse dangerous values.
@@ -48,34 +53,45 @@ class KeyTests(SynchronousTestCase):
         A pinned vector: changing the salt scheme or the KDF call would lock every user out.
         """
         self.assertEqual(
-            derive_key("correct horse battery staple", "alice", CHEAP_KDF).hex(),
-            "d28c0b17b49c16160fd640aee457adc15339385d47bdc28e0c6f4b70be2868ca",
+            derive_key("correct horse battery staple", "alice", SERVER_A, CHEAP_KDF).hex(),
+            "405a5b2647140d55b61f04a713d902fdf7f3af658e5357778c734040334605f7",
         )
 
     def test_isRealScrypt(self) -> None:
         """
-        The key equals OpenSSL's scrypt (hashlib) over the password and the user's salt.
+        The key equals OpenSSL's scrypt (hashlib) over the password and the salt of the user at
+        the server.
         """
         for params in (CHEAP_KDF, KdfParams(n=4096, r=8, p=2)):
             expected = hashlib.scrypt(
                 "pässwörd one".encode("utf-8"),
-                salt=b"sig2knock/v1/user:bob",
+                salt=b"sig2knock/v2 user\x00" + SERVER_A + b"bob",
                 n=params.n,
                 r=params.r,
                 p=params.p,
                 dklen=32,
             )
-            self.assertEqual(derive_key("pässwörd one", "bob", params), expected)
+            self.assertEqual(derive_key("pässwörd one", "bob", SERVER_A, params), expected)
 
     def test_dependsOnEverything(self) -> None:
-        base = derive_key("password one", "alice", CHEAP_KDF)
+        """
+        The key changes with the password, the user, the cost and the server: the same name
+        and password give unrelated keys at two servers.
+        """
+        base = derive_key("password one", "alice", SERVER_A, CHEAP_KDF)
         self.assertEqual(len(base), 32)
-        self.assertNotEqual(base, derive_key("password two", "alice", CHEAP_KDF))
-        self.assertNotEqual(base, derive_key("password one", "bob", CHEAP_KDF))
-        self.assertNotEqual(base, derive_key("password one", "alice", KdfParams(n=2048, r=1, p=1)))
+        self.assertNotEqual(base, derive_key("password two", "alice", SERVER_A, CHEAP_KDF))
+        self.assertNotEqual(base, derive_key("password one", "bob", SERVER_A, CHEAP_KDF))
+        self.assertNotEqual(
+            base, derive_key("password one", "alice", SERVER_A, KdfParams(n=2048, r=1, p=1))
+        )
+        self.assertNotEqual(base, derive_key("password one", "alice", SERVER_B, CHEAP_KDF))
 
-    def test_saltFromUserName(self) -> None:
-        self.assertEqual(salt_for("alice"), b"sig2knock/v1/user:alice")
+    def test_saltFromServerAndUserName(self) -> None:
+        self.assertEqual(
+            salt_for("alice", SERVER_A), b"sig2knock/v2 user\x00" + SERVER_A + b"alice"
+        )
+        self.assertRaises(KdfError, salt_for, "alice", b"short")
 
     def test_userNames(self) -> None:
         for good in ("alice", "a", "bob.smith", "ops_1", "me@example.org", "x" * 64):

@@ -1,6 +1,7 @@
 """
-Tests for sig2knock.client.keyfile and ``sig2knockc --save-key``: the key saved once, kept like an
-ssh private key, used instead of the password and scrypt on later knocks.
+Tests for sig2knock.client.keyfile, ``sig2knockc --save-key`` and ``sig2knockc --keygen``: private
+keys kept like an ssh key, bound to their user (and a saved password key to its server), used
+instead of the password and scrypt on later knocks.
 """
 
 import os
@@ -9,66 +10,133 @@ import stat
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.client.keyfile import KeyFileError, default_key_path, load_key, save_key
-from sig2knock.protocol.kdf import derive_key
+from sig2knock.client.knocker import user_key
+from sig2knock.protocol import keys
 from sig2knock.protocol.wire import UserKey
-from sig2knock.test.common import CHEAP_KDF, run_module
+from sig2knock.test.common import CHEAP_KDF, SERVER_PUBLIC, run_module
 
 
 PASSWORD = "alice's long password"
+OTHER_SERVER = keys.public_bytes(keys.generate())
+
+
+def no_passphrase(path: str) -> str:
+    raise AssertionError(f"{path}: no passphrase should be asked for")
 
 
 class KeyFileTests(SynchronousTestCase):
     """
-    Saving and loading the key file.
+    Saving and loading key files.
     """
 
     def setUp(self) -> None:
         self.directory = self.mktemp()
         self.path = os.path.join(self.directory, "sig2knock", "alice.key")
-        self.key = UserKey("alice", derive_key(PASSWORD, "alice", CHEAP_KDF))
+        self.key = user_key(PASSWORD, "alice", CHEAP_KDF.format(), SERVER_PUBLIC)
+
+    def load(self, user: str = "alice", server: bytes = SERVER_PUBLIC, passphrase=no_passphrase):
+        return load_key(self.path, user, server, passphrase)
 
     def test_roundTripAndModes(self) -> None:
-        save_key(self.path, self.key, CHEAP_KDF)
-        self.assertEqual(load_key(self.path, "alice"), self.key)
+        save_key(self.path, self.key, SERVER_PUBLIC)
+        self.assertEqual(self.load().public, self.key.public)
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
         self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(self.path)).st_mode), 0o700)
+        with open(self.path, encoding="ascii") as saved:
+            self.assertEqual(
+                saved.readline(),
+                f"# sig2knock key of alice for {keys.format_public_key(SERVER_PUBLIC)}\n",
+            )
 
     def test_missingFileIsNoKey(self) -> None:
-        self.assertIsNone(load_key(self.path, "alice"))
+        self.assertIsNone(self.load())
 
     def test_openFileRefused(self) -> None:
-        save_key(self.path, self.key, CHEAP_KDF)
+        save_key(self.path, self.key, SERVER_PUBLIC)
         os.chmod(self.path, 0o644)
-        error = self.assertRaises(KeyFileError, load_key, self.path, "alice")
+        error = self.assertRaises(KeyFileError, self.load)
         self.assertIn("chmod 600", str(error))
 
     def test_otherUsersKeyRefused(self) -> None:
-        save_key(self.path, self.key, CHEAP_KDF)
-        self.assertRaises(KeyFileError, load_key, self.path, "bob")
+        save_key(self.path, self.key, SERVER_PUBLIC)
+        self.assertRaises(KeyFileError, self.load, "bob")
 
-    def test_defaultPath(self) -> None:
+    def test_otherServersKeyRefused(self) -> None:
+        """
+        A password key saved for one server is refused at another, saying which it is for.
+        """
+        save_key(self.path, self.key, SERVER_PUBLIC)
+        error = self.assertRaises(KeyFileError, self.load, "alice", OTHER_SERVER)
+        self.assertIn(keys.fingerprint(SERVER_PUBLIC), str(error))
+
+    def test_ownKeyForAnyServerWithPassphrase(self) -> None:
+        own = UserKey("alice", keys.generate())
+        save_key(self.path, own, None, "correct horse")
+        with open(self.path, encoding="ascii") as saved:
+            text = saved.read()
+        self.assertIn("BEGIN ENCRYPTED PRIVATE KEY", text)
+        loaded = self.load("alice", OTHER_SERVER, lambda path: "correct horse")
+        self.assertEqual(loaded.public, own.public)
+        error = self.assertRaises(KeyFileError, self.load, "alice", OTHER_SERVER, lambda p: "no")
+        self.assertIn("wrong passphrase", str(error))
+
+    def test_notAKeyFile(self) -> None:
+        os.makedirs(os.path.dirname(self.path), mode=0o700)
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(descriptor, "w") as broken:
+            broken.write("alice:scrypt:n=1024,r=1,p=1:c2FsdA==:a2V5\n")
+        self.assertRaises(KeyFileError, self.load)
+
+    def test_defaultPaths(self) -> None:
         self.patch(os, "environ", {"XDG_CONFIG_HOME": "/home/alice/.config"})
         self.assertEqual(default_key_path("alice"), "/home/alice/.config/sig2knock/alice.key")
+        per_server = default_key_path("alice", SERVER_PUBLIC)
+        self.assertTrue(per_server.startswith("/home/alice/.config/sig2knock/alice@"))
+        self.assertNotIn("/", os.path.basename(per_server))
+        self.assertNotEqual(per_server, default_key_path("alice", OTHER_SERVER))
+
+
+SERVER_KEY = keys.format_public_key(SERVER_PUBLIC)
 
 
 class SaveKeyCommandTests(SynchronousTestCase):
     """
-    ``sig2knockc --save-key`` then ``sig2knockc`` without a password (no server answers here:
-    what matters is which key source each run used).
+    ``sig2knockc --save-key`` then ``sig2knockc`` without a password, and ``--keygen`` (no server
+    answers here: what matters is which key source each run used).
     """
 
     def test_saveThenUseWithoutPassword(self) -> None:
         path = os.path.abspath(os.path.join(self.mktemp(), "alice.key"))
         common = ["127.0.0.1", "9", "--user", "alice", "--kdf", CHEAP_KDF.format(),
-                  "--key-file", path, "--timeout", "0.3", "-v"]
+                  "--server-key", SERVER_KEY, "--key-file", path, "--timeout", "0.3", "-v"]
         saved = run_module(
             "sig2knock.scripts.client", common + ["--save-key", "--password-stdin"], PASSWORD + "\n"
         )
         self.assertEqual(saved.returncode, 1)
         self.assertIn("key saved to", saved.stderr)
-        self.assertEqual(load_key(path, "alice").key, derive_key(PASSWORD, "alice", CHEAP_KDF))
+        expected = user_key(PASSWORD, "alice", CHEAP_KDF.format(), SERVER_PUBLIC)
+        self.assertEqual(load_key(path, "alice", SERVER_PUBLIC, no_passphrase).public,
+                         expected.public)
         used = run_module("sig2knock.scripts.client", common, "")
         self.assertIn(f"key read from {path}", used.stderr)
         self.assertNotIn("key derived", used.stderr, "no scrypt when the key is saved")
         self.assertIn("no answer", used.stderr)
         self.assertNotIn(PASSWORD, saved.stderr + used.stderr + saved.stdout + used.stdout)
+
+    def test_keygenPrintsThePublicKeyLast(self) -> None:
+        path = os.path.abspath(os.path.join(self.mktemp(), "bob.key"))
+        made = run_module(
+            "sig2knock.scripts.client",
+            ["--keygen", "--user", "bob", "--key-file", path, "--password-stdin"],
+            "a passphrase\n",
+        )
+        self.assertEqual(made.returncode, 0, made.stderr)
+        public = keys.parse_public_key(made.stdout.strip().splitlines()[-1])
+        loaded = load_key(path, "bob", OTHER_SERVER, lambda p: "a passphrase")
+        self.assertEqual(loaded.public, public)
+        self.assertIn("sig2knockd_useradd --public-key", made.stderr)
+        again = run_module(
+            "sig2knock.scripts.client", ["--keygen", "--user", "bob", "--key-file", path], ""
+        )
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("exists already", again.stderr)

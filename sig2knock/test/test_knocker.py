@@ -24,11 +24,13 @@ from sig2knock.client.knocker import (
     user_key,
 )
 from sig2knock.protocol import addresses, wire
-from sig2knock.protocol.wire import Binding, Confirm, KnockRequest
+from sig2knock.protocol import keys
+from sig2knock.protocol.wire import Confirm, KnockRequest
 from sig2knock.test.common import (
     CHEAP_KDF,
     CONTROL_PORT,
     SERVER,
+    SERVER_PUBLIC,
     SESSION,
     START,
     TARGET,
@@ -41,7 +43,12 @@ from sig2knock.test.common import (
 from sig2knock.test.loopback_server import LoopbackServer
 
 
-OTHER_USER = user_key("another password", "bob", CHEAP_KDF.format())
+# Keys of a session that is not the client's (its P1 sealed the same way, by someone else).
+OTHER_SESSION = wire.seal_request(
+    KnockRequest(SESSION, 0, addresses.PROTO_TCP, (1,)),
+    user_key("another password", "bob", CHEAP_KDF.format(), SERVER_PUBLIC),
+    keys.private_from_seed(bytes(range(1, 33))).public_key(),
+)[1]
 
 
 def silent_server(network: FakeNetwork, address: Tuple[Any, ...], data: bytes) -> None:
@@ -130,7 +137,6 @@ class ResolveTests(SynchronousTestCase):
         self.assertEqual(
             (target.family, target.address, target.port), (socket.AF_INET, "127.0.0.1", 1001)
         )
-        self.assertEqual(target.binding, Binding.of("127.0.0.1", 1001))
         self.assertEqual(target.sockaddr_for(2000), ("127.0.0.1", 2000))
 
     def test_ipv6FirstResult(self) -> None:
@@ -143,7 +149,6 @@ class ResolveTests(SynchronousTestCase):
         target = resolve("example", 1001, getaddrinfo)
         self.assertEqual(str(target), "example (2001:db8::1) port 1001")
         self.assertEqual(target.family, socket.AF_INET6)
-        self.assertEqual(target.binding, Binding.of("2001:db8::1", 1001))
         self.assertEqual(target.sockaddr_for(2000), ("2001:db8::1", 2000, 0, 3))
 
     def test_addressesNeedNoLookup(self) -> None:
@@ -236,8 +241,8 @@ class KnockerTests(SynchronousTestCase):
 
     def test_grantAfterThirdRound(self) -> None:
         """
-        Rounds repeat after 10 ms, then 20 ms; each repeats P1, the same knocks and P2, with fresh
-        nonces and timestamps and the same session id and ports.
+        Rounds repeat after 10 ms, then 20 ms; each repeats the same P1 (the server drops the
+        copies it has), the same knocks, and a fresh P2 of the same session.
         """
         network = FakeNetwork(grant_on_confirm(3, port=40002))
         result = knocker(network).run()
@@ -247,12 +252,14 @@ class KnockerTests(SynchronousTestCase):
             [type(received.message) for received in messages],
             [KnockRequest, Confirm] * 3,
         )
-        self.assertEqual(len({received.nonce for received in messages}), 6)
+        self.assertEqual(len({received.nonce for received in messages}), 4)
         self.assertEqual({received.message.session_id for received in messages}, {SESSION})
+        self.assertEqual(len({received.keys for received in messages}), 1)
         requests = [received.message for received in messages[::2]]
-        self.assertEqual(len({request.ports for request in requests}), 1)
+        self.assertEqual(len(set(requests)), 1)
+        confirms = [received.message for received in messages[1::2]]
         self.assertEqual(
-            [request.timestamp_ms - wire.now_ms(START) for request in requests], [0, 10, 30]
+            [confirm.timestamp_ms - wire.now_ms(START) for confirm in confirms], [0, 10, 30]
         )
         self.assertEqual(network.knocks(), [("tcp", port) for port in requests[0].ports] * 3)
         self.assertAlmostEqual(network.clock.now - START, 0.031, places=5)
@@ -276,6 +283,7 @@ class KnockerTests(SynchronousTestCase):
         Knocker(
             USER,
             TARGET,
+            SERVER_PUBLIC,
             clock=network.clock,
             monotonic=network.clock,
             socket_factory=network.socket,
@@ -286,43 +294,42 @@ class KnockerTests(SynchronousTestCase):
 
     def test_ignoresOtherDatagrams(self) -> None:
         """
-        Garbage, a P3 of another session, a P3 from another source, a P3 for another user, one
-        bound to another server, and an ICMP error reported by recvfrom are all skipped.
+        Garbage, a P3 of another session id, a P3 from another source, one sealed with another
+        session's keys, and an ICMP error reported by recvfrom are all skipped.
         """
         network = FakeNetwork(silent_server)
         now = START
         network.deliver(0.001, b"garbage")
-        network.deliver(0.001, b"\x01" * 90)
-        network.deliver(0.002, grant_bytes(b"\x00" * 16, now, 1111))
-        network.deliver(0.002, grant_bytes(SESSION, now, 2222), source=(SERVER, 1002))
-        network.deliver(0.002, grant_bytes(SESSION, now, 3333), source=("192.0.2.8", 1001))
-        network.deliver(0.003, grant_bytes(SESSION, now, 4444, user=OTHER_USER))
+        network.deliver(0.001, b"\x02" * 88)
         network.deliver(
-            0.003, grant_bytes(SESSION, now, 5555, binding=Binding.of("192.0.2.8", 1001))
+            0.002, lambda: grant_bytes(b"\x00" * 16, now, network.session_keys(), 1111)
         )
+        network.deliver(0.002, network.grant_later(SESSION, now, 2222), source=(SERVER, 1002))
+        network.deliver(0.002, network.grant_later(SESSION, now, 3333), source=("192.0.2.8", 1001))
+        network.deliver(0.003, grant_bytes(SESSION, now, OTHER_SESSION, 4444))
         network.deliver(0.004, ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
         network.deliver(0.004, OSError(errno.EHOSTUNREACH, "unreachable"))
-        network.deliver(0.005, grant_bytes(SESSION, now, 6666))
+        network.deliver(0.005, network.grant_later(SESSION, now, 6666))
         result = knocker(network).run()
         self.assertEqual((result.port, result.rounds), (6666, 1))
         self.assertEqual(network.inbox, [])
 
     def test_staleGrantIgnored(self) -> None:
         network = FakeNetwork(silent_server)
-        network.deliver(0.001, grant_bytes(SESSION, START - 301, 1111))
-        network.deliver(0.012, grant_bytes(SESSION, START, 2222))
+        network.deliver(0.001, network.grant_later(SESSION, START - 301, 1111))
+        network.deliver(0.012, network.grant_later(SESSION, START, 2222))
         result = knocker(network).run()
         self.assertEqual((result.port, result.rounds), (2222, 2))
 
     def test_lateGrantOfEarlierRoundAccepted(self) -> None:
         network = FakeNetwork(silent_server)
-        network.deliver(0.025, grant_bytes(SESSION, START, 2222))
+        network.deliver(0.025, network.grant_later(SESSION, START, 2222))
         self.assertEqual(knocker(network).run().rounds, 2)
 
     def test_sendErrorsIgnored(self) -> None:
         network = FakeNetwork(silent_server)
         network.send_error = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
-        network.deliver(0.005, grant_bytes(SESSION, START, 6666))
+        network.deliver(0.005, network.grant_later(SESSION, START, 6666))
         self.assertEqual(knocker(network, protocol=addresses.PROTO_UDP).run().port, 6666)
 
     def test_timeout(self) -> None:
@@ -335,7 +342,7 @@ class KnockerTests(SynchronousTestCase):
             ClientError, knocker(network, timeout=1.0, report=reports.append).run
         )
         self.assertIn(f"no answer from {SERVER} port {CONTROL_PORT} within 1 s", str(error))
-        self.assertIn("wrong user or password", str(error))
+        self.assertIn("wrong user, password, key or --server-key", str(error))
         self.assertAlmostEqual(network.clock.now - START, 1.0, places=5)
         # 10+20+40+80+160+320 ms, then the 7th round's wait is cut short by the timeout.
         self.assertEqual(len(network.control_messages()), 14)
@@ -363,7 +370,7 @@ class LoopbackTests(SynchronousTestCase):
         self.addCleanup(server.stop)
         target = resolve("127.0.0.1", server.port)
         rng = FixedRandom(server.knock_ports)
-        result = Knocker(USER, target, protocol=addresses.PROTO_UDP, timeout=5.0, rng=rng).run()
+        result = Knocker(USER, target, SERVER_PUBLIC, protocol=addresses.PROTO_UDP, timeout=5.0, rng=rng).run()
         self.assertEqual(result.port, 45678)
         self.assertEqual(server.errors, [])
         self.assertEqual(server.requests[0].ports, tuple(server.knock_ports))
@@ -380,7 +387,7 @@ class LoopbackTests(SynchronousTestCase):
         target = resolve("::1", server.port)
         self.assertEqual(target.family, socket.AF_INET6)
         rng = FixedRandom(server.knock_ports)
-        result = Knocker(USER, target, protocol=addresses.PROTO_UDP, knocks=2, rng=rng).run()
+        result = Knocker(USER, target, SERVER_PUBLIC, protocol=addresses.PROTO_UDP, knocks=2, rng=rng).run()
         self.assertEqual(result.port, 45677)
         self.assertEqual(set(server.seen_knocks), set(server.knock_ports))
 
@@ -397,6 +404,10 @@ class LoopbackTests(SynchronousTestCase):
         server = LoopbackServer(grant_port=45679)
         self.addCleanup(server.stop)
         result = Knocker(
-            USER, resolve("127.0.0.1", server.port), timeout=5.0, rng=FixedRandom(closed)
+            USER,
+            resolve("127.0.0.1", server.port),
+            SERVER_PUBLIC,
+            timeout=5.0,
+            rng=FixedRandom(closed),
         ).run()
         self.assertEqual(result.port, 45679)

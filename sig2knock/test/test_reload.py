@@ -60,7 +60,8 @@ class MergeTests(SynchronousTestCase):
         for row in schema.SCHEMA:
             by_reload.setdefault(row.reload, set()).add(row.key)
         self.assertEqual(by_reload[schema.LIVE], {
-            "SINGLECONN_PORTOPEN_TIME", "KNOCK_COUNT", "KNOCK_TIMEOUT", "USERS_FILE"})
+            "SINGLECONN_PORTOPEN_TIME", "KNOCK_COUNT", "KNOCK_TIMEOUT", "USERS_FILE",
+            "REQUIRE_SOURCE_ADDRESS"})
         self.assertEqual(by_reload[schema.LIVE_UNLESS_NAT], {"FORWARD_TO_IP", "FORWARD_TO_PORT"})
         self.assertEqual(by_reload[schema.RESTART], {
             "UDP_PORT", "LISTEN_ADDRESS", "INTERFACE", "INTERFACE_WAIT", "FIREWALL",

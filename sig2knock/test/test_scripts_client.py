@@ -17,7 +17,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.protocol import addresses
 from sig2knock.scripts.client import command_line
-from sig2knock.test.common import CHEAP_KDF, PASSWORD, read_until_closed, run_module
+from sig2knock.test.common import (
+    CHEAP_KDF,
+    PASSWORD,
+    SERVER_KEY_TEXT,
+    read_until_closed,
+    run_module,
+)
 from sig2knock.test.loopback_server import LoopbackServer
 
 
@@ -41,7 +47,8 @@ class CommandLineTests(SynchronousTestCase):
     ) -> subprocess.CompletedProcess:
         return run_module(
             CLIENT,
-            ["127.0.0.1", str(port), "--user", "alice", "--kdf", CHEAP_KDF.format(), *arguments],
+            ["127.0.0.1", str(port), "--user", "alice", "--kdf", CHEAP_KDF.format(),
+             "--server-key", SERVER_KEY_TEXT, *arguments],
             stdin=stdin,
         )
 
@@ -82,6 +89,7 @@ class CommandLineTests(SynchronousTestCase):
         process = subprocess.Popen(
             [sys.executable, "-m", CLIENT, "127.0.0.1", str(sock.getsockname()[1]), "-v"]
             + ["--user", "alice", "--kdf", CHEAP_KDF.format(), "--password-stdin"]
+            + ["--server-key", SERVER_KEY_TEXT]
             + ["--knock-proto", "udp", "--timeout", "60"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -201,12 +209,16 @@ class ClientCommandTests(SynchronousTestCase):
         for arguments in (
             [],
             ["host"],
+            ["host", "1001"],  # no --server-key
             ["host", "notaport"],
             ["host", "70000"],
             ["host", "1001", "--timeout", "0"],
             ["host", "1001", "--knock-proto", "icmp"],
             ["host", "1001", "--user", "bad name"],
             ["host", "1001", "--exec", "x", "--stdio"],
+            ["host", "1001", "--server-key", "AAAA"],
+            ["host", "1001", "--server-key", "A" * 43 + "="],  # 32 zero bytes: unusable
+            ["--keygen", "host"],
         ):
             with self.subTest(arguments=arguments):
                 self.assertEqual(run_module(CLIENT, arguments).returncode, 2)
@@ -216,7 +228,11 @@ class ClientCommandTests(SynchronousTestCase):
         with open(path, "w") as password_file:
             password_file.write(PASSWORD + "\n")
         os.chmod(path, 0o644)
-        result = run_module(CLIENT, ["host", "1001", "--user", "alice", "--password-file", path])
+        result = run_module(
+            CLIENT,
+            ["host", "1001", "--user", "alice", "--password-file", path,
+             "--server-key", SERVER_KEY_TEXT],
+        )
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertIn("chmod 600", result.stderr)
         self.assertNotIn(PASSWORD, result.stderr + result.stdout)

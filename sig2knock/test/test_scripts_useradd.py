@@ -10,8 +10,16 @@ import subprocess
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon.users import load_users, parse_users
+from sig2knock.protocol import keys
 from sig2knock.protocol.kdf import KdfParams, derive_key
-from sig2knock.test.common import CHEAP_KDF, PASSWORD, run_module
+from sig2knock.test.common import (
+    CHEAP_KDF,
+    PASSWORD,
+    SERVER_KEY_TEXT,
+    SERVER_PUBLIC,
+    run_module,
+    write_config,
+)
 
 
 USERADD = "sig2knock.scripts.useradd"
@@ -19,9 +27,19 @@ USERADD = "sig2knock.scripts.useradd"
 
 def useradd(*arguments: str, stdin: str = PASSWORD + "\n") -> subprocess.CompletedProcess:
     """
-    Run ``sig2knockd_useradd ARGUMENTS`` with a cheap KDF, the password on standard input.
+    Run ``sig2knockd_useradd ARGUMENTS`` with a cheap KDF for the tests' server, the password
+    on standard input.
     """
-    return run_module(USERADD, ["--kdf", CHEAP_KDF.format(), *arguments], stdin=stdin)
+    return run_module(
+        USERADD,
+        ["--kdf", CHEAP_KDF.format(), "--server-key", SERVER_KEY_TEXT, *arguments],
+        stdin=stdin,
+    )
+
+
+def public_of(password: str, user: str, params: KdfParams = CHEAP_KDF) -> bytes:
+    seed = derive_key(password, user, SERVER_PUBLIC, params)
+    return keys.public_bytes(keys.private_from_seed(seed))
 
 
 class UserAddTests(SynchronousTestCase):
@@ -39,15 +57,56 @@ class UserAddTests(SynchronousTestCase):
 
     def test_printsLine(self) -> None:
         """
-        With default parameters the printed line holds scrypt(password) and the daemon reads it.
+        With default parameters the printed line holds the public half of the key pair that
+        scrypt(password) gives at this server, and the daemon reads it.
         """
-        result = run_module(USERADD, ["--password-stdin", "alice"], stdin=PASSWORD + "\n")
+        result = run_module(
+            USERADD,
+            ["--password-stdin", "--server-key", SERVER_KEY_TEXT, "alice"],
+            stdin=PASSWORD + "\n",
+        )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertPasswordHidden(result)
         self.assertEqual(result.stdout.count("\n"), 1)
         entry = parse_users(result.stdout, "<stdout>").entries["alice"]
-        self.assertEqual(entry.params, KdfParams())
-        self.assertEqual(entry.user.key, derive_key(PASSWORD, "alice"))
+        self.assertEqual(entry.line.params, KdfParams())
+        self.assertEqual(entry.line.public, public_of(PASSWORD, "alice", KdfParams()))
+
+    def test_serverFromTheConfiguration(self) -> None:
+        """
+        With -c, the key is made for that daemon's identity and appended to its USERS_FILE.
+        """
+        config = write_config(self.directory)
+        result = run_module(
+            USERADD, ["-c", config, "--kdf", CHEAP_KDF.format(), "--password-stdin", "bob"],
+            stdin=PASSWORD + "\n",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        users = load_users(self.users_path)
+        self.assertEqual(users.names(), ["alice", "bob"])
+        self.assertEqual(users.entries["bob"].line.public, public_of(PASSWORD, "bob"))
+
+    def test_aServerIsNeeded(self) -> None:
+        result = run_module(USERADD, ["--password-stdin", "alice"], stdin=PASSWORD + "\n")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("give -c CONFIG", result.stderr)
+
+    def test_publicKeyUser(self) -> None:
+        """
+        ``--public-key`` enrols a user with their own key pair: no password, and the line
+        holds exactly that key.
+        """
+        own = keys.generate()
+        result = run_module(
+            USERADD,
+            ["--public-key", keys.format_public_key(keys.public_bytes(own)), "carol"],
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        entry = parse_users(result.stdout, "<stdout>").entries["carol"]
+        self.assertEqual((entry.line.kind, entry.line.public), ("x25519", keys.public_bytes(own)))
+        bad = run_module(USERADD, ["--public-key", "A" * 43 + "=", "carol"])
+        self.assertEqual(bad.returncode, 1)
+        self.assertIn("not a usable X25519 public key", bad.stderr)
 
     def test_appendsToNewPrivateFile(self) -> None:
         for user in ("alice", "bob"):
@@ -58,7 +117,7 @@ class UserAddTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(self.users_path).st_mode), 0o600)
         users = load_users(self.users_path)
         self.assertEqual(users.names(), ["alice", "bob"])
-        self.assertEqual(users.entries["bob"].user.key, derive_key(PASSWORD, "bob", CHEAP_KDF))
+        self.assertEqual(users.entries["bob"].line.public, public_of(PASSWORD, "bob"))
 
     def test_appendAfterLineWithoutNewline(self) -> None:
         self.assertEqual(useradd("--password-stdin", "alice").returncode, 0)

@@ -26,9 +26,10 @@ from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.sessions import SessionTable
 from sig2knock.firewall import FirewallError
 from sig2knock.firewall.null import NoFirewall
+from sig2knock.protocol import keys
 from sig2knock.protocol.addresses import PROTO_TCP
 from sig2knock.protocol.wire import KnockRequest
-from sig2knock.test.common import StoppingReactor, write_config, write_users
+from sig2knock.test.common import SERVER_PUBLIC, StoppingReactor, write_config, write_users
 from sig2knock.test.frames import FakeHandle
 
 
@@ -103,8 +104,10 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(self.events[-1]["log_format"], "sig2knock ready")
         self.assertEqual(event["port"], 1001)
         self.assertEqual(event["count"], 1)
-        key = daemon.settings.users.entries["alice"].user.key
-        self.assertNotIn(key.hex(), repr(event))
+        self.assertEqual(event["identity"], daemon.prepared.identity.fingerprint)
+        secret = daemon.prepared.identity.private.seed.hex()
+        for logged in self.events:
+            self.assertNotIn(secret, repr(logged))
 
     def test_warnsWithoutUsers(self) -> None:
         write_users(os.path.join(self.directory, "user.txt"), {})
@@ -131,12 +134,10 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(kinds, [ReplayCache, FirewallService, PortGranter, KnockCapture,
                                  SessionTable, ControlPorts, RefusalSummary])
         self.assertIs(daemon.sessions.capture, list(daemon)[3])
-        # The watchers of the capture interface's and the host's addresses belong to their users.
+        # The watcher of the capture interface's addresses belongs to the capture.
         ((capture_watcher,),) = [list(daemon.sessions.capture)]
         self.assertEqual(capture_watcher.interface, daemon.prepared.interface)
         self.assertEqual(capture_watcher.on_change, daemon.sessions.capture.set_destinations)
-        ((host_watcher,),) = [list(daemon.control)]
-        self.assertEqual((host_watcher.interface, host_watcher.on_change), (None, None))
         self.assertEqual(daemon.sessions.granter, daemon.granter)
 
     def test_failedOpenLeavesNothingOpen(self) -> None:
@@ -162,21 +163,17 @@ class ServiceTests(SynchronousTestCase):
         self.assertTrue(handle.closed)
         self.assertEqual(daemon.reactor.getReaders(), [])
 
-    def test_controlAcceptsTheHostsAddresses(self) -> None:
+    def test_controlOpensWithTheServersIdentity(self) -> None:
         """
-        The control protocol accepts messages bound to an address the host has (as its
-        address watcher reports them) and the control port.
+        The control protocol opens P1s with the identity loaded at start, and reads the users
+        in force.
         """
-        from sig2knock.protocol.wire import Binding
-
         daemon = self.daemon()
         self.addCleanup(daemon.prepared.replay_cache.close)
-        daemon.startService()
-        self.addCleanup(daemon.stopService)
-        accepts = daemon.control.protocol().accepts
-        self.assertTrue(accepts(Binding.of("127.0.0.1", 1001)))
-        self.assertFalse(accepts(Binding.of("127.0.0.1", 1002)))
-        self.assertFalse(accepts(Binding.of("192.0.2.1", 1001)))
+        protocol = daemon.control.protocol()
+        self.assertIs(protocol.identity, daemon.prepared.identity)
+        self.assertEqual(keys.public_bytes(protocol.identity.private), SERVER_PUBLIC)
+        self.assertIs(protocol.users(), daemon.settings.users)
 
 
 class ServiceFirewallTests(SynchronousTestCase):

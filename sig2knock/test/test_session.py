@@ -38,7 +38,7 @@ class StateTests(SynchronousTestCase):
 
     def test_forbiddenMovesRaise(self) -> None:
         for start, later in ((State.PENDING, State.GRANTED), (State.GRANTING, State.EXPIRED),
-                             (State.GRANTED, State.REFUSED), (State.USED, State.EXPIRED)):
+                             (State.GRANTED, State.COMPLETE), (State.USED, State.EXPIRED)):
             with self.subTest(start=start, later=later):
                 one = session()
                 one.state = start

@@ -5,7 +5,7 @@ fake capture; and with the real granter on a memory reactor.
 
 import ipaddress
 import random
-from typing import List
+from typing import List, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -35,6 +35,23 @@ def request(session_id: bytes = b"S" * 16, ports=PORTS, protocol: int = TCP) -> 
     return wire.KnockRequest(session_id, 0, protocol, tuple(ports))
 
 
+def tag_of(session_id: bytes) -> bytes:
+    """
+    The session tag the tests' sessions get: made from their session id.
+    """
+    return session_id[:8]
+
+
+def keyed(knock_request: wire.KnockRequest) -> Tuple[wire.KnockRequest, wire.SessionKeys]:
+    """
+    ``knock_request`` and the keys its P1's HPKE context would have given (stand-ins).
+    """
+    session_id = knock_request.session_id
+    return knock_request, wire.SessionKeys(
+        tag_of(session_id), session_id[:12], b"c" * 32, b"g" * 32, b"d" * 16
+    )
+
+
 class SessionTableTests(SynchronousTestCase):
     """
     P1 opens a session, knocks complete it whatever noise surrounds them, P2 gets one grant.
@@ -61,12 +78,12 @@ class SessionTableTests(SynchronousTestCase):
             self.table.knock(Knock(source, SERVER, protocol, port))
 
     def test_sequenceThenConfirmGrants(self) -> None:
-        opened = self.table.open(CLIENT, "alice", request())
+        opened = self.table.open(CLIENT, "alice", *keyed(request()))
         self.assertIs(opened.state, State.PENDING)
         self.assertEqual(self.watched, [frozenset({CLIENT})])
         self.knock_all()
         self.assertIs(opened.state, State.COMPLETE)
-        grant = self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        grant = self.successResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
         self.assertIs(opened.state, State.GRANTED)
         self.assertIs(opened.grant, grant)
         self.assertEqual(grant.port, 40001)
@@ -81,9 +98,9 @@ class SessionTableTests(SynchronousTestCase):
         Completions in a burst narrow the capture once; a change before then narrows at once.
         """
         other_ports = (5001, 5002, 5003, 5004)
-        self.table.open(CLIENT, "alice", request())
-        self.table.open(OTHER, "bob", request(b"T" * 16, ports=other_ports))
-        self.table.open(CLIENT6, "carol", request(b"U" * 16))
+        self.table.open(CLIENT, "alice", *keyed(request()))
+        self.table.open(OTHER, "bob", *keyed(request(b"T" * 16, ports=other_ports)))
+        self.table.open(CLIENT6, "carol", *keyed(request(b"U" * 16)))
         changes = len(self.watched)
         self.knock_all()
         self.knock_all(source=OTHER, ports=other_ports)
@@ -91,92 +108,92 @@ class SessionTableTests(SynchronousTestCase):
         self.clock.advance(sessions.NARROW_DELAY)
         self.assertEqual(self.watched[-1], frozenset({CLIENT6}))
         self.assertEqual(len(self.watched), changes + 1)
-        self.table.open(OTHER, "bob", request(b"V" * 16, ports=other_ports))
+        self.table.open(OTHER, "bob", *keyed(request(b"V" * 16, ports=other_ports)))
         self.knock_all(source=OTHER, ports=other_ports)
-        self.table.open(CLIENT, "alice", request(b"W" * 16, ports=other_ports))
+        self.table.open(CLIENT, "alice", *keyed(request(b"W" * 16, ports=other_ports)))
         self.assertEqual(self.watched[-1], frozenset({CLIENT, CLIENT6}))
         self.clock.advance(sessions.NARROW_DELAY)
         self.assertEqual(self.watched[-1], frozenset({CLIENT, CLIENT6}))
 
     def test_confirmBeforeLastKnockWaits(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all(ports=PORTS[:3])
-        waiting = self.table.confirm(CLIENT, "alice", b"S" * 16)
+        waiting = self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16)
         self.assertNoResult(waiting)
         self.table.knock(Knock(CLIENT, SERVER, TCP, PORTS[3]))
         self.assertEqual(self.successResultOf(waiting).port, 40001)
 
     def test_incompleteSequenceGetsNothing(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all(ports=PORTS[:3])
-        waiting = self.table.confirm(CLIENT, "alice", b"S" * 16)
+        waiting = self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16)
         self.clock.advance(10)
         self.failureResultOf(waiting, SessionRefused)
         self.assertEqual(self.granted, [])
         self.assertEqual(len(self.table), 0)
 
     def test_duplicateKnockDoesNotReset(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         for port in (1111, 1111, 2222, 2222, 1111, 3333, 3333, 4444):
             self.table.knock(Knock(CLIENT, SERVER, TCP, port))
-        self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        self.successResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
 
     def test_noiseAndReorderingDoNotReset(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         noise = [4444, 9, 1111, 3333, 65000, 2222, 1111, 80, 3333, 2222, 4444]
         for port in noise:
             self.table.knock(Knock(CLIENT, SERVER, TCP, port))
-        self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        self.successResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
 
     def test_outOfOrderAloneDoesNotComplete(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all(ports=reversed(PORTS))
-        self.assertNoResult(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        self.assertNoResult(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
 
     def test_knocksFromAnotherAddressDoNotCount(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all(source=OTHER)
-        self.assertNoResult(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        self.assertNoResult(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
 
     def test_otherProtocolDoesNotCount(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all(protocol=UDP)
-        self.assertNoResult(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        self.assertNoResult(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
 
     def test_confirmFromAnotherAddressRefused(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all()
-        self.failureResultOf(self.table.confirm(OTHER, "alice", b"S" * 16), SessionRefused)
-        self.failureResultOf(self.table.confirm(CLIENT, "bob", b"S" * 16), SessionRefused)
+        self.failureResultOf(self.table.confirm(OTHER, tag_of(b"S" * 16), b"S" * 16), SessionRefused)
+        self.failureResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16), SessionRefused)
 
     def test_repeatedConfirmSameGrant(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all()
-        first = self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
-        second = self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        first = self.successResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
+        second = self.successResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
         self.assertEqual(first, second)
         self.assertEqual(len(self.granted), 1)
 
     def test_repeatedConfirmWhileGrantingSameGrant(self) -> None:
         pending: Deferred = Deferred()
         self.granter.result = pending
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all()
-        first = self.table.confirm(CLIENT, "alice", b"S" * 16)
-        second = self.table.confirm(CLIENT, "alice", b"S" * 16)
+        first = self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16)
+        second = self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16)
         pending.callback(FakeGrant(41000, 30))
         self.assertEqual(self.successResultOf(first), self.successResultOf(second))
         self.assertEqual(len(self.granted), 1)
 
     def test_resentKnockRequestKeepsSession(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.table.knock(Knock(CLIENT, SERVER, TCP, 1111))
-        self.assertIsNone(self.table.open(CLIENT, "alice", request()))
+        self.assertIsNone(self.table.open(CLIENT, "alice", *keyed(request())))
         self.knock_all(ports=PORTS[1:])
-        self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        self.successResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
 
     def test_sessionIdConflictRefused(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.assertRaises(
             SessionRefused, self.table.open, CLIENT, "alice", request(ports=(1, 2, 3, 4))
         )
@@ -186,36 +203,36 @@ class SessionTableTests(SynchronousTestCase):
         Knocks of a watched address that the capture delivers before the control socket delivers
         their P1 still count.
         """
-        self.table.open(CLIENT, "alice", request(b"A" * 16, ports=(5, 6, 7, 8)))
+        self.table.open(CLIENT, "alice", *keyed(request(b"A" * 16, ports=(5, 6, 7, 8))))
         self.knock_all()
         self.clock.advance(0.5)
-        self.table.open(CLIENT, "alice", request())
-        self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        self.table.open(CLIENT, "alice", *keyed(request()))
+        self.successResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
 
     def test_oldKnocksDoNotCount(self) -> None:
-        self.table.open(CLIENT, "alice", request(b"A" * 16, ports=(5, 6, 7, 8)))
+        self.table.open(CLIENT, "alice", *keyed(request(b"A" * 16, ports=(5, 6, 7, 8))))
         self.knock_all()
         self.clock.advance(sessions.DEFAULT_EARLY_WINDOW + 0.1)
-        self.table.open(CLIENT, "alice", request())
-        self.assertNoResult(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        self.table.open(CLIENT, "alice", *keyed(request()))
+        self.assertNoResult(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
 
     def test_expiresAfterKnockTimeout(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.clock.advance(9.9)
         self.assertEqual(len(self.table), 1)
         self.clock.advance(0.2)
         self.assertEqual(len(self.table), 0)
         self.assertEqual(self.watched[-1], frozenset())
         self.knock_all()
-        self.failureResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16), SessionRefused)
+        self.failureResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16), SessionRefused)
 
     def test_grantForgottenAfterHoldTime(self) -> None:
         """
         An unused grant ends at its deadline: the session expires and closes it.
         """
-        opened = self.table.open(CLIENT, "alice", request())
+        opened = self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all()
-        grant = self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        grant = self.successResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
         self.clock.advance(29.9)
         self.assertEqual((len(self.table), grant.closed), (1, []))
         self.clock.advance(0.1)
@@ -235,11 +252,11 @@ class SessionTableTests(SynchronousTestCase):
 
     def test_perSourceLimit(self) -> None:
         table = self.make(max_per_source=2)
-        table.open(CLIENT, "alice", request(b"1" * 16))
-        table.open(CLIENT, "alice", request(b"2" * 16))
+        table.open(CLIENT, "alice", *keyed(request(b"1" * 16)))
+        table.open(CLIENT, "alice", *keyed(request(b"2" * 16)))
         error = self.assertRaises(SessionRefused, table.open, CLIENT, "alice", request(b"3" * 16))
         self.assertEqual(error.reason, "source-limit")
-        table.open(OTHER, "alice", request(b"3" * 16))
+        table.open(OTHER, "alice", *keyed(request(b"3" * 16)))
 
     def test_perUserLimit(self) -> None:
         """
@@ -247,12 +264,12 @@ class SessionTableTests(SynchronousTestCase):
         """
         table = self.make(max_per_user=3)
         for n in range(3):
-            table.open(ipaddress.ip_address(f"198.18.1.{n}"), "bob", request(bytes([n]) * 16))
+            table.open(ipaddress.ip_address(f"198.18.1.{n}"), "bob", *keyed(request(bytes([n]) * 16)))
         error = self.assertRaises(
             SessionRefused, table.open, ipaddress.ip_address("198.18.1.9"), "bob", request()
         )
         self.assertEqual(error.reason, "user-limit")
-        table.open(CLIENT, "alice", request())
+        table.open(CLIENT, "alice", *keyed(request()))
         for port in PORTS:  # a completed session still holds its slot until it ends
             table.knock(Knock(ipaddress.ip_address("198.18.1.0"), SERVER, TCP, port))
         self.assertRaises(
@@ -260,7 +277,7 @@ class SessionTableTests(SynchronousTestCase):
         )
         self.clock.advance(11)
         self.assertEqual(len(table), 0)
-        table.open(ipaddress.ip_address("198.18.1.8"), "bob", request(b"X" * 16))
+        table.open(ipaddress.ip_address("198.18.1.8"), "bob", *keyed(request(b"X" * 16)))
 
     def test_usedSessionFreesItsSlot(self) -> None:
         """
@@ -269,18 +286,18 @@ class SessionTableTests(SynchronousTestCase):
         """
         table = self.make(max_per_user=2)
         for n in range(5):
-            opened = table.open(CLIENT, "alice", request(bytes([n]) * 16))
+            opened = table.open(CLIENT, "alice", *keyed(request(bytes([n]) * 16)))
             for port in PORTS:
                 table.knock(Knock(CLIENT, SERVER, TCP, port))
-            grant = self.successResultOf(table.confirm(CLIENT, "alice", bytes([n]) * 16))
+            grant = self.successResultOf(table.confirm(CLIENT, tag_of(bytes([n]) * 16), bytes([n]) * 16))
             grant.used.callback(None)
             self.assertEqual(len(table), 0)
             self.assertIs(opened.state, State.USED)
         # A used grant of another session leaves a pending one alone.
-        pending = table.open(OTHER, "alice", request(b"P" * 16))
-        table.open(CLIENT, "alice", request(b"Q" * 16))
+        pending = table.open(OTHER, "alice", *keyed(request(b"P" * 16)))
+        table.open(CLIENT, "alice", *keyed(request(b"Q" * 16)))
         self.knock_all()
-        grant = self.successResultOf(table.confirm(CLIENT, "alice", b"Q" * 16))
+        grant = self.successResultOf(table.confirm(CLIENT, tag_of(b"Q" * 16), b"Q" * 16))
         self.assertEqual(len(table), 2)
         grant.used.callback(None)
         self.assertEqual(len(table), 1)
@@ -289,12 +306,12 @@ class SessionTableTests(SynchronousTestCase):
 
     def test_totalLimit(self) -> None:
         table = self.make(max_total=2)
-        table.open(CLIENT, "alice", request(b"1" * 16))
-        table.open(OTHER, "alice", request(b"2" * 16))
+        table.open(CLIENT, "alice", *keyed(request(b"1" * 16)))
+        table.open(OTHER, "alice", *keyed(request(b"2" * 16)))
         error = self.assertRaises(SessionRefused, table.open, CLIENT6, "bob", request(b"3" * 16))
         self.assertEqual(error.reason, "table-full")
         self.clock.advance(11)
-        table.open(CLIENT6, "bob", request(b"3" * 16))
+        table.open(CLIENT6, "bob", *keyed(request(b"3" * 16)))
 
     def test_slowGrantOutlivesKnockTimeout(self) -> None:
         """
@@ -303,9 +320,9 @@ class SessionTableTests(SynchronousTestCase):
         """
         pending: Deferred = Deferred()
         self.granter.result = pending
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all()
-        confirming = self.table.confirm(CLIENT, "alice", b"S" * 16)
+        confirming = self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16)
         self.clock.advance(20)
         self.assertNoResult(confirming)
         pending.callback(FakeGrant(41000, self.clock.seconds() + 30))
@@ -318,10 +335,10 @@ class SessionTableTests(SynchronousTestCase):
         severe, so the refusal log does not say it again at error level.
         """
         self.granter.result = fail(RuntimeError("firewall said no"))
-        opened = self.table.open(CLIENT, "alice", request())
+        opened = self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all()
         failure = self.failureResultOf(
-            self.table.confirm(CLIENT, "alice", b"S" * 16), SessionRefused
+            self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16), SessionRefused
         )
         self.assertEqual(failure.value.reason, "grant-failed")
         self.assertFalse(failure.value.severe)
@@ -341,10 +358,10 @@ class SessionTableTests(SynchronousTestCase):
             with self.subTest(reason=reason):
                 self.granter.result = fail(SessionRefused(reason, "detail"))
                 session_id = reason.encode().ljust(16, b".")[:16]
-                self.table.open(CLIENT, "alice", request(session_id))
+                self.table.open(CLIENT, "alice", *keyed(request(session_id)))
                 self.knock_all()
                 failure = self.failureResultOf(
-                    self.table.confirm(CLIENT, "alice", session_id), SessionRefused
+                    self.table.confirm(CLIENT, tag_of(session_id), session_id), SessionRefused
                 )
                 self.assertEqual(failure.value.reason, reason)
         self.assertEqual([event for event in events if event.get("log_failure")], [])
@@ -353,25 +370,25 @@ class SessionTableTests(SynchronousTestCase):
     def test_grantLandingAfterStopIsClosed(self) -> None:
         pending: Deferred = Deferred()
         self.granter.result = pending
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.knock_all()
-        self.table.confirm(CLIENT, "alice", b"S" * 16)
+        self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16)
         self.table.stopService()
         grant = FakeGrant(41000, 30)
         pending.callback(grant)
         self.assertEqual(grant.closed, ["the daemon stopped while it was opened"])
 
     def test_stopForgetsEverything(self) -> None:
-        self.table.open(CLIENT, "alice", request())
+        self.table.open(CLIENT, "alice", *keyed(request()))
         self.table.stopService()
         self.assertEqual(len(self.table), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.table.watched, frozenset())
 
     def test_ipv6(self) -> None:
-        self.table.open(CLIENT6, "alice", request())
+        self.table.open(CLIENT6, "alice", *keyed(request()))
         self.knock_all(source=CLIENT6)
-        self.successResultOf(self.table.confirm(CLIENT6, "alice", b"S" * 16))
+        self.successResultOf(self.table.confirm(CLIENT6, tag_of(b"S" * 16), b"S" * 16))
 
 
 class OpenFirewall:
@@ -410,10 +427,10 @@ class SessionWithRealGrantTests(SynchronousTestCase):
         self.table = SessionTable(
             self.reactor, granter=self.granter, capture=FakeCapture, settings=settings
         )
-        self.session = self.table.open(CLIENT, "alice", request())
+        self.session = self.table.open(CLIENT, "alice", *keyed(request()))
         for port in PORTS:
             self.table.knock(Knock(CLIENT, SERVER, TCP, port))
-        self.grant = self.successResultOf(self.table.confirm(CLIENT, "alice", b"S" * 16))
+        self.grant = self.successResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
         ((port, self.factory, _backlog, _interface),) = self.reactor.tcpServers
         self.assertEqual(port, self.grant.port)
 

@@ -87,6 +87,7 @@ class DefaultsTests(SynchronousTestCase):
                 "knock_count": 4,
                 "knock_timeout": 10.0,
                 "max_clock_skew": 60.0,
+                "require_source_address": False,
                 "listen_address": None,
                 "state_dir": "/var/lib/sig2knock",
             },
