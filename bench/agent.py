@@ -7,6 +7,7 @@ read the echo, from here). Two probes: ``fast`` abandons a connect whose SYN is 
 5 ms and starts another (so a SYN that raced the firewall costs ~5 ms), ``plain`` is one blocking
 connect (what ssh feels: such a SYN costs the kernel's ~1 s retransmission).
 """
+import base64
 import json
 import socket
 import struct
@@ -135,11 +136,12 @@ class DuplicatingKnocker(s2k_client.Knocker):
 
 
 def do_dupknock(req):
-    key = s2k_client.user_key(req["password"], req["user"], req["kdf"])
+    server = base64.b64decode(req["server_key"])
+    key = s2k_client.user_key(req["password"], req["user"], req["kdf"], server)
     target = s2k_client.resolve(req["host"], req["control_port"])
     t0 = time.time()
     try:
-        grant = DuplicatingKnocker(key, target, timeout=5).run()
+        grant = DuplicatingKnocker(key, target, server, timeout=5).run()
     except s2k_client.ClientError as error:
         return {"result": "noport", "error": str(error)}
     result, _, t_echo, _ = probe(req["host"], grant.port, 3)
@@ -149,7 +151,8 @@ def do_dupknock(req):
 def do_many(req):
     """N Knockers at once, each bound to its own address, each probing its grant."""
     target = s2k_client.resolve(req["host"], req["control_port"])
-    keys = [s2k_client.user_key(req["password"], user, req["kdf"]) for user in req["users"]]
+    server = base64.b64decode(req["server_key"])
+    keys = [s2k_client.user_key(req["password"], user, req["kdf"], server) for user in req["users"]]
     results = [None] * len(keys)
     barrier = threading.Barrier(len(keys) + 1)
 
@@ -157,7 +160,7 @@ def do_many(req):
         address = req["addresses"][i]
         barrier.wait()
         try:
-            grant = s2k_client.Knocker(keys[i], target, timeout=req.get("timeout", 20),
+            grant = s2k_client.Knocker(keys[i], target, server, timeout=req.get("timeout", 20),
                                        socket_factory=bound_factory(address)).run()
         except s2k_client.ClientError:
             results[i] = {"result": "noport", "t": time.time()}

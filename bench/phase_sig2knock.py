@@ -45,16 +45,21 @@ def rotating(users, command):
     return lambda index: command(users[index % len(users)])
 
 
+# The lab server's public key, set when its daemon starts (``sig2knockd --init`` printed it).
+SERVER = {"key": ""}
+
+
 def s2k_client(user, kdf):
     """``sig2knockc`` with the password on standard input."""
     return [os.path.join(BIN, "sig2knockc"), SERVER_IP, str(CONTROL_PORT), "--user", user,
-            "--password-stdin", "--kdf", kdf, "--timeout", "10", "-v"]
+            "--password-stdin", "--kdf", kdf, "--server-key", SERVER["key"], "--timeout", "10",
+            "-v"]
 
 
 def s2k_key_client(user, key_path):
     """``sig2knockc`` with the key saved by ``--save-key``: no password, no scrypt."""
     return [os.path.join(BIN, "sig2knockc"), SERVER_IP, str(CONTROL_PORT), "--user", user,
-            "--key-file", key_path, "--timeout", "10", "-v"]
+            "--key-file", key_path, "--server-key", SERVER["key"], "--timeout", "10", "-v"]
 
 
 def key_path_of(bench, user):
@@ -114,6 +119,7 @@ def sig2knock(bench):
                        "ends with its connection): " + "; ".join(
                            f"{kind} {','.join(names)}" for kind, names in users.items()))
     lab.start_daemon({"FIREWALL": "nftables", "FIREWALL_POLICY": "lockdown"})
+    SERVER["key"] = lab.server_key
     pid = lab.daemon.pid
     since = len(lab.log())
     try:
@@ -139,6 +145,7 @@ def sig2knock(bench):
             probe="plain")
         check_key_used(bench, "sig2knock-plain", results["s2k_plain"])
         dups = [bench.agent({"op": "dupknock", "host": SERVER_IP, "control_port": CONTROL_PORT,
+                               "server_key": SERVER["key"],
                              "user": users["dup"][0], "password": PASSWORD, "kdf": CHEAP_KDF})
                 for _ in range(5)]
         results["s2k_dup"] = dups
@@ -163,6 +170,7 @@ def many_at_once(bench, pid, users):
     time.sleep(1)
     ticks0, _ = proc_sample(pid)
     many = bench.agent({"op": "many", "host": SERVER_IP, "control_port": CONTROL_PORT,
+                        "server_key": SERVER["key"],
                         "users": users, "addresses": bench.many_addresses,
                         "password": PASSWORD, "kdf": CHEAP_KDF, "timeout": 20})
     ticks1, rss = proc_sample(pid)

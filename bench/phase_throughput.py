@@ -14,7 +14,7 @@ import subprocess
 import time
 
 from driver import BENCH, CHEAP_KDF, PASSWORD, PY, SERVER_IP, log, med
-from phase_sig2knock import pool, s2k_client
+from phase_sig2knock import SERVER, pool, s2k_client
 
 REPS = 3
 SECONDS = 5
@@ -90,6 +90,7 @@ def nat_pairs(bench, firewall):
         return {"skipped": why}
     pairs = {"direct": [], "nat": [], "ratios": []}
     lab.start_daemon(settings)
+    SERVER["key"] = lab.server_key
     try:
         for _ in range(bench.pairs):
             direct = bulk(bench, DIRECT_PORT)
@@ -123,6 +124,7 @@ def throughput(bench):
     tp["iperf3_socat"] = iperf3(bench, "iperf3_socat", IPERF_SOCAT_PORT)
     log(f"throughput direct/socat: {tp['direct']} {tp['socat']}")
     lab.start_daemon({"FIREWALL": "nftables", "FORWARD_TO_PORT": str(SINK_PORT)})
+    SERVER["key"] = lab.server_key
     try:
         tp["s2k_proxy"] = [bulk(bench, knock_port(bench)) for _ in range(REPS)]
     finally:

@@ -113,13 +113,27 @@ def flip_random_bit(data: bytes, rng: random.Random) -> bytes:
     return bytes(flipped)
 
 
-def make_p1(name: str, key: bytes, server: str, port: int, *, timestamp: Optional[float] = None,
-            protocol: int = 6, knocks: int = 4, rng: Optional[random.Random] = None) -> bytes:
+def make_p1(name: str, seed: bytes, server_key: str, *, timestamp: Optional[float] = None,
+            protocol: int = 6, knocks: int = 4, rng: Optional[random.Random] = None,
+            client_address: Optional[str] = None) -> bytes:
     """
-    A valid P1 of user ``name`` under ``key`` for the server ``server:port``: fresh nonce, fresh
-    session id, random knock ports, stamped ``timestamp`` (default now).
+    A valid P1 of user ``name`` (whose key's secret is ``seed``) for the server whose public key
+    is ``server_key`` (text): fresh session id, random knock ports, stamped ``timestamp`` (default
+    now).
     """
-    from sig2knock.protocol import wire
+    return sealed_p1(name, seed, server_key, timestamp=timestamp, protocol=protocol,
+                     knocks=knocks, rng=rng, client_address=client_address)[0]
+
+
+def sealed_p1(name: str, seed: bytes, server_key: str, *, timestamp: Optional[float] = None,
+              protocol: int = 6, knocks: int = 4, rng: Optional[random.Random] = None,
+              client_address: Optional[str] = None) -> Any:
+    """
+    ``make_p1``'s P1 with its request and session keys: ``(datagram, request, keys)``.
+    """
+    import ipaddress
+
+    from sig2knock.protocol import keys, wire
 
     rng = rng or random.SystemRandom()
     ports = tuple(rng.sample(range(2000, 29000), knocks))
@@ -128,27 +142,37 @@ def make_p1(name: str, key: bytes, server: str, port: int, *, timestamp: Optiona
         wire.now_ms(time.time() if timestamp is None else timestamp),
         protocol,
         ports,
+        None if client_address is None else ipaddress.ip_address(client_address),
     )
-    return wire.encode(request, wire.UserKey(name, key), wire.Binding.of(server, port))
+    server = keys.import_public_key(keys.parse_public_key(server_key))
+    data, session_keys = wire.seal_request(
+        request, wire.UserKey(name, keys.private_from_seed(seed)), server
+    )
+    return data, request, session_keys
 
 
-def make_p2(name: str, key: bytes, server: str, port: int) -> bytes:
+def make_p2(name: str, seed: bytes, server_key: str) -> bytes:
     """
-    A valid P2 of user ``name`` (for a session that does not exist).
+    A valid P2 of user ``name`` (for a session whose P1 the server never saw).
     """
     from sig2knock.protocol import wire
 
-    confirm = wire.Confirm(wire.new_session_id(), wire.now_ms(time.time()))
-    return wire.encode(confirm, wire.UserKey(name, key), wire.Binding.of(server, port))
+    _, request, session_keys = sealed_p1(name, seed, server_key)
+    confirm = wire.Confirm(request.session_id, wire.now_ms(time.time()))
+    return wire.encode_confirm(confirm, session_keys)
 
 
-def lab_key(user: str, password: str) -> bytes:
+def lab_key(user: str, password: str, server_key: str) -> bytes:
     """
-    ``user``'s key as the lab's users file has it (the lab's cheap scrypt parameters).
+    The secret of ``user``'s key at the server ``server_key`` (text), as the lab's users file has
+    it (the lab's cheap scrypt parameters).
     """
     from sig2knock.protocol.kdf import KdfParams, derive_key
+    from sig2knock.protocol.keys import parse_public_key
 
-    return derive_key(password, user, KdfParams.parse(lab_module.CHEAP_KDF))
+    return derive_key(
+        password, user, parse_public_key(server_key), KdfParams.parse(lab_module.CHEAP_KDF)
+    )
 
 
 # -- the tools, run inside a namespace ----------------------------------------------------------
@@ -297,8 +321,7 @@ def tool_flood(args: Dict[str, Any]) -> None:
     templates = [bytes.fromhex(t) for t in args.get("templates", [])]
     keys = [(k["name"], bytes.fromhex(k["key"])) for k in args.get("keys", [])]
     kinds, weights = zip(*sorted(args["mix"].items()))
-    binding = wire.Binding.of(*target)
-    header_prefix = bytes([wire.VERSION])
+    server_key = args.get("server_key", "")
     sockets = []
     for address in args["sources"]:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -329,18 +352,15 @@ def tool_flood(args: Dict[str, Any]) -> None:
         if kind == "junk":
             data = rng.randbytes(rng.randrange(0, 300))
         elif kind == "shaped":
+            # The right version, type and size, random after: past the cheap checks.
             message_type = rng.choice((1, 2))
-            size = 90 if message_type == 1 else 80
-            data = (
-                header_prefix + bytes([message_type]) + rng.randbytes(8)
-                + binding.packed_address() + struct.pack("!H", binding.port)
-                + rng.randbytes(size - 28)
-            )
+            size = wire.MIN_KNOCK_REQUEST_SIZE + 6 if message_type == 1 else wire.CONFIRM_SIZE
+            data = bytes([wire.VERSION, message_type]) + rng.randbytes(size - 2)
         elif kind == "flip":
             data = flip_random_bit(rng.choice(templates), rng)
         elif kind == "p1":
             name, key = rng.choice(keys)
-            data = make_p1(name, key, target[0], target[1], rng=rng)
+            data = make_p1(name, key, server_key, rng=rng)
         else:
             raise ValueError(kind)
         sock = sockets[number % len(sockets)]

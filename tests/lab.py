@@ -140,6 +140,8 @@ class Lab:
         self.namespaces: Dict[str, str] = {}
         self.processes: List[subprocess.Popen] = []
         self.directory = tempfile.mkdtemp(prefix="sig2knock-lab-")
+        # The server's public key (``sig2knockd --init`` prints it when the daemon is set up).
+        self.server_key = ""
         self.daemon: Optional[subprocess.Popen] = None
         self.daemon_log = os.path.join(self.directory, "daemon.log")
 
@@ -220,10 +222,13 @@ class Lab:
         if process.stdout.readline().strip() != "listening":
             raise RuntimeError("the echo service did not start")
 
-    def write_server_files(self, settings: Dict[str, str], users: Dict[str, str]) -> str:
+    def write_server_files(
+        self, settings: Dict[str, str], users: Dict[str, str], run_as: Sequence[str] = ()
+    ) -> str:
         """
-        Write the daemon's configuration (``settings`` over the lab's defaults) and users file;
-        return the configuration's path.
+        Write the daemon's configuration (``settings`` over the lab's defaults), make the
+        server's identity (``sig2knockd --init``, run behind ``run_as``: the daemon's user) and
+        write the users file; return the configuration's path.
         """
         config = {
             "UDP_PORT": str(CONTROL_PORT),
@@ -238,13 +243,17 @@ class Lab:
         path = os.path.join(self.directory, "sig2knockd.conf")
         with open(path, "w", encoding="utf-8") as config_file:
             config_file.write("".join(f"{key} = {value}\n" for key, value in config.items()))
+        # The server's identity, made as an operator does (kept when it exists already).
+        os.chmod(path, 0o644)
+        identity = run([*run_as, os.path.join(self.server_bin, "sig2knockd"), "--init", "-c", path])
+        self.server_key = identity.stdout.split()[0]
         users_path = os.path.join(self.directory, "user.txt")
         lines = []
         for user, password in users.items():
             lines.append(
                 run(
                     [os.path.join(self.server_bin, "sig2knockd_useradd"), "--password-stdin",
-                     "--kdf", CHEAP_KDF, user],
+                     "--kdf", CHEAP_KDF, "--server-key", self.server_key, user],
                     input=password + "\n",
                 ).stdout
             )
@@ -339,6 +348,8 @@ class Lab:
             "--password-stdin",
             "--kdf",
             CHEAP_KDF,
+            "--server-key",
+            self.server_key,
             "--timeout",
             str(timeout),
             *extra,

@@ -1,7 +1,8 @@
 """
 Attacks on the real daemon in the namespace lab, against the security requirements of
-DESIGN.md: replay (same server, after a restart, at another server), spoofed noise during a
-knock, floods of junk and of almost-valid messages, session-state exhaustion, and clocks.
+DESIGN.md: replay (same server, after a restart, at another server with its own identity), spoofed
+noise during a knock, floods of junk and of almost-valid messages, session-state exhaustion, and
+clocks.
 
 The attack programs are in ``tests/attack_tools.py`` (run by ``tests/attack_driver.py``); they
 run inside the lab's namespaces and send only to lab addresses (198.18.0.0/15), bounded in packets
@@ -72,7 +73,8 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
     """
     Datagrams captured from a real knock, re-sent with the client's own source address and port
     (spoofed from the intruder through a raw socket), get nothing: not at the same server, not
-    after it restarts, not at another server with the same users file.
+    after it restarts, not at another server (it has its own identity). The knocks are UDP, so
+    that the control experiment can send a whole login the same spoofed way.
     """
 
     def capture_knock(self) -> Tuple[List[Dict], int]:
@@ -86,15 +88,16 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
             "filter": f"udp and src host {lab.CLIENT_IP} and dst port {lab.CONTROL_PORT}",
             "out": path, "seconds": 30, "max": 1000,
         })
-        port = self.knocked_port()
+        port = self.knocked_port(extra=["--knock-proto", "udp"])
         time.sleep(0.2)
         capture.stop()
         capture.result()
         datagrams = driver.read_capture(path)
         sizes = {len(bytes.fromhex(d["payload"])) for d in datagrams}
-        self.assertIn(90, sizes, "a P1 (4 knocks) was captured")
-        self.assertIn(80, sizes, "a P2 was captured")
-        return datagrams, port
+        self.assertIn(214, sizes, "a P1 (4 knocks) was captured")
+        self.assertIn(62, sizes, "a P2 was captured")
+        # Only the control datagrams: the knocks are replayed by no one.
+        return [d for d in datagrams if d["dport"] == lab.CONTROL_PORT], port
 
     def use_grant(self, port: int) -> None:
         """
@@ -104,10 +107,11 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         self.assertTrue(driver.wait_for(lambda: port not in self.ports_in_range(), 5))
 
     def replay(self, datagrams: List[Dict], reason: str, destination: str = lab.SERVER_IP,
-               payload=lambda data: data) -> None:
+               payload=lambda data: data, p2_reason: str = "") -> None:
         """
         Re-send ``datagrams`` from the intruder, spoofing their original source, to
-        ``destination``; assert nothing answers and every one is refused with ``reason``.
+        ``destination``; assert nothing answers and every one is refused with ``reason`` (the
+        P2s with ``p2_reason`` when given: once a session has ended, its P2s name no session).
         """
         before_ports = set(self.ports_in_range())
         offset = len(self.lab.log())
@@ -135,11 +139,15 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         answers = [a for a in driver.read_capture(answers_path) if a["src"] != lab.CLIENT_IP]
         self.assertEqual(received, [], "a replayed datagram was answered")
         self.assertEqual(answers, [], "UDP reached the client's address during the replay")
+        reasons = {reason, p2_reason or reason}
+
+        def refused() -> int:
+            log = driver.log_since(self.lab, offset)
+            return sum(driver.refusal_count(log, one) for one in reasons)
+
         self.assertTrue(
-            driver.wait_for(
-                lambda: driver.refusal_count(driver.log_since(self.lab, offset), reason)
-                >= len(datagrams), 5),
-            f"expected {len(datagrams)} '{reason}' refusals:\n"
+            driver.wait_for(lambda: refused() >= len(datagrams), 5),
+            f"expected {len(datagrams)} {sorted(reasons)} refusals:\n"
             f"{driver.log_since(self.lab, offset)[-4000:]}",
         )
         log = driver.log_since(self.lab, offset)
@@ -147,63 +155,63 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
             self.assertNotIn(step, log)
         self.assertFalse(set(self.ports_in_range()) - before_ports, "a new port was opened")
         print(f"\nreplayed {len(datagrams)} datagrams to {destination}: "
-              f"{driver.refusal_count(log, reason)} refused '{reason}', 0 answered")
+              f"{refused()} refused {sorted(reasons)}, 0 answered")
 
-    def fresh_p2_is_answered(self, datagrams: List[Dict]) -> None:
+    def fresh_login_is_answered(self, datagrams: List[Dict]) -> None:
         """
-        The control experiment: the same spoofed path, with the captured P2 re-encrypted under
-        alice's key (fresh nonce and timestamp), does get its P3 at the client's address, so
-        the silence of a replay is the replay cache's doing, not the harness's.
+        The control experiment: the same spoofed path, carrying a fresh login of alice's (a P1
+        sealed here with her key, its UDP knocks and its P2), does get its P3 at the client's
+        address, so the silence of a replay is the replay cache's doing, not the harness's.
         """
         from sig2knock.protocol import wire
 
-        alice = wire.UserKey("alice", tools.lab_key("alice", lab.PASSWORD))
-        binding = wire.Binding.of(lab.SERVER_IP, lab.CONTROL_PORT)
-        captured = next(d for d in datagrams if len(d["payload"]) == 2 * wire.CONFIRM_SIZE)
-        confirm = wire.decode(
-            bytes.fromhex(captured["payload"]), keys={alice.key_id: alice}, bindings=(binding,),
-            expect=(wire.TYPE_CONFIRM,), now=time.time(), max_skew=3600,
-        ).message
-        fresh = wire.encode(wire.Confirm(confirm.session_id, wire.now_ms(time.time())), alice,
-                            binding)
+        captured = datagrams[0]
+        alice = tools.lab_key("alice", lab.PASSWORD, self.lab.server_key)
+        p1, request, session_keys = tools.sealed_p1(
+            "alice", alice, self.lab.server_key, protocol=17
+        )
+        p2 = wire.encode_confirm(wire.Confirm(request.session_id, wire.now_ms(time.time())),
+                                 session_keys)
+        spoofed = {"src": lab.CLIENT_IP, "sport": captured["sport"], "dst": lab.SERVER_IP}
+        packets = (
+            [{**spoofed, "dport": lab.CONTROL_PORT, "payload": p1.hex()}]
+            + [{**spoofed, "dport": port, "payload": "00"} for port in request.ports]
+            + [{**spoofed, "dport": lab.CONTROL_PORT, "payload": p2.hex()}]
+        )
         listener = driver.Background(self.lab, "client", "listen", {
             "address": lab.CLIENT_IP, "ports": [captured["sport"]], "seconds": 1.5,
         })
-        driver.run_tool(self.lab, "intruder", "rawsend",
-                       {"packets": [{**captured, "payload": fresh.hex()}]})
+        driver.run_tool(self.lab, "intruder", "rawsend", {"packets": packets, "interval": 0.05})
         received = listener.result()["received"]
         self.assertEqual([r["size"] for r in received], [wire.GRANT_SIZE],
                          "the control experiment got no P3: the harness sees nothing")
 
     def test_replayRefusedNowAfterRestartAndElsewhere(self) -> None:
-        self.start(SINGLECONN_PORTOPEN_TIME="10")
+        self.start(SINGLECONN_PORTOPEN_TIME="10", KNOCK_PROTO="udp")
         datagrams, port = self.capture_knock()
         # At once, while the session is still remembered (its grant not used yet, it answers a
-        # repeated P2 with the same port): only the replay cache stands in the way.
+        # new P2 with the same port): only the replay cache stands in the way.
         self.replay(datagrams, "replay")
-        self.fresh_p2_is_answered(datagrams)
+        self.fresh_login_is_answered(datagrams)
         self.use_grant(port)
-        # Once used, the session is forgotten, and the replay cache still refuses first.
-        self.replay(datagrams, "replay")
+        # Once used, the session is forgotten: its P1s are replays, its P2s name no session.
+        self.replay(datagrams, "replay", p2_reason="unknown-session")
         self.assertDaemonAlive()
 
         # After a clean restart on the same STATE_DIR: the cache was persisted.
         self.lab.stop_daemon()
-        self.start()
-        self.replay(datagrams, "replay")
+        self.start(KNOCK_PROTO="udp")
+        self.replay(datagrams, "replay", p2_reason="unknown-session")
 
-        # At a second server with the same users file: the binding is the other server's.
+        # At a second server with its own identity (and the same user and password): its key
+        # opens none of them, and the P2s name no session of its own.
         self.lab.stop_daemon()
         self.lab.ns("server", ["ip", "addr", "add", f"{SECOND_SERVER_IP}/24", "dev", "br0"])
-        self.start(LISTEN_ADDRESS=SECOND_SERVER_IP, STATE_DIR="state-second")
-        self.replay(datagrams, "binding", destination=SECOND_SERVER_IP)
-
-        # Rewriting the clear binding to the second server breaks the authentication instead.
-        from sig2knock.protocol import wire
-
-        rebound = wire.Binding.of(SECOND_SERVER_IP, lab.CONTROL_PORT).packed_address()
-        self.replay(datagrams, "auth", destination=SECOND_SERVER_IP,
-                    payload=lambda data: data[:10] + rebound + data[26:])
+        self.start(LISTEN_ADDRESS=SECOND_SERVER_IP, STATE_DIR="state-second", KNOCK_PROTO="udp")
+        p1s = [d for d in datagrams if len(d["payload"]) == 2 * 214]
+        p2s = [d for d in datagrams if len(d["payload"]) == 2 * 62]
+        self.replay(p1s, "who", destination=SECOND_SERVER_IP)
+        self.replay(p2s, "unknown-session", destination=SECOND_SERVER_IP)
         self.assertDaemonAlive()
 
 
@@ -249,13 +257,14 @@ class FloodTests(AttackLabMixin, SynchronousTestCase):
     """
 
     def templates(self) -> List[str]:
-        alice = tools.lab_key("alice", lab.PASSWORD)
-        stranger = tools.lab_key("mallory", "mallory is not in the users file")
+        server = self.lab.server_key
+        alice = tools.lab_key("alice", lab.PASSWORD, server)
+        stranger = tools.lab_key("mallory", "mallory is not in the users file", server)
         made = []
         for name, key in (("alice", alice), ("mallory", stranger)):
             for _ in range(8):
-                made.append(tools.make_p1(name, key, lab.SERVER_IP, lab.CONTROL_PORT))
-                made.append(tools.make_p2(name, key, lab.SERVER_IP, lab.CONTROL_PORT))
+                made.append(tools.make_p1(name, key, server))
+                made.append(tools.make_p2(name, key, server))
         return [data.hex() for data in made]
 
     def test_floodIsSilentAndDoesNotStopAKnock(self) -> None:
@@ -318,8 +327,9 @@ class FloodTests(AttackLabMixin, SynchronousTestCase):
             f" after: {after:.2f} s"
             f"\nrefusals logged: "
             + ", ".join(f"{reason}={driver.refusal_count(log, reason)}"
-                        for reason in ("size", "version", "type", "binding", "unknown-key",
-                                       "rate-limited", "auth", "malformed", "replay"))
+                        for reason in ("size", "version", "type", "who", "unknown-user",
+                                       "unknown-session", "rate-limited", "auth", "malformed",
+                                       "replay"))
         )
         self.assertGreaterEqual(sent, 30000)
         self.assertTrue(still_flooding, "the knock did not happen during the flood")
@@ -341,9 +351,11 @@ class ExhaustionTests(AttackLabMixin, SynchronousTestCase):
     def test_sessionFloodsLeaveRoomForAlice(self) -> None:
         self.start(users={"alice": lab.PASSWORD, "bob": BOB_PASSWORD})
         driver.add_addresses(self.lab, "intruder", "eth0", FLOOD_SOURCES)
-        bob = tools.lab_key("bob", BOB_PASSWORD)
+        server = self.lab.server_key
+        bob = tools.lab_key("bob", BOB_PASSWORD, server)
         strangers = [
-            {"name": name, "key": tools.lab_key(name, f"{name} is not in the users file").hex()}
+            {"name": name,
+             "key": tools.lab_key(name, f"{name} is not in the users file", server).hex()}
             for name in ("carol", "dave", "erin")
         ]
         pid = self.lab.daemon.pid
@@ -355,13 +367,13 @@ class ExhaustionTests(AttackLabMixin, SynchronousTestCase):
             driver.Background(self.lab, "intruder", "flood", {
                 "target": [lab.SERVER_IP, lab.CONTROL_PORT], "sources": FLOOD_SOURCES,
                 "count": 60000, "seconds": 4.0, "seed": 7,
-                "keys": strangers,
+                "keys": strangers, "server_key": server,
                 "mix": {"p1": 1},
             }),
             driver.Background(self.lab, "intruder", "flood", {
                 "target": [lab.SERVER_IP, lab.CONTROL_PORT], "sources": [lab.INTRUDER_IP],
                 "count": 60000, "seconds": 4.0, "seed": 8,
-                "keys": [{"name": "bob", "key": bob.hex()}],
+                "keys": [{"name": "bob", "key": bob.hex()}], "server_key": server,
                 "mix": {"p1": 1},
             }),
         ]
@@ -389,7 +401,7 @@ class ExhaustionTests(AttackLabMixin, SynchronousTestCase):
             f" in {max(r['elapsed'] for r in results):.1f} s"
             f"\nlogged: P1 accepted={accepted}, "
             + ", ".join(f"{reason}={driver.refusal_count(log, reason)}"
-                        for reason in ("unknown-key", "replay", "cache-full"))
+                        for reason in ("unknown-user", "replay", "cache-full"))
             + f", limits={limits}"
             f"\ndaemon VmRSS: before {before} KiB, peak {peak} KiB"
             f"\nalice during the flood: {during:.2f} s (flood still running: {still_flooding});"
@@ -411,12 +423,13 @@ class ExhaustionTests(AttackLabMixin, SynchronousTestCase):
         self.start(users={"alice": lab.PASSWORD, "bob": BOB_PASSWORD})
         sources = [f"198.18.0.{host}" for host in range(20, 160)]
         driver.add_addresses(self.lab, "intruder", "eth0", sources)
-        bob = tools.lab_key("bob", BOB_PASSWORD)
+        bob = tools.lab_key("bob", BOB_PASSWORD, self.lab.server_key)
         offset = len(self.lab.log())
         flood = driver.Background(self.lab, "intruder", "flood", {
             "target": [lab.SERVER_IP, lab.CONTROL_PORT], "sources": sources,
             "count": 1400, "pace": 2.8, "seconds": 5.0, "seed": 9, "linger": 0.1,
             "keys": [{"name": "bob", "key": bob.hex()}], "mix": {"p1": 1},
+            "server_key": self.lab.server_key,
         })
         sent = flood.result(timeout=60)
         # Bob's first sessions expire KNOCK_TIMEOUT (10 s) after they opened; alice knocks
@@ -453,12 +466,13 @@ class ClockTests(AttackLabMixin, SynchronousTestCase):
 
     def test_staleAndFutureP1Refused(self) -> None:
         self.start(MAX_CLOCK_SKEW="30")
-        alice = tools.lab_key("alice", lab.PASSWORD)
+        server = self.lab.server_key
+        alice = tools.lab_key("alice", lab.PASSWORD, server)
         offset = len(self.lab.log())
         now = time.time()
         payloads = [
-            tools.make_p1("alice", alice, lab.SERVER_IP, lab.CONTROL_PORT, timestamp=now - 60),
-            tools.make_p1("alice", alice, lab.SERVER_IP, lab.CONTROL_PORT, timestamp=now + 60),
+            tools.make_p1("alice", alice, server, timestamp=now - 60),
+            tools.make_p1("alice", alice, server, timestamp=now + 60),
         ]
         result = driver.run_tool(self.lab, "client", "sendwait", {
             "source": [lab.CLIENT_IP, 0], "target": [lab.SERVER_IP, lab.CONTROL_PORT],
@@ -470,7 +484,7 @@ class ClockTests(AttackLabMixin, SynchronousTestCase):
         self.assertEqual(driver.refusal_count(log, "future"), 1, log)
         self.assertNotIn("P1 accepted", log)
         # A fresh, valid P1 is accepted, and answered with silence too.
-        fresh = tools.make_p1("alice", alice, lab.SERVER_IP, lab.CONTROL_PORT)
+        fresh = tools.make_p1("alice", alice, server)
         result = driver.run_tool(self.lab, "client", "sendwait", {
             "source": [lab.CLIENT_IP, 0], "target": [lab.SERVER_IP, lab.CONTROL_PORT],
             "payloads": [fresh.hex()], "wait": 1.0,
@@ -486,7 +500,7 @@ class ClockTests(AttackLabMixin, SynchronousTestCase):
         command = [
             "faketime", "-f", "-600s", os.path.join(lab.BIN, "sig2knockc"), lab.SERVER_IP,
             str(lab.CONTROL_PORT), "--user", "alice", "--password-stdin", "--kdf",
-            lab.CHEAP_KDF, "--timeout", "2",
+            lab.CHEAP_KDF, "--server-key", self.lab.server_key, "--timeout", "2",
         ]
         result = self.lab.ns("client", command, check=False, input=lab.PASSWORD + "\n",
                              timeout=30)

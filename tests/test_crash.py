@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.protocol import addresses, wire
+from sig2knock.protocol import addresses, keys, wire
 from sig2knock.protocol.kdf import KdfParams, derive_key
 from tests import lab
 from tests.lab import built_lab
@@ -101,16 +101,13 @@ HOLD_CONNECTION = textwrap.dedent(
 )
 
 
-def user_key() -> wire.UserKey:
+def user_key(server_key: str) -> wire.UserKey:
     """
-    alice's key, derived the way the client derives it.
+    alice's key at the lab's server, derived the way the client derives it.
     """
     params = KdfParams.parse(lab.CHEAP_KDF)
-    return wire.UserKey("alice", derive_key(lab.PASSWORD, "alice", params))
-
-
-def binding() -> wire.Binding:
-    return wire.Binding.of(lab.SERVER_IP, lab.CONTROL_PORT)
+    seed = derive_key(lab.PASSWORD, "alice", keys.parse_public_key(server_key), params)
+    return wire.UserKey("alice", keys.private_from_seed(seed))
 
 
 class CrashMixin:
@@ -123,7 +120,7 @@ class CrashMixin:
 
     def setUp(self) -> None:
         self.lab = built_lab(self)
-        self.key = user_key()
+        self.session_keys: Optional[wire.SessionKeys] = None
 
     # -- the daemon -----------------------------------------------------------------------------
 
@@ -187,13 +184,13 @@ class CrashMixin:
         self.assertRegex(result.stdout, r"^[0-9]+\n$")
         return int(result.stdout)
 
-    def send(self, message: wire.Message, wait: float = 0) -> str:
+    def send(self, message: wire.Confirm, wait: float = 0) -> str:
         """
-        Encrypt ``message`` as alice's, bound to the lab server, and send it from the client's
-        namespace; with ``wait``, say whether the server answered.
+        Seal the P2 ``message`` with the keys of the last P1 sent, and send it from the
+        client's namespace; with ``wait``, say whether the server answered.
         """
-        datagram = wire.encode(message, self.key, binding())
-        return self.send_raw(datagram, wait)
+        assert self.session_keys is not None
+        return self.send_raw(wire.encode_confirm(message, self.session_keys), wait)
 
     def send_raw(self, datagram: bytes, wait: float = 0) -> str:
         result = self.lab.ns(
@@ -213,7 +210,10 @@ class CrashMixin:
         request = wire.KnockRequest(
             self.session_id, wire.now_ms(time.time()), addresses.PROTO_TCP, tuple(ports)
         )
-        datagram = wire.encode(request, self.key, binding())
+        server = keys.import_public_key(keys.parse_public_key(self.lab.server_key))
+        datagram, self.session_keys = wire.seal_request(
+            request, user_key(self.lab.server_key), server
+        )
         self.assertEqual(self.send_raw(datagram), "sent")
         self.wait_for_log("P1 accepted")
         # The capture filter is widened for the client right after; let it take effect.

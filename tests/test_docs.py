@@ -202,3 +202,91 @@ class StateDrawingTests(SynchronousTestCase):
         }
         self.assertEqual(drawn, allowed)
         self.assertEqual({end for start, end in self.edges if start == "start"}, {"pending"})
+
+
+def transcript() -> str:
+    """
+    PROTOCOL.md §9: one login's messages with fixed keys, ephemerals, nonces and time, as text.
+    """
+    import ipaddress
+    import textwrap
+
+    from Crypto.PublicKey import ECC
+
+    from sig2knock.protocol import keys, wire
+
+    server = keys.private_from_seed(bytes([0x11]) * 32)
+    alice = wire.UserKey("alice", keys.private_from_seed(bytes([0x22]) * 32))
+    ephemerals = [keys.private_from_seed(bytes([byte]) * 32) for byte in (0x33, 0x44)]
+    client = ipaddress.ip_address("198.18.0.2")
+    session_id = bytes(range(16))
+    generate = ECC.generate
+    ECC.generate = lambda **_: ephemerals.pop(0)  # HPKE's ephemeral keys, in order
+    try:
+        request = wire.KnockRequest(
+            session_id, 1_800_000_000_000, 6, (1111, 2222, 3333, 4444), client
+        )
+        p1, session = wire.seal_request(request, alice, server.public_key())
+    finally:
+        ECC.generate = generate
+    p2 = wire.encode_confirm(
+        wire.Confirm(session_id, 1_800_000_000_100), session, nonce=bytes([0x55]) * 12
+    )
+    grant = wire.Grant(session_id, 1_800_000_000_102, 40001, 1_800_000_030_102, client)
+    p3 = wire.encode_grant(grant, session, nonce=bytes([0x66]) * 12)
+
+    def hexed(label: str, data: bytes) -> List[str]:
+        return [f"{label}:"] + textwrap.wrap(data.hex(), 96)
+
+    lines = [
+        f"server public key: {keys.format_public_key(keys.public_bytes(server))}",
+        f"alice public key:  {keys.format_public_key(alice.public)}",
+        *hexed(f"P1 ({len(p1)} bytes)", p1),
+        f"session tag: {session.tag.hex()}",
+        f"replay id:   {session.replay_id.hex()}",
+        f"P2 key:      {session.confirm_key.hex()}",
+        f"P3 key:      {session.grant_key.hex()}",
+        f"door:        {session.door.hex()}",
+        *hexed(f"P2 ({len(p2)} bytes)", p2),
+        *hexed(f"P3 ({len(p3)} bytes)", p3),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class TranscriptTests(SynchronousTestCase):
+    """
+    PROTOCOL.md's transcript is what the code makes from its inputs, byte for byte, and it opens
+    as the server and the client open real messages.
+    """
+
+    def test_transcriptIsReproduced(self) -> None:
+        text = read("PROTOCOL.md")
+        block = text.split("## 9. A transcript", 1)[1].split("```\n", 2)[1]
+        self.assertEqual(block, transcript())
+
+    def test_transcriptOpens(self) -> None:
+        from sig2knock.protocol import keys, wire
+
+        lines = transcript().splitlines()
+
+        def message(label: str) -> bytes:
+            start = next(i for i, line in enumerate(lines) if line.startswith(label))
+            hexed = ""
+            for line in lines[start + 1 :]:
+                if ":" in line:
+                    break
+                hexed += line
+            return bytes.fromhex(hexed)
+
+        server = keys.private_from_seed(bytes([0x11]) * 32)
+        alice = keys.private_from_seed(bytes([0x22]) * 32).public_key()
+        received = wire.open_request(
+            message("P1 ("), identity=server, users={"alice": alice}.get,
+            decoy=keys.generate().public_key(), now=1_800_000_000.0, max_skew=60,
+        )
+        self.assertEqual((received.user, received.request.ports), ("alice", (1111, 2222, 3333, 4444)))
+        session, confirm, _ = wire.decode_confirm(
+            message("P2 ("), find=lambda tag: received.keys, now=1_800_000_000.0, max_skew=60
+        )
+        grant = wire.decode_grant(message("P3 ("), session, now=1_800_000_000.0, max_skew=60)
+        self.assertEqual((confirm.session_id, grant.port), (bytes(range(16)), 40001))

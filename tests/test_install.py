@@ -266,7 +266,7 @@ class ClientOnlyTests(SynchronousTestCase):
         command = [
             os.path.join(CLIENT_VENV, "bin", "sig2knockc"), lab.SERVER_IP, str(lab.CONTROL_PORT),
             "--user", "alice", "--kdf", lab.CHEAP_KDF, "--password-file", password_file,
-            "--stdio",
+            "--server-key", the_lab.server_key, "--stdio",
         ]
         done = the_lab.ns("client", command, check=False, input="through stdio", timeout=60)
         self.assertEqual((done.returncode, done.stdout), (0, "through stdio"), done.stderr)
@@ -383,8 +383,11 @@ class DebianPackageTests(SynchronousTestCase):
                 f"FORWARD_TO_PORT = {lab.SERVICE_PORT}\nINTERFACE = br0\nFIREWALL = nftables\n"
                 "FIREWALL_POLICY = lockdown\n"
             )
-        lab.run(["/usr/sbin/sig2knockd_useradd", "--users-file", USERS, "--password-stdin",
-                 "--kdf", lab.CHEAP_KDF, "alice"], input=lab.PASSWORD + "\n")
+        # The package made the server's identity; useradd derives alice's key for it.
+        identity = lab.run(["/usr/sbin/sig2knockd", "--show-identity", "-c", CONFIG])
+        the_lab.server_key = identity.stdout.split()[0]
+        lab.run(["/usr/sbin/sig2knockd_useradd", "-c", CONFIG, "--users-file", USERS,
+                 "--password-stdin", "--kdf", lab.CHEAP_KDF, "alice"], input=lab.PASSWORD + "\n")
         self.assertEqual(os.stat(USERS).st_uid, pwd.getpwnam("sig2knock").pw_uid)
 
         command = unit_command(UNIT)
@@ -400,7 +403,9 @@ class DebianPackageTests(SynchronousTestCase):
         uid = pwd.getpwnam("sig2knock").pw_uid
         self.assertIn(f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}", status)
         knock_and_echo(self, the_lab)
-        self.assertEqual(sorted(os.listdir("/var/lib/sig2knock")), ["replay.cache", "started"])
+        self.assertEqual(sorted(os.listdir("/var/lib/sig2knock")),
+                         ["identity.key", "replay.cache", "started"])
+        self.assertEqual(os.stat("/var/lib/sig2knock/identity.key").st_uid, uid)
         daemon.send_signal(signal.SIGTERM)
         self.assertEqual(daemon.wait(timeout=30), -signal.SIGTERM, the_lab.log())
         self.assertIn("table inet sig2knock",

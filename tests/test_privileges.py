@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from sig2knock.protocol import keys
 from tests import lab
 from tests.lab import Lab, read_unit
 
@@ -41,6 +42,10 @@ def why_not_runnable() -> Optional[str]:
     return None
 
 
+# A server's public key, for users lines that no daemon of these tests opens.
+ANY_SERVER = keys.format_public_key(keys.public_bytes(keys.generate()))
+
+
 class UnprivilegedLab(Lab):
     """
     The lab, with the daemon run as ``UID`` holding only the capabilities it is given.
@@ -53,16 +58,10 @@ class UnprivilegedLab(Lab):
         the daemon's uid and mode 0600. STATE_DIR is ``lib/sig2knock``, in a ``lib`` owned by
         the uid; with ``state_dir_exists`` it is created empty beforehand, owned by the uid and
         mode 0700 (what systemd's ``StateDirectory=`` does before the first start), otherwise
-        the daemon creates it. Return the configuration's path.
+        ``sig2knockd --init``, run as the uid, creates it with the server's identity. Return the
+        configuration's path.
         """
-        config = self.write_server_files(
-            {"STATE_DIR": "lib/sig2knock", **settings}, {"alice": lab.PASSWORD}
-        )
         os.chmod(self.directory, 0o755)
-        os.chmod(config, 0o644)
-        users = os.path.join(self.directory, "user.txt")
-        os.chown(users, UID, GID)
-        os.chmod(users, 0o600)
         parent = os.path.join(self.directory, "lib")
         os.makedirs(parent, mode=0o755, exist_ok=True)
         os.chown(parent, UID, GID)
@@ -71,6 +70,16 @@ class UnprivilegedLab(Lab):
             os.makedirs(state, mode=0o700, exist_ok=True)
             os.chown(state, UID, GID)
             os.chmod(state, 0o700)
+        # The identity made as the admin is told to: sig2knockd --init as the daemon's user
+        # (which creates STATE_DIR when it is not there yet).
+        config = self.write_server_files(
+            {"STATE_DIR": "lib/sig2knock", **settings},
+            {"alice": lab.PASSWORD},
+            run_as=["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups", "--"],
+        )
+        users = os.path.join(self.directory, "user.txt")
+        os.chown(users, UID, GID)
+        os.chmod(users, 0o600)
         return config
 
     def state_dir(self) -> str:
@@ -149,6 +158,8 @@ class UnprivilegedLab(Lab):
             "--password-stdin",
             "--kdf",
             lab.CHEAP_KDF,
+            "--server-key",
+            self.server_key,
             "--timeout",
             str(timeout),
         ]
@@ -228,7 +239,7 @@ class UnprivilegedDaemonTests(SynchronousTestCase):
         state = self.lab.state_dir()
         status = os.stat(state)
         self.assertEqual((status.st_uid, status.st_mode & 0o777), (UID, 0o700))
-        self.assertEqual(sorted(os.listdir(state)), ["replay.cache", "started"])
+        self.assertEqual(sorted(os.listdir(state)), ["identity.key", "replay.cache", "started"])
         self.assertEqual(os.stat(os.path.join(state, "replay.cache")).st_uid, UID)
 
     def test_knockWithNetRawAndNetAdminIptables(self) -> None:
@@ -335,7 +346,7 @@ class AdminWorkflowTests(SynchronousTestCase):
         return self.run_as(
             uid,
             [os.path.join(lab.BIN, "sig2knockd_useradd"), "--password-stdin", "--kdf",
-             lab.CHEAP_KDF, "--users-file", self.users, "alice"],
+             lab.CHEAP_KDF, "--users-file", self.users, "--server-key", ANY_SERVER, "alice"],
             lab.PASSWORD + "\n",
         )
 
@@ -405,9 +416,9 @@ class SystemdUnitTests(SynchronousTestCase):
 
     def test_requiredSettings(self) -> None:
         unit = read_unit(UNIT)
-        for section, keys in REQUIRED.items():
+        for section, settings in REQUIRED.items():
             self.assertTrue(unit.has_section(section), f"[{section}] is missing")
-            for key, value in keys.items():
+            for key, value in settings.items():
                 self.assertEqual(unit.get(section, key, fallback=None), value, f"{section}.{key}")
 
     def test_capabilitiesMatchWhatTheDaemonNeeds(self) -> None:

@@ -152,13 +152,15 @@ class ControlProtocol(DatagramProtocol):
 
     def _confirm(self, datagram: bytes, source: IPAddress, addr: Tuple[Any, ...]) -> None:
         port = addr[1]
+        now = self.clock.seconds()
         try:
-            session_keys, confirm = wire.decode_confirm(
-                datagram,
-                find=self.sessions.keys_for,
-                now=self.clock.seconds(),
-                max_skew=self.max_skew,
+            session_keys, confirm, nonce = wire.decode_confirm(
+                datagram, find=self.sessions.keys_for, now=now, max_skew=self.max_skew
             )
+            # A captured P2 sent again is refused as a replay, like a P1: a retrying client
+            # sends a new one.
+            self.replay_cache.check(nonce, confirm.timestamp_ms, now)
+            self.replay_cache.remember(nonce, confirm.timestamp_ms, now)
         except MessageRejected as rejection:
             self._refused(source, port, rejection.reason, rejection.detail)
             return

@@ -142,7 +142,7 @@ class Sig2knockService(MultiService):
         )
         if not users.entries:
             self.log.warn(
-                "{users_file} has no users; add one with: sig2knockd_useradd --users-file"
+                "{users_file} has no users; add one with: sig2knockd_useradd -c CONFIG --users-file"
                 " {users_file} NAME",
                 users_file=users.path,
             )

@@ -88,6 +88,9 @@ class Session:
         self.user = user
         self.session_id = session_id
         self.keys = keys
+        # Whether the P1 named ``source`` itself as the client's address: then a copy of this
+        # session's messages from elsewhere is a relay's, not the client's.
+        self.proven = False
         self.protocol = protocol
         self.ports = ports
         self.state = State.PENDING

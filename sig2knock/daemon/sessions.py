@@ -36,7 +36,7 @@ from sig2knock.daemon.admission import check_request
 from sig2knock.daemon.packets import Knock
 from sig2knock.daemon.session import Session, SessionRefused, State
 from sig2knock.daemon.waiting import cancel
-from sig2knock.protocol.addresses import PROTOCOL_NAMES, IPAddress
+from sig2knock.protocol.addresses import PROTOCOL_NAMES, IPAddress, unmapped
 from sig2knock.protocol.wire import KnockRequest, SessionKeys
 
 DEFAULT_MAX_PER_SOURCE = 8
@@ -159,6 +159,8 @@ class SessionTable(Service):
         if len(self._sessions) >= self.max_total:
             raise SessionRefused("table-full", f"{self.max_total} sessions")
         session = Session(source, user, request.session_id, request.protocol, request.ports, keys)
+        claimed = request.client_address
+        session.proven = claimed is not None and unmapped(claimed) == source
         self._sessions[session.key] = session
         if keys is not None:
             self._by_tag[keys.tag] = session
@@ -351,6 +353,17 @@ class SessionTable(Service):
         self._remove(session)
 
     def _relayed(self, session: Session, other: IPAddress) -> None:
+        if session.proven:
+            # The P1 named this session's source as the client's own address: the copy from
+            # ``other`` is a relay's, and is only refused; the client's session goes on.
+            self.log.warn(
+                "relay: a copy of the session of {user} from {source} came from {other};"
+                " refused",
+                user=session.user,
+                source=str(session.source),
+                other=str(other),
+            )
+            return
         self.log.warn(
             "relay: session of {user} from {source} seen from {other} too; ended, its grant"
             " closed",

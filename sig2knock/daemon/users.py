@@ -157,7 +157,8 @@ def _check_status(path: str, status: os.stat_result, uid: int) -> None:
 
 def _missing(path: str) -> UsersError:
     return UsersError(
-        f"{path}: no such file; create it with: sig2knockd_useradd --users-file {path} USER"
+        f"{path}: no such file; create it with: sig2knockd_useradd --users-file {path}"
+        " -c CONFIG USER"
     )
 
 

@@ -499,10 +499,11 @@ def decode_confirm(
     find: Callable[[bytes], Optional[SessionKeys]],
     now: float,
     max_skew: float,
-) -> Tuple[SessionKeys, Confirm]:
+) -> Tuple[SessionKeys, Confirm, bytes]:
     """
     Check and open one P2: ``find(tag)`` gives the keys of the session its tag names (``None``
-    when there is none). Raises ``MessageRejected`` and nothing else.
+    when there is none). Returns the keys, the confirm and its nonce (which the replay cache
+    records). Raises ``MessageRejected`` and nothing else.
     """
     try:
         data = bytes(data)
@@ -512,7 +513,8 @@ def decode_confirm(
             raise MessageRejected(REASON_UNKNOWN_SESSION, f"tag {session_tag(data).hex()}")
         timestamp_ms, session_id = _COMMON.unpack(_open_session(data, keys.confirm_key))
         _check_time(timestamp_ms, now, max_skew, "confirm")
-        return keys, Confirm(session_id, timestamp_ms)
+        nonce = data[_PREFIX.size + SESSION_TAG_SIZE : _SESSION_HEADER.size]
+        return keys, Confirm(session_id, timestamp_ms), nonce
     except MessageRejected:
         raise
     except Exception as error:  # noqa: BLE001 - one error type only

@@ -215,6 +215,10 @@ def identity_command(config_path: str, make: bool) -> int:
             except ReplayCacheError as error:
                 raise identity.IdentityError(str(error)) from None
             identity.create_identity(path)
+            state = os.stat(config.state_dir)
+            if os.geteuid() == 0 and state.st_uid != 0:
+                # root prepares it for the daemon's user, who owns the state directory.
+                os.chown(path, state.st_uid, state.st_gid)
             print(f"sig2knockd: made the server identity {path}", file=sys.stderr)
         public = identity.read_public(path)
     except (ConfigError, identity.IdentityError) as error:

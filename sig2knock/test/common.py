@@ -117,11 +117,13 @@ class ConfigErrorAssertions:
         return error
 
 
-def write_config(directory: str, extra: Optional[Dict[str, str]] = None) -> str:
+def write_config(
+    directory: str, extra: Optional[Dict[str, str]] = None, identity: bool = True
+) -> str:
     """
     Write a valid configuration (plus ``extra`` keys) into ``directory`` with its users file and
-    state directory (holding the tests' server identity) beside it; return the configuration's
-    path.
+    (unless not ``identity``) a state directory holding the tests' server identity beside it;
+    return the configuration's path.
     """
     settings = dict(BASE_CONFIG)
     # Loopback exists everywhere: the tests need no default route.
@@ -136,9 +138,10 @@ def write_config(directory: str, extra: Optional[Dict[str, str]] = None) -> str:
     if not os.path.exists(users_path):
         write_users(users_path, {"alice": "alice's password"})
     state = os.path.join(directory, settings["STATE_DIR"])
-    if not os.path.lexists(state) or (
+    missing = not os.path.lexists(state) or (
         os.path.isdir(state) and not os.path.exists(os.path.join(state, "identity.key"))
-    ):
+    )
+    if identity and missing:
         write_identity(state)
     return path
 
@@ -356,7 +359,7 @@ class FakeServer:
         Open one P1 or P2; raises ``MessageRejected``.
         """
         if wire.message_type(data) == wire.TYPE_CONFIRM:
-            session_keys, confirm = wire.decode_confirm(
+            session_keys, confirm, _ = wire.decode_confirm(
                 data,
                 find=lambda tag: self.sessions[tag][1] if tag in self.sessions else None,
                 now=now,

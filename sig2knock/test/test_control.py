@@ -175,6 +175,20 @@ class ControlProtocolTests(ControlTestCase):
         self.assertEqual(self.refusals(), ["replay"])
         self.assertEqual(self.sessions.pending_count(), 1, "a copy from its own address is harmless")
 
+    def test_replayedConfirmRefused(self) -> None:
+        """
+        A captured P2 sent again (from the client's own address) is refused as a replay; the
+        client's own retry, a new P2, still gets the same port.
+        """
+        self.protocol.datagramReceived(self.p1(), CLIENT)
+        self.knock()
+        captured = self.p2()
+        self.protocol.datagramReceived(captured, CLIENT)
+        self.protocol.datagramReceived(captured, CLIENT)
+        self.assertEqual(self.refusals(), ["replay"])
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.assertEqual([grant.port for grant in self.grants()], [45678, 45678])
+
     def test_refusals(self) -> None:
         """
         Junk, an unknown user, a P1 for another server, a changed one and a stale one are
@@ -306,6 +320,36 @@ class ControlProtocolTests(ControlTestCase):
         self.assertEqual(self.refusals(), ["unknown-service"])
         self.assertEqual(len(self.sessions), 0)
 
+    def test_stolenUsersFileOpensNoDoor(self) -> None:
+        """
+        A thief of the users file and of the server's public key holds alice's public key only:
+        whatever key they seal with (a fresh one, or her public key's bytes taken as a secret),
+        the request does not open as hers, and nothing is answered.
+        """
+        stolen = keys.public_bytes(ALICE.private)
+        for guess in (keys.generate(), keys.private_from_seed(stolen)):
+            self.protocol.datagramReceived(self.p1(user=UserKey("alice", guess)), CLIENT)
+        self.assertEqual(self.refusals(), ["auth", "auth"])
+        self.assertEqual((len(self.sessions), self.transport.sent), (0, []))
+
+    def test_passwordKeyOfAnotherServerIsUseless(self) -> None:
+        """
+        The same name and password at another server give another key: a key (or a saved key
+        file) made for that server opens nothing here.
+        """
+        from sig2knock.client.knocker import user_key
+        from sig2knock.test.common import CHEAP_KDF
+
+        here = user_key("the same password", "alice", CHEAP_KDF.format(),
+                        keys.public_bytes(IDENTITY.private))
+        there = user_key("the same password", "alice", CHEAP_KDF.format(),
+                         keys.public_bytes(OTHER_SERVER))
+        self.protocol.users = lambda: users(here)
+        self.protocol.datagramReceived(self.p1(user=there), CLIENT)
+        self.protocol.datagramReceived(self.p1(user=here, session=b"H" * 16), CLIENT)
+        self.assertEqual(self.refusals(), ["auth"])
+        self.assertEqual(self.sessions.pending_count(), 1)
+
     def test_usersReadAtEachMessage(self) -> None:
         """
         The users are those in force at each message: a reload reaches the channel.
@@ -357,6 +401,22 @@ class RelayTests(ControlTestCase):
         self.assertEqual(grant.closed, ["relayed"])
         self.assertEqual(self.refusals()[-1], "relay")
         self.assertEqual(len(self.transport.sent), 1, "only the relay's P3, which it cannot read")
+
+    def test_copiesOfAProvenSessionAreRefusedAndItGoesOn(self) -> None:
+        """
+        When the P1 named its source as the client's address, copies of its P1 and P2 from
+        elsewhere are a relay's: they are refused and logged, and the client still gets its
+        port (an on-path relay cannot end a session it cannot use).
+        """
+        p1 = self.p1()  # names CLIENT_ADDRESS, and comes from it
+        self.protocol.datagramReceived(p1, CLIENT)
+        self.protocol.datagramReceived(p1, RELAY)
+        self.knock()
+        self.protocol.datagramReceived(self.p2(), RELAY)
+        self.assertEqual(self.refusals(), ["replay", "relay"])
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.assertEqual([addr for _, addr in self.transport.sent], [CLIENT])
+        self.assertEqual(len(self.relay_warnings()), 2)
 
     def test_noSecondPortAfterTheSessionEnded(self) -> None:
         """

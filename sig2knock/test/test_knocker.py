@@ -349,6 +349,46 @@ class KnockerTests(SynchronousTestCase):
         self.assertEqual(len(reports), 21)
         self.assertClosed(network)
 
+    def test_requestNamesTheClientsAddress(self) -> None:
+        """
+        P1 carries the address the client sends from, as its socket sees it.
+        """
+        network = FakeNetwork(grant_on_confirm(1))
+        result = knocker(network).run()
+        p1 = network.control_messages()[0].message
+        self.assertEqual(str(p1.client_address), "192.0.2.50")
+        self.assertEqual(str(result.client_address), "192.0.2.50")
+
+    def test_unknownAddressLeftOut(self) -> None:
+        network = FakeNetwork(grant_on_confirm(1))
+        network.local_address = "not an address"
+        knocker(network).run()
+        self.assertIsNone(network.control_messages()[0].message.client_address)
+
+    def test_relayedGrantIsSeen(self) -> None:
+        """
+        A P3 granting another address than the client's own public one marks the result
+        relayed (the command then refuses to use it); behind NAT it cannot be told.
+        """
+        import ipaddress
+
+        for own, granted, relayed in (
+            ("8.8.4.4", "8.8.4.4", False),
+            ("8.8.4.4", "9.9.9.9", True),
+            ("192.168.1.2", "9.9.9.9", False),
+        ):
+            with self.subTest(own=own, granted=granted):
+                network = FakeNetwork(silent_server)
+                network.local_address = own
+                network.deliver(0.001, lambda: wire.encode_grant(
+                    wire.Grant(SESSION, wire.now_ms(START), 4000, wire.now_ms(START + 9),
+                               ipaddress.ip_address(granted)),
+                    network.session_keys(),
+                ))
+                result = knocker(network).run()
+                self.assertEqual(result.relayed, relayed)
+                self.assertEqual(str(result.granted_address), granted)
+
     def test_reports(self) -> None:
         network = FakeNetwork(grant_on_confirm(1, port=40001))
         reports: List[str] = []

@@ -80,7 +80,7 @@ class RoundTripTests(SynchronousTestCase):
         server_keys = receive(data).keys
         confirm = Confirm(b"S" * 16, wire.now_ms(NOW))
         found = {server_keys.tag: server_keys}.get
-        opened_keys, opened = wire.decode_confirm(
+        opened_keys, opened, _ = wire.decode_confirm(
             wire.encode_confirm(confirm, client_keys), find=found, now=NOW, max_skew=60
         )
         self.assertEqual((opened_keys, opened), (server_keys, confirm))

@@ -1,0 +1,165 @@
+"""
+An attacker on the path: a router namespace between the client and the server runs
+``tests/relay_tool.py``, which copies every packet of the client's login and sends the copy from
+its own address first, holds the originals back, then scans the assigned range from its own
+address. With ``REQUIRE_SOURCE_ADDRESS = yes`` (a server whose clients are not behind NAT) the
+relay gets nothing, in proxy and in nat mode, however the client connects; the client still gets
+in. Needs root; skipped otherwise.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any, Dict
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests import lab
+from tests.lab import Lab
+
+ROUTER_SERVER_SIDE = "198.18.0.254"
+ROUTER_CLIENT_SIDE = "198.19.0.254"
+REMOTE_CLIENT = "198.19.0.2"
+RANGE = (40000, 40099)
+SETTINGS = {
+    "INTERFACE": "eth0",
+    "FIREWALL": "nftables",
+    "ASSIGN_PORT_RANGE": f"{RANGE[0]}-{RANGE[1]}",
+    "REQUIRE_SOURCE_ADDRESS": "yes",
+}
+# Drops the client's originals on their way through the router (the relay re-sends them later).
+HOLD_RULES = f"""
+table ip hold {{
+    chain forward {{
+        type filter hook forward priority 0; policy accept;
+        ip saddr {REMOTE_CLIENT} ip daddr {lab.SERVER_IP} udp dport 1-65535 drop
+        ip saddr {REMOTE_CLIENT} ip daddr {lab.SERVER_IP} tcp flags & (syn | ack) == syn drop
+    }}
+}}
+"""
+
+
+def why_not() -> Any:
+    return lab.why_not_runnable() or (None if shutil.which("nft") else "nft is not installed")
+
+
+class RoutedLab(Lab):
+    """
+    The server, a router and a client behind it on another network: the client's packets to the
+    server all pass through the router (``server`` and ``client`` roles as in ``Lab``).
+    """
+
+    def build(self) -> None:
+        for role in ("server", "router", "client"):
+            name = f"{self.prefix}-{role[0]}"
+            lab.run(["ip", "netns", "add", name])
+            self.namespaces[role] = name
+            self.ns(role, ["ip", "link", "set", "lo", "up"])
+        self.link("server", "eth0", f"{lab.SERVER_IP}/24", "router", "eth1",
+                  f"{ROUTER_SERVER_SIDE}/24")
+        self.link("client", "eth0", f"{REMOTE_CLIENT}/24", "router", "eth0",
+                  f"{ROUTER_CLIENT_SIDE}/24")
+        self.ns("router", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        self.ns("server", ["ip", "route", "add", "198.19.0.0/24", "via", ROUTER_SERVER_SIDE])
+        self.ns("client", ["ip", "route", "add", "default", "via", ROUTER_CLIENT_SIDE])
+
+    def link(self, one: str, one_name: str, one_address: str, other: str, other_name: str,
+             other_address: str) -> None:
+        temporary = f"{self.prefix[-6:]}{one[0]}{other[0]}"
+        self.ns(one, ["ip", "link", "add", one_name, "type", "veth", "peer", "name", temporary])
+        self.ns(one, ["ip", "link", "set", temporary, "netns", self.namespaces[other]])
+        self.ns(other, ["ip", "link", "set", temporary, "name", other_name])
+        for role, name, address in ((one, one_name, one_address),
+                                    (other, other_name, other_address)):
+            self.ns(role, ["ip", "addr", "add", address, "dev", name])
+            self.ns(role, ["ip", "link", "set", name, "up"])
+
+
+class OnPathRelayTests(SynchronousTestCase):
+    """
+    The relay copies the whole login from its own address, first; the originals come 0.3 s
+    later. It must never reach the hidden service.
+    """
+
+    skip = why_not()
+
+    def setUp(self) -> None:
+        self.lab = RoutedLab()
+        self.addCleanup(self.lab.close)
+        self.lab.build()
+        self.lab.start_echo_service()
+
+    def start_relay(self) -> subprocess.Popen:
+        self.lab.ns("router", ["nft", "-f", "-"], input=HOLD_RULES)
+        args = {
+            "interface": "eth0", "server": lab.SERVER_IP, "relay": ROUTER_SERVER_SIDE,
+            "client": REMOTE_CLIENT, "control_port": lab.CONTROL_PORT, "delay": 0.3,
+            "scan": list(RANGE), "seconds": 8.0,
+        }
+        relay = self.lab.start(
+            "router", [sys.executable, "-m", "tests.relay_tool", json.dumps(args)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=lab.REPOSITORY,
+        )
+        assert relay.stdout is not None
+        self.assertEqual(relay.stdout.readline().strip(), "ready")
+        return relay
+
+    def relay_result(self, relay: subprocess.Popen) -> Dict[str, Any]:
+        out, err = relay.communicate(timeout=60)
+        self.assertEqual(relay.returncode, 0, err)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def attack(self, mode: str, connect: str) -> None:
+        self.lab.start_daemon({**SETTINGS, "FORWARD_MODE": mode})
+        relay = self.start_relay()
+        if connect == "port":  # ssh -p "$(sig2knockc ...)"
+            knocked = self.lab.knock(timeout=10)
+            self.assertEqual(knocked.returncode, 0, knocked.stderr + self.lab.log()[-3000:])
+            reply = self.lab.probe("client", lab.SERVER_IP, int(knocked.stdout), timeout=5)
+        elif connect == "exec":
+            command = f"{sys.executable} -c '{PROBE}' {{host}} {{port}}"
+            knocked = self.lab.knock(timeout=10, extra=["--exec", command])
+            self.assertEqual(knocked.returncode, 0, knocked.stderr + self.lab.log()[-3000:])
+            reply = knocked.stdout
+        else:  # --stdio, as ssh's ProxyCommand runs it: the password comes from a file
+            password_file = os.path.join(self.lab.directory, "password")
+            with open(os.open(password_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as out:
+                out.write(lab.PASSWORD + "\n")
+            command = [
+                os.path.join(lab.BIN, "sig2knockc"), lab.SERVER_IP, str(lab.CONTROL_PORT),
+                "--user", "alice", "--kdf", lab.CHEAP_KDF, "--password-file", password_file,
+                "--server-key", self.lab.server_key, "--timeout", "10", "--stdio",
+            ]
+            knocked = self.lab.ns("client", command, check=False, input="hello", timeout=60)
+            self.assertEqual(knocked.returncode, 0, knocked.stderr + self.lab.log()[-3000:])
+            reply = "echo:" + knocked.stdout
+        result = self.relay_result(relay)
+        log = self.lab.log()
+        print(f"\n{mode}, {connect}: relay copied {result['copied']}, answers to the relay"
+              f" {result['answers_to_relay']}, found {result['found']}; client got {reply!r}")
+        self.assertGreater(result["copied"]["control"], 0, "the relay saw the login")
+        self.assertIn("address-mismatch", log)
+        self.assertEqual(result["found"], [], "the relay reached an assigned port")
+        self.assertEqual(result["answers_to_relay"], 0, "the relay's copies were answered")
+        self.assertTrue(reply.startswith("echo:"), f"the client did not get in: {reply!r}")
+
+    def test_proxyPort(self) -> None:
+        self.attack("proxy", "port")
+
+    def test_proxyStdio(self) -> None:
+        self.attack("proxy", "stdio")
+
+    def test_proxyExec(self) -> None:
+        self.attack("proxy", "exec")
+
+    def test_natPort(self) -> None:
+        self.attack("nat", "port")
+
+
+# --exec's command in the test: connect, send, print what came back.
+PROBE = (
+    "import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5);"
+    " s.sendall(b\"hello\"); print(\"echo:\" + s.recv(100).decode(), end=\"\")"
+)
