@@ -17,6 +17,8 @@ def connect(result: GrantResult, timeout: float = DEFAULT_TIMEOUT) -> socket.soc
     """
     sock = socket.socket(result.target.family, socket.SOCK_STREAM)
     try:
+        # ssh's small writes must not wait for the previous one's ACK (Nagle's algorithm).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeout)
         sock.connect(result.target.sockaddr_for(result.port))
         sock.settimeout(None)

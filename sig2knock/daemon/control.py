@@ -24,6 +24,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sig2knock.daemon.admission import check_request
 from sig2knock.daemon.ratelimit import RateLimiter
 from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.daemon.replay import REASON_REPLAY, ReplayCache
@@ -59,7 +60,8 @@ class ControlProtocol(DatagramProtocol):
     The daemon's side of the control protocol.
 
     ``identity`` is the server's key pair (``ServerIdentity``); ``users`` returns the users in
-    force (a callable, so a reload can swap them); ``sessions`` is the session table;
+    force (a callable, so a reload can swap them); ``settings`` is the ``LiveSettings`` whose
+    configuration says what a P1 may ask; ``sessions`` is the session table;
     ``replay_cache`` remembers accepted P1s; ``limiter`` decides which datagrams may cost
     cryptography; ``refusals`` counts and logs what is refused.
     """
@@ -73,6 +75,7 @@ class ControlProtocol(DatagramProtocol):
         *,
         identity: Any,
         users: Callable[[], Any],
+        settings: Any,
         sessions: SessionTable,
         replay_cache: ReplayCache,
         max_skew: float,
@@ -83,6 +86,7 @@ class ControlProtocol(DatagramProtocol):
         self.clock = clock
         self.identity = identity
         self.users = users
+        self.settings = settings
         self.sessions = sessions
         self.replay_cache = replay_cache
         self.max_skew = max_skew
@@ -131,6 +135,9 @@ class ControlProtocol(DatagramProtocol):
             request = received.request
             # A replay is refused before it can spend anything of its user's allowance.
             self.replay_cache.check(received.keys.replay_id, request.timestamp_ms, now)
+            # What the P1 asks is checked before it is remembered: a relay's copy refused for
+            # its address must not make the client's own copy, coming later, a replay.
+            check_request(self.settings.config, source, request)
             # Per user, and only once authenticated and fresh (so nobody can spend another's
             # allowance): one key holder with many addresses cannot fill the replay cache.
             if not self.user_limiter.allow(received.user):
@@ -139,6 +146,9 @@ class ControlProtocol(DatagramProtocol):
                 )
             self.replay_cache.remember(received.keys.replay_id, request.timestamp_ms, now)
             self._trust(rate_key(source), now)
+        except SessionRefused as refusal:
+            self._session_refused(source, port, received.user, refusal)
+            return
         except MessageRejected as rejection:
             if received is not None and rejection.reason == REASON_REPLAY:
                 # A copy of a P1 already taken: from another address, the session is relayed.
@@ -326,6 +336,7 @@ def control_ports(
         reactor,
         identity=identity,
         users=lambda: settings.users,
+        settings=settings,
         sessions=sessions,
         replay_cache=replay_cache,
         max_skew=config.max_clock_skew,

@@ -62,6 +62,14 @@ class ForwardClient(HalfCloseRelay, portforward.ProxyClient):
 
     noisy = False
 
+    def connectionMade(self) -> None:
+        """
+        Forward without Nagle's delay (an interactive protocol's small writes, such as ssh's,
+        would otherwise wait for the previous one's ACK), then as portforward does.
+        """
+        self.transport.setTcpNoDelay(True)
+        super().connectionMade()
+
 
 class ForwardClientFactory(portforward.ProxyClientFactory):
     """
@@ -104,6 +112,7 @@ class GrantProxyServer(HalfCloseRelay, portforward.ProxyServer):
             self.transport.abortConnection()
             return
         self.admitted = True
+        self.transport.setTcpNoDelay(True)  # see ForwardClient.connectionMade
         super().connectionMade()
 
     def connectionLost(self, reason: object) -> None:

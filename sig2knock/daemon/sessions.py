@@ -3,7 +3,8 @@ Knock sessions: the table that owns every session's life, from a valid P1 to its
 are in ``sig2knock.daemon.session``).
 
 A valid P1 opens a *pending* session for its user and session id, from its source address, with the
-knock sequence it carries (``sig2knock.daemon.admission`` decides what a P1 may ask).
+knock sequence it carries (the control channel has checked what it asks:
+``sig2knock.daemon.admission``).
 Knocks from that address advance it; the sequence is complete when its ports have been seen in
 order, as a subsequence of whatever the address sent, so extra, duplicated or out-of-order packets
 are ignored and can never reset it. A valid P2 asks for the grant: at once when the sequence is
@@ -32,7 +33,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sig2knock.daemon.admission import check_request
 from sig2knock.daemon.packets import Knock
 from sig2knock.daemon.session import Session, SessionRefused, State
 from sig2knock.daemon.waiting import cancel
@@ -151,7 +151,6 @@ class SessionTable(Service):
         self._forget_ended()
         if key in self._ended:
             raise SessionRefused("session-ended", "this session has ended; no second port")
-        check_request(config, source, request)
         if self.pending_count(source) >= self.max_per_source:
             raise SessionRefused("source-limit", f"{self.max_per_source} pending sessions")
         if self._sessions_by_user.get(user, 0) >= self.max_per_user:

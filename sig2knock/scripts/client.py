@@ -53,15 +53,37 @@ def build_parser() -> argparse.ArgumentParser:
             " port and a newline, so PORT=$(sig2knockc host 1001) works."
         ),
     )
-    parser.add_argument("server", metavar="SERVER", nargs="?", help="server host name or address")
+    parser.add_argument(
+        "server",
+        metavar="SERVER",
+        nargs="?",
+        help="server host name or address; alone, the name of a server in"
+        " ~/.config/sig2knock/servers.conf (see --import)",
+    )
     parser.add_argument(
         "port", metavar="PORT", type=int, nargs="?", help="server control port (UDP_PORT)"
     )
     parser.add_argument(
+        "--invite",
+        metavar="INVITATION",
+        help="knock on the server an invitation (sig2knockd_useradd --host) names, as its user",
+    )
+    parser.add_argument(
+        "--import",
+        dest="import_invitation",
+        metavar="INVITATION",
+        help="store the server of an invitation in ~/.config/sig2knock/servers.conf (as --name,"
+        " default its host) and exit; then sig2knockc NAME knocks on it",
+    )
+    parser.add_argument(
+        "--name", metavar="NAME", help="the name --import stores the server under"
+    )
+    parser.add_argument(
         "--server-key",
         metavar="KEY",
-        help="the server's public key, as sig2knockd --show-identity prints it (required to"
-        " knock: only that server can read the request)",
+        help="the server's public key, as sig2knockd --show-identity prints it (only that"
+        " server can read the request); not needed for a server in servers.conf or with"
+        " --invite",
     )
     parser.add_argument(
         "--keygen",
@@ -123,9 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--kdf",
         metavar="PARAMS",
-        default=KdfParams().format(),
-        help="scrypt cost of this user's key, as in the server's users file"
-        " (default: %(default)s)",
+        default=None,
+        help="scrypt cost of this user's key, as in the server's users file (default: the"
+        f" invitation's, else {KdfParams().format()})",
     )
     action = parser.add_mutually_exclusive_group()
     action.add_argument(
@@ -240,8 +262,26 @@ def run_command(
 
 def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
     """
-    Usage checks argparse cannot express; each ends the program with status 2.
+    Usage checks argparse cannot express; each ends the program with status 2. The server comes
+    from SERVER PORT, from ``--invite``, or from the name of a configured server; what the
+    command line leaves out (``--server-key``, ``--user``, ``--kdf``) from the invitation or the
+    configured server.
     """
+    if options.name is not None and not options.import_invitation:
+        parser.error("--name names the server --import stores")
+    from_invitation = _configured_server(parser, options)
+    if from_invitation is not None and not options.import_invitation:
+        options.server, options.port = from_invitation.host, from_invitation.port
+        if options.server_key is None:
+            options.server_key = keys.format_public_key(from_invitation.server_key)
+        if options.user is None:
+            options.user = from_invitation.user
+        if options.kdf is None and from_invitation.kdf is not None:
+            options.kdf = from_invitation.kdf.format()
+    if options.kdf is None:
+        options.kdf = KdfParams().format()
+    if options.import_invitation:
+        return
     if options.user is None:
         options.user = _login_name()
     if not options.user:
@@ -286,6 +326,59 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
             parser.error(f"--exec: {error}")
         if not (command if isinstance(command, list) else command.strip()):
             parser.error("--exec: empty command")
+
+
+def _configured_server(parser: argparse.ArgumentParser, options: argparse.Namespace) -> Any:
+    """
+    The invitation (``--invite``, ``--import``), the configured server that SERVER alone names,
+    or the one configured for SERVER PORT; ``None`` when none applies.
+    """
+    given = options.invite or options.import_invitation
+    if given:
+        from sig2knock.protocol.invitation import InvitationError, parse_invitation
+
+        if options.server is not None:
+            parser.error("an invitation names the server: no SERVER or PORT with it")
+        try:
+            return parse_invitation(given)
+        except InvitationError as error:
+            parser.error(str(error))
+    if options.server is None or options.keygen:
+        return None
+    if options.port is not None and options.server_key is not None:
+        return None
+    from sig2knock.client.servers import ServersError, find_server, load_servers, servers_path
+
+    try:
+        servers = load_servers(servers_path())
+    except ServersError as error:
+        parser.error(str(error))
+    if options.port is None:
+        if options.server not in servers:
+            parser.error(f"no server {options.server!r} in {servers_path()}: give SERVER PORT,"
+                         " or store it with --import INVITATION")
+        return servers[options.server]
+    found = find_server(servers, options.server, options.port)
+    return None if found is None else found[1]
+
+
+def import_server(options: argparse.Namespace) -> int:
+    """
+    ``--import``: store the invitation's server in the client's servers file.
+    """
+    from sig2knock.client.servers import ServersError, save_server, servers_path
+    from sig2knock.protocol.invitation import parse_invitation
+
+    invitation = parse_invitation(options.import_invitation)
+    name = options.name or invitation.host
+    try:
+        save_server(servers_path(), name, invitation)
+    except ServersError as error:
+        raise PasswordError(str(error)) from None
+    _report(f"server {name} ({invitation.host} port {invitation.port}, user {invitation.user},"
+            f" key {keys.fingerprint(invitation.server_key)}) saved to {servers_path()};"
+            f" knock with: sig2knockc {name}")
+    return EXIT_OK
 
 
 def _report(line: str) -> None:
@@ -387,6 +480,8 @@ def run(options: argparse.Namespace) -> int:
     """
     if options.keygen:
         return keygen(options)
+    if options.import_invitation:
+        return import_server(options)
     report = _report if options.verbose else _silent
     key = obtain_key(options, report)
     result = knock(

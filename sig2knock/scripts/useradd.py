@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's public key (sig2knockd --show-identity), instead of -c",
     )
     parser.add_argument(
+        "--host",
+        metavar="HOST",
+        help="with -c: the name or address clients reach the server at; the last line of the"
+        " output is then an invitation (sig2knock:...) for sig2knockc --invite or --import,"
+        " which holds nothing secret",
+    )
+    parser.add_argument(
         "--public-key",
         metavar="KEY",
         help="enrol a user with their own key pair: the public key sig2knockc --keygen printed"
@@ -158,6 +165,18 @@ def _server_key(options: argparse.Namespace) -> bytes:
         raise UserAddError(str(error)) from None
 
 
+def _invitation(options: argparse.Namespace, user: str) -> Any:
+    """
+    The invitation of ``user`` at ``-c``'s server, reached at ``--host``.
+    """
+    from sig2knock.protocol.invitation import Invitation
+
+    config = _config(options.config)
+    server = _server_key(options)
+    kdf = None if options.public_key is not None else KdfParams.parse(options.kdf)
+    return Invitation(options.host, config.udp_port, server, user, kdf)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """
     Entry point of ``sig2knockd_useradd``.
@@ -183,11 +202,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             server = _server_key(options)
             password = check_password(read_password(options.password_stdin))
             line = format_user_line(user, password, server, params)
+        if options.host is not None and options.config is None:
+            raise UserAddError("--host makes an invitation for -c CONFIG's server: give -c")
         if users_file:
             append_line(users_file, user, line)
             print(f"added user {user} to {users_file}", file=sys.stderr)
         else:
             print(line)
+        if options.host is not None:
+            print(_invitation(options, user).format())
     except (KdfError, UserAddError, KeyFormatError) as error:
         print(f"sig2knockd_useradd: {error}", file=sys.stderr)
         return 1

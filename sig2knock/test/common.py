@@ -162,13 +162,17 @@ def write_users(path: str, passwords: Dict[str, str], mode: int = 0o600) -> None
 
 
 def run_module(
-    module: str, arguments: Sequence[str], stdin: str = "", timeout: float = 60
+    module: str,
+    arguments: Sequence[str],
+    stdin: str = "",
+    timeout: float = 60,
+    env: Optional[Dict[str, str]] = None,
 ) -> subprocess.CompletedProcess:
     """
     Run ``python -m module arguments`` with the Python running the tests (whose sig2knock is the
-    one under test), feeding ``stdin``; text output.
+    one under test), feeding ``stdin``, with ``env`` added to the environment; text output.
     """
-    return _run_python(["-m", module, *arguments], stdin, timeout)
+    return _run_python(["-m", module, *arguments], stdin, timeout, env)
 
 
 def run_module_code(
@@ -181,7 +185,10 @@ def run_module_code(
 
 
 def _run_python(
-    arguments: Sequence[str], stdin: str, timeout: float
+    arguments: Sequence[str],
+    stdin: str,
+    timeout: float,
+    env: Optional[Dict[str, str]] = None,
 ) -> subprocess.CompletedProcess:
     command: List[str] = [sys.executable, *arguments]
     return subprocess.run(
@@ -191,6 +198,7 @@ def _run_python(
         text=True,
         timeout=timeout,
         cwd=IMPORT_ROOT,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -581,17 +589,34 @@ def read_until_closed(sock: socket.socket) -> bytes:
         received += data
 
 
+def tcp_transport(**kwargs: Any) -> Any:
+    """
+    A ``StringTransport`` that is a TCP one too: it records ``setTcpNoDelay``.
+    """
+    from twisted.internet.testing import StringTransport
+
+    class TCPStringTransport(StringTransport):
+        nodelay = False
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            self.nodelay = enabled
+
+        def loseWriteConnection(self) -> None:
+            self.write_closed = True
+
+    return TCPStringTransport(**kwargs)
+
+
 def connect(factory: Any, host: str, version: int = 4) -> Any:
     """
     Build a protocol from ``factory`` (a ``GrantForwardFactory``) as if ``host`` connected, and
-    return its transport (a ``StringTransport``).
+    return its transport (``tcp_transport``).
     """
     from twisted.internet.address import IPv4Address, IPv6Address
-    from twisted.internet.testing import StringTransport
 
     address_type = IPv6Address if version == 6 else IPv4Address
     peer = address_type("TCP", host, 50000)
-    transport = StringTransport(peerAddress=peer)
+    transport = tcp_transport(peerAddress=peer)
     protocol = factory.buildProtocol(peer)
     protocol.makeConnection(transport)
     return transport

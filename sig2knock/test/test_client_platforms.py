@@ -37,6 +37,7 @@ CLIENT_TESTS = (
     "sig2knock.test.test_cipher",
     "sig2knock.test.test_files",
     "sig2knock.test.test_hpke",
+    "sig2knock.test.test_invitation",
     "sig2knock.test.test_kdf",
     "sig2knock.test.test_keyfile",
     "sig2knock.test.test_keyline",
@@ -44,6 +45,7 @@ CLIENT_TESTS = (
     "sig2knock.test.test_portable",
     "sig2knock.test.test_relay",
     "sig2knock.test.test_scripts_client",
+    "sig2knock.test.test_servers",
     "sig2knock.test.test_wire",
 )
 
@@ -56,10 +58,12 @@ CLIENT_MODULES = frozenset({
     "sig2knock.client.knocker",
     "sig2knock.client.portable",
     "sig2knock.client.relay",
+    "sig2knock.client.servers",
     "sig2knock.protocol",
     "sig2knock.protocol.addresses",
     "sig2knock.protocol.cipher",
     "sig2knock.protocol.files",
+    "sig2knock.protocol.invitation",
     "sig2knock.protocol.kdf",
     "sig2knock.protocol.keyline",
     "sig2knock.protocol.keys",

@@ -87,6 +87,7 @@ class ControlTestCase(SynchronousTestCase):
             self.clock,
             identity=IDENTITY,
             users=lambda: users(ALICE),
+            settings=self.sessions.settings,
             sessions=self.sessions,
             replay_cache=ReplayCache(None, 60, NOW),
             max_skew=60,
@@ -453,6 +454,18 @@ class RelayTests(ControlTestCase):
         self.assertEqual(self.refusals(), ["address-mismatch", "no-address"])
         self.protocol.datagramReceived(self.p1(session=b"U" * 16), CLIENT)
         self.assertEqual(self.sessions.pending_count(), 1)
+
+    def test_refusedCopyDoesNotBurnTheClientsOwn(self) -> None:
+        """
+        The relay's copy of a P1, refused for its address, is not remembered: the client's own
+        copy, arriving later, is not taken for a replay.
+        """
+        self.sessions.settings.config.require_source_address = True
+        p1 = self.p1()
+        self.protocol.datagramReceived(p1, RELAY)
+        self.protocol.datagramReceived(p1, CLIENT)
+        self.assertEqual(self.refusals(), ["address-mismatch"])
+        self.assertEqual(self.sessions.pending_count(CLIENT_ADDRESS), 1)
 
 
 class UdpRecordingClock(Clock):

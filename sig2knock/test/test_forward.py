@@ -8,13 +8,13 @@ from typing import List
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon.forward import GrantForwardFactory
-from sig2knock.test.common import connect
+from sig2knock.test.common import connect, tcp_transport
 
 
 CLIENT = ipaddress.ip_address("198.18.0.2")
@@ -78,7 +78,7 @@ class ForwardFactoryTests(SynchronousTestCase):
         client_transport = connect(self.factory, "198.18.0.2")
         (_, _, client_factory, _, _) = self.reactor.tcpClients[0]
         outgoing = client_factory.buildProtocol(None)
-        service_transport = StringTransport()
+        service_transport = tcp_transport()
         outgoing.makeConnection(service_transport)
         self.assertIs(service_transport.producer, client_transport)
         self.assertIs(client_transport.producer, service_transport)
@@ -86,13 +86,16 @@ class ForwardFactoryTests(SynchronousTestCase):
         client_transport.protocol = None
         outgoing.dataReceived(b"from the service")
         self.assertEqual(client_transport.value(), b"from the service")
+        # Neither side waits on Nagle: an ssh login's small writes go out at once.
+        self.assertTrue(client_transport.nodelay)
+        self.assertTrue(service_transport.nodelay)
 
     def test_endReported(self) -> None:
         peer = IPv4Address("TCP", "198.18.0.2", 50000)
         granted = self.factory.buildProtocol(peer)
-        granted.makeConnection(StringTransport(peerAddress=peer))
+        granted.makeConnection(tcp_transport(peerAddress=peer))
         refused = self.factory.buildProtocol(peer)
-        refused.makeConnection(StringTransport(peerAddress=peer))
+        refused.makeConnection(tcp_transport(peerAddress=peer))
         refused.connectionLost(Failure(ConnectionDone()))
         ended = "forwarded connection from {source} closed"
         self.assertEqual(self.logged(ended), [], "a refused connection is not the grant's")
@@ -104,12 +107,12 @@ class ForwardFactoryTests(SynchronousTestCase):
         End of input from the client ends only the service's input: the service's answer still
         comes back, and the connection closes when both directions are done.
         """
-        client_transport = HalfClosingTransport(peerAddress=IPv4Address("TCP", "198.18.0.2", 1))
+        client_transport = tcp_transport(peerAddress=IPv4Address("TCP", "198.18.0.2", 1))
         accepted = self.factory.buildProtocol(client_transport.getPeer())
         accepted.makeConnection(client_transport)
         (_, _, client_factory, _, _) = self.reactor.tcpClients[0]
         outgoing = client_factory.buildProtocol(None)
-        service_transport = HalfClosingTransport()
+        service_transport = tcp_transport()
         outgoing.makeConnection(service_transport)
         accepted.dataReceived(b"question")
         accepted.readConnectionLost()
@@ -121,14 +124,3 @@ class ForwardFactoryTests(SynchronousTestCase):
         outgoing.readConnectionLost()
         self.assertTrue(client_transport.write_closed)
         self.assertTrue(service_transport.disconnecting)
-
-
-class HalfClosingTransport(StringTransport):
-    """
-    A string transport that records a half-close.
-    """
-
-    write_closed = False
-
-    def loseWriteConnection(self) -> None:
-        self.write_closed = True

@@ -9,7 +9,8 @@ import threading
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.client.relay import relay
+from sig2knock.client.knocker import GrantResult, resolve
+from sig2knock.client.relay import connect, relay
 from sig2knock.test.common import read_until_closed
 
 
@@ -68,3 +69,20 @@ class RelayTests(SynchronousTestCase):
         theirs.close()
         relay(ours, input_read, output_write)
         self.assertEqual(os.read(output_read, 100), b"bye")
+
+
+class ConnectTests(SynchronousTestCase):
+    """
+    ``connect`` opens the assigned port without Nagle's delay (ssh's small writes go out at
+    once), and says in one line when it cannot.
+    """
+
+    def test_noDelay(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        result = GrantResult(resolve("127.0.0.1", 1), listener.getsockname()[1], 0, b"", 1)
+        sock = connect(result, 5)
+        self.addCleanup(sock.close)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)

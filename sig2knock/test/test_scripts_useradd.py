@@ -86,6 +86,34 @@ class UserAddTests(SynchronousTestCase):
         self.assertEqual(users.names(), ["alice", "bob"])
         self.assertEqual(users.entries["bob"].line.public, public_of(PASSWORD, "bob"))
 
+    def test_invitationIsTheLastLine(self) -> None:
+        """
+        ``-c CONFIG --host HOST`` appends the user and prints, as the last line of standard
+        output, an invitation with the host, the control port, the server's key, the user and
+        the KDF parameters; nothing secret.
+        """
+        from sig2knock.protocol.invitation import Invitation, parse_invitation
+
+        config = write_config(self.directory)
+        result = run_module(
+            USERADD,
+            ["-c", config, "--host", "server.example.org", "--kdf", CHEAP_KDF.format(),
+             "--password-stdin", "bob"],
+            stdin=PASSWORD + "\n",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        last = result.stdout.strip().splitlines()[-1]
+        self.assertEqual(
+            parse_invitation(last),
+            Invitation("server.example.org", 1001, SERVER_PUBLIC, "bob", CHEAP_KDF),
+        )
+        self.assertPasswordHidden(result)
+        self.assertEqual(load_users(self.users_path).names(), ["alice", "bob"])
+        no_config = run_module(USERADD, ["--server-key", SERVER_KEY_TEXT, "--host", "h",
+                                         "--password-stdin", "carol"], stdin=PASSWORD + "\n")
+        self.assertEqual(no_config.returncode, 1)
+        self.assertIn("give -c", no_config.stderr)
+
     def test_aServerIsNeeded(self) -> None:
         result = run_module(USERADD, ["--password-stdin", "alice"], stdin=PASSWORD + "\n")
         self.assertEqual(result.returncode, 1)

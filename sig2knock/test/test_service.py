@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon import firewall_service, service, startup
+from sig2knock.daemon.admission import check_request
 from sig2knock.daemon.capture import KnockCapture
 from sig2knock.daemon.control import ControlPortError, ControlPorts
 from sig2knock.daemon.firewall_service import FirewallService
@@ -291,14 +292,15 @@ class ServiceReloadTests(SynchronousTestCase):
         self.assertEqual(self.daemon.settings.config.knock_count, 6)
         self.assertEqual(self.daemon.settings.config.singleconn_portopen_time, 5)
         self.assertIn("KNOCK_COUNT", self.events[-1]["applied"])
-        # The next session is held to the new count: four knocks are refused now.
+        # The next P1 is held to the new count: four knocks are refused now.
+        protocol = self.daemon.control.protocol()
+        self.assertIs(protocol.settings, self.daemon.settings)
         request = KnockRequest(b"S" * 16, 0, PROTO_TCP, (1111, 2222, 3333, 4444))
         error = self.assertRaises(
-            SessionRefused, self.daemon.sessions.open, CLIENT, "bob", request
+            SessionRefused, check_request, protocol.settings.config, CLIENT, request
         )
         self.assertEqual(error.reason, "knock-count")
-        self.daemon.sessions.open(CLIENT, "bob", request._replace(ports=tuple(range(1, 7))))
-        self.addCleanup(self.daemon.sessions.stopService)
+        check_request(protocol.settings.config, CLIENT, request._replace(ports=tuple(range(1, 7))))
 
     def test_brokenFileKeepsTheRunningConfiguration(self) -> None:
         write_config(self.directory, {"KNOCK_COUNT": "many"})

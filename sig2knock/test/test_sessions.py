@@ -240,16 +240,6 @@ class SessionTableTests(SynchronousTestCase):
         self.assertEqual(grant.closed, ["expired"])
         self.assertIs(opened.state, State.EXPIRED)
 
-    def test_wrongProtocolOrCountRefused(self) -> None:
-        error = self.assertRaises(
-            SessionRefused, self.table.open, CLIENT, "alice", request(protocol=UDP)
-        )
-        self.assertEqual(error.reason, "knock-protocol")
-        error = self.assertRaises(
-            SessionRefused, self.table.open, CLIENT, "alice", request(ports=(1, 2))
-        )
-        self.assertEqual(error.reason, "knock-count")
-
     def test_perSourceLimit(self) -> None:
         table = self.make(max_per_source=2)
         table.open(CLIENT, "alice", *keyed(request(b"1" * 16)))

@@ -1,0 +1,89 @@
+"""
+Tests for sig2knock.client.servers and the client's ``--import``, ``--invite`` and ``NAME``: servers
+configured once, knocked on by name.
+"""
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock.client.servers import (
+    ServersError,
+    find_server,
+    load_servers,
+    save_server,
+)
+from sig2knock.protocol.invitation import Invitation
+from sig2knock.test.common import CHEAP_KDF, PASSWORD, SERVER_PUBLIC, run_module
+from sig2knock.test.loopback_server import LoopbackServer
+
+CLIENT = "sig2knock.scripts.client"
+
+
+class ServersFileTests(SynchronousTestCase):
+    """
+    Sections are added, replaced and read back; a broken file says where.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "servers.conf")
+        os.makedirs(os.path.dirname(self.path))
+
+    def test_saveAndLoad(self) -> None:
+        one = Invitation("198.18.0.1", 1001, SERVER_PUBLIC, "alice", CHEAP_KDF)
+        two = Invitation("server.example.org", 2002, SERVER_PUBLIC, "bob", None)
+        save_server(self.path, "one", one)
+        save_server(self.path, "two", two)
+        save_server(self.path, "one", one._replace(port=1003))
+        servers = load_servers(self.path)
+        self.assertEqual(servers, {"one": one._replace(port=1003), "two": two})
+        self.assertEqual(find_server(servers, "server.example.org", 2002), ("two", two))
+        self.assertIsNone(find_server(servers, "server.example.org", 1001))
+        self.assertEqual(load_servers(self.path + ".missing"), {})
+
+    def test_brokenRefused(self) -> None:
+        with open(self.path, "w", encoding="utf-8") as broken:
+            broken.write("[one]\nhost = h\n")
+        error = self.assertRaises(ServersError, load_servers, self.path)
+        self.assertIn("[one] has no", str(error))
+        self.assertRaises(ServersError, save_server, self.path, "a]b",
+                          Invitation("h", 1, SERVER_PUBLIC, "alice", None))
+
+
+class ConfiguredServerCommandTests(SynchronousTestCase):
+    """
+    ``sig2knockc --import`` stores a server, then ``sig2knockc NAME`` (and ``SERVER PORT``
+    without ``--server-key``) knocks on it; ``--invite`` knocks without storing anything.
+    """
+
+    def setUp(self) -> None:
+        self.home = os.path.abspath(self.mktemp())
+        os.makedirs(self.home)
+        self.env = {"XDG_CONFIG_HOME": self.home}
+
+    def client(self, *arguments: str, stdin: str = PASSWORD + "\n"):
+        return run_module(CLIENT, list(arguments), stdin=stdin, env=self.env)
+
+    def test_importThenKnockByName(self) -> None:
+        server = LoopbackServer(grant_port=45701)
+        self.addCleanup(server.stop)
+        invitation = Invitation("127.0.0.1", server.port, SERVER_PUBLIC, "alice", CHEAP_KDF)
+        stored = self.client("--import", invitation.format(), "--name", "lab", stdin="")
+        self.assertEqual(stored.returncode, 0, stored.stderr)
+        self.assertIn("sig2knockc lab", stored.stderr)
+        by_name = self.client("lab", "--password-stdin")
+        self.assertEqual((by_name.returncode, by_name.stdout), (0, "45701\n"), by_name.stderr)
+        by_address = self.client("127.0.0.1", str(server.port), "--password-stdin")
+        self.assertEqual((by_address.returncode, by_address.stdout), (0, "45701\n"),
+                         by_address.stderr)
+        unknown = self.client("elsewhere", "--password-stdin")
+        self.assertEqual(unknown.returncode, 2)
+        self.assertIn("--import", unknown.stderr)
+
+    def test_invite(self) -> None:
+        server = LoopbackServer(grant_port=45702)
+        self.addCleanup(server.stop)
+        invitation = Invitation("127.0.0.1", server.port, SERVER_PUBLIC, "alice", CHEAP_KDF)
+        done = self.client("--invite", invitation.format(), "--password-stdin")
+        self.assertEqual((done.returncode, done.stdout), (0, "45702\n"), done.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.home, "sig2knock", "servers.conf")))
