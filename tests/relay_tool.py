@@ -21,6 +21,26 @@ from typing import Any, Dict, List, Tuple
 SYN, ACK = 0x02, 0x10
 
 
+def with_checksums(ip: bytes) -> bytes:
+    """
+    ``ip`` (an IPv4 packet carrying TCP or UDP, as captured) with its transport checksum made
+    again: a veth leaves it to be completed by the sender's offload, so the captured one may not
+    be valid when the packet is sent again.
+    """
+    from tests.attack_tools import checksum
+
+    ihl = (ip[0] & 0x0F) * 4
+    total = int.from_bytes(ip[2:4], "big")
+    protocol = ip[9]
+    segment = bytearray(ip[ihl:total])
+    offset = 16 if protocol == socket.IPPROTO_TCP else 6
+    segment[offset : offset + 2] = b"\0\0"
+    pseudo = ip[12:20] + bytes([0, protocol]) + len(segment).to_bytes(2, "big")
+    value = checksum(pseudo + bytes(segment)) or (0xFFFF if protocol == socket.IPPROTO_UDP else 0)
+    segment[offset : offset + 2] = value.to_bytes(2, "big")
+    return ip[:ihl] + bytes(segment)
+
+
 def main(args: Dict[str, Any]) -> None:
     import pcapy
 
@@ -71,7 +91,7 @@ def main(args: Dict[str, Any]) -> None:
                 knocker.sendto(payload, (server, port))
         else:
             return
-        held.append((time.monotonic() + float(args["delay"]), ip))
+        held.append((time.monotonic() + float(args["delay"]), with_checksums(ip)))
 
     print("ready", flush=True)
     started = time.monotonic()

@@ -96,7 +96,7 @@ class OnPathRelayTests(SynchronousTestCase):
         args = {
             "interface": "eth0", "server": lab.SERVER_IP, "relay": ROUTER_SERVER_SIDE,
             "client": REMOTE_CLIENT, "control_port": lab.CONTROL_PORT, "delay": 0.3,
-            "scan": list(RANGE), "seconds": 8.0,
+            "scan": list(RANGE), "seconds": 6.0,
         }
         relay = self.lab.start(
             "router", [sys.executable, "-m", "tests.relay_tool", json.dumps(args)],
@@ -156,6 +156,25 @@ class OnPathRelayTests(SynchronousTestCase):
 
     def test_natPort(self) -> None:
         self.attack("nat", "port")
+
+    def test_controlWithoutRequiredAddress(self) -> None:
+        """
+        The control experiment, and the gap docs/SECURITY.md names: a server that also lets in
+        clients behind NAT (``REQUIRE_SOURCE_ADDRESS = no``) cannot tell the relay's copy of a
+        P1 naming a private address from the client's. The relay gets the grant and reaches the
+        service (so the harness would see a relay that gets in); the client's own copies, when
+        they arrive, show the session was relayed (it is ended then, if its grant is not used
+        yet), and the log says so.
+        """
+        self.lab.start_daemon({**SETTINGS, "REQUIRE_SOURCE_ADDRESS": "no"})
+        relay = self.start_relay()
+        knocked = self.lab.knock(timeout=4)
+        result = self.relay_result(relay)
+        print(f"\ncontrol: relay found {result['found']}; client exit {knocked.returncode}")
+        self.assertEqual([found["reply"] for found in result["found"]], ["relayed"])
+        self.assertGreater(result["answers_to_relay"], 0)
+        self.assertIn("relay: session of alice from 198.18.0.254", self.lab.log())
+        self.assertIn("seen from 198.19.0.2", self.lab.log())
 
 
 # --exec's command in the test: connect, send, print what came back.

@@ -96,7 +96,8 @@ class SessionTable(Service):
         self.early_window = early_window
         self._sessions: Dict[Tuple[str, bytes], Session] = {}
         self._by_tag: Dict[bytes, Session] = {}
-        self._ended: "collections.OrderedDict[Tuple[str, bytes], float]" = (
+        # Ended sessions: (user, session id) -> (when it is forgotten, its source address).
+        self._ended: "collections.OrderedDict[Tuple[str, bytes], Tuple[float, IPAddress]]" = (
             collections.OrderedDict()
         )
         self._pending: Dict[IPAddress, List[Session]] = {}
@@ -229,6 +230,16 @@ class SessionTable(Service):
         session = self._sessions.get((user, session_id))
         if session is not None and session.source != source:
             self._relayed(session, source)
+            return
+        ended = self._ended.get((user, session_id))
+        if session is None and ended is not None and ended[1] != source:
+            # Too late to end it (its grant may have been used): the operator learns of it.
+            self.log.warn(
+                "relay: session of {user} from {source} (ended) seen from {other} too",
+                user=user,
+                source=str(ended[1]),
+                other=str(source),
+            )
 
     def confirm(self, source: IPAddress, tag: bytes, session_id: bytes) -> Deferred:
         """
@@ -379,7 +390,7 @@ class SessionTable(Service):
 
     def _forget_ended(self) -> None:
         now = self.clock.seconds()
-        while self._ended and next(iter(self._ended.values())) <= now:
+        while self._ended and next(iter(self._ended.values()))[0] <= now:
             self._ended.popitem(last=False)
 
     def _pending_remove(self, session: Session) -> None:
@@ -396,7 +407,7 @@ class SessionTable(Service):
             del self._sessions[session.key]
             if session.keys is not None:
                 self._by_tag.pop(session.keys.tag, None)
-            self._ended[session.key] = self.clock.seconds() + ENDED_MEMORY
+            self._ended[session.key] = (self.clock.seconds() + ENDED_MEMORY, session.source)
             while len(self._ended) > MAX_ENDED:
                 self._ended.popitem(last=False)
             remaining = self._sessions_by_user[session.user] - 1

@@ -403,6 +403,19 @@ class RelayTests(ControlTestCase):
         self.assertEqual(self.refusals()[-1], "relay")
         self.assertEqual(len(self.transport.sent), 1, "only the relay's P3, which it cannot read")
 
+    def test_relayThatUsedItsGrantIsStillLogged(self) -> None:
+        """
+        A relay fast enough to use its grant before the client's copy arrives cannot be stopped
+        any more, but the copy still tells the operator.
+        """
+        p1 = self.relay_first()
+        self.granter.grants[-1].used.callback(None)
+        self.assertEqual(len(self.sessions), 0)
+        self.protocol.datagramReceived(p1, CLIENT)
+        (warning,) = self.relay_warnings()
+        self.assertIn("(ended)", warning["log_format"])
+        self.assertEqual((warning["source"], warning["other"]), (RELAY[0], CLIENT[0]))
+
     def test_copiesOfAProvenSessionAreRefusedAndItGoesOn(self) -> None:
         """
         When the P1 named its source as the client's address, copies of its P1 and P2 from
