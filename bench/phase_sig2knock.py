@@ -3,7 +3,7 @@ sig2knock on the lab (``FIREWALL = nftables``, ``FIREWALL_POLICY = lockdown``, p
 to the echo service): time to access with a saved key (``sig2knockc --save-key`` once, then
 ``--key-file`` on every login: the headline), with the password and the lab's cheap KDF, with
 the password and the default scrypt cost; with a plain connect; duplicated knocks; under
-attack; 200 users at once.
+attack; under a flood of P1s that each cost the daemon its full cryptography; 200 users at once.
 """
 
 import collections
@@ -108,7 +108,8 @@ def sig2knock(bench):
     results = bench.results
     users = {"key": pool("alice", bench.runs), "cheap": pool("carol", bench.runs),
              "scrypt": pool("bob", bench.runs), "plain": pool("dave", bench.plain_runs),
-             "dup": pool("erin", 5), "attack": pool("frank", bench.attack_runs)}
+             "dup": pool("erin", 5), "attack": pool("frank", bench.attack_runs),
+             "flood": pool("gina", bench.attack_runs)}
     many_users = [f"u{i:03d}" for i in range(MANY)]
     lab.extra_users = ([(u, DEFAULT_KDF) for u in users["scrypt"]]
                        + [(u, CHEAP_KDF) for kind, names in users.items() if kind != "scrypt"
@@ -125,7 +126,8 @@ def sig2knock(bench):
     try:
         bench.closed_check("sig2knock")
         results["s2k_rss_idle"] = proc_sample(pid)[1] / 1024
-        keys = {user: save_key(bench, user, CHEAP_KDF) for user in users["key"] + users["plain"]}
+        keys = {user: save_key(bench, user, CHEAP_KDF)
+                for user in users["key"] + users["plain"] + users["flood"]}
         nothing = lambda: None  # noqa: E731 - grants are single-use, nothing to reset
 
         def key_client(user):
@@ -159,11 +161,76 @@ def sig2knock(bench):
                 "sig2knock-attack", rotating(users["attack"], lambda u: s2k_client(u, CHEAP_KDF)),
                 bench.attack_runs, nothing, input_text=PASSWORD + "\n", capture=False))
         results["s2k_attack"] = {"records": records, "cpu": cpu, "rss": rss, "noise": noise}
+        results["s2k_p1_flood"] = p1_flood(
+            bench, pid, lambda: bench.access_runs(
+                "sig2knock-p1-flood", rotating(users["flood"], key_client), bench.attack_runs,
+                nothing, capture=False))
         many_at_once(bench, pid, many_users)
     finally:
         if lab.daemon.poll() is None:
             lab.stop_daemon()
         lab.daemon_command("--flush")
+
+
+# The P1 flood: this many P1s a second (the daemon's global pre-cryptography budget is 4000),
+# from this many addresses, each a real P1 of alice's with one bit changed in its request: it
+# passes every cheap check and the rate limits' per-source share, so each costs the daemon the
+# three X25519 operations of opening it before it is refused.
+P1_FLOOD_RATE = 4000
+# 80 addresses: at 50 a second each (the per-source limit), together the global budget.
+P1_FLOOD_SOURCES = [f"198.18.0.{host}" for host in range(10, 90)]
+
+
+def p1_flood(bench, pid, body):
+    """
+    Run ``body`` (access runs) during a P1 flood from the intruder; return the records, the
+    daemon's CPU, what the flood sent, and the daemon's CPU time per P1 opened here in-process.
+    """
+    from tests import attack_driver as driver, attack_tools as tools
+
+    lab = bench.lab
+    driver.add_addresses(lab, "intruder", "eth0", P1_FLOOD_SOURCES)
+    alice = tools.lab_key("alice", PASSWORD, SERVER["key"])
+    templates = [tools.make_p1("alice", alice, SERVER["key"]) for _ in range(8)]
+    seconds = 8.0
+    flood = driver.Background(lab, "intruder", "flood", {
+        "target": [SERVER_IP, CONTROL_PORT], "sources": P1_FLOOD_SOURCES,
+        "count": int(P1_FLOOD_RATE * seconds), "pace": seconds, "seconds": seconds + 5,
+        "templates": [t.hex() for t in templates], "mix": {"flip_request": 1}, "seed": 3,
+    })
+    time.sleep(1.0)
+    ticks0, _ = proc_sample(pid)
+    wall0 = time.monotonic()
+    records = body()
+    ticks1, rss = proc_sample(pid)
+    wall1 = time.monotonic()
+    sent = flood.result(timeout=60)
+    return {"records": records, "cpu": 100.0 * (ticks1 - ticks0) / CLK_TCK / (wall1 - wall0),
+            "rss": rss / 1024, "flood": sent, "ms_per_p1": cost_per_p1()}
+
+
+def cost_per_p1():
+    """The CPU time, ms, of opening one P1 as the daemon does, here (median of 200)."""
+    import statistics
+
+    from sig2knock.protocol import keys, wire
+
+    server = keys.generate()
+    data = wire.seal_request(
+        wire.KnockRequest(b"S" * 16, wire.now_ms(time.time()), 6, (1, 2, 3, 4)),
+        wire.UserKey("alice", keys.generate()), server.public_key())[0]
+    user = {"alice": keys.generate().public_key()}.get
+    decoy = keys.generate().public_key()
+    costs = []
+    for _ in range(200):
+        started = time.process_time()
+        try:
+            wire.open_request(data, identity=server, users=user, decoy=decoy,
+                              now=time.time(), max_skew=60)
+        except wire.MessageRejected:
+            pass
+        costs.append((time.process_time() - started) * 1000)
+    return statistics.median(costs)
 
 
 def many_at_once(bench, pid, users):

@@ -256,6 +256,18 @@ class Table:
             cells.append(text(phase, f"{num(r.get(idle), '{:.1f}')} / "
                                      f"{num(attack.get('rss'), '{:.1f}')}"))
         self.row("4. daemon RSS MB: idle / end of attack", *cells)
+        pf = r.get("s2k_p1_flood", {})
+        pf_ms = ms_list(pf.get("records", []))
+        flood = pf.get("flood", {})
+        rate = (flood.get("sent", 0) / flood["elapsed"]) if flood.get("elapsed") else None
+        self.row("4. time to access under a P1 flood (P1s that cost the daemon its full opening,"
+                 f" {num(rate, '{:.0f}')}/s from 80 addresses), ms (s2k: saved key)",
+                 text("knockd", "n/a"), text("fwknop", "n/a"), c("sig2knock", pf_ms))
+        self.row("4. ... runs ok / daemon CPU % / CPU per P1 opened (in-process), ms",
+                 text("knockd", "n/a"), text("fwknop", "n/a"),
+                 text("sig2knock", f"{len(pf_ms)}/{len(pf.get('records', []))} / "
+                                   f"{num(pf.get('cpu'), '{:.0f}%')} / "
+                                   f"{num(pf.get('ms_per_p1'), '{:.2f}')}"))
         kd, sd = r.get("knockd_dup", []), r.get("s2k_dup", [])
         self.row("4. duplicated knock (knockd: 1,1,2,3; s2k: every knock twice), access",
                  text("knockd", f"{sum(1 for x in kd if x.get('ms'))}/{len(kd)}"),

@@ -358,6 +358,12 @@ def tool_flood(args: Dict[str, Any]) -> None:
             data = bytes([wire.VERSION, message_type]) + rng.randbytes(size - 2)
         elif kind == "flip":
             data = flip_random_bit(rng.choice(templates), rng)
+        elif kind == "flip_request":
+            # A bit of the request's seal: the message passes the cheap checks and the name's
+            # seal, and costs its receiver the whole opening.
+            template = bytearray(rng.choice(templates))
+            template[rng.randrange(wire.REQUEST_OFFSET, len(template))] ^= 1 << rng.randrange(8)
+            data = bytes(template)
         elif kind == "p1":
             name, key = rng.choice(keys)
             data = make_p1(name, key, server_key, rng=rng)
