@@ -90,10 +90,12 @@ class BenchLab(Lab):
 
     def write_server_files(self, settings, users):
         path = super().write_server_files(settings, users)
-        from sig2knock.protocol.kdf import KdfParams
         from sig2knock.daemon.users import format_user_line
+        from sig2knock.protocol.kdf import KdfParams
+        from sig2knock.protocol.keys import parse_public_key
 
-        lines = [format_user_line(user, PASSWORD, KdfParams.parse(kdf))
+        server = parse_public_key(self.server_key)
+        lines = [format_user_line(user, PASSWORD, server, KdfParams.parse(kdf))
                  for user, kdf in self.extra_users]
         with open(os.path.join(self.directory, "user.txt"), "a") as users_file:
             users_file.write("".join(line + "\n" for line in lines))

@@ -200,7 +200,8 @@ class Knocker:
     ``clock`` gives the time for message timestamps and for checking P3, ``monotonic`` measures the
     timeout and the retry intervals, ``sleep`` makes the pause between P1 and the knocks,
     ``socket_factory(family, type)`` makes the sockets, ``rng`` chooses the knock ports and
-    ``new_session_id`` the session id. Tests replace them all.
+    ``new_session_id`` the session id. Tests replace them all. With ``send_address`` (the
+    default) P1 names the address this host sends from.
     """
 
     def __init__(
@@ -220,6 +221,7 @@ class Knocker:
         rng: Optional[random.Random] = None,
         new_session_id: Callable[[], bytes] = wire.new_session_id,
         report: Reporter = _quiet,
+        send_address: bool = True,
     ) -> None:
         if protocol not in addresses.PROTOCOL_NAMES:
             raise ValueError(f"knock protocol {protocol!r} is neither TCP nor UDP")
@@ -237,13 +239,14 @@ class Knocker:
         self.session_id = new_session_id()
         self.ports = choose_ports(self.rng, knocks, target.port)
         self.report = report
+        self.send_address = send_address
 
     def run(self) -> GrantResult:
         """
         Knock until granted; raise ``ClientError`` when no P3 came within the timeout.
         """
         deadline = self.monotonic() + self.timeout
-        self.client_address = self._local_address()
+        self.client_address = self._local_address() if self.send_address else None
         request = KnockRequest(
             self.session_id,
             wire.now_ms(self.clock()),
@@ -401,6 +404,7 @@ def knock(
     user: UserKey,
     server_key: bytes,
     *,
+    send_address: bool = True,
     protocol: int = addresses.PROTO_TCP,
     knocks: int = DEFAULT_KNOCKS,
     timeout: float = DEFAULT_TIMEOUT,
@@ -408,13 +412,15 @@ def knock(
 ) -> GrantResult:
     """
     Resolve ``server`` and run one exchange with its control ``port`` (``server_key``: the
-    server's public key); raise ``ClientError``.
+    server's public key; ``send_address``: whether P1 names this host's address); raise
+    ``ClientError``.
     """
     target = resolve(server, port)
     knocker = Knocker(
         user,
         target,
         server_key,
+        send_address=send_address,
         protocol=protocol,
         knocks=knocks,
         timeout=timeout,

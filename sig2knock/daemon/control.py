@@ -31,6 +31,7 @@ from sig2knock.daemon.replay import REASON_REPLAY, ReplayCache
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.sessions import SessionTable
 from sig2knock.protocol import addresses, keys, wire
+from sig2knock.protocol.cipher import SHA256
 from sig2knock.protocol.addresses import IPAddress, parse_address
 from sig2knock.protocol.wire import MessageRejected, SessionKeys
 
@@ -135,9 +136,11 @@ class ControlProtocol(DatagramProtocol):
             request = received.request
             # A replay is refused before it can spend anything of its user's allowance.
             self.replay_cache.check(received.keys.replay_id, request.timestamp_ms, now)
-            # What the P1 asks is checked before it is remembered: a relay's copy refused for
-            # its address must not make the client's own copy, coming later, a replay.
+            # What the P1 asks, and whether there is room for its session, are checked before
+            # it is remembered: a copy refused for its address (a relay's) or for a limit must
+            # not make the client's own copy, or its next round, a replay.
             check_request(self.settings.config, source, request)
+            self.sessions.check_room(source, received.user, request.session_id)
             # Per user, and only once authenticated and fresh (so nobody can spend another's
             # allowance): one key holder with many addresses cannot fill the replay cache.
             if not self.user_limiter.allow(received.user):
@@ -163,19 +166,32 @@ class ControlProtocol(DatagramProtocol):
     def _confirm(self, datagram: bytes, source: IPAddress, addr: Tuple[Any, ...]) -> None:
         port = addr[1]
         now = self.clock.seconds()
+        user = "?"
         try:
             session_keys, confirm, nonce = wire.decode_confirm(
                 datagram, find=self.sessions.keys_for, now=now, max_skew=self.max_skew
             )
-            # A captured P2 sent again is refused as a replay, like a P1: a retrying client
-            # sends a new one.
-            self.replay_cache.check(nonce, confirm.timestamp_ms, now)
-            self.replay_cache.remember(nonce, confirm.timestamp_ms, now)
+            session = self.sessions.session_for(session_keys.tag)
+            if session is not None:
+                user = session.user
+            if session is not None and session.source == source:
+                # Like a P1: the source's and the user's limits, then the replay cache (a
+                # retrying client sends a new P2), keyed by session so that nobody can spend
+                # another session's nonces. A copy from elsewhere is the session table's to
+                # refuse, before anything is remembered of it.
+                key = rate_key(source)
+                if not self.limiter.allow(key, use_global=not self._is_trusted(key, now)):
+                    raise MessageRejected(wire.REASON_RATE, f"user {user}: over the rate limit")
+                if not self.user_limiter.allow(user):
+                    raise MessageRejected(
+                        wire.REASON_RATE, f"user {user}: over the per-user rate limit"
+                    )
+                replay_id = SHA256.new(session_keys.tag + nonce).digest()[: wire.REPLAY_ID_SIZE]
+                self.replay_cache.check(replay_id, confirm.timestamp_ms, now)
+                self.replay_cache.remember(replay_id, confirm.timestamp_ms, now)
         except MessageRejected as rejection:
             self._refused(source, port, rejection.reason, rejection.detail)
             return
-        session = self.sessions.session_for(session_keys.tag)
-        user = session.user if session is not None else "?"
         confirming = self.sessions.confirm(source, session_keys.tag, confirm.session_id)
         confirming.addCallbacks(
             self._sendGrant,

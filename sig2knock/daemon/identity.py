@@ -10,7 +10,7 @@ used before, rather than silently making a new one.
 """
 
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple
 
 from sig2knock.daemon.text import one_line
 from sig2knock.protocol import files, keys
@@ -55,9 +55,10 @@ def identity_path(state_dir: str) -> str:
     return os.path.join(state_dir, FILE_NAME)
 
 
-def create_identity(path: str) -> ServerIdentity:
+def create_identity(path: str, owner: Optional[Tuple[int, int]] = None) -> ServerIdentity:
     """
-    Make a new identity at ``path`` (which must not exist yet); raises ``IdentityError``.
+    Make a new identity at ``path`` (which must not exist yet), given to ``owner`` (uid, gid)
+    when root makes it for the daemon's user; raises ``IdentityError``.
     """
     private = keys.generate()
     text = keys.export_private(private).encode("ascii")
@@ -69,6 +70,8 @@ def create_identity(path: str) -> ServerIdentity:
     except OSError as error:
         raise IdentityError(f"{path}: cannot create it: {error.strerror}") from None
     try:
+        if owner is not None:
+            os.fchown(descriptor, *owner)  # the file opened, never a name swapped in since
         with os.fdopen(descriptor, "wb") as new:
             new.write(text)
             new.flush()

@@ -50,6 +50,8 @@ EARLY_KNOCKS_PER_SOURCE = 128
 EARLY_SOURCES = 1024
 # P2s waiting for one session's last knocks; more are answered by the same grant anyway.
 MAX_WAITERS = 8
+# P2s one session answers in all: a client sends one a round, and needs a few rounds.
+MAX_CONFIRMS = 32
 # How long after a sequence completes the capture filter is narrowed again: not at once, because
 # the grant being opened (its firewall change runs on a worker thread) would wait for it.
 NARROW_DELAY = 0.05
@@ -152,12 +154,7 @@ class SessionTable(Service):
         self._forget_ended()
         if key in self._ended:
             raise SessionRefused("session-ended", "this session has ended; no second port")
-        if self.pending_count(source) >= self.max_per_source:
-            raise SessionRefused("source-limit", f"{self.max_per_source} pending sessions")
-        if self._sessions_by_user.get(user, 0) >= self.max_per_user:
-            raise SessionRefused("user-limit", f"{self.max_per_user} sessions of user {user}")
-        if len(self._sessions) >= self.max_total:
-            raise SessionRefused("table-full", f"{self.max_total} sessions")
+        self.check_room(source, user, request.session_id)
         session = Session(source, user, request.session_id, request.protocol, request.ports, keys)
         claimed = request.client_address
         session.proven = claimed is not None and unmapped(claimed) == source
@@ -208,6 +205,21 @@ class SessionTable(Service):
         if completed and self._narrowing is None:
             self._narrowing = self.clock.callLater(NARROW_DELAY, self._update_watched)
 
+    def check_room(self, source: IPAddress, user: str, session_id: bytes) -> None:
+        """
+        Refuse (``SessionRefused``) a new session of ``user`` from ``source`` that the limits
+        leave no room for: pending sessions per source and sessions per user and in all. An
+        existing session (a re-sent P1) always has its room.
+        """
+        if (user, session_id) in self._sessions:
+            return
+        if self.pending_count(source) >= self.max_per_source:
+            raise SessionRefused("source-limit", f"{self.max_per_source} pending sessions")
+        if self._sessions_by_user.get(user, 0) >= self.max_per_user:
+            raise SessionRefused("user-limit", f"{self.max_per_user} sessions of user {user}")
+        if len(self._sessions) >= self.max_total:
+            raise SessionRefused("table-full", f"{self.max_total} sessions")
+
     def keys_for(self, tag: bytes) -> Optional[SessionKeys]:
         """
         The keys of the live session whose P2 and P3 carry ``tag``, or ``None``.
@@ -254,6 +266,9 @@ class SessionTable(Service):
         if session.source != source:
             self._relayed(session, source)
             return fail(SessionRefused("relay", f"session of {user} from {session.source}"))
+        session.confirms += 1
+        if session.confirms > MAX_CONFIRMS:
+            return fail(SessionRefused("confirm-limit", f"{MAX_CONFIRMS} P2s of this session"))
         if session.state is State.GRANTED:
             self.log.info(
                 "P2 repeated: {user} from {source}, same port {port}",

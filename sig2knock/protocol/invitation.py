@@ -75,6 +75,8 @@ def parse_invitation(text: str) -> Invitation:
         host, port = fields["host"], fields["port"]
         if not isinstance(host, str) or not host or not isinstance(port, int):
             raise InvitationError("the invitation names no server")
+        if not host.isprintable() or any(char in host for char in " []#;="):
+            raise InvitationError("the invitation's host is not a host name or address")
         if not 0 < port < 65536:
             raise InvitationError(f"the invitation's port {port} is not a port number")
         kdf = KdfParams.parse(fields["kdf"]) if "kdf" in fields else None

@@ -162,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="connect to the opened port and relay standard input and output"
         " (for ssh's ProxyCommand)",
     )
+    parser.add_argument(
+        "--no-address",
+        action="store_true",
+        help="do not tell the server the address this host sends from (for a network that"
+        " translates even public addresses, such as NAT64; a server with"
+        " REQUIRE_SOURCE_ADDRESS = yes then refuses the knock)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="report each step")
     parser.add_argument("--version", action="version", version=f"sig2knockc {__version__}")
     return parser
@@ -489,6 +496,7 @@ def run(options: argparse.Namespace) -> int:
         options.port,
         key,
         options.server_public,
+        send_address=not options.no_address,
         protocol=PROTOCOLS_BY_NAME[options.knock_proto],
         knocks=options.knocks,
         timeout=options.timeout,

@@ -214,11 +214,10 @@ def identity_command(config_path: str, make: bool) -> int:
                 ensure_state_dir(config.state_dir)
             except ReplayCacheError as error:
                 raise identity.IdentityError(str(error)) from None
-            identity.create_identity(path)
             state = os.stat(config.state_dir)
-            if os.geteuid() == 0 and state.st_uid != 0:
-                # root prepares it for the daemon's user, who owns the state directory.
-                os.chown(path, state.st_uid, state.st_gid)
+            # root prepares it for the daemon's user, who owns the state directory.
+            owner = (state.st_uid, state.st_gid) if os.geteuid() == 0 else None
+            identity.create_identity(path, owner if owner and owner[0] != 0 else None)
             print(f"sig2knockd: made the server identity {path}", file=sys.stderr)
         public = identity.read_public(path)
     except (ConfigError, identity.IdentityError) as error:

@@ -256,6 +256,24 @@ class ControlProtocolTests(ControlTestCase):
         self.assertEqual(self.refusals().count("rate-limited"), 2)
         self.assertEqual(self.sessions.pending_count(), 3)
 
+    def test_confirmsAreLimited(self) -> None:
+        """
+        A key holder cannot flood with fresh P2s of a live session (each would be remembered
+        and answered): they count against the source's and the user's limits, and a session
+        answers at most 32.
+        """
+        self.exchange()
+        for _ in range(40):
+            self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.assertEqual(len(self.transport.sent), 32)
+        self.assertEqual(self.refusals().count("confirm-limit"), 9)
+        self.protocol.user_limiter = RateLimiter(
+            self.clock, per_source_rate=1, per_source_burst=2, global_rate=None
+        )
+        for _ in range(3):
+            self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.assertEqual(self.refusals()[-1], "rate-limited")
+
     def test_replaysDoNotSpendTheUsersAllowance(self) -> None:
         """
         Someone replaying a user's captured message cannot lock that user out: replays are
@@ -426,9 +444,10 @@ class RelayTests(ControlTestCase):
         self.protocol.datagramReceived(p1, CLIENT)
         self.protocol.datagramReceived(p1, RELAY)
         self.knock()
-        self.protocol.datagramReceived(self.p2(), RELAY)
+        p2 = self.p2()
+        self.protocol.datagramReceived(p2, RELAY)  # the relay's copy comes first
         self.assertEqual(self.refusals(), ["replay", "relay"])
-        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.protocol.datagramReceived(p2, CLIENT)  # ... and does not make the client's a replay
         self.assertEqual([addr for _, addr in self.transport.sent], [CLIENT])
         self.assertEqual(len(self.relay_warnings()), 2)
 

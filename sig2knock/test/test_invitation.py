@@ -29,6 +29,7 @@ class InvitationTests(SynchronousTestCase):
             (good[:-5], "damaged"),
             ("sig2knock:" + "e30", "another version"),  # {}
             (good.replace("sig2knock:", "sig2knock:x"), "damaged"),
+            (Invitation("h\r\n[x]", 1, SERVER_PUBLIC, "alice", None).format(), "not a host"),
         ):
             with self.subTest(text=bad):
                 error = self.assertRaises(InvitationError, parse_invitation, bad)

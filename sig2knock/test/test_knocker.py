@@ -359,6 +359,11 @@ class KnockerTests(SynchronousTestCase):
         self.assertEqual(str(p1.client_address), "192.0.2.50")
         self.assertEqual(str(result.client_address), "192.0.2.50")
 
+    def test_addressLeftOutOnRequest(self) -> None:
+        network = FakeNetwork(grant_on_confirm(1))
+        knocker(network, send_address=False).run()
+        self.assertIsNone(network.control_messages()[0].message.client_address)
+
     def test_unknownAddressLeftOut(self) -> None:
         network = FakeNetwork(grant_on_confirm(1))
         network.local_address = "not an address"
