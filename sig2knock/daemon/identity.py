@@ -82,6 +82,12 @@ def create_identity(path: str, owner: Optional[Tuple[int, int]] = None) -> Serve
     return ServerIdentity(private, keys.public_bytes(private), path)
 
 
+def _unreadable(path: str, error: OSError) -> IdentityError:
+    if isinstance(error, FileNotFoundError):
+        return IdentityError(f"{path}: no server identity; make one with: sig2knockd --init")
+    return IdentityError(f"{path}: cannot read it: {error.strerror}")
+
+
 def load_identity(path: str) -> ServerIdentity:
     """
     Read the identity at ``path``, after checking that only its owner (the daemon's user) can
@@ -89,12 +95,8 @@ def load_identity(path: str) -> ServerIdentity:
     """
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise IdentityError(
-            f"{path}: no server identity; make one with: sig2knockd --init"
-        ) from None
     except OSError as error:
-        raise IdentityError(f"{path}: cannot read it: {error.strerror}") from None
+        raise _unreadable(path, error) from None
     with os.fdopen(descriptor, "rb") as source:
         found = files.exposure(os.fstat(source.fileno()), os.geteuid())
         if found is not None:
@@ -138,12 +140,8 @@ def read_public(path: str) -> bytes:
     try:
         with open(path, "rb") as source:
             text = source.read().decode("ascii", "replace")
-    except FileNotFoundError:
-        raise IdentityError(
-            f"{path}: no server identity; make one with: sig2knockd --init"
-        ) from None
     except OSError as error:
-        raise IdentityError(f"{path}: cannot read it: {error.strerror}") from None
+        raise _unreadable(path, error) from None
     try:
         return keys.public_bytes(keys.import_private(text))
     except keys.KeyFormatError as error:
