@@ -116,12 +116,6 @@ class ControlProtocol(DatagramProtocol):
 
     def _request(self, datagram: bytes, source: IPAddress, port: int) -> None:
         now = self.clock.seconds()
-
-        def admit() -> bool:
-            # Only for datagrams past the cheap checks: junk costs no key computation.
-            key = rate_key(source)
-            return self.limiter.allow(key, use_global=not self._is_trusted(key, now))
-
         received = None
         try:
             received = wire.open_request(
@@ -131,7 +125,8 @@ class ControlProtocol(DatagramProtocol):
                 decoy=self.decoy,
                 now=now,
                 max_skew=self.max_skew,
-                admit=admit,
+                # Only for datagrams past the cheap checks: junk costs no key computation.
+                admit=lambda: self._admit(source, now),
             )
             request = received.request
             # A replay is refused before it can spend anything of its user's allowance.
@@ -143,10 +138,7 @@ class ControlProtocol(DatagramProtocol):
             self.sessions.check_room(source, received.user, request.session_id)
             # Per user, and only once authenticated and fresh (so nobody can spend another's
             # allowance): one key holder with many addresses cannot fill the replay cache.
-            if not self.user_limiter.allow(received.user):
-                raise MessageRejected(
-                    wire.REASON_RATE, f"user {received.user}: over the per-user rate limit"
-                )
+            self._limit_user(received.user)
             self.replay_cache.remember(received.keys.replay_id, request.timestamp_ms, now)
             self._trust(rate_key(source), now)
         except SessionRefused as refusal:
@@ -179,13 +171,9 @@ class ControlProtocol(DatagramProtocol):
                 # retrying client sends a new P2), keyed by session so that nobody can spend
                 # another session's nonces. A copy from elsewhere is the session table's to
                 # refuse, before anything is remembered of it.
-                key = rate_key(source)
-                if not self.limiter.allow(key, use_global=not self._is_trusted(key, now)):
+                if not self._admit(source, now):
                     raise MessageRejected(wire.REASON_RATE, f"user {user}: over the rate limit")
-                if not self.user_limiter.allow(user):
-                    raise MessageRejected(
-                        wire.REASON_RATE, f"user {user}: over the per-user rate limit"
-                    )
+                self._limit_user(user)
                 replay_id = SHA256.new(session_keys.tag + nonce).digest()[: wire.REPLAY_ID_SIZE]
                 self.replay_cache.check(replay_id, confirm.timestamp_ms, now)
                 self.replay_cache.remember(replay_id, confirm.timestamp_ms, now)
@@ -199,6 +187,18 @@ class ControlProtocol(DatagramProtocol):
             callbackArgs=(session_keys, confirm.session_id, user, source, addr),
             errbackArgs=(source, port, user),
         )
+
+    def _admit(self, source: IPAddress, now: float) -> bool:
+        """
+        Whether ``source``'s datagram may cost cryptography: its share, and the global budget
+        unless it sent an authentic message lately.
+        """
+        key = rate_key(source)
+        return self.limiter.allow(key, use_global=not self._is_trusted(key, now))
+
+    def _limit_user(self, user: str) -> None:
+        if not self.user_limiter.allow(user):
+            raise MessageRejected(wire.REASON_RATE, f"user {user}: over the per-user rate limit")
 
     def _is_trusted(self, key: Hashable, now: float) -> bool:
         since = self.trusted.get(key)

@@ -17,6 +17,7 @@ This module is imported by the client: it must not import Twisted, and its value
 start-up).
 """
 
+import functools
 import ipaddress
 import struct
 from typing import Any, Callable, NamedTuple, Optional, Tuple
@@ -328,6 +329,24 @@ def _open(
     return context, context.unseal(ciphertext, aad)
 
 
+def _one_error_type(decoder: Callable[..., Any]) -> Callable[..., Any]:
+    """
+    ``decoder``, raising nothing but ``MessageRejected``: any unexpected exception (a bug, or
+    bytes no check foresaw) is ``malformed``.
+    """
+
+    @functools.wraps(decoder)
+    def decode(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return decoder(*args, **kwargs)
+        except MessageRejected:
+            raise
+        except Exception as error:  # noqa: BLE001 - the documented contract: one error type
+            raise MessageRejected(REASON_MALFORMED, type(error).__name__) from None
+
+    return decode
+
+
 def seal_request(
     request: KnockRequest, user: UserKey, server: Any
 ) -> Tuple[bytes, SessionKeys]:
@@ -344,6 +363,7 @@ def seal_request(
     return head + context.enc + sealed, _session_keys(context)
 
 
+@_one_error_type
 def open_request(
     data: bytes,
     *,
@@ -364,12 +384,7 @@ def open_request(
     asked after the cheap checks and before any cryptography whether this datagram may cost it
     (a rate limit). Raises ``MessageRejected`` and nothing else.
     """
-    try:
-        return _open_request(data, identity, users, decoy, now, max_skew, admit)
-    except MessageRejected:
-        raise
-    except Exception as error:  # noqa: BLE001 - the documented contract: one error type only
-        raise MessageRejected(REASON_MALFORMED, type(error).__name__) from None
+    return _open_request(data, identity, users, decoy, now, max_skew, admit)
 
 
 def _check_prefix(data: bytes, message_type: int, sizes: Tuple[int, int]) -> None:
@@ -493,6 +508,7 @@ def encode_confirm(confirm: Confirm, keys: SessionKeys, nonce: Optional[bytes] =
     return _seal_session(TYPE_CONFIRM, keys, keys.confirm_key, plaintext, nonce)
 
 
+@_one_error_type
 def decode_confirm(
     data: bytes,
     *,
@@ -505,20 +521,15 @@ def decode_confirm(
     when there is none). Returns the keys, the confirm and its nonce (which the replay cache
     records). Raises ``MessageRejected`` and nothing else.
     """
-    try:
-        data = bytes(data)
-        _check_prefix(data, TYPE_CONFIRM, (CONFIRM_SIZE, CONFIRM_SIZE))
-        keys = find(session_tag(data))
-        if keys is None:
-            raise MessageRejected(REASON_UNKNOWN_SESSION, f"tag {session_tag(data).hex()}")
-        timestamp_ms, session_id = _COMMON.unpack(_open_session(data, keys.confirm_key))
-        _check_time(timestamp_ms, now, max_skew, "confirm")
-        nonce = data[_PREFIX.size + SESSION_TAG_SIZE : _SESSION_HEADER.size]
-        return keys, Confirm(session_id, timestamp_ms), nonce
-    except MessageRejected:
-        raise
-    except Exception as error:  # noqa: BLE001 - one error type only
-        raise MessageRejected(REASON_MALFORMED, type(error).__name__) from None
+    data = bytes(data)
+    _check_prefix(data, TYPE_CONFIRM, (CONFIRM_SIZE, CONFIRM_SIZE))
+    keys = find(session_tag(data))
+    if keys is None:
+        raise MessageRejected(REASON_UNKNOWN_SESSION, f"tag {session_tag(data).hex()}")
+    timestamp_ms, session_id = _COMMON.unpack(_open_session(data, keys.confirm_key))
+    _check_time(timestamp_ms, now, max_skew, "confirm")
+    nonce = data[_PREFIX.size + SESSION_TAG_SIZE : _SESSION_HEADER.size]
+    return keys, Confirm(session_id, timestamp_ms), nonce
 
 
 def encode_grant(grant: Grant, keys: SessionKeys, nonce: Optional[bytes] = None) -> bytes:
@@ -532,25 +543,21 @@ def encode_grant(grant: Grant, keys: SessionKeys, nonce: Optional[bytes] = None)
     return _seal_session(TYPE_GRANT, keys, keys.grant_key, plaintext, nonce)
 
 
+@_one_error_type
 def decode_grant(data: bytes, keys: SessionKeys, *, now: float, max_skew: float) -> Grant:
     """
     Check and open one P3 of the session ``keys``. Raises ``MessageRejected`` and nothing else.
     """
-    try:
-        data = bytes(data)
-        _check_prefix(data, TYPE_GRANT, (GRANT_SIZE, GRANT_SIZE))
-        if session_tag(data) != keys.tag:
-            raise MessageRejected(REASON_UNKNOWN_SESSION, "another session's tag")
-        plaintext = _open_session(data, keys.grant_key)
-        timestamp_ms, session_id = _COMMON.unpack_from(plaintext)
-        port, deadline_ms, packed = _GRANT_BODY.unpack_from(plaintext, _COMMON.size)
-        _check_time(timestamp_ms, now, max_skew, "grant")
-        _check_port(port, "assigned port")
-        return Grant(session_id, timestamp_ms, port, deadline_ms, unpack_address(packed))
-    except MessageRejected:
-        raise
-    except Exception as error:  # noqa: BLE001 - one error type only
-        raise MessageRejected(REASON_MALFORMED, type(error).__name__) from None
+    data = bytes(data)
+    _check_prefix(data, TYPE_GRANT, (GRANT_SIZE, GRANT_SIZE))
+    if session_tag(data) != keys.tag:
+        raise MessageRejected(REASON_UNKNOWN_SESSION, "another session's tag")
+    plaintext = _open_session(data, keys.grant_key)
+    timestamp_ms, session_id = _COMMON.unpack_from(plaintext)
+    port, deadline_ms, packed = _GRANT_BODY.unpack_from(plaintext, _COMMON.size)
+    _check_time(timestamp_ms, now, max_skew, "grant")
+    _check_port(port, "assigned port")
+    return Grant(session_id, timestamp_ms, port, deadline_ms, unpack_address(packed))
 
 
 def now_ms(seconds: float) -> int:
