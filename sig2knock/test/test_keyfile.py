@@ -140,3 +140,39 @@ class SaveKeyCommandTests(SynchronousTestCase):
         )
         self.assertEqual(again.returncode, 1)
         self.assertIn("exists already", again.stderr)
+
+
+class PlainKeyFormTests(SynchronousTestCase):
+    """
+    ``keys.import_private`` reads an unencrypted X25519 PKCS#8 PEM itself (the fixed RFC 8410
+    form); it must give exactly the key pycryptodome's parser gives, and leave every other form
+    to that parser.
+    """
+
+    def test_sameKeyAsTheFullParser(self) -> None:
+        from Crypto.PublicKey import ECC
+
+        for _ in range(20):
+            text = keys.export_private(keys.generate())
+            fast = keys.import_private(text)
+            full = ECC.import_key(text)
+            self.assertEqual(keys.public_bytes(fast), keys.public_bytes(full))
+            self.assertEqual(fast.seed, full.seed)
+
+    def test_otherFormsGoToTheFullParser(self) -> None:
+        from Crypto.PublicKey import ECC
+
+        edwards = ECC.generate(curve="Ed25519").export_key(format="PEM")
+        self.assertRaises(keys.KeyFormatError, keys.import_private, edwards)
+        text = keys.export_private(keys.generate())
+        # the same key wrapped at another width is still read (by the full parser)
+        body = "".join(text.strip().splitlines()[1:-1])
+        rewrapped = "-----BEGIN PRIVATE KEY-----\n{}\n{}\n-----END PRIVATE KEY-----\n".format(
+            body[:10], body[10:])
+        self.assertEqual(keys.public_bytes(keys.import_private(rewrapped)),
+                         keys.public_bytes(keys.import_private(text)))
+        truncated = text.replace(body, body[:-8])
+        self.assertRaises(keys.KeyFormatError, keys.import_private, truncated)
+        encrypted = keys.export_private(keys.generate(), passphrase="pass phrase")
+        self.assertRaises(keys.KeyFormatError, keys.import_private, encrypted)
+        self.assertEqual(len(keys.public_bytes(keys.import_private(encrypted, "pass phrase"))), 32)
