@@ -29,11 +29,12 @@ CONTROL_PORT = lab_module.CONTROL_PORT
 CHEAP_KDF = lab_module.CHEAP_KDF
 DEFAULT_KDF = "scrypt:n=32768,r=8,p=1"
 MANY = 200
-APT_PACKAGES = ("knockd", "fwknop-server", "fwknop-client", "iperf3", "socat")
+APT_PACKAGES = ("knockd", "fwknop-server", "fwknop-client", "iperf3", "socat", "openssh-server",
+                "openssh-client")
 CAPTURE_FILTER = f"host {CLIENT_IP} and (udp or (tcp[13] & 2 != 0))"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # the phases, in the order they run; ``--only`` picks some of them
-PHASES = ("knockd", "fwknop", "sig2knock", "throughput", "startup")
+PHASES = ("knockd", "fwknop", "sig2knock", "throughput", "startup", "ssh")
 PLAIN_PROBE_TIMEOUT = 10.0  # a blocking connect sees the SYN retransmissions at 1 s and 3 s
 
 
@@ -42,8 +43,10 @@ def log(text):
 
 
 def ensure_packages():
-    missing = [tool for tool in ("knockd", "knock", "fwknopd", "fwknop", "iperf3", "socat")
+    missing = [tool for tool in ("knockd", "knock", "fwknopd", "fwknop", "iperf3", "socat", "ssh")
                if shutil.which(tool) is None]
+    if not os.path.exists("/usr/sbin/sshd"):
+        missing.append("sshd")
     if missing:
         log(f"installing {' '.join(APT_PACKAGES)} (missing: {' '.join(missing)})")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -252,9 +255,10 @@ class Bench:
         if result["result"] == "echo":
             self.failures.append(f"{label}: port {port} open before any knock")
 
-    def base_iptables(self):
+    def base_iptables(self, port=SERVICE_PORT):
+        """Drop ``port`` on br0 (what knockd and fwknop then open per address)."""
         self.srv("iptables", "-A", "INPUT", "-i", "br0", "-p", "tcp", "--dport",
-                 str(SERVICE_PORT), "-j", "DROP")
+                 str(port), "-j", "DROP")
 
     def flush_iptables(self):
         self.srv("iptables", "-F", check=False)

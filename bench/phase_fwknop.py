@@ -4,6 +4,7 @@ configuration except its interface and run directory, ``OPEN_PORTS tcp/7777``. T
 with the fast probe and with a plain connect, and under attack.
 """
 
+import contextlib
 import os
 import re
 import subprocess
@@ -14,7 +15,13 @@ from driver import CLIENT_IP, SERVER_IP, SERVICE_PORT, log, ms_list, proc_sample
 FWKNOP_PORT = 62201
 
 
-def fwknop(bench):
+@contextlib.contextmanager
+def fwknopd_running(bench, port=SERVICE_PORT):
+    """
+    fwknopd guarding ``port`` (iptables drops it on br0 until an SPA packet opens it); yields
+    (the daemon, the ``fwknop`` command, its environment, a function that closes the port
+    again, the daemon's log path).
+    """
     lab = bench.lab
     home = os.path.join(lab.directory, "fwknop-home")
     run_dir = os.path.join(lab.directory, "fwknop-run")
@@ -30,29 +37,44 @@ def fwknop(bench):
     daemon_log = os.path.join(lab.directory, "fwknopd.log")
     for path, text in (
         (conf, f"PCAP_INTFC br0;\nFWKNOP_RUN_DIR {run_dir};\n"),
-        (access, f"SOURCE ANY\nOPEN_PORTS tcp/{SERVICE_PORT}\nKEY_BASE64 {key}\n"
+        (access, f"SOURCE ANY\nOPEN_PORTS tcp/{port}\nKEY_BASE64 {key}\n"
                  f"HMAC_KEY_BASE64 {hmac}\n"),
     ):
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
             out.write(text)
-    bench.base_iptables()
+    bench.base_iptables(port)
     with open(daemon_log, "w") as log_file:
         daemon = lab.start("server", ["fwknopd", "-f", "-c", conf, "-a", access, "-i", "br0",
                                       "-p", f"{run_dir}/fwknopd.pid",
                                       "-d", f"{run_dir}/digest.cache"],
                            stdout=log_file, stderr=subprocess.STDOUT)
+
+    def reset():
+        bench.srv("iptables", "-F", "FWKNOP_INPUT", check=False)
+
     try:
         time.sleep(1.5)
         if daemon.poll() is not None:
             with open(daemon_log) as log_file:
                 raise RuntimeError("fwknopd did not start: " + log_file.read()[-500:])
-        bench.closed_check("fwknop")
-
-        def reset():
-            bench.srv("iptables", "-F", "FWKNOP_INPUT", check=False)
-
-        client = ["fwknop", "-A", f"tcp/{SERVICE_PORT}", "-a", CLIENT_IP, "-D", SERVER_IP,
+        bench.closed_check("fwknop", port)
+        client = ["fwknop", "-A", f"tcp/{port}", "-a", CLIENT_IP, "-D", SERVER_IP,
                   "--key-base64-rijndael", key, "--key-base64-hmac", hmac, "--no-save-args"]
+        yield daemon, client, env, reset, daemon_log
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()
+        try:
+            daemon.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log("fwknopd did not end on SIGTERM; killed")
+            daemon.kill()
+            daemon.wait(timeout=10)
+        bench.flush_iptables()
+
+
+def fwknop(bench):
+    with fwknopd_running(bench) as (daemon, client, env, reset, daemon_log):
         results = bench.results
         results["fwknop"] = bench.access_runs("fwknop", client, bench.runs, reset, env=env,
                                               port=SERVICE_PORT)
@@ -70,13 +92,3 @@ def fwknop(bench):
                 tail = log_file.read()[-300:].replace("\n", " | ")
             bench.notes.append(f"fwknopd alive after the attack: {daemon.poll() is None}; "
                                f"its log: {tail}")
-    finally:
-        if daemon.poll() is None:
-            daemon.terminate()
-        try:
-            daemon.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log("fwknopd did not end on SIGTERM; killed")
-            daemon.kill()
-            daemon.wait(timeout=10)
-        bench.flush_iptables()

@@ -7,8 +7,8 @@ Root only. Traffic stays in the lab's namespaces (198.18.0.0/15); every loop is 
 and time; the lab is torn down in ``finally``. See docs/BENCHMARKS.md.
 
 Modules: ``driver`` (lab, agent, captures, timed runs), ``phase_knockd``, ``phase_fwknop``,
-``phase_sig2knock``, ``phase_throughput``, ``phase_startup`` (one phase each), ``table`` (the
-table and the targets); ``agent``, ``capture``, ``noise``, ``sink`` run inside the namespaces.
+``phase_sig2knock``, ``phase_throughput``, ``phase_startup``, ``phase_ssh`` (one phase each),
+``table`` (the table and the targets); ``agent``, ``capture``, ``noise``, ``sink`` run inside the namespaces.
 """
 
 import argparse
@@ -23,12 +23,13 @@ from driver import PHASES, Bench, ensure_packages, lab_module  # noqa: E402
 from phase_fwknop import fwknop  # noqa: E402
 from phase_knockd import knockd  # noqa: E402
 from phase_sig2knock import sig2knock  # noqa: E402
+from phase_ssh import ssh  # noqa: E402
 from phase_startup import startup  # noqa: E402
 from phase_throughput import throughput  # noqa: E402
 from table import render  # noqa: E402
 
 PHASE_FUNCTIONS = {"knockd": knockd, "fwknop": fwknop, "sig2knock": sig2knock,
-                   "throughput": throughput, "startup": startup}
+                   "throughput": throughput, "startup": startup, "ssh": ssh}
 assert tuple(PHASE_FUNCTIONS) == PHASES
 
 
@@ -61,7 +62,7 @@ def main():
     why = lab_module.why_not_runnable()
     if why:
         sys.exit(f"bench: {why}")
-    if {"knockd", "fwknop", "throughput"} & set(options.only):
+    if {"knockd", "fwknop", "throughput", "ssh"} & set(options.only):
         ensure_packages()
 
     def bounded(value, low, high):

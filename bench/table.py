@@ -25,6 +25,8 @@ P3_LENGTH = IP_UDP + wire.GRANT_SIZE
 SYN, ACK = 0x02, 0x10
 NAT_TARGET = 0.90
 REACTION_TARGET_MS = 2.0
+SSH_TARGET = 1.00  # a login through sig2knock no slower than a direct one
+FIRST_PACKET_TARGET_MS = 45.0
 
 
 # -- reading the packets ----------------------------------------------------------------------
@@ -130,6 +132,7 @@ class Table:
         self.throughput()
         self.attack()
         self.startup()
+        self.ssh()
         self.check_targets()
         return self.rows, self.targets
 
@@ -296,6 +299,31 @@ class Table:
         self.row("6. `sig2knockc --help` wall time, ms", "", "",
                  c("startup", r.get("help_ms", [])))
 
+    # 7. a real ssh login
+
+    def ssh(self):
+        times = self.r.get("ssh", {}).get("times", {})
+        direct = med(times.get("direct", []))
+
+        def over_direct(way):
+            value = med(times.get(way, []))
+            if "ssh" not in self.ran:
+                return NOT_RUN
+            return f"{value / direct:.2f}x" if value is not None and direct else "n/a"
+
+        logins = self.r.get("ssh", {}).get("logins", "?")
+        self.row(f"7. real ssh login `ssh ... true`, {logins} each, interleaved, ms (knockd: "
+                 "knock && ssh; fwknop: fwknop && ssh; s2k: ProxyCommand sig2knockc --stdio NAME)",
+                 self.c("ssh", times.get("knockd", [])), self.c("ssh", times.get("fwknop", [])),
+                 self.c("ssh", times.get("sig2knock", [])),
+                 ratio(med(times.get("sig2knock", [])),
+                       [med(times.get("knockd", [])), med(times.get("fwknop", []))]))
+        self.row("7. ... the same login direct (sshd's open port, no knock), ms",
+                 self.c("ssh", times.get("direct", [])), self.c("ssh", times.get("direct", [])),
+                 self.c("ssh", times.get("direct", [])))
+        self.row("7. ... login through the tool / direct login (medians)", over_direct("knockd"),
+                 over_direct("fwknop"), over_direct("sig2knock"))
+
     # targets
 
     def check_targets(self):
@@ -322,6 +350,7 @@ class Table:
                 f"server reaction ~2 ms (last knock SYN -> P3, server side, <= "
                 f"{REACTION_TARGET_MS:.1f}): median {med(reaction):.2f} ms -> "
                 f"{'MET' if met else 'NOT MET'}")
+        self.ssh_targets()
         tp = self.r.get("throughput", {})
         for firewall in ("nftables", "iptables"):
             name = f"FORWARD_MODE=nat within 10% of direct, FIREWALL={firewall}"
@@ -336,6 +365,28 @@ class Table:
                     f"{name}: median pair ratio {value:.2f} (>= {NAT_TARGET:.2f}; medians nat "
                     f"{med(pairs['nat']):.2f} / direct {med(pairs['direct']):.2f} Gbit/s) -> "
                     f"{'MET' if value >= NAT_TARGET else 'NOT MET'}")
+
+
+    def ssh_targets(self):
+        times = self.r.get("ssh", {}).get("times", {})
+        through, direct = med(times.get("sig2knock", [])), med(times.get("direct", []))
+        name = f"ssh login through sig2knock <= {SSH_TARGET:.2f}x a direct one"
+        if "ssh" not in self.ran:
+            self.targets.append(f"{name}: not checked (ssh not run)")
+        elif through is None or not direct:
+            self.targets.append(f"{name}: not checked (no successful login)")
+        else:
+            self.targets.append(
+                f"{name}: {through:.1f} ms vs {direct:.1f} ms = {through / direct:.2f}x -> "
+                f"{'MET' if through / direct <= SSH_TARGET else 'NOT MET'}")
+        first = s2k_breakdown(self.r.get("s2k_key", []))["start_p1"]
+        name = f"process start -> first packet <= {FIRST_PACKET_TARGET_MS:.0f} ms (saved key)"
+        if not first:
+            self.targets.append(f"{name}: not checked (no sig2knock run in pcap)")
+        else:
+            self.targets.append(
+                f"{name}: median {med(first):.1f} ms -> "
+                f"{'MET' if med(first) <= FIRST_PACKET_TARGET_MS else 'NOT MET'}")
 
 
 def render(bench):
