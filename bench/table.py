@@ -4,8 +4,8 @@ phase that was not run (``run.py --only``) shows as ``not run``.
 
 Packets come from ``capture.py`` on the server's bridge: ``(ts, proto, src, sport, dst, dport,
 tcp flags, IP length)``. sig2knock's control messages are told apart by direction and size
-(IPv4 + UDP headers, 28 bytes, plus the message): P1 (knock request; 90 bytes with the default 4
-knocks) and P2 (confirm, 80 bytes) from the client to the control port, P3 (grant, 90 bytes) from
+(IPv4 + UDP headers, 28 bytes, plus the message): P1 (knock request; 243 bytes with the default 4
+knocks) and P2 (confirm, 90 bytes) from the client to the control port, P3 (grant, 117 bytes) from
 the control port to the client. The knocks are the client's other SYNs (or, with
 ``KNOCK_PROTO = udp``, datagrams) to the server before P3.
 """

@@ -224,7 +224,7 @@ def transcript() -> str:
     ECC.generate = lambda **_: ephemerals.pop(0)  # HPKE's ephemeral keys, in order
     try:
         request = wire.KnockRequest(
-            session_id, 1_800_000_000_000, 6, (1111, 2222, 3333, 4444), client
+            session_id, 1_800_000_000_000, 6, (1111, 2222, 3333, 4444), client, door=True
         )
         p1, session = wire.seal_request(request, alice, server.public_key())
     finally:
@@ -232,7 +232,7 @@ def transcript() -> str:
     p2 = wire.encode_confirm(
         wire.Confirm(session_id, 1_800_000_000_100), session, nonce=bytes([0x55]) * 12
     )
-    grant = wire.Grant(session_id, 1_800_000_000_102, 40001, 1_800_000_030_102, client)
+    grant = wire.Grant(session_id, 1_800_000_000_102, 40001, 1_800_000_030_102, client, True)
     p3 = wire.encode_grant(grant, session, nonce=bytes([0x66]) * 12)
 
     def hexed(label: str, data: bytes) -> List[str]:
@@ -290,3 +290,4 @@ class TranscriptTests(SynchronousTestCase):
         )
         grant = wire.decode_grant(message("P3 ("), session, now=1_800_000_000.0, max_skew=60)
         self.assertEqual((confirm.session_id, grant.port), (bytes(range(16)), 40001))
+        self.assertEqual((received.request.door, grant.door_required), (True, True))

@@ -4,7 +4,9 @@ An attacker on the path: a router namespace between the client and the server ru
 its own address first, holds the originals back, then scans the assigned range from its own
 address. With ``REQUIRE_SOURCE_ADDRESS = yes`` (a server whose clients are not behind NAT) the
 relay gets nothing, in proxy and in nat mode, however the client connects; the client still gets
-in. Needs root; skipped otherwise.
+in. Without it (clients behind NAT are let in), a client that connects itself (``--stdio``) in
+proxy mode is still safe: the relay gets the grant but not the door secret. Needs root; skipped
+otherwise.
 """
 
 import json
@@ -91,12 +93,12 @@ class OnPathRelayTests(SynchronousTestCase):
         self.lab.build()
         self.lab.start_echo_service()
 
-    def start_relay(self) -> subprocess.Popen:
+    def start_relay(self, probe: str = "relayed") -> subprocess.Popen:
         self.lab.ns("router", ["nft", "-f", "-"], input=HOLD_RULES)
         args = {
             "interface": "eth0", "server": lab.SERVER_IP, "relay": ROUTER_SERVER_SIDE,
             "client": REMOTE_CLIENT, "control_port": lab.CONTROL_PORT, "delay": 0.3,
-            "scan": list(RANGE), "seconds": 6.0,
+            "scan": list(RANGE), "seconds": 6.0, "probe": probe,
         }
         relay = self.lab.start(
             "router", [sys.executable, "-m", "tests.relay_tool", json.dumps(args)],
@@ -123,16 +125,8 @@ class OnPathRelayTests(SynchronousTestCase):
             knocked = self.lab.knock(timeout=10, extra=["--exec", command])
             self.assertEqual(knocked.returncode, 0, knocked.stderr + self.lab.log()[-3000:])
             reply = knocked.stdout
-        else:  # --stdio, as ssh's ProxyCommand runs it: the password comes from a file
-            password_file = os.path.join(self.lab.directory, "password")
-            with open(os.open(password_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as out:
-                out.write(lab.PASSWORD + "\n")
-            command = [
-                os.path.join(lab.BIN, "sig2knockc"), lab.SERVER_IP, str(lab.CONTROL_PORT),
-                "--user", "alice", "--kdf", lab.CHEAP_KDF, "--password-file", password_file,
-                "--server-key", self.lab.server_key, "--timeout", "10", "--stdio",
-            ]
-            knocked = self.lab.ns("client", command, check=False, input="hello", timeout=60)
+        else:
+            knocked = self.knock_stdio(timeout=10)
             self.assertEqual(knocked.returncode, 0, knocked.stderr + self.lab.log()[-3000:])
             reply = "echo:" + knocked.stdout
         result = self.relay_result(relay)
@@ -144,6 +138,21 @@ class OnPathRelayTests(SynchronousTestCase):
         self.assertEqual(result["found"], [], "the relay reached an assigned port")
         self.assertEqual(result["answers_to_relay"], 0, "the relay's copies were answered")
         self.assertTrue(reply.startswith("echo:"), f"the client did not get in: {reply!r}")
+
+    def knock_stdio(self, timeout: float) -> subprocess.CompletedProcess:
+        """
+        ``sig2knockc --stdio`` as ssh's ProxyCommand runs it (the password from a file), with
+        ``hello`` on its standard input.
+        """
+        password_file = os.path.join(self.lab.directory, "password")
+        with open(os.open(password_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as out:
+            out.write(lab.PASSWORD + "\n")
+        command = [
+            os.path.join(lab.BIN, "sig2knockc"), lab.SERVER_IP, str(lab.CONTROL_PORT),
+            "--user", "alice", "--kdf", lab.CHEAP_KDF, "--password-file", password_file,
+            "--server-key", self.lab.server_key, "--timeout", str(timeout), "--stdio",
+        ]
+        return self.lab.ns("client", command, check=False, input="hello", timeout=60)
 
     def test_proxyPort(self) -> None:
         self.attack("proxy", "port")
@@ -175,6 +184,27 @@ class OnPathRelayTests(SynchronousTestCase):
         self.assertGreater(result["answers_to_relay"], 0)
         self.assertIn("relay: session of alice from 198.18.0.254", self.lab.log())
         self.assertIn("seen from 198.19.0.2", self.lab.log())
+
+    def test_doorStopsTheRelayOfAClientBehindNat(self) -> None:
+        """
+        The same server (clients behind NAT let in), proxy mode, and a client that connects
+        itself (``--stdio``, as ssh's ProxyCommand): the relay's copy of the P1 gets the grant,
+        as in the control test, and finds the port, but it cannot show the session's door
+        secret, which only the P1's sender knows. Its connection is closed before anything
+        reaches the service, the grant is used up, and the log says why. (The client does not
+        get in either: an attacker on the path can always stop a login.)
+        """
+        self.lab.start_daemon({**SETTINGS, "REQUIRE_SOURCE_ADDRESS": "no"})
+        relay = self.start_relay(probe="relayed by the router")
+        knocked = self.knock_stdio(timeout=4)
+        result = self.relay_result(relay)
+        log = self.lab.log()
+        print(f"\ndoor: relay found {result['found']}; client exit {knocked.returncode}")
+        self.assertGreater(result["answers_to_relay"], 0, "the relay got the grant (P3)")
+        self.assertEqual(len(result["found"]), 1, "the relay found the port")
+        self.assertNotIn("router", result["found"][0]["reply"], "the service answered it")
+        self.assertIn("closed: a wrong door secret", log)
+        self.assertEqual(knocked.stdout, "", "nothing reached the client from the service")
 
 
 # --exec's command in the test: connect, send, print what came back.

@@ -106,7 +106,9 @@ class GrantResult(NamedTuple):
     """
     A successful exchange: the assigned ``port`` on ``target``, open until ``deadline_ms`` for
     ``granted_address`` (the address the server saw; ``client_address`` is the one this client
-    said it sends from, ``None`` when it could not tell), and the session's ``door`` secret.
+    said it sends from, ``None`` when it could not tell), the session's ``door`` secret, and
+    whether the port admits the connection only once it has shown that secret
+    (``door_required``: P3 says so when P1 asked for it and the server forwards in proxy mode).
     """
 
     target: Target
@@ -117,6 +119,7 @@ class GrantResult(NamedTuple):
     granted_address: Optional[IPAddress] = None
     client_address: Optional[IPAddress] = None
     door: bytes = b""
+    door_required: bool = False
 
     @property
     def relayed(self) -> bool:
@@ -201,7 +204,8 @@ class Knocker:
     timeout and the retry intervals, ``sleep`` makes the pause between P1 and the knocks,
     ``socket_factory(family, type)`` makes the sockets, ``rng`` chooses the knock ports and
     ``new_session_id`` the session id. Tests replace them all. With ``send_address`` (the
-    default) P1 names the address this host sends from.
+    default) P1 names the address this host sends from; with ``door`` P1 says that this client
+    will connect to the assigned port itself and show the door secret there (``--stdio``).
     """
 
     def __init__(
@@ -222,6 +226,7 @@ class Knocker:
         new_session_id: Callable[[], bytes] = wire.new_session_id,
         report: Reporter = _quiet,
         send_address: bool = True,
+        door: bool = False,
     ) -> None:
         if protocol not in addresses.PROTOCOL_NAMES:
             raise ValueError(f"knock protocol {protocol!r} is neither TCP nor UDP")
@@ -240,6 +245,7 @@ class Knocker:
         self.ports = choose_ports(self.rng, knocks, target.port)
         self.report = report
         self.send_address = send_address
+        self.door = door
 
     def run(self) -> GrantResult:
         """
@@ -253,6 +259,7 @@ class Knocker:
             self.protocol,
             self.ports,
             self.client_address,
+            door=self.door,
         )
         self.request, self.keys = wire.seal_request(request, self.user, self.server)
         control = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
@@ -283,6 +290,7 @@ class Knocker:
                         grant.address,
                         self.client_address,
                         self.keys.door,
+                        grant.door_required,
                     )
         finally:
             control.close()
@@ -405,6 +413,7 @@ def knock(
     server_key: bytes,
     *,
     send_address: bool = True,
+    door: bool = False,
     protocol: int = addresses.PROTO_TCP,
     knocks: int = DEFAULT_KNOCKS,
     timeout: float = DEFAULT_TIMEOUT,
@@ -412,8 +421,8 @@ def knock(
 ) -> GrantResult:
     """
     Resolve ``server`` and run one exchange with its control ``port`` (``server_key``: the
-    server's public key; ``send_address``: whether P1 names this host's address); raise
-    ``ClientError``.
+    server's public key; ``send_address``: whether P1 names this host's address; ``door``:
+    whether this client will connect itself and show the door secret); raise ``ClientError``.
     """
     target = resolve(server, port)
     knocker = Knocker(
@@ -421,6 +430,7 @@ def knock(
         target,
         server_key,
         send_address=send_address,
+        door=door,
         protocol=protocol,
         knocks=knocks,
         timeout=timeout,

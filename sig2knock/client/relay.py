@@ -13,7 +13,8 @@ from sig2knock.client.knocker import DEFAULT_TIMEOUT, ClientError, GrantResult
 
 def connect(result: GrantResult, timeout: float = DEFAULT_TIMEOUT) -> socket.socket:
     """
-    A TCP connection to the assigned port; raise ``ClientError``.
+    A TCP connection to the assigned port, past its door (the session's secret, sent first when
+    P3 asked for it); raise ``ClientError``.
     """
     sock = socket.socket(result.target.family, socket.SOCK_STREAM)
     try:
@@ -21,6 +22,8 @@ def connect(result: GrantResult, timeout: float = DEFAULT_TIMEOUT) -> socket.soc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeout)
         sock.connect(result.target.sockaddr_for(result.port))
+        if result.door_required:
+            sock.sendall(result.door)
         sock.settimeout(None)
     except OSError as error:
         sock.close()

@@ -225,6 +225,7 @@ class ControlProtocol(DatagramProtocol):
             grant.port,
             wire.now_ms(grant.deadline),
             source,
+            grant.door_required,
         )
         if self.transport is None:
             return

@@ -7,8 +7,14 @@ transport is the other's producer, so a slow reader stops the fast side instead 
 daemon's memory) and adds what a grant needs: connections from any other address are closed at
 once and do not use the grant up, exactly one connection is forwarded, and the factory tells its
 owner when that connection came (so the listener can stop) and when it ended.
+
+A grant whose client said it would connect itself (``sig2knockc --stdio``) also has a door
+secret, which only the sender of the session's P1 can know: the connection is forwarded only once
+its first ``DOOR_SIZE`` bytes are that secret. Someone who re-sent the client's knock from their
+own address holds the grant but not the secret; their connection is closed and the grant with it.
 """
 
+import hmac
 from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTCP
@@ -17,6 +23,10 @@ from twisted.protocols import portforward
 from zope.interface import implementer
 
 from sig2knock.protocol.addresses import IPAddress, parse_address
+from sig2knock.protocol.wire import DOOR_SIZE
+
+# How long an admitted connection has to show the door secret.
+DOOR_TIMEOUT = 10.0
 
 
 class HalfCloseRelay:
@@ -69,6 +79,10 @@ class ForwardClient(HalfCloseRelay, portforward.ProxyClient):
         """
         self.transport.setTcpNoDelay(True)
         super().connectionMade()
+        # What the client sent behind the door secret, before this connection existed.
+        early, self.peer.early = self.peer.early, b""
+        if early:
+            self.transport.write(early)
 
 
 class ForwardClientFactory(portforward.ProxyClientFactory):
@@ -102,10 +116,14 @@ class GrantProxyServer(HalfCloseRelay, portforward.ProxyServer):
     factory: "GrantForwardFactory"
     clientProtocolFactory = ForwardClientFactory
     noisy = False
+    early = b""  # bytes received behind the door secret, for the hidden service
+    _door_received: Optional[bytes] = None  # while waiting for the door secret
+    _door_timer: Any = None
 
     def connectionMade(self) -> None:
         """
-        Forward the connection if it is the grant's one; otherwise close it at once.
+        Forward the connection if it is the grant's one (once it has shown the door secret,
+        when the grant has one); otherwise close it at once.
         """
         peer = self.transport.getPeer()
         if not self.factory.admit(peer):
@@ -113,12 +131,44 @@ class GrantProxyServer(HalfCloseRelay, portforward.ProxyServer):
             return
         self.admitted = True
         self.transport.setTcpNoDelay(True)  # see ForwardClient.connectionMade
-        super().connectionMade()
+        if self.factory.door is None:
+            super().connectionMade()
+            return
+        self._door_received = b""
+        self._door_timer = self.reactor.callLater(
+            DOOR_TIMEOUT, self._refuse, f"no door secret within {DOOR_TIMEOUT:g} s"
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Forward ``data``; before the door secret has been shown, collect and check it first.
+        """
+        if self._door_received is None:
+            super().dataReceived(data)
+            return
+        received = self._door_received + data
+        if len(received) < DOOR_SIZE:
+            self._door_received = received
+            return
+        self._door_received = None
+        self._door_timer.cancel()
+        if not hmac.compare_digest(received[:DOOR_SIZE], self.factory.door):
+            self._refuse("a wrong door secret")
+            return
+        self.early = received[DOOR_SIZE:]
+        super().connectionMade()  # now connect to the hidden service
+
+    def _refuse(self, why: str) -> None:
+        self._door_received = None
+        self.factory.door_refused(why)
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: object) -> None:
         """
         Close the other side too, and say so when the grant's one connection ended.
         """
+        if self._door_timer is not None and self._door_timer.active():
+            self._door_timer.cancel()
         super().connectionLost(reason)
         if getattr(self, "admitted", False):
             self.factory.connectionEnded()
@@ -129,7 +179,8 @@ class GrantForwardFactory(portforward.ProxyFactory):
     Forwards one connection from ``source`` to ``host:port``.
 
     ``on_connection`` is called once, when the granted connection is admitted (its owner stops
-    listening then). ``reactor`` makes the outgoing connection.
+    listening then). ``reactor`` makes the outgoing connection. With ``door``, the connection must
+    show that secret first; ``granted_port`` names the grant in the log.
     """
 
     protocol = GrantProxyServer
@@ -143,11 +194,15 @@ class GrantForwardFactory(portforward.ProxyFactory):
         source: IPAddress,
         reactor: IReactorTCP,
         on_connection: Callable[[], None],
+        door: Optional[bytes] = None,
+        granted_port: Optional[int] = None,
     ) -> None:
         super().__init__(host, port)
         self.source = source
         self.reactor = reactor
         self.on_connection = on_connection
+        self.door = door
+        self.granted_port = granted_port
         self.used = False
 
     def buildProtocol(self, addr: IAddress) -> GrantProxyServer:
@@ -186,6 +241,20 @@ class GrantForwardFactory(portforward.ProxyFactory):
         )
         self.on_connection()
         return True
+
+    def door_refused(self, why: str) -> None:
+        """
+        The granted connection did not show the door secret: it is closed, and the grant was used
+        up by it (a relay that took this grant gets nothing, and no second try).
+        """
+        self.log.warn(
+            "connection from {source} to port {port} closed: {why} (its client said it would"
+            " show the session's door secret: the knock was probably relayed; the grant is used"
+            " up)",
+            source=str(self.source),
+            port=self.granted_port,
+            why=why,
+        )
 
     def connectionEnded(self) -> None:
         """

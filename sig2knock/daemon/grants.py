@@ -30,15 +30,23 @@ class OpenGrant:
     One open assigned port: ``port`` open to ``source`` (user ``user``) until ``deadline``
     (seconds since the epoch). ``used`` fires once its one connection has come (never in nat
     mode, where the kernel takes the connection unseen); ``close(why)`` ends it, ``expire()``
-    when its deadline has passed unused.
+    when its deadline has passed unused. With a ``door`` secret (proxy mode only) the connection
+    is forwarded only once its first bytes are that secret.
     """
 
     log = Logger()
 
     def __init__(
-        self, granter: "PortGranter", port: int, source: IPAddress, user: str, deadline: float
+        self,
+        granter: "PortGranter",
+        port: int,
+        source: IPAddress,
+        user: str,
+        deadline: float,
+        door: Optional[bytes] = None,
     ) -> None:
         self._granter = granter
+        self.door = door
         self.port = port
         self.source = source
         self.user = user
@@ -52,9 +60,18 @@ class OpenGrant:
         Listen on the grant's port for the one connection to forward to ``host:port``
         (proxy mode). Raises ``CannotListenError`` when the port is in use.
         """
-        factory = GrantForwardFactory(host, port, self.source, reactor, self._connected)
+        factory = GrantForwardFactory(
+            host, port, self.source, reactor, self._connected, door=self.door, granted_port=self.port
+        )
         interface = "::" if self.source.version == 6 else "0.0.0.0"
         self._listener = reactor.listenTCP(self.port, factory, interface=interface)
+
+    @property
+    def door_required(self) -> bool:
+        """
+        Whether the one connection must show the door secret first (P3 says so).
+        """
+        return self.door is not None
 
     def _connected(self) -> None:
         self.close("used")
@@ -126,10 +143,14 @@ class PortGranter(Service):
         self._opening: Set[Deferred] = set()
         self.open_grants: Dict[int, OpenGrant] = {}
 
-    def open(self, source: IPAddress, user: str) -> "Deferred[OpenGrant]":
+    def open(
+        self, source: IPAddress, user: str, door: Optional[bytes] = None
+    ) -> "Deferred[OpenGrant]":
         """
         Open a random free port for ``source``; fires with its ``OpenGrant``, or fails with
-        ``SessionRefused`` when no port can be opened or the firewall refuses.
+        ``SessionRefused`` when no port can be opened or the firewall refuses. ``door``: the
+        session's door secret, when its client will show it; the proxy then requires it (in nat
+        mode the kernel forwards the connection, and nothing can).
         """
         refusal = self.firewall.not_ready()
         if refusal is not None:  # not even a listener before the rules are in place
@@ -141,10 +162,11 @@ class PortGranter(Service):
             if port in self.open_grants:
                 continue
             deadline = self.reactor.seconds() + config.singleconn_portopen_time
-            grant = OpenGrant(self, port, source, user, deadline)
+            nat = config.forward_mode == "nat"
+            grant = OpenGrant(self, port, source, user, deadline, None if nat else door)
             # FORWARD_MODE = nat: the firewall DNATs the grant's one connection in the kernel,
             # so no listener is opened and the data never enters Python.
-            if config.forward_mode != "nat":
+            if not nat:
                 try:
                     grant.listen(self.reactor, str(config.forward_to_ip), config.forward_to_port)
                 except CannotListenError:

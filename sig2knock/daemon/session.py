@@ -91,6 +91,8 @@ class Session:
         # Whether the P1 named ``source`` itself as the client's address: then a copy of this
         # session's messages from elsewhere is a relay's, not the client's.
         self.proven = False
+        # Whether the P1 said the client will show the door secret on the assigned port.
+        self.door = False
         self.confirms = 0  # P2s taken for this session so far
         self.protocol = protocol
         self.ports = ports

@@ -65,7 +65,7 @@ class SessionTable(Service):
     The sessions of the daemon, and the one owner of each one's life; as a service, stopping it
     forgets them all.
 
-    ``granter.open(source, user)`` opens the assigned port of a session whose sequence is
+    ``granter.open(source, user, door)`` opens the assigned port of a session whose sequence is
     complete and whose P2 has come (a Deferred firing with an ``OpenGrant``, or failing with
     ``SessionRefused``). ``capture(on_knock)`` makes the knock capture that delivers knocks to
     the table (``capture``, a ``KnockCapture``); the table tells it whose knocks to deliver,
@@ -158,6 +158,7 @@ class SessionTable(Service):
         session = Session(source, user, request.session_id, request.protocol, request.ports, keys)
         claimed = request.client_address
         session.proven = claimed is not None and unmapped(claimed) == source
+        session.door = request.door and keys is not None
         self._sessions[session.key] = session
         if keys is not None:
             self._by_tag[keys.tag] = session
@@ -318,7 +319,8 @@ class SessionTable(Service):
         # A session being granted does not expire: the grant's own outcome ends it (the firewall
         # tool has a time limit), so no grant can be opened for a session already forgotten.
         session.set_deadline(None)
-        opening = maybeDeferred(self.granter.open, session.source, session.user)
+        door = session.keys.door if session.door else None
+        opening = maybeDeferred(self.granter.open, session.source, session.user, door)
         opening.addCallbacks(self._granted, self._grant_failed, (session,), None, (session,))
 
     def _granted(self, grant: Any, session: Session) -> None:

@@ -52,12 +52,17 @@ _EXPORT_LABEL = b"sig2knock/v2 session"
 _PREFIX = struct.Struct("!BB")  # version, type
 # P1: who (name length, name padded to MAX_NAME), then the request's fields
 _WHO = struct.Struct(f"!B{MAX_NAME}s")
-_REQUEST_HEAD = struct.Struct(f"!Q{SESSION_ID_SIZE}s{ADDRESS_SIZE}sB")  # time, id, address, len
+# time, id, address, flags, service name length
+_REQUEST_HEAD = struct.Struct(f"!Q{SESSION_ID_SIZE}s{ADDRESS_SIZE}sBB")
 _KNOCK_HEAD = struct.Struct("!BB")  # protocol, count; then count ports
 # P2 and P3: version, type, session tag, nonce
 _SESSION_HEADER = struct.Struct(f"!BB{SESSION_TAG_SIZE}s{NONCE_SIZE}s")
 _COMMON = struct.Struct(f"!Q{SESSION_ID_SIZE}s")  # time (ms since the epoch), session id
-_GRANT_BODY = struct.Struct(f"!HQ{ADDRESS_SIZE}s")  # assigned port, deadline (ms), address
+_GRANT_BODY = struct.Struct(f"!HQ{ADDRESS_SIZE}sB")  # assigned port, deadline (ms), address, flags
+# P1's flags: the client will connect to the assigned port itself and can show the door secret.
+REQUEST_FLAG_DOOR = 0x01
+# P3's flags: the assigned port admits the connection only after the door secret.
+GRANT_FLAG_DOOR = 0x01
 
 _WHO_OFFSET = _PREFIX.size + ENC_SIZE
 _REQUEST_ENC_OFFSET = _WHO_OFFSET + _WHO.size + TAG_SIZE
@@ -195,8 +200,9 @@ def unpack_address(packed: bytes) -> Optional[IPAddress]:
 class KnockRequest(NamedTuple):
     """
     P1: opens a session and carries the knock sequence the client chose, the address the client
-    sends from as it sees it (``None`` when it does not know), and the service it asks for
-    (``""``: the default).
+    sends from as it sees it (``None`` when it does not know), the service it asks for (``""``:
+    the default), and whether it will connect to the assigned port itself (``door``: then it can
+    show the session's door secret there, and a relay that took its grant cannot).
     """
 
     session_id: bytes
@@ -205,6 +211,7 @@ class KnockRequest(NamedTuple):
     ports: Tuple[int, ...]
     client_address: Optional[IPAddress] = None
     service: str = ""
+    door: bool = False
 
     TYPE = TYPE_KNOCK_REQUEST
 
@@ -230,7 +237,11 @@ class KnockRequest(NamedTuple):
         service = self.service.encode("utf-8")
         return (
             _REQUEST_HEAD.pack(
-                self.timestamp_ms, self.session_id, pack_address(self.client_address), len(service)
+                self.timestamp_ms,
+                self.session_id,
+                pack_address(self.client_address),
+                REQUEST_FLAG_DOOR if self.door else 0,
+                len(service),
             )
             + service
             + _KNOCK_HEAD.pack(self.protocol, len(self.ports))
@@ -239,7 +250,11 @@ class KnockRequest(NamedTuple):
 
     @classmethod
     def _parse(cls, plaintext: bytes) -> "KnockRequest":
-        timestamp_ms, session_id, packed, service_size = _REQUEST_HEAD.unpack_from(plaintext)
+        timestamp_ms, session_id, packed, flags, service_size = _REQUEST_HEAD.unpack_from(
+            plaintext
+        )
+        if flags & ~REQUEST_FLAG_DOOR:
+            raise ValueError("unknown request flags")
         offset = _REQUEST_HEAD.size
         service = plaintext[offset : offset + service_size].decode("utf-8")
         offset += service_size
@@ -254,6 +269,7 @@ class KnockRequest(NamedTuple):
             struct.unpack(f"!{count}H", ports),
             unpack_address(packed),
             service,
+            bool(flags & REQUEST_FLAG_DOOR),
         ).check()
 
 
@@ -271,7 +287,8 @@ class Confirm(NamedTuple):
 class Grant(NamedTuple):
     """
     P3: the server opened ``port`` for ``address`` (the address it saw the client's P1 and P2
-    come from) until ``deadline_ms``.
+    come from) until ``deadline_ms``; with ``door_required`` the port admits the connection only
+    once it has shown the session's door secret (its first bytes).
     """
 
     session_id: bytes
@@ -279,6 +296,7 @@ class Grant(NamedTuple):
     port: int
     deadline_ms: int
     address: Optional[IPAddress] = None
+    door_required: bool = False
 
     TYPE = TYPE_GRANT
 
@@ -538,7 +556,10 @@ def encode_grant(grant: Grant, keys: SessionKeys, nonce: Optional[bytes] = None)
     """
     _check_port(grant.port, "assigned port")
     plaintext = _COMMON.pack(grant.timestamp_ms, grant.session_id) + _GRANT_BODY.pack(
-        grant.port, grant.deadline_ms, pack_address(grant.address)
+        grant.port,
+        grant.deadline_ms,
+        pack_address(grant.address),
+        GRANT_FLAG_DOOR if grant.door_required else 0,
     )
     return _seal_session(TYPE_GRANT, keys, keys.grant_key, plaintext, nonce)
 
@@ -554,10 +575,19 @@ def decode_grant(data: bytes, keys: SessionKeys, *, now: float, max_skew: float)
         raise MessageRejected(REASON_UNKNOWN_SESSION, "another session's tag")
     plaintext = _open_session(data, keys.grant_key)
     timestamp_ms, session_id = _COMMON.unpack_from(plaintext)
-    port, deadline_ms, packed = _GRANT_BODY.unpack_from(plaintext, _COMMON.size)
+    port, deadline_ms, packed, flags = _GRANT_BODY.unpack_from(plaintext, _COMMON.size)
+    if flags & ~GRANT_FLAG_DOOR:
+        raise ValueError("unknown grant flags")
     _check_time(timestamp_ms, now, max_skew, "grant")
     _check_port(port, "assigned port")
-    return Grant(session_id, timestamp_ms, port, deadline_ms, unpack_address(packed))
+    return Grant(
+        session_id,
+        timestamp_ms,
+        port,
+        deadline_ms,
+        unpack_address(packed),
+        bool(flags & GRANT_FLAG_DOOR),
+    )
 
 
 def now_ms(seconds: float) -> int:

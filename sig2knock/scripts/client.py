@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stdio",
         action="store_true",
         help="connect to the opened port and relay standard input and output"
-        " (for ssh's ProxyCommand)",
+        " (for ssh's ProxyCommand); the connection first shows the session's secret when the"
+        " server asks for it, so nobody who took the grant on the way can use it",
     )
     parser.add_argument(
         "--no-address",
@@ -497,6 +498,7 @@ def run(options: argparse.Namespace) -> int:
         key,
         options.server_public,
         send_address=not options.no_address,
+        door=options.stdio,
         protocol=PROTOCOLS_BY_NAME[options.knock_proto],
         knocks=options.knocks,
         timeout=options.timeout,

@@ -212,15 +212,18 @@ def installed_command(name: str) -> Optional[str]:
 
 class FakeGrant:
     """
-    Stands for an ``OpenGrant``: ``port`` until ``deadline``; ``used`` is fired by the test;
-    ``closed`` records why it was closed (``expire`` and ``close``).
+    Stands for an ``OpenGrant``: ``port`` until ``deadline``, with the ``door`` secret its session
+    gave (or ``None``); ``used`` is fired by the test; ``closed`` records why it was closed
+    (``expire`` and ``close``).
     """
 
-    def __init__(self, port: int, deadline: float) -> None:
+    def __init__(self, port: int, deadline: float, door: Optional[bytes] = None) -> None:
         from twisted.internet.defer import Deferred
 
         self.port = port
         self.deadline = deadline
+        self.door = door
+        self.door_required = door is not None
         self.used: "Deferred[None]" = Deferred()
         self.closed: List[str] = []
 
@@ -233,7 +236,8 @@ class FakeGrant:
 
 class FakeGranter:
     """
-    Stands for the ``PortGranter`` of a ``SessionTable``: ``open`` records the request and
+    Stands for the ``PortGranter`` of a ``SessionTable``: ``open`` records the request (source
+    and user; ``doors`` the door secret of each) and
     answers with ``result`` when one is set (a Deferred), else with a new ``FakeGrant`` on the
     next port, open ``open_time`` seconds from ``clock``'s now.
     """
@@ -242,18 +246,20 @@ class FakeGranter:
         self.clock = clock
         self.open_time = open_time
         self.opened: List[Any] = []
+        self.doors: List[Optional[bytes]] = []
         self.grants: List[FakeGrant] = []
         self.result: Any = None
         self.next_port = 40000
 
-    def open(self, source: Any, user: str) -> Any:
+    def open(self, source: Any, user: str, door: Optional[bytes] = None) -> Any:
         from twisted.internet.defer import succeed
 
         self.opened.append((source, user))
+        self.doors.append(door)
         if self.result is not None:
             return self.result
         self.next_port += 1
-        grant = FakeGrant(self.next_port, self.clock.seconds() + self.open_time)
+        grant = FakeGrant(self.next_port, self.clock.seconds() + self.open_time, door)
         self.grants.append(grant)
         return succeed(grant)
 
@@ -525,11 +531,14 @@ def grant_bytes(
     session_keys: SessionKeys,
     port: int = 40001,
     address: Any = None,
+    door_required: bool = False,
 ) -> bytes:
     """
     A P3 of the session ``session_keys`` for ``port``, open 10 s from ``now``.
     """
-    message = Grant(session_id, wire.now_ms(now), port, wire.now_ms(now + 10), address)
+    message = Grant(
+        session_id, wire.now_ms(now), port, wire.now_ms(now + 10), address, door_required
+    )
     return wire.encode_grant(message, session_keys)
 
 

@@ -17,7 +17,8 @@ class LoopbackServer:
     A tiny sig2knock server on 127.0.0.1 in a thread, with the tests' server identity: it opens
     P1/P2 as the daemon does (``FakeServer``),
     watches UDP knock ports it owns, and answers a P2 with P3 once P1 and every knock of its
-    session have arrived.
+    session have arrived. Like the daemon in proxy mode, its P3 requires the door secret when
+    the P1 offered it; ``doors`` holds the secret of each such grant.
     """
 
     def __init__(self, grant_port: int, knock_ports: int = 0, host: str = "127.0.0.1") -> None:
@@ -37,6 +38,7 @@ class LoopbackServer:
         self.seen_knocks: List[int] = []
         self.requests: List[KnockRequest] = []
         self.grants = 0
+        self.doors: List[bytes] = []
         self.errors: List[str] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -71,12 +73,18 @@ class LoopbackServer:
             if isinstance(message, KnockRequest):
                 self.requests.append(message)
                 continue
-            if not any(request.session_id == message.session_id for request in self.requests):
+            asked = [request for request in self.requests
+                     if request.session_id == message.session_id]
+            if not asked:
                 continue
             if self.knock_sockets and set(self.seen_knocks) != set(self.knock_ports):
                 continue
             self.grants += 1
+            door = asked[0].door
+            if door:
+                self.doors.append(received.keys.door)
             self.control.sendto(
-                grant_bytes(message.session_id, time.time(), received.keys, self.grant_port),
+                grant_bytes(message.session_id, time.time(), received.keys, self.grant_port,
+                            door_required=door),
                 source,
             )

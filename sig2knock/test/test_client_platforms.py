@@ -313,9 +313,10 @@ class WindowsClientTests(SynchronousTestCase):
         received: Dict[str, Optional[bytes]] = {"data": None}
 
         def echo() -> None:
+            # As the daemon's proxy: the door secret first (16 bytes), then the client's bytes.
             connection, _ = listener.accept()
             with connection:
-                received["data"] = read_until_closed(connection)
+                received["data"] = read_until_closed(connection)[16:]
                 connection.sendall(b"echo:" + received["data"])
 
         thread = threading.Thread(target=echo, daemon=True)

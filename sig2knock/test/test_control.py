@@ -151,6 +151,24 @@ class ControlProtocolTests(ControlTestCase):
         self.assertEqual(grant.deadline_ms, wire.now_ms(NOW + 30))
         self.assertEqual(grant.address, CLIENT_ADDRESS, "P3 says which address was granted")
 
+    def test_doorRequiredTravelsInP3(self) -> None:
+        """
+        A P1 that says its client will show the door secret gives the grant that secret (from
+        its HPKE context), and P3 tells the client the port requires it.
+        """
+        self.protocol.datagramReceived(self.p1(door=True), CLIENT)
+        self.knock()
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        (grant,) = self.grants()
+        self.assertTrue(grant.door_required)
+        self.assertEqual(self.granter.doors, [self.keys.door])
+
+    def test_noDoorUnlessAsked(self) -> None:
+        self.exchange()
+        (grant,) = self.grants()
+        self.assertFalse(grant.door_required)
+        self.assertEqual(self.granter.doors, [None])
+
     def test_repeatedConfirmSamePort(self) -> None:
         self.exchange()
         self.protocol.datagramReceived(self.p2(), CLIENT)

@@ -124,3 +124,92 @@ class ForwardFactoryTests(SynchronousTestCase):
         outgoing.readConnectionLost()
         self.assertTrue(client_transport.write_closed)
         self.assertTrue(service_transport.disconnecting)
+
+
+DOOR = bytes(range(100, 116))
+
+
+class DoorTests(SynchronousTestCase):
+    """
+    A grant with a door secret (its client said it would connect itself, ``--stdio``): the
+    connection reaches the hidden service only after its first bytes were that secret. A relay
+    that took the grant does not know it: its connection is closed, and the grant is used up.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.connections: List[str] = []
+        self.events: List[dict] = []
+        self.patch(GrantForwardFactory, "log", Logger(observer=self.events.append))
+        self.factory = GrantForwardFactory(
+            "127.0.0.1", 22, CLIENT, self.reactor,
+            on_connection=lambda: self.connections.append("in"), door=DOOR, granted_port=40001,
+        )
+        self.transport = tcp_transport(peerAddress=IPv4Address("TCP", "198.18.0.2", 50000))
+        self.accepted = self.factory.buildProtocol(self.transport.getPeer())
+        self.accepted.makeConnection(self.transport)
+
+    def refusals(self) -> List[str]:
+        return [event["why"] for event in self.events if "door" in event["log_format"]]
+
+    def service(self):  # type: ignore[no-untyped-def]
+        """The connection to the hidden service, made; its transport."""
+        ((host, port, client_factory, _, _),) = self.reactor.tcpClients
+        self.assertEqual((host, port), ("127.0.0.1", 22))
+        outgoing = client_factory.buildProtocol(None)
+        service_transport = tcp_transport()
+        outgoing.makeConnection(service_transport)
+        return service_transport
+
+    def test_nothingForwardedBeforeTheDoor(self) -> None:
+        self.assertEqual(self.connections, ["in"], "the grant's one connection came")
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.accepted.dataReceived(DOOR[:5])
+        self.accepted.dataReceived(DOOR[5:15])
+        self.assertEqual(self.reactor.tcpClients, [], "15 of 16 bytes open nothing")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_doorThenForwarded(self) -> None:
+        """The secret, in pieces, then the client's first bytes reach the service, in order."""
+        self.accepted.dataReceived(DOOR[:7])
+        self.accepted.dataReceived(DOOR[7:] + b"SSH-2.0-")
+        self.assertEqual(self.transport.producerState, "paused")
+        service = self.service()
+        self.accepted.dataReceived(b"OpenSSH\r\n")
+        self.assertEqual(service.value(), b"SSH-2.0-OpenSSH\r\n")
+        self.assertEqual(self.refusals(), [])
+        self.reactor.advance(60)  # no timer left to close it
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_wrongDoorClosedAndGrantUsedUp(self) -> None:
+        self.accepted.dataReceived(b"relayed-by-the-router")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(self.refusals(), ["a wrong door secret"])
+        second = connect(self.factory, "198.18.0.2")
+        self.assertTrue(second.disconnecting, "a grant admits one connection, door or not")
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_oneWrongByte(self) -> None:
+        self.accepted.dataReceived(DOOR[:-1] + bytes([DOOR[-1] ^ 1]) + b"SSH-2.0-")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_noDoorInTime(self) -> None:
+        self.accepted.dataReceived(DOOR[:3])
+        self.reactor.advance(9.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.reactor.advance(0.2)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.refusals(), ["no door secret within 10 s"])
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_lostBeforeTheDoorLeavesNoTimer(self) -> None:
+        self.accepted.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_withoutDoorTheFirstBytesAreTheService(self) -> None:
+        factory = GrantForwardFactory("127.0.0.1", 22, CLIENT, self.reactor, lambda: None)
+        transport = connect(factory, "198.18.0.2")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertFalse(transport.disconnecting)

@@ -270,6 +270,21 @@ class PortGranterTests(SynchronousTestCase):
         self.assertEqual(self.granter.open_grants, {})
         self.assertEqual(self.closed_why(), ["open time over"])
 
+    def test_doorInProxyModeOnly(self) -> None:
+        """
+        A session's door secret reaches the proxy of its grant, which then requires it (and P3
+        says so); in nat mode the kernel forwards the connection, so nothing requires it.
+        """
+        door = bytes(16)
+        grant = self.successResultOf(self.granter.open(CLIENT, "alice", door))
+        self.assertTrue(grant.door_required)
+        ((_, factory, _, _),) = self.reactor.tcpServers
+        self.assertEqual((factory.door, factory.granted_port), (door, grant.port))
+        self.assertFalse(self.open().door_required, "no secret, no door")
+        self.granter = self.make(forward_mode="nat")
+        self.assertFalse(self.successResultOf(self.granter.open(CLIENT, "alice", door))
+                         .door_required)
+
     def test_stopClosesAll(self) -> None:
         self.open()
         self.open()

@@ -359,6 +359,18 @@ class KnockerTests(SynchronousTestCase):
         self.assertEqual(str(p1.client_address), "192.0.2.50")
         self.assertEqual(str(result.client_address), "192.0.2.50")
 
+    def test_doorOfferedOnRequest(self) -> None:
+        """
+        With ``door`` (``--stdio``) P1 says the client will show the door secret; the result
+        carries the session's secret, and P3's word on whether the port requires it.
+        """
+        for door in (False, True):
+            network = FakeNetwork(grant_on_confirm(1))
+            result = knocker(network, door=door).run()
+            self.assertEqual(network.control_messages()[0].message.door, door)
+            self.assertEqual(len(result.door), 16)
+            self.assertFalse(result.door_required, "this P3 did not ask for it")
+
     def test_addressLeftOutOnRequest(self) -> None:
         network = FakeNetwork(grant_on_confirm(1))
         knocker(network, send_address=False).run()

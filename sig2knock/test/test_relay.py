@@ -86,3 +86,24 @@ class ConnectTests(SynchronousTestCase):
         sock = connect(result, 5)
         self.addCleanup(sock.close)
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+
+    def test_doorShownFirstWhenRequired(self) -> None:
+        """
+        When P3 said the port requires it, the door secret is the connection's first bytes;
+        otherwise nothing is sent before the user's own data.
+        """
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(2)
+        listener.settimeout(5)
+        target, port = resolve("127.0.0.1", 1), listener.getsockname()[1]
+        door = bytes(range(16))
+        for required, expected in ((True, door + b"hi"), (False, b"hi")):
+            result = GrantResult(target, port, 0, b"", 1, door=door, door_required=required)
+            with connect(result, 5) as sock:
+                sock.sendall(b"hi")
+                sock.shutdown(socket.SHUT_WR)
+                accepted, _ = listener.accept()
+                with accepted:
+                    self.assertEqual(read_until_closed(accepted), expected)

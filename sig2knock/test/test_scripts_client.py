@@ -15,7 +15,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.protocol import addresses
+from sig2knock.protocol import addresses, wire
 from sig2knock.scripts.client import command_line
 from sig2knock.test.common import (
     CHEAP_KDF,
@@ -148,10 +148,15 @@ class CommandLineTests(SynchronousTestCase):
         listener.listen(1)
         listener.settimeout(20)
 
+        received = []
+
         def echo() -> None:
+            # As the daemon's proxy: the door secret first, then the client's bytes.
             connection, _ = listener.accept()
             with connection:
-                connection.sendall(b"echo:" + read_until_closed(connection))
+                data = read_until_closed(connection)
+                received.append(data)
+                connection.sendall(b"echo:" + data[wire.DOOR_SIZE :])
 
         thread = threading.Thread(target=echo, daemon=True)
         thread.start()
@@ -163,6 +168,8 @@ class CommandLineTests(SynchronousTestCase):
         thread.join(10)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout, "echo:hello")
+        self.assertTrue(server.requests[0].door, "--stdio offers the door secret in P1")
+        self.assertEqual(received, [server.doors[0] + b"hello"])
 
     def test_usageErrors(self) -> None:
         for arguments in (

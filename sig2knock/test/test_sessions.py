@@ -93,6 +93,19 @@ class SessionTableTests(SynchronousTestCase):
         self.clock.advance(sessions.NARROW_DELAY)
         self.assertEqual(self.watched[-1], frozenset())
 
+    def test_doorSecretOnlyWhenAsked(self) -> None:
+        """
+        The granter gets the session's door secret when its P1 said the client will show it,
+        and nothing otherwise.
+        """
+        self.table.open(CLIENT, "alice", *keyed(request()._replace(door=True)))
+        self.table.open(OTHER, "bob", *keyed(request(b"T" * 16)))
+        self.knock_all()
+        self.knock_all(source=OTHER)
+        self.successResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
+        self.successResultOf(self.table.confirm(OTHER, tag_of(b"T" * 16), b"T" * 16))
+        self.assertEqual(self.granter.doors, [b"d" * 16, None])
+
     def test_narrowingCoalesced(self) -> None:
         """
         Completions in a burst narrow the capture once; a change before then narrows at once.

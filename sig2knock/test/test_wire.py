@@ -92,6 +92,36 @@ class RoundTripTests(SynchronousTestCase):
             grant,
         )
 
+    def test_doorFlags(self) -> None:
+        """
+        P1 says whether the client will show the door secret, P3 whether the port requires it;
+        both travel sealed, and a flag this version does not know is refused as malformed.
+        """
+        for door in (False, True):
+            message = knock_request(door=door)
+            self.assertEqual(receive(sealed(message)[0]).request.door, door)
+        data, client_keys = sealed()
+        server_keys = receive(data).keys
+        for required in (False, True):
+            grant = Grant(b"S" * 16, wire.now_ms(NOW), 40001, wire.now_ms(NOW + 30), CLIENT,
+                          required)
+            opened = wire.decode_grant(
+                wire.encode_grant(grant, server_keys), client_keys, now=NOW, max_skew=60
+            )
+            self.assertEqual(opened.door_required, required)
+        self.patch(wire, "REQUEST_FLAG_DOOR", 0x02)
+        unknown = sealed(knock_request(door=True))[0]
+        self.patch(wire, "GRANT_FLAG_DOOR", 0x80)
+        unknown_grant = wire.encode_grant(grant, server_keys)
+        self.patch(wire, "REQUEST_FLAG_DOOR", 0x01)
+        self.patch(wire, "GRANT_FLAG_DOOR", 0x01)
+        with self.assertRaises(MessageRejected) as caught:
+            receive(unknown)
+        self.assertEqual(caught.exception.reason, wire.REASON_MALFORMED)
+        with self.assertRaises(MessageRejected) as caught:
+            wire.decode_grant(unknown_grant, client_keys, now=NOW, max_skew=60)
+        self.assertEqual(caught.exception.reason, wire.REASON_MALFORMED)
+
     def test_longestKnockSequenceAndService(self) -> None:
         message = knock_request(ports=range(1000, 1064), service="s" * 64)
         data, _ = sealed(message)
@@ -100,14 +130,14 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_sizes(self) -> None:
         data, session_keys = sealed()
-        self.assertEqual(len(data), 214)
+        self.assertEqual(len(data), 215)
         self.assertEqual(len(sealed(knock_request(ports=(9,)))[0]), wire.MIN_KNOCK_REQUEST_SIZE)
         confirm = wire.encode_confirm(Confirm(b"S" * 16, 0), session_keys)
         self.assertEqual(len(confirm), wire.CONFIRM_SIZE)
         self.assertEqual(wire.CONFIRM_SIZE, 62)
         grant = wire.encode_grant(Grant(b"S" * 16, 0, 1, 0), session_keys)
         self.assertEqual(len(grant), wire.GRANT_SIZE)
-        self.assertEqual(wire.GRANT_SIZE, 88)
+        self.assertEqual(wire.GRANT_SIZE, 89)
 
     def test_eachSealIsFresh(self) -> None:
         """
