@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from sig2knock.protocol import wire
 from tests import attack_driver as driver, attack_tools as tools, lab
 from tests.lab import built_lab
 
@@ -34,6 +35,8 @@ BOB_PASSWORD = "bob has a long passphrase too"
 MIB = 1024
 RSS_GROWTH_LIMIT_KIB = 64 * MIB
 # Limit refusals the session table (or a rate limiter) may log under state exhaustion.
+# A P1 with the client's default 4 knocks and no service name.
+P1_SIZE = wire.MIN_KNOCK_REQUEST_SIZE + 2 * 3
 LIMIT_REASONS = ("source-limit", "user-limit", "table-full", "rate-limited")
 
 
@@ -94,8 +97,8 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         capture.result()
         datagrams = driver.read_capture(path)
         sizes = {len(bytes.fromhex(d["payload"])) for d in datagrams}
-        self.assertIn(214, sizes, "a P1 (4 knocks) was captured")
-        self.assertIn(62, sizes, "a P2 was captured")
+        self.assertIn(P1_SIZE, sizes, "a P1 (4 knocks) was captured")
+        self.assertIn(wire.CONFIRM_SIZE, sizes, "a P2 was captured")
         # Only the control datagrams: the knocks are replayed by no one.
         return [d for d in datagrams if d["dport"] == lab.CONTROL_PORT], port
 
@@ -208,7 +211,7 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         self.lab.stop_daemon()
         self.lab.ns("server", ["ip", "addr", "add", f"{SECOND_SERVER_IP}/24", "dev", "br0"])
         self.start(LISTEN_ADDRESS=SECOND_SERVER_IP, STATE_DIR="state-second", KNOCK_PROTO="udp")
-        p1s = [d for d in datagrams if len(d["payload"]) == 2 * 214]
+        p1s = [d for d in datagrams if len(d["payload"]) == 2 * P1_SIZE]
         p2s = [d for d in datagrams if len(d["payload"]) == 2 * 62]
         self.replay(p1s, "who", destination=SECOND_SERVER_IP)
         self.replay(p2s, "unknown-session", destination=SECOND_SERVER_IP)
