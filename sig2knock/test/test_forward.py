@@ -20,10 +20,12 @@ from sig2knock.test.common import connect, tcp_transport
 CLIENT = ipaddress.ip_address("198.18.0.2")
 
 
-class ForwardFactoryTests(SynchronousTestCase):
+class FactoryTestCase(SynchronousTestCase):
     """
-    The factory's address check and single-connection rule.
+    A grant's factory for 127.0.0.1 port 22 on a memory reactor, its log and its admissions.
     """
+
+    door = None
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
@@ -36,7 +38,15 @@ class ForwardFactoryTests(SynchronousTestCase):
             CLIENT,
             self.reactor,
             on_connection=lambda: self.connections.append("in"),
+            door=self.door,
+            granted_port=40001,
         )
+
+
+class ForwardFactoryTests(FactoryTestCase):
+    """
+    The factory's address check and single-connection rule.
+    """
 
     def logged(self, text: str) -> List[dict]:
         return [event for event in self.events if text in event["log_format"]]
@@ -129,22 +139,17 @@ class ForwardFactoryTests(SynchronousTestCase):
 DOOR = bytes(range(100, 116))
 
 
-class DoorTests(SynchronousTestCase):
+class DoorTests(FactoryTestCase):
     """
     A grant with a door secret (its client said it would connect itself, ``--stdio``): the
     connection reaches the hidden service only after its first bytes were that secret. A relay
     that took the grant does not know it: its connection is closed, and the grant is used up.
     """
 
+    door = DOOR
+
     def setUp(self) -> None:
-        self.reactor = MemoryReactorClock()
-        self.connections: List[str] = []
-        self.events: List[dict] = []
-        self.patch(GrantForwardFactory, "log", Logger(observer=self.events.append))
-        self.factory = GrantForwardFactory(
-            "127.0.0.1", 22, CLIENT, self.reactor,
-            on_connection=lambda: self.connections.append("in"), door=DOOR, granted_port=40001,
-        )
+        super().setUp()
         self.transport = tcp_transport(peerAddress=IPv4Address("TCP", "198.18.0.2", 50000))
         self.accepted = self.factory.buildProtocol(self.transport.getPeer())
         self.accepted.makeConnection(self.transport)
