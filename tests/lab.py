@@ -266,10 +266,12 @@ class Lab:
         settings: Optional[Dict[str, str]] = None,
         users: Optional[Dict[str, str]] = None,
         sig2knockd: bool = False,
+        prefix: Sequence[str] = (),
     ) -> None:
         """
-        Start the real daemon (``twistd -n sig2knock``, or with ``sig2knockd`` that command) in
-        the server's namespace and wait until it logs that it is ready.
+        Start the real daemon (``twistd -n sig2knock``, or with ``sig2knockd`` that command,
+        behind ``prefix``, e.g. ``faketime``) in the server's namespace and wait until it logs
+        that it is ready.
         """
         config = self.write_server_files(settings or {}, users or {"alice": PASSWORD})
         if sig2knockd:
@@ -277,6 +279,7 @@ class Lab:
         else:
             command = [os.path.join(self.server_bin, "twistd"), "-n", "--pidfile=", "sig2knock",
                        "--config", config]
+        command = [*prefix, *command]
         self.daemon_log_start = len(self.log())
         log = open(self.daemon_log, "a", encoding="utf-8")
         self.daemon = self.start(

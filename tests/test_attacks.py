@@ -10,6 +10,8 @@ and in time. The daemon runs with ``FIREWALL = nftables`` and ``FIREWALL_POLICY 
 Needs root; skipped otherwise.
 """
 
+import errno
+import glob
 import os
 import shutil
 import time
@@ -215,6 +217,60 @@ class ReplayTests(AttackLabMixin, SynchronousTestCase):
         p2s = [d for d in datagrams if len(d["payload"]) == 2 * 62]
         self.replay(p1s, "who", destination=SECOND_SERVER_IP)
         self.replay(p2s, "unknown-session", destination=SECOND_SERVER_IP)
+        self.assertDaemonAlive()
+
+
+    def test_startWithTheClockBehindReopensNothing(self) -> None:
+        """
+        A login captured; a restart with the clock an hour behind (no RTC, a restored snapshot)
+        that loads the replay cache and writes it back at its stop; a start with the clock
+        right again: the login's datagrams are still refused as replays.
+        """
+        libraries = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+        if not libraries:
+            raise SkipTest("libfaketime is not installed (Debian's faketime; .ci/run installs it)")
+        self.start(KNOCK_PROTO="udp")
+        datagrams, port = self.capture_knock()
+        self.use_grant(port)
+        self.lab.stop_daemon()
+        # env, not the faketime wrapper: the daemon keeps its pid, so stopping it stops it.
+        behind = ["env", f"LD_PRELOAD={libraries[0]}", "FAKETIME=-1h"]
+        self.lab.start_daemon({**SETTINGS, "KNOCK_PROTO": "udp"}, prefix=behind)
+        self.assertIn(time.strftime("%Y-%m-%dT%H", time.gmtime(time.time() - 3600)),
+                      self.lab.log()[-300:], "the daemon's clock is an hour behind")
+        self.lab.stop_daemon()
+        self.start(KNOCK_PROTO="udp")
+        self.replay(datagrams, "replay", p2_reason="unknown-session")
+        self.assertDaemonAlive()
+
+    def test_fullStateDirectoryLosesNothing(self) -> None:
+        """
+        ``STATE_DIR`` on a small tmpfs that fills up during the run: logins still saved are
+        let in, the compaction that finds no room is logged and keeps the old file; after the
+        disk is freed and the daemon killed and started again, no login accepted before is
+        replayable.
+        """
+        state = os.path.join(self.lab.directory, "state")
+        os.makedirs(state, mode=0o700)
+        lab.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", state])
+        self.addCleanup(lab.run, ["umount", "-l", state], check=False)
+        self.start(KNOCK_PROTO="udp", SINGLECONN_PORTOPEN_TIME="10")
+        before, port = self.capture_knock()
+        self.use_grant(port)
+        filler = os.path.join(state, "filler")
+        with open(filler, "wb", buffering=0) as out:
+            try:
+                while True:
+                    out.write(b"\0" * 4096)
+            except OSError as error:
+                self.assertEqual(error.errno, errno.ENOSPC)
+        during, port = self.capture_knock()  # its records fit the cache file's last page
+        self.use_grant(port)
+        self.lab.stop_daemon()  # the compaction at stop finds no room
+        self.assertIn("cannot compact the replay cache at stop", self.lab.log())
+        os.unlink(filler)
+        self.start(KNOCK_PROTO="udp")
+        self.replay(before + during, "replay", p2_reason="unknown-session")
         self.assertDaemonAlive()
 
 

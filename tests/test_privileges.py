@@ -381,7 +381,7 @@ class AdminWorkflowTests(SynchronousTestCase):
 
 REQUIRED = {
     "Unit": {
-        "After": "network-online.target",
+        "After": "network-online.target time-sync.target",
         "Wants": "network-online.target",
     },
     "Service": {

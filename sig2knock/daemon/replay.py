@@ -6,9 +6,16 @@ A message older than the window is refused by its timestamp (``wire.decode``), a
 by this cache; together they refuse every replay. The file is an append-only log of fixed-size
 records, each written by a single ``write()`` and synced, so a killed daemon or a power loss leaves
 either the whole record or a partial tail that loading ignores; it is compacted by writing a new
-file and renaming it over the old one. If the file is lost (missing where state existed before, or
-not a replay cache) the cache refuses, for one window, every message stamped before start + window:
-a restart never reopens the window, at the price of clients waiting it out.
+file and renaming it over the old one, which stays the live file until its replacement is durable.
+If the file is lost (missing where state existed before, or not a replay cache) the cache refuses,
+for one window, every message stamped before start + window: a restart never reopens the window,
+at the price of clients waiting it out.
+
+Nothing is accepted that is not saved: when a record cannot be written (a full disk, an I/O
+error) the message is refused as ``cache-full``, and every later message tries again, first by
+writing the whole file anew. The file's header keeps the latest time the daemon has seen (written
+at every compaction, at least once a window while messages come), so a start with the clock
+behind never shortens a record: records are capped from that time, not from the clock.
 """
 
 import heapq
@@ -26,7 +33,10 @@ from sig2knock.protocol.wire import REPLAY_ID_SIZE as NONCE_SIZE, MessageRejecte
 REASON_REPLAY = "replay"
 REASON_CACHE_FULL = "cache-full"
 
-MAGIC = b"S2KRPL1\n"
+MAGIC = b"S2KRPL2\n"
+_OLD_MAGIC = b"S2KRPL1\n"  # the same without the time seen: read, never written
+_TIME_SEEN = struct.Struct("!Q")  # the latest time the daemon had seen (ms since the epoch)
+HEADER_SIZE = len(MAGIC) + _TIME_SEEN.size
 _RECORD = struct.Struct(f"!{NONCE_SIZE}sQ")  # nonce, expiry (ms since the epoch)
 DEFAULT_CAPACITY = 65536
 FILE_NAME = "replay.cache"
@@ -68,6 +78,12 @@ class ReplayCache(Service):
         self._heap: List[Tuple[int, bytes]] = []
         self._records_in_file = 0
         self._file = None
+        self._closed = False
+        self._failing = False  # the last message could not be saved
+        self._compaction_failing = False
+        # The latest time seen, and the time the file's header holds (see the module's text).
+        self._time_seen_ms = int(now * 1000)
+        self._time_in_file_ms = 0
         # Messages stamped before this are refused: set when the old cache could not be read.
         self._floor_ms = 0
         if path is not None:
@@ -97,21 +113,52 @@ class ReplayCache(Service):
         if len(self._expiries) >= self.capacity:
             raise MessageRejected(REASON_CACHE_FULL, f"{self.capacity} nonces in the window")
         expiry_ms = max(timestamp_ms, now_ms) + self.max_skew_ms + _MARGIN_MS
+        if self.path is not None:
+            self._save(nonce, expiry_ms, now_ms)
         self._add(nonce, expiry_ms)
-        if self._file is not None:
-            try:
-                if self._file.write(_RECORD.pack(nonce, expiry_ms)) != _RECORD.size:
-                    raise OSError(0, "short write")
-                # Only authenticated messages get here, so this costs a sync per login, not per
-                # packet; it keeps the record across a power loss as well as a killed daemon.
-                os.fsync(self._file.fileno())
-                self._records_in_file += 1
-                if self._records_in_file > 2 * len(self._expiries) + 1024:
-                    self._compact()
-            except (OSError, ReplayCacheError) as error:
-                # Fail closed: a nonce that could not be persisted is not accepted.
-                self.log.error("cannot persist the replay cache: {error}", error=error)
-                raise MessageRejected(REASON_CACHE_FULL, "replay cache not writable") from None
+
+    def _save(self, nonce: bytes, expiry_ms: int, now_ms: int) -> None:
+        """
+        Write and sync the record of ``nonce``; raise ``MessageRejected`` (``cache-full``) when
+        it cannot be saved, after which every message tries again.
+        """
+        self._time_seen_ms = max(self._time_seen_ms, now_ms)
+        try:
+            if self._file is None:
+                self._compact()  # the first try after a failure: the whole file anew
+            elif self._time_seen_ms - self._time_in_file_ms > self.max_skew_ms:
+                self._try_compact("to keep the time it holds fresh")
+            # Only authenticated messages get here, so this costs a sync per login, not per
+            # packet; it keeps the record across a power loss as well as a killed daemon.
+            assert self._file is not None
+            if self._file.write(_RECORD.pack(nonce, expiry_ms)) != _RECORD.size:
+                raise OSError(0, "short write")
+            os.fsync(self._file.fileno())
+        except (OSError, ReplayCacheError) as error:
+            # Fail closed: a nonce that could not be saved is not accepted. The file may end in
+            # a part of this record now, so nothing more is appended to it.
+            self._drop_file()
+            if not self._failing:
+                self._failing = True
+                self.log.error(
+                    "cannot save the replay cache, refusing every message until it can be"
+                    " saved again: {error}",
+                    error=error,
+                )
+            raise MessageRejected(REASON_CACHE_FULL, "replay cache cannot be saved") from None
+        self._records_in_file += 1
+        if self._failing:
+            self._failing = False
+            self.log.info("replay cache saved again: {path}", path=self.path)
+        if self._records_in_file > 2 * len(self._expiries) + 1024:
+            self._try_compact("that has grown")
+
+    @property
+    def saving(self) -> bool:
+        """
+        Whether the last message could be saved (``False`` while messages are refused for it).
+        """
+        return not self._failing
 
     def stopService(self) -> None:
         """
@@ -122,10 +169,16 @@ class ReplayCache(Service):
 
     def close(self) -> None:
         """
-        Compact the file one last time and close it.
+        Compact the file one last time and close it (once; a failure is logged).
         """
+        if self.path is None or self._closed:
+            return
+        self._closed = True
+        self._try_compact("at stop")
+        self._drop_file()
+
+    def _drop_file(self) -> None:
         if self._file is not None:
-            self._compact()
             self._file.close()
             self._file = None
 
@@ -151,14 +204,21 @@ class ReplayCache(Service):
             return
         except OSError as error:
             raise ReplayCacheError(f"cannot read the replay cache {self.path}: {error.strerror}")
-        if not data.startswith(MAGIC):
+        if data.startswith(MAGIC) and len(data) >= HEADER_SIZE:
+            (time_seen_ms,) = _TIME_SEEN.unpack_from(data, len(MAGIC))
+            body = data[HEADER_SIZE:]
+        elif data.startswith(_OLD_MAGIC):
+            time_seen_ms, body = 0, data[len(_OLD_MAGIC) :]
+        else:
             self._lost(now_ms, "is not a sig2knock replay cache")
             return
-        body = data[len(MAGIC) :]
+        self._time_seen_ms = max(now_ms, time_seen_ms)
         usable = len(body) - len(body) % _RECORD.size
-        # No nonce accepted before now can need keeping past this; a damaged record cannot pin
-        # an entry for longer.
-        latest_ms = now_ms + 2 * self.max_skew_ms + _MARGIN_MS
+        # No real record can need keeping past this: it was written at most a window after the
+        # time in the header (the header is renewed once a window), its message stamped at most
+        # a window ahead. A damaged record cannot pin an entry for longer, and a clock that is
+        # behind now shortens nothing.
+        latest_ms = self._time_seen_ms + 3 * self.max_skew_ms + _MARGIN_MS
         for nonce, expiry_ms in _RECORD.iter_unpack(body[:usable]):
             if expiry_ms >= now_ms:
                 expiry_ms = min(expiry_ms, latest_ms)
@@ -175,14 +235,71 @@ class ReplayCache(Service):
         )
 
     def _compact(self) -> None:
+        """
+        Write the live entries and the time seen to a new file, make it durable, rename it over
+        the old one, and only then append to it instead. Raises ``ReplayCacheError``; the old
+        file then stays the live one, unless it was already replaced.
+        """
         assert self.path is not None
+        time_seen_ms = self._time_seen_ms
+        records = b"".join(_RECORD.pack(n, e) for n, e in self._expiries.items())
         try:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-            records = b"".join(_RECORD.pack(n, e) for n, e in self._expiries.items())
-            files.write_atomically(self.path, MAGIC + records, sync_directory=True)
-            self._records_in_file = len(self._expiries)
+            files.write_atomically(
+                self.path, MAGIC + _TIME_SEEN.pack(time_seen_ms) + records, sync_directory=True
+            )
+        except OSError as error:
+            if not self._still_live():
+                self._drop_file()  # renamed over, then the directory sync failed
+            raise ReplayCacheError(
+                f"cannot write the replay cache {self.path}: {error.strerror or error}"
+            ) from None
+        self._drop_file()
+        try:
             self._file = open(self.path, "ab", buffering=0)
         except OSError as error:
-            raise ReplayCacheError(f"cannot write the replay cache {self.path}: {error.strerror}")
+            raise ReplayCacheError(
+                f"cannot open the replay cache {self.path}: {error.strerror}"
+            ) from None
+        self._records_in_file = len(self._expiries)
+        self._time_in_file_ms = time_seen_ms
+        self._compaction_failing = False
+
+    def _try_compact(self, why: str) -> None:
+        try:
+            self._compact()
+        except ReplayCacheError as error:
+            if self._compaction_failing:
+                return  # said once until a compaction succeeds
+            self._compaction_failing = True
+            self.log.warn(
+                "cannot compact the replay cache {why} (messages are still saved to the old"
+                " file): {error}",
+                why=why,
+                error=str(error),
+            )
+
+    def _still_live(self) -> bool:
+        """
+        Whether the open file is still the one at ``path``.
+        """
+        if self._file is None:
+            return False
+        try:
+            live, named = os.fstat(self._file.fileno()), os.stat(self.path)  # type: ignore[arg-type]
+        except OSError:
+            return False
+        return (live.st_dev, live.st_ino) == (named.st_dev, named.st_ino)
+
+
+def read_time_seen(path: str) -> int:
+    """
+    The latest time (ms since the epoch) the replay cache at ``path`` says its daemon has seen;
+    0 for a file of the first format. Raises ``OSError`` and ``ValueError`` (not a cache).
+    """
+    with open(path, "rb") as cache:
+        header = cache.read(HEADER_SIZE)
+    if header.startswith(_OLD_MAGIC):
+        return 0
+    if not header.startswith(MAGIC) or len(header) < HEADER_SIZE:
+        raise ValueError(f"{path}: not a sig2knock replay cache")
+    return int(_TIME_SEEN.unpack_from(header, len(MAGIC))[0])

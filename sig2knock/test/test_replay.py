@@ -3,13 +3,14 @@ Tests for sig2knock.daemon.replay: the persisted, bounded cache of nonces inside
 window.
 """
 
+import errno
 import os
 import stat
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon import replay
-from sig2knock.daemon.replay import MAGIC, ReplayCache, ReplayCacheError
+from sig2knock.daemon.replay import HEADER_SIZE, MAGIC, ReplayCache, ReplayCacheError
 from sig2knock.protocol import wire
 from sig2knock.protocol.wire import MessageRejected
 from sig2knock.test.common import remember
@@ -129,7 +130,7 @@ class ReplayCacheTests(SynchronousTestCase):
         second = self.cache(now=later)
         self.remember(second, 500, now=later)
         self.assertEqual(len(second), 1)
-        self.assertEqual(os.path.getsize(self.path), len(MAGIC) + 20)
+        self.assertEqual(os.path.getsize(self.path), HEADER_SIZE + 20)
 
     def test_compactedWhileRunning(self) -> None:
         """
@@ -138,7 +139,7 @@ class ReplayCacheTests(SynchronousTestCase):
         cache = self.cache()
         for number in range(5000):
             self.remember(cache, number, now=NOW + number)
-        self.assertLess(os.path.getsize(self.path), len(MAGIC) + 20 * (2 * len(cache) + 1100))
+        self.assertLess(os.path.getsize(self.path), HEADER_SIZE + 20 * (2 * len(cache) + 1100))
 
     def test_partialRecordIgnored(self) -> None:
         """
@@ -182,10 +183,10 @@ class ReplayCacheTests(SynchronousTestCase):
         A record with an absurd expiry is kept no longer than any real record could need.
         """
         with open(self.path, "wb") as log:
-            log.write(MAGIC + nonce(1) + (2 ** 63).to_bytes(8, "big"))
+            log.write(MAGIC + bytes(8) + nonce(1) + (2 ** 63).to_bytes(8, "big"))
         cache = self.cache()
         self.assertRefused(replay.REASON_REPLAY, cache, 1)
-        self.remember(cache, 2, now=NOW + 2 * SKEW + 2)
+        self.remember(cache, 2, now=NOW + 3 * SKEW + 2)
         self.assertEqual(len(cache), 1)
 
     def test_unreadableDirectoryIsAnError(self) -> None:
@@ -200,3 +201,135 @@ class ReplayCacheTests(SynchronousTestCase):
         self.remember(cache, 1)
         self.assertRefused(replay.REASON_REPLAY, cache, 1)
         cache.close()
+
+
+def full_disk(*_: object, **__: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+class PersistenceFailureTests(SynchronousTestCase):
+    """
+    A replay cache that cannot be saved refuses messages (fail closed) until it can again, and
+    never loses what it accepted: nothing accepted is replayable after a restart.
+    """
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "replay.cache")
+        self.events: list = []
+        self.patch(ReplayCache, "log", replay.Logger(observer=self.events.append))
+        self.cache = ReplayCache(self.path, SKEW, NOW, first_start=True)
+        self.addCleanup(self.cache.close)
+
+    def remember(self, number: int, now: float = NOW) -> None:
+        remember(self.cache, nonce(number), wire.now_ms(now), now)
+
+    def refused(self, number: int) -> str:
+        return self.assertRaises(MessageRejected, self.remember, number).reason
+
+    def logged(self, text: str) -> int:
+        return sum(1 for event in self.events if text in event["log_format"])
+
+    def restarted(self, now: float = NOW + 1) -> ReplayCache:
+        """The cache as the next start finds it (no close: the daemon was killed)."""
+        cache = ReplayCache(self.path, SKEW, now)
+        self.addCleanup(cache.close)
+        return cache
+
+    def test_failedCompactionKeepsTheLiveFile(self) -> None:
+        """
+        A compaction that cannot write its new file leaves the live file open: the messages
+        accepted meanwhile are saved in it (the bug: they were kept in memory only, silently).
+        """
+        self.remember(1)
+        original = replay.files.write_atomically
+        replay.files.write_atomically = full_disk
+        try:
+            self.cache._records_in_file = 10 ** 6  # the next message asks for a compaction
+            self.remember(2)
+            self.remember(3)
+        finally:
+            replay.files.write_atomically = original
+        self.assertGreaterEqual(self.logged("cannot compact"), 1)
+        after = self.restarted()
+        for number in (1, 2, 3):
+            error = self.assertRaises(MessageRejected, remember, after, nonce(number),
+                                      wire.now_ms(NOW), NOW + 1)
+            self.assertEqual(error.reason, replay.REASON_REPLAY)
+
+    def test_fullDiskRefusesUntilFreed(self) -> None:
+        """
+        With nothing saved (every write and sync fails, as on a full disk) messages are refused
+        as ``cache-full``, said once in the log; once the disk has room the next message is
+        accepted, saved, and the log says so. Nothing accepted is replayable after a restart.
+        """
+        self.remember(1)
+        real_fsync = os.fsync
+        self.patch(os, "fsync", full_disk)
+        self.assertEqual(self.refused(2), replay.REASON_CACHE_FULL)
+        self.assertEqual(self.refused(3), replay.REASON_CACHE_FULL)
+        self.assertEqual(self.logged("cannot save the replay cache"), 1)
+        self.patch(os, "fsync", real_fsync)  # room again
+        self.remember(2)  # a refused message may come again, and is accepted now
+        self.remember(4)
+        self.assertEqual(self.logged("replay cache saved again"), 1)
+        after = self.restarted()
+        for number in (1, 2, 4):
+            error = self.assertRaises(MessageRejected, remember, after, nonce(number),
+                                      wire.now_ms(NOW), NOW + 1)
+            self.assertEqual(error.reason, replay.REASON_REPLAY)
+        remember(after, nonce(3), wire.now_ms(NOW), NOW + 1)  # refused then, so never used
+
+
+class ClockTests(SynchronousTestCase):
+    """
+    A start with the clock behind (no RTC, fake-hwclock, a restored snapshot) must not shorten
+    the records: the file keeps the highest time the daemon has seen.
+    """
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "replay.cache")
+
+    def start(self, now: float, first_start: bool = False) -> ReplayCache:
+        return ReplayCache(self.path, SKEW, now, first_start=first_start)
+
+    def assertReplayRefused(self, cache: ReplayCache, number: int, stamped: float,
+                            now: float) -> None:
+        error = self.assertRaises(MessageRejected, remember, cache, nonce(number),
+                                  wire.now_ms(stamped), now)
+        self.assertEqual(error.reason, replay.REASON_REPLAY)
+
+    def test_startBehindThenCorrected(self) -> None:
+        first = self.start(NOW, first_start=True)
+        remember(first, nonce(1), wire.now_ms(NOW), NOW)
+        first.close()
+        behind = self.start(NOW - 3600)  # loads, compacts and writes the file back
+        behind.close()
+        corrected = self.start(NOW + 1)
+        self.addCleanup(corrected.close)
+        self.assertReplayRefused(corrected, 1, NOW, NOW + 1)
+
+    def test_timeSeenKeptFreshWhileRunning(self) -> None:
+        """
+        The time in the file follows the clock while the daemon runs (not only at start and
+        stop): a record made long after the start survives a start behind after a kill.
+        """
+        first = self.start(NOW, first_start=True)
+        for minute in range(1, 11):
+            remember(first, nonce(minute), wire.now_ms(NOW + 60 * minute), NOW + 60 * minute)
+        # killed: no close
+        behind = self.start(NOW - 3600)
+        behind.close()
+        corrected = self.start(NOW + 601)
+        self.addCleanup(corrected.close)
+        self.assertReplayRefused(corrected, 10, NOW + 600, NOW + 601)
+        first._file.close()
+
+    def test_timeSeenNeverGoesBack(self) -> None:
+        first = self.start(NOW, first_start=True)
+        first.close()
+        self.start(NOW - 3600).close()
+        self.assertEqual(replay.read_time_seen(self.path), wire.now_ms(NOW))
