@@ -40,10 +40,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def relay(sock: socket.socket, input_fd: int = 0, output_fd: int = 1) -> None:
+def relay(sock: socket.socket, input_fd: int = 0, output_fd: int = 1) -> int:
     """
     Copy ``input_fd`` to ``sock`` and ``sock`` to ``output_fd`` until the socket closes; at EOF on
-    the input, half-close the socket so the peer sees it.
+    the input, half-close the socket so the peer sees it. Returns the number of bytes that came
+    back (0: the service sent nothing, as when the server could not reach it).
 
     The input is read by a thread of its own rather than waited on with ``select``: Windows can
     wait on sockets only, not on pipes or consoles. ``OSError`` of either side passes through
@@ -55,13 +56,16 @@ def relay(sock: socket.socket, input_fd: int = 0, output_fd: int = 1) -> None:
     failed: List[OSError] = []
     feeder = threading.Thread(target=_feed, args=(input_fd, sock, failed), daemon=True)
     feeder.start()
+    received = 0
     while True:
         data = sock.recv(65536)
         if not data:
             break
+        received += len(data)
         _write_all(output_fd, data)
     if failed:
         raise failed[0]
+    return received
 
 
 def _feed(input_fd: int, sock: socket.socket, failed: List[OSError]) -> None:

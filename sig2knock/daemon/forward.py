@@ -97,14 +97,16 @@ class ForwardClientFactory(portforward.ProxyClientFactory):
 
     def clientConnectionFailed(self, connector: object, reason: object) -> None:
         """
-        Log why the forward target refused, then close the client's side.
+        Log why the forward target refused, then reset the client's side: a reset, not an
+        orderly close, so that the client can tell it from a session that ended
+        (``sig2knockc --stdio`` then says the hidden service is down).
         """
         self.log.error(
             "cannot reach the forward target {target}: {error}",
             target=f"{connector.host} port {connector.port}",  # type: ignore[attr-defined]
             error=reason.getErrorMessage(),  # type: ignore[attr-defined]
         )
-        super().clientConnectionFailed(connector, reason)
+        self.server.transport.abortConnection()
 
 
 @implementer(IHalfCloseableProtocol)

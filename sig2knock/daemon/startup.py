@@ -10,6 +10,7 @@ from typing import Optional
 
 from sig2knock.daemon import netif
 from sig2knock.daemon.identity import FILE_NAME as IDENTITY_FILE, ServerIdentity, ensure_identity
+from sig2knock.daemon.preflight import state_dir_problem
 from sig2knock.daemon.replay import FILE_NAME, ReplayCache, ReplayCacheError
 from sig2knock.daemon.settings import Config, ConfigError, load_config
 from sig2knock.daemon.users import Users, load_users
@@ -46,13 +47,11 @@ def ensure_state_dir(path: str) -> bool:
         created = False
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
-        status = os.stat(path)
     except OSError as error:
         raise ReplayCacheError(f"STATE_DIR {path}: {error.strerror}") from None
-    if status.st_mode & 0o022:
-        raise ReplayCacheError(
-            f"STATE_DIR {path}: writable by group or others; fix with: chmod 700 {path}"
-        )
+    problem = state_dir_problem(path)
+    if problem is not None:
+        raise ReplayCacheError(problem)
     return created
 
 

@@ -117,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--save-key",
         action="store_true",
-        help="derive the key for this server from the password once and save it to the key"
-        " file (mode 0600), so later knocks need neither the password nor the 0.1 s of scrypt",
+        help="derive the key for this server from the password once and, when the knock with it"
+        " succeeds, save it to the key file (mode 0600), so later knocks need neither the"
+        " password nor the 0.1 s of scrypt",
     )
     parser.add_argument(
         "--knock-proto",
@@ -418,15 +419,13 @@ def _passphrase_for(options: argparse.Namespace) -> Callable[[str], str]:
 def obtain_key(options: argparse.Namespace, report: Callable[[str], None]) -> UserKey:
     """
     The user's key at this server: from the key file when there is one (and no password option
-    was given), else derived from the password, and saved with ``--save-key``.
+    was given), else derived from the password (``--save-key`` saves it once a knock with it
+    succeeded: ``save_knocked_key``).
     """
-    from sig2knock.client.keyfile import KeyFileError, default_key_path, load_key, save_key
+    from sig2knock.client.keyfile import KeyFileError, load_key
 
     server = options.server_public
-    if options.key_file:
-        paths = [options.key_file]
-    else:
-        paths = [default_key_path(options.user, server), default_key_path(options.user)]
+    paths = key_paths(options)
     password_given = options.password_stdin or options.password_file
     try:
         if not options.save_key and (options.key_file or not password_given):
@@ -444,12 +443,39 @@ def obtain_key(options: argparse.Namespace, report: Callable[[str], None]) -> Us
         started = time.monotonic()
         key = user_key(password, options.user, options.kdf, server)
         report(f"key derived in {(time.monotonic() - started) * 1000:.0f} ms")
-        if options.save_key:
-            save_key(paths[0], key, server)
-            report(f"key saved to {paths[0]}")
     except KeyFileError as error:
         raise PasswordError(str(error)) from None
     return key
+
+
+def key_paths(options: argparse.Namespace) -> List[str]:
+    """
+    Where the key of ``--user`` at this server is looked for, first the one ``--save-key``
+    writes: ``--key-file``, else the saved key for this server, then the user's own key.
+    """
+    from sig2knock.client.keyfile import default_key_path
+
+    if options.key_file:
+        return [options.key_file]
+    server = options.server_public
+    return [default_key_path(options.user, server), default_key_path(options.user)]
+
+
+def save_knocked_key(
+    options: argparse.Namespace, key: UserKey, report: Callable[[str], None]
+) -> None:
+    """
+    ``--save-key``: save ``key``, which has just opened a port at this server (a key from a
+    mistyped password or a wrong ``--kdf`` never gets saved).
+    """
+    from sig2knock.client.keyfile import KeyFileError, save_key
+
+    path = key_paths(options)[0]
+    try:
+        save_key(path, key, options.server_public)
+    except KeyFileError as error:
+        raise PasswordError(str(error)) from None
+    report(f"key saved to {path}")
 
 
 def keygen(options: argparse.Namespace) -> int:
@@ -509,6 +535,8 @@ def run(options: argparse.Namespace) -> int:
             f"the server opened port {result.port} for {result.granted_address}, not for this"
             f" host's {result.client_address}: someone on the way is relaying this login"
         )
+    if options.save_key:
+        save_knocked_key(options, key, report)
     if result.granted_address is not None:
         report(f"port {result.port} opened for {result.granted_address}")
     if options.command is not None:
@@ -520,7 +548,16 @@ def run(options: argparse.Namespace) -> int:
 
         with connect(result, options.timeout) as sock:
             report(f"connected to {result.target.address} port {result.port}")
-            relay(sock)
+            try:
+                received = relay(sock)
+            except ConnectionResetError:
+                received = 0
+        if not received:
+            raise ClientError(
+                f"the connection to {result.target.address} port {result.port} ended before"
+                " anything came back: the hidden service is down or refused it (the server's"
+                " log says why)"
+            )
         return EXIT_OK
     print(result.port, flush=True)
     return EXIT_OK

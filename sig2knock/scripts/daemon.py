@@ -109,9 +109,11 @@ def installation_problem() -> Optional[str]:
 
 def check_config(config_path: str, interface: Optional[str]) -> int:
     """
-    Validate the configuration and the users file without opening anything (``main`` has checked
-    the installation); return the exit status.
+    Validate the configuration and the users file, and what the daemon would refuse at start
+    (a ``STATE_DIR`` others can write to, a control port another program holds), without
+    changing anything (``main`` has checked the installation); return the exit status.
     """
+    from sig2knock.daemon import preflight
     from sig2knock.daemon.settings import ConfigError, load_config
     from sig2knock.daemon.startup import resolve_interface
     from sig2knock.daemon.users import UsersError, load_users
@@ -123,9 +125,24 @@ def check_config(config_path: str, interface: Optional[str]) -> int:
     except (ConfigError, UsersError) as error:
         print(f"sig2knockd: {error}", file=sys.stderr)
         return 1
+    problem = preflight.state_dir_problem(config.state_dir)
+    if problem is not None:
+        print(f"sig2knockd: {problem}", file=sys.stderr)
+        return 1
+    holder = preflight.control_port_holder(config.udp_port, config.listen_address)
+    port_note = ""
+    if holder is not None and preflight.is_sig2knock(holder):
+        port_note = f" (held now by the running daemon, {holder})"
+    elif holder is not None:
+        print(
+            f"sig2knockd: UDP_PORT {config.udp_port}: in use by {holder}; the daemon could not"
+            " start",
+            file=sys.stderr,
+        )
+        return 1
     low, high = config.assign_port_range
     print(
-        f"{config.path}: OK: control port {config.udp_port}/udp, forward to"
+        f"{config.path}: OK: control port {config.udp_port}/udp{port_note}, forward to"
         f" {config.forward_to_ip} port {config.forward_to_port}, ports {low}-{high},"
         f" firewall {config.firewall} ({config.firewall_policy}), knocks on {capture_interface},"
         f" {len(users)} user(s) in {users.path}"

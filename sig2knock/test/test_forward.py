@@ -100,6 +100,19 @@ class ForwardFactoryTests(FactoryTestCase):
         self.assertTrue(client_transport.nodelay)
         self.assertTrue(service_transport.nodelay)
 
+    def test_unreachableServiceResetsTheClient(self) -> None:
+        """
+        When the hidden service cannot be reached, the client's connection is reset (not
+        closed in order), so ``sig2knockc --stdio`` can tell the user; the log says why.
+        """
+        transport = connect(self.factory, "198.18.0.2")
+        (_, _, client_factory, _, _) = self.reactor.tcpClients[0]
+        self.patch(type(client_factory), "log", Logger(observer=self.events.append))
+        connector = type("Connector", (), {"host": "127.0.0.1", "port": 22})()
+        client_factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+        self.assertTrue(transport.disconnected, "aborted, not closed in order")
+        self.assertEqual(len(self.logged("cannot reach the forward target")), 1)
+
     def test_endReported(self) -> None:
         peer = IPv4Address("TCP", "198.18.0.2", 50000)
         granted = self.factory.buildProtocol(peer)

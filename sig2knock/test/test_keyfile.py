@@ -6,6 +6,7 @@ instead of the password and scrypt on later knocks.
 
 import os
 import stat
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -105,23 +106,42 @@ class SaveKeyCommandTests(SynchronousTestCase):
     answers here: what matters is which key source each run used).
     """
 
-    def test_saveThenUseWithoutPassword(self) -> None:
+    def test_savedOnlyAfterAKnockSucceeds(self) -> None:
+        """
+        ``--save-key`` saves nothing when the knock fails (a mistyped password, a wrong
+        ``--kdf``, a server that does not answer); once a knock succeeds the key is saved, and
+        later knocks read it: no password, no scrypt.
+        """
+        from sig2knock.test.common import PASSWORD as SERVER_PASSWORD
+        from sig2knock.test.loopback_server import LoopbackServer
+
         path = os.path.abspath(os.path.join(self.mktemp(), "alice.key"))
-        common = ["127.0.0.1", "9", "--user", "alice", "--kdf", CHEAP_KDF.format(),
-                  "--server-key", SERVER_KEY, "--key-file", path, "--timeout", "0.3", "-v"]
-        saved = run_module(
-            "sig2knock.scripts.client", common + ["--save-key", "--password-stdin"], PASSWORD + "\n"
-        )
-        self.assertEqual(saved.returncode, 1)
+
+        def client(port: int, *extra: str, password: str = "") -> Any:
+            return run_module("sig2knock.scripts.client", [
+                "127.0.0.1", str(port), "--user", "alice", "--kdf", CHEAP_KDF.format(),
+                "--server-key", SERVER_KEY, "--key-file", path, "--timeout", "1", "-v", *extra,
+            ], password)
+
+        server = LoopbackServer(grant_port=45699)
+        self.addCleanup(server.stop)
+        wrong = client(server.port, "--save-key", "--password-stdin",
+                       password="a mistyped password\n")
+        self.assertEqual(wrong.returncode, 1)
+        self.assertFalse(os.path.exists(path), "a key that opened nothing was saved")
+        saved = client(server.port, "--save-key", "--password-stdin",
+                       password=SERVER_PASSWORD + "\n")
+        self.assertEqual((saved.returncode, saved.stdout), (0, "45699\n"), saved.stderr)
         self.assertIn("key saved to", saved.stderr)
-        expected = user_key(PASSWORD, "alice", CHEAP_KDF.format(), SERVER_PUBLIC)
+        expected = user_key(SERVER_PASSWORD, "alice", CHEAP_KDF.format(), SERVER_PUBLIC)
         self.assertEqual(load_key(path, "alice", SERVER_PUBLIC, no_passphrase).public,
                          expected.public)
-        used = run_module("sig2knock.scripts.client", common, "")
+        used = client(server.port)
+        self.assertEqual(used.returncode, 0, used.stderr)
         self.assertIn(f"key read from {path}", used.stderr)
         self.assertNotIn("key derived", used.stderr, "no scrypt when the key is saved")
-        self.assertIn("no answer", used.stderr)
-        self.assertNotIn(PASSWORD, saved.stderr + used.stderr + saved.stdout + used.stdout)
+        everything = wrong.stderr + saved.stderr + used.stderr + saved.stdout + used.stdout
+        self.assertNotIn(SERVER_PASSWORD, everything)
 
     def test_keygenPrintsThePublicKeyLast(self) -> None:
         path = os.path.abspath(os.path.join(self.mktemp(), "bob.key"))

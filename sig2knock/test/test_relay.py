@@ -67,7 +67,7 @@ class RelayTests(SynchronousTestCase):
             self.addCleanup(os.close, fd)
         theirs.sendall(b"bye")
         theirs.close()
-        relay(ours, input_read, output_write)
+        self.assertEqual(relay(ours, input_read, output_write), 3, "bytes that came back")
         self.assertEqual(os.read(output_read, 100), b"bye")
 
 

@@ -171,6 +171,35 @@ class CommandLineTests(SynchronousTestCase):
         self.assertTrue(server.requests[0].door, "--stdio offers the door secret in P1")
         self.assertEqual(received, [server.doors[0] + b"hello"])
 
+    def test_stdioSaysWhenTheServiceIsDown(self) -> None:
+        """
+        The port was opened, but the connection ends before anything came back (the daemon
+        could not reach the hidden service and reset it): exit 1 with a message, not 0.
+        """
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(20)
+
+        def reset() -> None:
+            connection, _ = listener.accept()
+            connection.recv(wire.DOOR_SIZE)  # as the daemon does: the door, then the service
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            connection.close()  # a reset, as the daemon's proxy sends
+
+        thread = threading.Thread(target=reset, daemon=True)
+        thread.start()
+        server = LoopbackServer(grant_port=listener.getsockname()[1])
+        self.addCleanup(server.stop)
+        result = self.client(
+            server.port, "--password-file", self.password_file(), "--stdio", stdin="hello"
+        )
+        thread.join(10)
+        self.assertEqual((result.returncode, result.stdout), (1, ""))
+        self.assertIn("ended before anything came back: the hidden service is down",
+                      result.stderr)
+
     def test_usageErrors(self) -> None:
         for arguments in (
             ["--knocks", "0"],

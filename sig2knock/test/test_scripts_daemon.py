@@ -4,6 +4,7 @@ through the real ``twistd``).
 """
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -71,6 +72,37 @@ class DaemonCommandTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("OK", result.stdout)
         self.assertIn("1 user(s)", result.stdout)
+
+    def test_checkConfigStateDirOpenToOthers(self) -> None:
+        """
+        A ``STATE_DIR`` others can write to, which the daemon would refuse at start, fails the
+        check too.
+        """
+        path = write_config(self.directory)
+        state = os.path.join(self.directory, "state")
+        os.chmod(state, 0o777)
+        result = run_module(DAEMON, ["--check-config", "-c", path])
+        self.assertOneLineError(result, f"STATE_DIR {state}: writable by group or others",
+                                f"chmod 700 {state}")
+
+    def test_checkConfigControlPortInUse(self) -> None:
+        """
+        A control port another program holds, which the daemon could not bind at start, fails
+        the check, naming the holder where it can be seen.
+        """
+        holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(holder.close)
+        for port in range(21000, 22000):  # below ASSIGN_PORT_RANGE's default 30000-60999
+            try:
+                holder.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+        path = write_config(self.directory, {"UDP_PORT": str(port)})
+        result = run_module(DAEMON, ["--check-config", "-c", path])
+        self.assertOneLineError(result, f"UDP_PORT {port}: in use by", "could not start")
+        if os.geteuid() == 0:  # root sees every process's sockets
+            self.assertIn(f"pid {os.getpid()} (", result.stderr)
 
     def test_checkConfigError(self) -> None:
         path = write_config(self.directory, {"ASSIGN_PORT_RANGE": "1000-2000"})

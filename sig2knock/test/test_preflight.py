@@ -1,0 +1,49 @@
+"""
+Tests for sig2knock.daemon.preflight: what ``--check-config`` finds before the daemon would.
+"""
+
+import os
+import socket
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sig2knock.daemon import preflight
+
+
+class StateDirTests(SynchronousTestCase):
+    """
+    A ``STATE_DIR`` is fine when private or not there yet; refused when others can write to it.
+    """
+
+    def test_modes(self) -> None:
+        path = self.mktemp()
+        self.assertIsNone(preflight.state_dir_problem(path), "made by the daemon")
+        os.makedirs(path, mode=0o700)
+        os.chmod(path, 0o700)
+        self.assertIsNone(preflight.state_dir_problem(path))
+        for mode in (0o720, 0o702, 0o777):
+            os.chmod(path, mode)
+            self.assertIn("writable by group or others", preflight.state_dir_problem(path))
+
+
+class ControlPortTests(SynchronousTestCase):
+    """
+    A free port has no holder; a bound one has, whichever address it was bound to.
+    """
+
+    def test_freeAndHeld(self) -> None:
+        holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        self.assertIsNotNone(preflight.control_port_holder(port))
+        holder.close()
+        self.assertIsNone(preflight.control_port_holder(port))
+
+    def test_whichHolderIsTheDaemon(self) -> None:
+        daemon = "pid 7 (/usr/bin/python3 /usr/sbin/sig2knockd -c /etc/sig2knock/sig2knockd.conf)"
+        twistd = "pid 8 (/opt/s2k/bin/python /opt/s2k/bin/twistd -n sig2knock --config c)"
+        for holder in (daemon, twistd):
+            self.assertTrue(preflight.is_sig2knock(holder), holder)
+        for holder in ("pid 9 (/usr/sbin/named -u bind)", "another program"):
+            self.assertFalse(preflight.is_sig2knock(holder), holder)
