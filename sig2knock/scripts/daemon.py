@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check-config",
         action="store_true",
-        help="check the configuration and the users file, print a summary and exit",
+        help="check the configuration, the users file, STATE_DIR's mode and that the control"
+        " port is free (or held by the running daemon), print a summary and exit",
     )
     parser.add_argument(
         "--init",
