@@ -1,6 +1,7 @@
 """
-SIGHUP on the real daemon: a new user can knock at once; a broken configuration is refused and
-the daemon keeps serving on the one it had (knockd exits on a bad reload).
+SIGHUP on the real daemon: a new user can knock at once; a removed user's open grant closes; a
+broken configuration is refused and the daemon keeps serving on the one it had (knockd exits on a
+bad reload).
 """
 
 import os
@@ -40,6 +41,23 @@ class ReloadTests(SynchronousTestCase):
         result = self.lab.knock(user="bob", password="bob's long password")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(self.lab.probe("client", lab.SERVER_IP, int(result.stdout)), "echo:hello")
+
+    def test_removedUsersGrantCloses(self) -> None:
+        """
+        A user removed while their grant is open: the reload closes it, the port lets nothing
+        in, and the log says why.
+        """
+        bob = "bob's long password"
+        self.lab.write_server_files({}, {"alice": lab.PASSWORD, "bob": bob})
+        self.hangup_and_wait("reloaded")
+        result = self.lab.knock(user="bob", password=bob)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.lab.write_server_files({}, {"alice": lab.PASSWORD})
+        self.hangup_and_wait("reloaded")
+        self.assertIn("session of bob from 198.18.0.2 ended: the user was removed", self.lab.log())
+        self.assertIn("closed: its user was removed", self.lab.log())
+        self.assertNotEqual(self.lab.probe("client", lab.SERVER_IP, int(result.stdout), timeout=1),
+                            "echo:hello")
 
     def test_brokenConfigurationKeepsTheDaemonServing(self) -> None:
         config = os.path.join(self.lab.directory, "sig2knockd.conf")

@@ -33,12 +33,13 @@ class LiveSettings:
         self.config = config
         self.users = users
 
-    def reload(self, interface_override: Optional[str] = None) -> None:
+    def reload(self, interface_override: Optional[str] = None) -> List[str]:
         """
         Read the configuration and its users file again (SIGHUP; ``interface_override`` is the
         ``-i`` the daemon was started with). A file with an error is refused with one log line
         and the settings in force stay; settings a reload cannot change wait for a restart
-        (``merge``), and the log says which.
+        (``merge``), and the log says which. Returns the users the reload took away (removed,
+        or with another key), whose sessions must end.
         """
         try:
             loaded = load_config(self.config.path, interface_override)
@@ -49,7 +50,8 @@ class LiveSettings:
                 "reload refused, still running on the previous configuration: {error}",
                 error=str(error),
             )
-            return
+            return []
+        withdrawn = self.users.withdrawn(users)
         self.replace(config, users)
         self.log.info(
             "reloaded {config_path}: {count} user(s); changed now: {applied}; waiting for a"
@@ -59,6 +61,7 @@ class LiveSettings:
             applied=", ".join(applied) or "nothing",
             pending=", ".join(pending) or "nothing",
         )
+        return withdrawn
 
 
 def merge(running: Any, loaded: Any) -> Tuple[Any, List[str], List[str]]:

@@ -113,9 +113,12 @@ class Sig2knockService(MultiService):
 
     def reload(self) -> None:
         """
-        Read the configuration and the users file again (SIGHUP): ``LiveSettings.reload``.
+        Read the configuration and the users file again (SIGHUP): ``LiveSettings.reload``;
+        then end the sessions of the users it took away.
         """
-        self.settings.reload(self.prepared.interface_override)
+        withdrawn = self.settings.reload(self.prepared.interface_override)
+        if withdrawn:
+            self.sessions.end_users(withdrawn)
 
     def _hangup(self, signum: int, frame: object) -> None:
         self.reactor.callFromThread(self.reload)

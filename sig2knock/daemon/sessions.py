@@ -25,7 +25,7 @@ in tests).
 """
 
 import collections
-from typing import Any, Callable, Deque, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -286,6 +286,26 @@ class SessionTable(Service):
             self._start_grant(session)
         return waiter
 
+    def end_users(self, users: Iterable[str]) -> None:
+        """
+        ``users`` were removed from the users file, or given another key (a reload): end their
+        sessions now, pending or granted, with their grants and their waiting P2s, and say so.
+        Connections already forwarded go on (the hidden service authenticates them).
+        """
+        withdrawn = set(users)
+        for session in [s for s in self._sessions.values() if s.user in withdrawn]:
+            self._cut(
+                session,
+                "its user was removed",
+                SessionRefused("user-removed", f"{session.user} is no longer a user"),
+            )
+            self.log.warn(
+                "session of {user} from {source} ended: the user was removed from the users"
+                " file or given another key",
+                user=session.user,
+                source=str(session.source),
+            )
+
     def stopService(self) -> None:
         """
         Forget every session and cancel their timers (the daemon is stopping; the granter closes
@@ -398,12 +418,21 @@ class SessionTable(Service):
             source=str(session.source),
             other=str(other),
         )
+        self._cut(
+            session, "relayed", SessionRefused("relay", f"session of {session.user} relayed")
+        )
+
+    def _cut(self, session: Session, why: str, refusal: SessionRefused) -> None:
+        """
+        End ``session`` before its time: its grant closed (``why`` goes into the grant's log
+        line), the P2s waiting for it refused with ``refusal``.
+        """
         if session.state is State.GRANTED:
-            session.grant.close("relayed")
+            session.grant.close(why)
         # A grant still being opened is closed when it lands: its session is gone.
         self._end(session, State.REFUSED)
         for waiter in session.take_waiters():
-            waiter.errback(SessionRefused("relay", f"session of {session.user} relayed"))
+            waiter.errback(refusal)
 
     def _forget_ended(self) -> None:
         now = self.clock.seconds()

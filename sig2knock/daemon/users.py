@@ -73,6 +73,16 @@ class Users:
         """
         return list(self.entries)
 
+    def withdrawn(self, newer: "Users") -> List[str]:
+        """
+        The users of this file that ``newer`` no longer has, or has with another key.
+        """
+        return [
+            name
+            for name, entry in self.entries.items()
+            if name not in newer.entries or newer.entries[name].line.public != entry.line.public
+        ]
+
 
 def format_user_line(
     user: str, password: str, server_public: bytes, params: KdfParams = KdfParams()

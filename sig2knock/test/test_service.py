@@ -302,6 +302,22 @@ class ServiceReloadTests(SynchronousTestCase):
         self.assertEqual(error.reason, "knock-count")
         check_request(protocol.settings.config, CLIENT, request._replace(ports=tuple(range(1, 7))))
 
+    def test_usersTakenAwayLoseTheirSessions(self) -> None:
+        """
+        A reload that removes a user, or gives one another key, ends their sessions (the
+        session table's ``end_users``); a user added or kept as they were loses nothing.
+        """
+        ended: List[List[str]] = []
+        self.patch(self.daemon.sessions, "end_users", lambda users: ended.append(sorted(users)))
+        users = os.path.join(self.directory, "user.txt")
+        write_users(users, {"alice": "alice's password", "bob": "bob's password"})
+        self.daemon.reload()
+        write_users(users, {"alice": "alice's new password", "carol": "carol's password"})
+        self.daemon.reload()
+        write_config(self.directory, {"KNOCK_COUNT": "many"})  # refused: nothing taken away
+        self.daemon.reload()
+        self.assertEqual(ended, [["alice", "bob"]])
+
     def test_brokenFileKeepsTheRunningConfiguration(self) -> None:
         write_config(self.directory, {"KNOCK_COUNT": "many"})
         self.daemon.reload()

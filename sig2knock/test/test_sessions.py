@@ -106,6 +106,28 @@ class SessionTableTests(SynchronousTestCase):
         self.successResultOf(self.table.confirm(OTHER, tag_of(b"T" * 16), b"T" * 16))
         self.assertEqual(self.granter.doors, [b"d" * 16, None])
 
+    def test_removedUsersSessionsEnd(self) -> None:
+        """
+        ``end_users`` (a reload took the users away): their pending and granted sessions end at
+        once, the grant is closed, a waiting P2 is refused; other users' sessions go on.
+        """
+        self.table.open(CLIENT, "alice", *keyed(request()))
+        self.knock_all()
+        granted = self.successResultOf(self.table.confirm(CLIENT, tag_of(b"S" * 16), b"S" * 16))
+        pending = self.table.open(CLIENT6, "alice", *keyed(request(b"U" * 16)))
+        waiting = self.table.confirm(CLIENT6, tag_of(b"U" * 16), b"U" * 16)
+        other = self.table.open(OTHER, "bob", *keyed(request(b"T" * 16)))
+        self.table.end_users(["alice"])
+        self.assertEqual(granted.closed, ["its user was removed"])
+        self.assertIs(pending.state, State.REFUSED)
+        self.assertEqual(self.failureResultOf(waiting, SessionRefused).value.reason,
+                         "user-removed")
+        self.assertIs(other.state, State.PENDING)
+        self.assertEqual(self.watched[-1], frozenset({OTHER}))
+        self.assertEqual(self.table.pending_count(), 1)
+        # A copy of an ended session's P1 opens nothing again.
+        self.assertRaises(SessionRefused, self.table.open, CLIENT, "alice", *keyed(request()))
+
     def test_narrowingCoalesced(self) -> None:
         """
         Completions in a burst narrow the capture once; a change before then narrows at once.

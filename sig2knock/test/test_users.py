@@ -64,6 +64,18 @@ class FormatTests(SynchronousTestCase):
         self.assertIsNone(users.entries["carol"].line.params)
         self.assertIsNone(users.public_key("mallory"))
 
+    def test_withdrawn(self) -> None:
+        """
+        The users a newer file takes away: removed, or with another key; not the new ones.
+        """
+        older = parse_users(ALICE_LINE + "\n" + CAROL_LINE + "\n", PATH)
+        rekeyed = format_key_line("carol", public_of("carol's new password", "carol"), CHEAP_KDF)
+        newer = parse_users(rekeyed + "\n" + format_key_line(
+            "dave", public_of("dave's password", "dave"), CHEAP_KDF) + "\n", PATH)
+        self.assertEqual(older.withdrawn(newer), ["alice", "carol"])
+        self.assertEqual(older.withdrawn(older), [])
+        self.assertEqual(newer.withdrawn(older), ["carol", "dave"])
+
     def test_lineFormat(self) -> None:
         self.assertEqual(
             ALICE_LINE,
