@@ -90,7 +90,7 @@ def enrol_client(bench, client_home):
     config = os.path.join(lab.directory, "sig2knockd.conf")
     added = subprocess.run(
         [os.path.join(BIN, "sig2knockd_useradd"), "-c", config, "--host", SERVER_IP,
-         "--password-stdin", "--kdf", CHEAP_KDF, SSH_USER],
+         "--password-stdin", "--kdf", CHEAP_KDF, "--allow-weak-kdf", SSH_USER],
         input=PASSWORD + "\n", capture_output=True, text=True, check=True)
     invitation = added.stdout.strip().splitlines()[-1]
     before = lab.log().count("reloaded")

@@ -253,7 +253,8 @@ class Lab:
             lines.append(
                 run(
                     [os.path.join(self.server_bin, "sig2knockd_useradd"), "--password-stdin",
-                     "--kdf", CHEAP_KDF, "--server-key", self.server_key, user],
+                     "--kdf", CHEAP_KDF, "--allow-weak-kdf", "--server-key", self.server_key,
+                     user],
                     input=password + "\n",
                 ).stdout
             )

@@ -387,7 +387,8 @@ class DebianPackageTests(SynchronousTestCase):
         identity = lab.run(["/usr/sbin/sig2knockd", "--show-identity", "-c", CONFIG])
         the_lab.server_key = identity.stdout.split()[0]
         lab.run(["/usr/sbin/sig2knockd_useradd", "-c", CONFIG, "--users-file", USERS,
-                 "--password-stdin", "--kdf", lab.CHEAP_KDF, "alice"], input=lab.PASSWORD + "\n")
+                 "--password-stdin", "--kdf", lab.CHEAP_KDF, "--allow-weak-kdf", "alice"],
+                input=lab.PASSWORD + "\n")
         self.assertEqual(os.stat(USERS).st_uid, pwd.getpwnam("sig2knock").pw_uid)
 
         command = unit_command(UNIT)

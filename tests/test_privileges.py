@@ -346,7 +346,8 @@ class AdminWorkflowTests(SynchronousTestCase):
         return self.run_as(
             uid,
             [os.path.join(lab.BIN, "sig2knockd_useradd"), "--password-stdin", "--kdf",
-             lab.CHEAP_KDF, "--users-file", self.users, "--server-key", ANY_SERVER, "alice"],
+             lab.CHEAP_KDF, "--allow-weak-kdf", "--users-file", self.users, "--server-key",
+             ANY_SERVER, "alice"],
             lab.PASSWORD + "\n",
         )
 

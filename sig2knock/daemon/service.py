@@ -149,6 +149,16 @@ class Sig2knockService(MultiService):
                 " {users_file} NAME",
                 users_file=users.path,
             )
+        weak = users.weak_kdf()
+        if weak:
+            self.log.warn(
+                "{users_file}: {count} password user(s) with a KDF below the default cost ({names}):"
+                " a stolen users file guesses their passwords faster; enrol them again with"
+                " sig2knockd_useradd",
+                users_file=users.path,
+                count=len(weak),
+                names=", ".join(weak[:10]) + (" ..." if len(weak) > 10 else ""),
+            )
         cipher.load_gcm()
         super().startService()
         if hasattr(self.reactor, "callFromThread"):

@@ -73,6 +73,16 @@ class Users:
         """
         return list(self.entries)
 
+    def weak_kdf(self) -> List[str]:
+        """
+        The password users whose key was derived at less than the default cost.
+        """
+        return [
+            name
+            for name, entry in self.entries.items()
+            if entry.line.params is not None and entry.line.params.weak
+        ]
+
     def withdrawn(self, newer: "Users") -> List[str]:
         """
         The users of this file that ``newer`` no longer has, or has with another key.

@@ -70,6 +70,14 @@ class KdfParams(_KdfParamsFields):
         n, r, p = (int(group) for group in match.groups())
         return cls(n=n, r=r, p=p)
 
+    @property
+    def weak(self) -> bool:
+        """
+        Whether these cost less memory (``n * r``) than the default: the memory is what slows a
+        thief guessing passwords from a stolen users file on GPUs.
+        """
+        return self.n * self.r < DEFAULT_N * DEFAULT_R
+
     def format(self) -> str:
         """
         The text form read by ``parse``.

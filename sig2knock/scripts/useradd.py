@@ -81,7 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PARAMS",
         default=KdfParams().format(),
         help="scrypt cost, as stored in the users file (default: %(default)s);"
-        " clients of this user must pass the same --kdf",
+        " clients of this user must pass the same --kdf; a cost below the default is refused"
+        " without --allow-weak-kdf",
+    )
+    parser.add_argument(
+        "--allow-weak-kdf",
+        action="store_true",
+        help="enrol with a --kdf below the default cost (for tests and slow clients; a stolen"
+        " users file is then guessed that much faster)",
     )
     parser.add_argument(
         "--version", action="version", version=f"sig2knockd_useradd {__version__}"
@@ -189,6 +196,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         user = check_user_name(options.user)
         params = KdfParams.parse(options.kdf)
+        if params.weak and options.public_key is None and not options.allow_weak_kdf:
+            raise UserAddError(
+                f"--kdf {params.format()} costs less memory than the default"
+                f" {KdfParams().format()}, so a stolen users file is guessed faster; add"
+                " --allow-weak-kdf to enrol it anyway"
+            )
         users_file = options.users_file
         if options.config and not users_file:
             users_file = _config(options.config).users_file

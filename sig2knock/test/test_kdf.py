@@ -24,6 +24,12 @@ class KdfParamsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         self.assertEqual(KdfParams().format(), "scrypt:n=32768,r=8,p=1")
 
+    def test_weakBelowTheDefaultMemory(self) -> None:
+        for params in (CHEAP_KDF, KdfParams(n=2 ** 14, r=8, p=4), KdfParams(n=2 ** 15, r=4)):
+            self.assertTrue(params.weak, params)
+        for params in (KdfParams(), KdfParams(n=2 ** 14, r=16), KdfParams(n=2 ** 16, r=8)):
+            self.assertFalse(params.weak, params)
+
     def test_roundTrip(self) -> None:
         for params in (KdfParams(), CHEAP_KDF, KdfParams(n=2 ** 20, r=8, p=1)):
             self.assertEqual(KdfParams.parse(params.format()), params)

@@ -32,7 +32,8 @@ def useradd(*arguments: str, stdin: str = PASSWORD + "\n") -> subprocess.Complet
     """
     return run_module(
         USERADD,
-        ["--kdf", CHEAP_KDF.format(), "--server-key", SERVER_KEY_TEXT, *arguments],
+        ["--kdf", CHEAP_KDF.format(), "--allow-weak-kdf", "--server-key", SERVER_KEY_TEXT,
+         *arguments],
         stdin=stdin,
     )
 
@@ -78,7 +79,9 @@ class UserAddTests(SynchronousTestCase):
         """
         config = write_config(self.directory)
         result = run_module(
-            USERADD, ["-c", config, "--kdf", CHEAP_KDF.format(), "--password-stdin", "bob"],
+            USERADD,
+            ["-c", config, "--kdf", CHEAP_KDF.format(), "--allow-weak-kdf", "--password-stdin",
+             "bob"],
             stdin=PASSWORD + "\n",
         )
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -98,7 +101,7 @@ class UserAddTests(SynchronousTestCase):
         result = run_module(
             USERADD,
             ["-c", config, "--host", "server.example.org", "--kdf", CHEAP_KDF.format(),
-             "--password-stdin", "bob"],
+             "--allow-weak-kdf", "--password-stdin", "bob"],
             stdin=PASSWORD + "\n",
         )
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -170,6 +173,23 @@ class UserAddTests(SynchronousTestCase):
         result = useradd("--password-stdin", "--users-file", self.users_path, "bob")
         self.assertEqual(result.returncode, 1)
         self.assertIn("chmod 600", result.stderr)
+
+    def test_weakKdfNeedsToBeAsked(self) -> None:
+        """
+        A ``--kdf`` below the default cost is refused unless ``--allow-weak-kdf`` is given;
+        the default and stronger costs need nothing.
+        """
+        refused = run_module(
+            USERADD, ["--kdf", CHEAP_KDF.format(), "--server-key", SERVER_KEY_TEXT,
+                      "--password-stdin", "bob"], stdin=PASSWORD + "\n")
+        self.assertEqual((refused.returncode, refused.stdout), (1, ""))
+        self.assertIn("--allow-weak-kdf", refused.stderr)
+        self.assertIn("costs less memory than the default scrypt:n=32768,r=8,p=1", refused.stderr)
+        strong = run_module(
+            USERADD, ["--kdf", "scrypt:n=32768,r=16,p=1", "--server-key", SERVER_KEY_TEXT,
+                      "--password-stdin", "bob"], stdin=PASSWORD + "\n")
+        self.assertEqual(strong.returncode, 0, strong.stderr)
+        self.assertIn("scrypt:n=32768,r=16,p=1", strong.stdout)
 
     def test_shortPasswordRefused(self) -> None:
         for password in ("", "short"):

@@ -99,8 +99,11 @@ class ServiceTests(SynchronousTestCase):
         daemon = self.daemon()
         daemon.startService()
         self.addCleanup(daemon.stopService)
-        event, no_firewall = self.events
+        event, weak, no_firewall = self.events
         self.assertIn("no firewall", no_firewall["log_format"])
+        # The tests' users file is made with a cheap KDF: the start says so, naming them.
+        self.assertEqual((weak["log_level"].name, weak["names"]), ("warn", "alice"))
+        self.assertIn("below the default cost", weak["log_format"])
         daemon.reactor.advance(0)
         self.assertEqual(self.events[-1]["log_format"], "sig2knock ready")
         self.assertEqual(event["port"], 1001)
