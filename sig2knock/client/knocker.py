@@ -30,6 +30,9 @@ from sig2knock.protocol.wire import Confirm, Grant, KnockRequest, MessageRejecte
 MAX_SKEW = 300.0
 DEFAULT_KNOCKS = 4
 DEFAULT_TIMEOUT = 10.0
+# After the server's host first says its control port is closed (ICMP port unreachable), how
+# long to go on knocking (a daemon being restarted) before saying that nothing listens there.
+UNREACHABLE_GRACE = 1.0
 KNOCK_PORT_MIN = 1024
 KNOCK_PORT_MAX = 65535
 _RECV_SIZE = 2048
@@ -246,6 +249,7 @@ class Knocker:
         self.report = report
         self.send_address = send_address
         self.door = door
+        self._unreachable_since: Optional[float] = None
 
     def run(self) -> GrantResult:
         """
@@ -263,6 +267,12 @@ class Knocker:
         )
         self.request, self.keys = wire.seal_request(request, self.user, self.server)
         control = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
+        # Connected, so that the kernel reports the host's ICMP port unreachable to this
+        # socket (a daemon that is down), and only the server's answers reach it.
+        try:
+            control.connect(self.target.sockaddr)
+        except OSError:
+            pass  # sent unconnected then; a timeout tells what the ICMP error would have
         knocker = None
         if self.protocol == addresses.PROTO_UDP:
             knocker = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
@@ -274,6 +284,9 @@ class Knocker:
                 rounds += 1
                 self._round(control, knocker, rounds)
                 grant = self._await_grant(control, min(self.monotonic() + interval, deadline))
+                if grant is None and self._unreachable_since is not None:
+                    if self.monotonic() - self._unreachable_since >= UNREACHABLE_GRACE:
+                        raise self._nothing_listens()
                 if grant is not None:
                     deadline_s = grant.deadline_ms / 1000
                     self.report(
@@ -296,11 +309,15 @@ class Knocker:
             control.close()
             if knocker is not None:
                 knocker.close()
+        if self._unreachable_since is not None:
+            raise self._nothing_listens()
         raise ClientError(
-            f"no answer from {self.target} within"
-            f" {self.timeout:g} s: wrong user, password, key or --server-key, a knock port filtered on the way,"
-            " the server's clock more than MAX_CLOCK_SKEW away from this one,"
-            " or the server is down"
+            f"no answer from {self.target} within {self.timeout:g} s. Most likely first: a"
+            " wrong user, password, key or --server-key; a --kdf other than the users file's"
+            " (the invitation's); --knock-proto or --knocks not matching the server's"
+            " KNOCK_PROTO or KNOCK_COUNT; a knock port filtered on the way; this clock more than"
+            " MAX_CLOCK_SKEW (60 s by default) from the server's (see --time-offset); the server"
+            " down behind a firewall that drops its control port"
         )
 
     def _local_address(self) -> Optional[IPAddress]:
@@ -340,8 +357,22 @@ class Knocker:
     def _send_control(self, control: Any, data: bytes) -> None:
         try:
             control.sendto(data, self.target.sockaddr)
+        except (ConnectionRefusedError, ConnectionResetError):
+            self._port_unreachable()  # an ICMP error about an earlier datagram, reported here
         except OSError:
-            pass  # e.g. a late ICMP error reported here; the next round tries again
+            pass  # the next round tries again
+
+    def _nothing_listens(self) -> ClientError:
+        return ClientError(
+            f"nothing listens at {self.target}: its host answered that the UDP port is closed"
+            " (ICMP port unreachable); sig2knockd is not running there, or its UDP_PORT is"
+            " another port"
+        )
+
+    def _port_unreachable(self) -> None:
+        if self._unreachable_since is None:
+            self._unreachable_since = self.monotonic()
+            self.report(f"{self.target}: the host says the control port is closed")
 
     def _knock_tcp(self, port: int) -> None:
         """
@@ -379,10 +410,13 @@ class Knocker:
                 data, source = control.recvfrom(_RECV_SIZE)
             except socket.timeout:
                 return None
+            except (ConnectionRefusedError, ConnectionResetError):
+                # On Windows ConnectionResetError (WSAECONNRESET, the seed's "recv() failed"):
+                # an ICMP error about an earlier datagram, reported here once. The socket still
+                # holds what came after it, P3 included.
+                self._port_unreachable()
+                continue
             except OSError:
-                # ConnectionRefusedError, and on Windows ConnectionResetError (WSAECONNRESET,
-                # the seed's "recv() failed"): an ICMP error about an earlier datagram, reported
-                # here once. The socket still holds what came after it, P3 included.
                 continue
             grant = self._grant_from(data, source)
             if grant is not None:
@@ -417,12 +451,15 @@ def knock(
     protocol: int = addresses.PROTO_TCP,
     knocks: int = DEFAULT_KNOCKS,
     timeout: float = DEFAULT_TIMEOUT,
+    time_offset: float = 0.0,
     report: Reporter = _quiet,
 ) -> GrantResult:
     """
     Resolve ``server`` and run one exchange with its control ``port`` (``server_key``: the
     server's public key; ``send_address``: whether P1 names this host's address; ``door``:
-    whether this client will connect itself and show the door secret); raise ``ClientError``.
+    whether this client will connect itself and show the door secret; ``time_offset``: seconds
+    added to this host's clock for the messages' timestamps, for a clock that cannot be fixed);
+    raise ``ClientError``.
     """
     target = resolve(server, port)
     knocker = Knocker(
@@ -434,6 +471,7 @@ def knock(
         protocol=protocol,
         knocks=knocks,
         timeout=timeout,
+        clock=(lambda: time.time() + time_offset) if time_offset else time.time,
         report=report,
     )
     return knocker.run()

@@ -144,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after this long without an answer (default: %(default)s)",
     )
     parser.add_argument(
+        "--time-offset",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="add SECONDS (negative: subtract) to this host's clock for the knock's timestamps,"
+        " for a clock that cannot be fixed and is more than the server's MAX_CLOCK_SKEW off"
+        " (e.g. --time-offset -300 on a clock 5 minutes ahead)",
+    )
+    parser.add_argument(
         "--kdf",
         metavar="PARAMS",
         default=None,
@@ -317,6 +326,8 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
         parser.error(f"PORT {options.port} is not a port number (1-65535)")
     if not options.timeout > 0:
         parser.error("--timeout must be a positive number of seconds")
+    if not abs(options.time_offset) <= 366 * 86400:  # also refuses nan
+        parser.error("--time-offset must be a number of seconds within a year")
     if not 1 <= options.knocks <= MAX_KNOCKS:
         parser.error(f"--knocks must be from 1 to {MAX_KNOCKS}")
     try:
@@ -528,6 +539,7 @@ def run(options: argparse.Namespace) -> int:
         protocol=PROTOCOLS_BY_NAME[options.knock_proto],
         knocks=options.knocks,
         timeout=options.timeout,
+        time_offset=options.time_offset,
         report=report,
     )
     if result.relayed:

@@ -18,6 +18,7 @@ from sig2knock.client.knocker import (
     ClientError,
     GrantResult,
     Knocker,
+    UNREACHABLE_GRACE,
     RetrySchedule,
     choose_ports,
     resolve,
@@ -331,6 +332,31 @@ class KnockerTests(SynchronousTestCase):
         network.send_error = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
         network.deliver(0.005, network.grant_later(SESSION, START, 6666))
         self.assertEqual(knocker(network, protocol=addresses.PROTO_UDP).run().port, 6666)
+
+    def test_closedPortReportedWithinASecond(self) -> None:
+        """
+        The server's host answers ICMP port unreachable (no daemon): the client goes on for
+        ``UNREACHABLE_GRACE`` (a daemon being restarted still gets its chance), then says that
+        nothing listens there, long before its timeout.
+        """
+        network = FakeNetwork(silent_server)
+        for at in (0.001, 0.02, 0.3, 0.9):
+            network.deliver(at, ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+        error = self.assertRaises(ClientError, knocker(network, timeout=10.0).run)
+        self.assertIn(f"nothing listens at {SERVER} port {CONTROL_PORT}", str(error))
+        self.assertIn("ICMP port unreachable", str(error))
+        elapsed = network.clock.now - START
+        self.assertTrue(UNREACHABLE_GRACE <= elapsed < UNREACHABLE_GRACE + 1.1, elapsed)
+        senders = {sock for kind, sock, address, _ in network.sent
+                   if kind == "udp" and address == TARGET.sockaddr}
+        self.assertEqual([sock.peer for sock in senders], [TARGET.sockaddr],
+                         "the control socket is connected, so ICMP errors reach it")
+
+    def test_restartedDaemonWithinTheGraceIsReached(self) -> None:
+        network = FakeNetwork(silent_server)
+        network.deliver(0.001, ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+        network.deliver(0.5, network.grant_later(SESSION, START, 7777))
+        self.assertEqual(knocker(network).run().port, 7777)
 
     def test_timeout(self) -> None:
         """
