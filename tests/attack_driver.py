@@ -146,7 +146,7 @@ def refusal_lines(log: str, reason: str) -> List[str]:
     ]
 
 
-_SUMMARY = re.compile(r"refused [0-9]+ datagrams in the last [^:]*: (.*?); busiest")
+_SUMMARY = re.compile(r"refused [0-9]+ datagrams and connections in the last [^:]*: (.*?); busiest")
 _SUMMARY_ITEM = re.compile(r"([a-z][a-z-]*) ([0-9]+)")
 
 

@@ -291,3 +291,42 @@ class TranscriptTests(SynchronousTestCase):
         grant = wire.decode_grant(message("P3 ("), session, now=1_800_000_000.0, max_skew=60)
         self.assertEqual((confirm.session_id, grant.port), (bytes(range(16)), 40001))
         self.assertEqual((received.request.door, grant.door_required), (True, True))
+
+
+class Fail2banFilterTests(SynchronousTestCase):
+    """
+    ``etc/fail2ban/sig2knock.conf`` matches the daemon's own line for a connection from an
+    address that was not granted (a real source: a TCP handshake), and none of the lines whose
+    source can be forged.
+    """
+
+    def lines(self) -> List[str]:
+        from twisted.logger import Logger, formatEventAsClassicLogText
+
+        from sig2knock.daemon.refusals import RefusalLog
+
+        events: List[dict] = []
+        self.patch(RefusalLog, "log", Logger(namespace="sig2knock.daemon.refusals.RefusalLog",
+                                             observer=events.append))
+        refusals = RefusalLog(detailed_per_source=100)
+        refusals.refused("198.18.0.9", 51000, "not-granted", "port 40001 is granted to"
+                         " 198.18.0.2", what="connection")
+        refusals.refused("2001:2::9", 51001, "not-granted", "port 40002 is granted to"
+                         " 2001:2::2", what="connection")
+        refusals.refused("198.18.0.2", 51002, "second-connection", "port 40001: a grant admits"
+                         " one connection", what="connection")
+        for reason in ("size", "auth", "knock-count", "address-mismatch", "relay", "replay"):
+            refusals.refused("198.18.0.7", 40000, reason, "user alice")
+        return [formatEventAsClassicLogText(event).rstrip("\n") for event in events]
+
+    def test_onlyUnforgeableLinesMatch(self) -> None:
+        import configparser
+        import re
+
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(os.path.join(REPOSITORY, "etc", "fail2ban", "sig2knock.conf"))
+        # fail2ban's <HOST>, as far as these addresses need it.
+        pattern = re.compile(parser.get("Definition", "failregex").replace(
+            "<HOST>", r"(?P<host>[0-9A-Fa-f:.]+)"))
+        hosts = [match.group("host") for match in map(pattern.search, self.lines()) if match]
+        self.assertEqual(hosts, ["198.18.0.9", "2001:2::9"])

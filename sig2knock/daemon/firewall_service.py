@@ -53,7 +53,8 @@ class FirewallService(Service):
         if not self.backend.gates:
             self.log.warn(
                 "no firewall ({reason}): the host's ports stay as they are; the assigned port's"
-                " own address check is the only gate",
+                " own address check is the only gate, and a port being granted shows to any"
+                " scanner (set FIREWALL = auto, nftables or iptables)",
                 reason=self.reason,
             )
         maybeDeferred(self.firewall.start).addCallbacks(self._started, self._failed)

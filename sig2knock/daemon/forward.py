@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.protocols import portforward
 from zope.interface import implementer
 
+from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.protocol.addresses import IPAddress, parse_address
 from sig2knock.protocol.wire import DOOR_SIZE
 
@@ -182,7 +183,9 @@ class GrantForwardFactory(portforward.ProxyFactory):
 
     ``on_connection`` is called once, when the granted connection is admitted (its owner stops
     listening then). ``reactor`` makes the outgoing connection. With ``door``, the connection must
-    show that secret first; ``granted_port`` names the grant in the log.
+    show that secret first; ``granted_port`` names the grant in the log. Connections refused
+    (another address, a second one) go to ``refusals`` (a ``RefusalLog``), which bounds how many
+    are logged one by one.
     """
 
     protocol = GrantProxyServer
@@ -198,8 +201,10 @@ class GrantForwardFactory(portforward.ProxyFactory):
         on_connection: Callable[[], None],
         door: Optional[bytes] = None,
         granted_port: Optional[int] = None,
+        refusals: Optional[RefusalLog] = None,
     ) -> None:
         super().__init__(host, port)
+        self.refusals = refusals if refusals is not None else RefusalLog()
         self.source = source
         self.reactor = reactor
         self.on_connection = on_connection
@@ -221,17 +226,17 @@ class GrantForwardFactory(portforward.ProxyFactory):
         later one and every one from elsewhere is not (and does not use the grant up).
         """
         address = parse_address(getattr(peer, "host", ""))
+        peer_port = int(getattr(peer, "port", 0))
         if address != self.source:
-            self.log.warn(
-                "connection from {peer} to a port granted to {source} refused",
-                peer=str(address or peer),
-                source=str(self.source),
+            self.refusals.refused(
+                str(address or peer), peer_port, "not-granted",
+                f"port {self.granted_port} is granted to {self.source}", what="connection",
             )
             return False
         if self.used:
-            self.log.warn(
-                "second connection from {source} refused: a grant admits one connection",
-                source=str(self.source),
+            self.refusals.refused(
+                str(address), peer_port, "second-connection",
+                f"port {self.granted_port}: a grant admits one connection", what="connection",
             )
             return False
         self.used = True

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from sig2knock.daemon.forward import GrantForwardFactory
+from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.waiting import settled
 from sig2knock.protocol.addresses import IPAddress
@@ -46,6 +47,7 @@ class OpenGrant:
         door: Optional[bytes] = None,
     ) -> None:
         self._granter = granter
+        self.refusals = granter.refusals
         self.door = door
         self.port = port
         self.source = source
@@ -61,7 +63,14 @@ class OpenGrant:
         (proxy mode). Raises ``CannotListenError`` when the port is in use.
         """
         factory = GrantForwardFactory(
-            host, port, self.source, reactor, self._connected, door=self.door, granted_port=self.port
+            host,
+            port,
+            self.source,
+            reactor,
+            self._connected,
+            door=self.door,
+            granted_port=self.port,
+            refusals=self.refusals,
         )
         interface = "::" if self.source.version == 6 else "0.0.0.0"
         self._listener = reactor.listenTCP(self.port, factory, interface=interface)
@@ -124,7 +133,8 @@ class PortGranter(Service):
     ``reactor`` provides ``IReactorTCP`` and ``IReactorTime``; ``settings`` is the
     ``LiveSettings`` (the forward target, ``SINGLECONN_PORTOPEN_TIME``, ``ASSIGN_PORT_RANGE``,
     ``FORWARD_MODE``); ``firewall`` opens the port for the session's address (the daemon's
-    ``FirewallService``).
+    ``FirewallService``); ``refusals`` (a ``RefusalLog``) hears of the connections the grants
+    refuse.
     """
 
     log = Logger()
@@ -135,8 +145,10 @@ class PortGranter(Service):
         settings: Any,
         firewall: Any,
         chooser: Optional[random.Random] = None,
+        refusals: Optional[RefusalLog] = None,
     ) -> None:
         self.reactor = reactor
+        self.refusals = refusals if refusals is not None else RefusalLog()
         self.settings = settings
         self.firewall = firewall
         self._chooser = chooser if chooser is not None else random.SystemRandom()

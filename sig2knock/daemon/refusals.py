@@ -1,6 +1,9 @@
 """
 Refusals: counted by reason for as long as the daemon runs, logged one by one while they are few,
 and summed up once a minute under a flood, so junk can neither flood the log nor fill the disk.
+Refused datagrams (the control port) and refused connections (an assigned port) alike. Each
+source has its own small share of the detailed lines, so one source's failed knock, or its flood,
+cannot hide what the next source does.
 """
 
 import collections
@@ -10,8 +13,10 @@ from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-# Refusals logged one by one in each interval; the rest go into the interval's summary.
+# Refusals logged one by one in each interval, in all and per source; the rest go into the
+# interval's summary.
 DETAILED_PER_INTERVAL = 20
+DETAILED_PER_SOURCE = 3
 INTERVAL = 60.0
 # Distinct sources remembered per interval for the summary's "busiest sources".
 MAX_SOURCES_PER_INTERVAL = 1024
@@ -20,17 +25,23 @@ BUSIEST_SHOWN = 5
 
 class RefusalLog:
     """
-    Where every refused datagram is reported (``refused``). ``totals`` counts them by reason
-    since start; ``summarize`` ends an interval (``RefusalSummary`` calls it once an interval).
+    Where every refused datagram and connection is reported (``refused``). ``totals`` counts
+    them by reason since start; ``summarize`` ends an interval (``RefusalSummary`` calls it once
+    an interval).
     """
 
     log = Logger()
 
     def __init__(
-        self, detailed_per_interval: int = DETAILED_PER_INTERVAL, interval: float = INTERVAL
+        self,
+        detailed_per_interval: int = DETAILED_PER_INTERVAL,
+        interval: float = INTERVAL,
+        detailed_per_source: int = DETAILED_PER_SOURCE,
     ) -> None:
         self.detailed_per_interval = detailed_per_interval
+        self.detailed_per_source = detailed_per_source
         self.interval = interval
+        self._detailed_by_source: Counter[str] = collections.Counter()
         self.totals: Counter[str] = collections.Counter()
         self._reasons: Counter[str] = collections.Counter()
         self._sources: Counter[str] = collections.Counter()
@@ -38,23 +49,38 @@ class RefusalLog:
         self._suppressed = 0
 
     def refused(
-        self, source: str, port: int, reason: str, detail: str, severe: bool = False
+        self,
+        source: str,
+        port: int,
+        reason: str,
+        detail: str,
+        severe: bool = False,
+        what: str = "datagram",
     ) -> None:
         """
-        Count one refusal from ``source``/``port`` and log it: at info level if the interval's
-        quota allows, or always, at error level, when it is ``severe`` (the operator must look
-        into it: the firewall refused a change, no port was free). Only an authenticated
-        session can be refused as severe, so junk cannot flood the log this way.
+        Count one refusal of a ``what`` (``datagram`` or ``connection``) from ``source``/``port``
+        and log it: at info level if the interval's quotas allow (in all, and for this source),
+        or always, at error level, when it is ``severe`` (the operator must look into it: the
+        firewall refused a change, no port was free). Only an authenticated session can be
+        refused as severe, so junk cannot flood the log this way.
         """
         self.totals[reason] += 1
         self._reasons[reason] += 1
-        if source in self._sources or len(self._sources) < MAX_SOURCES_PER_INTERVAL:
+        known = source in self._sources or len(self._sources) < MAX_SOURCES_PER_INTERVAL
+        if known:
             self._sources[source] += 1
-        if severe or self._detailed < self.detailed_per_interval:
+        detailed = (
+            known
+            and self._detailed < self.detailed_per_interval
+            and self._detailed_by_source[source] < self.detailed_per_source
+        )
+        if severe or detailed:
             if not severe:
                 self._detailed += 1
+                self._detailed_by_source[source] += 1
             (self.log.error if severe else self.log.info)(
-                "refused datagram from {source} port {source_port}: {reason} ({detail})",
+                "refused {what} from {source} port {source_port}: {reason} ({detail})",
+                what=what,
                 source=source,
                 source_port=port,
                 reason=reason,
@@ -76,8 +102,9 @@ class RefusalLog:
                 f"{reason} {count}" for reason, count in self._reasons.most_common()
             )
             self.log.warn(
-                "refused {total} datagrams in the last {interval:.0f}s, {suppressed} of them not"
-                " logged one by one: {reasons}; busiest sources: {busiest}",
+                "refused {total} datagrams and connections in the last {interval:.0f}s,"
+                " {suppressed} of them not logged one by one: {reasons}; busiest sources:"
+                " {busiest}",
                 total=sum(self._reasons.values()),
                 interval=self.interval,
                 suppressed=self._suppressed,
@@ -87,6 +114,7 @@ class RefusalLog:
             )
         self._reasons.clear()
         self._sources.clear()
+        self._detailed_by_source.clear()
         self._detailed = 0
         self._suppressed = 0
 

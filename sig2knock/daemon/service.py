@@ -65,7 +65,8 @@ class Sig2knockService(MultiService):
         else:
             backend, reason = registry.BACKENDS[firewall.name], "given"
         self.firewall = FirewallService(reactor, backend, firewall, reason, config.firewall_policy)
-        self.granter = PortGranter(reactor, self.settings, self.firewall)
+        refusals = RefusalLog()
+        self.granter = PortGranter(reactor, self.settings, self.firewall, refusals=refusals)
         capture_options = {} if open_handle is None else {"open_handle": open_handle}
         self.sessions = SessionTable(
             reactor,
@@ -81,7 +82,6 @@ class Sig2knockService(MultiService):
                 **capture_options,
             ),
         )
-        refusals = RefusalLog()
         self.control = control_ports(
             reactor, self.settings, prepared.identity, self.sessions, prepared.replay_cache, refusals
         )

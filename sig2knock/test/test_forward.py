@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon.forward import GrantForwardFactory
+from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.test.common import connect, tcp_transport
 
 
@@ -32,6 +33,7 @@ class FactoryTestCase(SynchronousTestCase):
         self.connections: List[str] = []
         self.events: List[dict] = []
         self.patch(GrantForwardFactory, "log", Logger(observer=self.events.append))
+        self.patch(RefusalLog, "log", Logger(observer=self.events.append))
         self.factory = GrantForwardFactory(
             "127.0.0.1",
             22,
@@ -71,7 +73,21 @@ class ForwardFactoryTests(FactoryTestCase):
         self.assertEqual(self.connections, [])
         client = connect(self.factory, "198.18.0.2")
         self.assertFalse(client.disconnecting)
-        self.assertEqual(len(self.logged("refused")), 1)
+        (refused,) = self.logged("refused")
+        self.assertEqual((refused["what"], refused["source"], refused["reason"]),
+                         ("connection", "198.18.0.99", "not-granted"))
+        self.assertEqual(self.factory.refusals.totals["not-granted"], 1)
+
+    def test_connectionFloodIsBounded(self) -> None:
+        """
+        10,000 connections from elsewhere to a granted port: each is refused and counted, but
+        only a few are logged one by one (the refusal log's quotas), not 10,000 lines.
+        """
+        for number in range(10000):
+            connect(self.factory, f"198.18.{1 + number % 50}.{1 + number % 200}")
+        self.assertEqual(self.factory.refusals.totals["not-granted"], 10000)
+        self.assertLessEqual(len(self.logged("refused")), 20)
+        self.assertFalse(connect(self.factory, "198.18.0.2").disconnecting, "the grant is kept")
 
     def test_secondConnectionRefused(self) -> None:
         connect(self.factory, "198.18.0.2")
