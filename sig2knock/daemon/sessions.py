@@ -44,6 +44,10 @@ DEFAULT_MAX_PER_SOURCE = 8
 # table and lock the other users out.
 DEFAULT_MAX_PER_USER = 16
 DEFAULT_MAX_TOTAL = 1024
+# Addresses one user may have pending sessions from at once. The kernel capture filter names the
+# watched addresses while there are at most 16 (capture.MAX_FILTER_SOURCES) and passes every
+# knock-shaped packet beyond that; with this cap it takes six users' keys, not two, to widen it.
+DEFAULT_MAX_SOURCES_PER_USER = 3
 DEFAULT_EARLY_WINDOW = 2.0
 # Remembered early knocks: per address, and addresses at once.
 EARLY_KNOCKS_PER_SOURCE = 128
@@ -85,6 +89,7 @@ class SessionTable(Service):
         settings: Any,
         max_per_source: int = DEFAULT_MAX_PER_SOURCE,
         max_per_user: int = DEFAULT_MAX_PER_USER,
+        max_sources_per_user: int = DEFAULT_MAX_SOURCES_PER_USER,
         max_total: int = DEFAULT_MAX_TOTAL,
         early_window: float = DEFAULT_EARLY_WINDOW,
     ) -> None:
@@ -94,6 +99,7 @@ class SessionTable(Service):
         self.settings = settings
         self.max_per_source = max_per_source
         self.max_per_user = max_per_user
+        self.max_sources_per_user = max_sources_per_user
         self.max_total = max_total
         self.early_window = early_window
         self._sessions: Dict[Tuple[str, bytes], Session] = {}
@@ -209,13 +215,24 @@ class SessionTable(Service):
     def check_room(self, source: IPAddress, user: str, session_id: bytes) -> None:
         """
         Refuse (``SessionRefused``) a new session of ``user`` from ``source`` that the limits
-        leave no room for: pending sessions per source and sessions per user and in all. An
-        existing session (a re-sent P1) always has its room.
+        leave no room for: pending sessions per source, addresses with a pending session per
+        user, sessions per user and in all. An existing session (a re-sent P1) always has its
+        room.
         """
         if (user, session_id) in self._sessions:
             return
         if self.pending_count(source) >= self.max_per_source:
             raise SessionRefused("source-limit", f"{self.max_per_source} pending sessions")
+        sources = {
+            pending_source
+            for pending_source, sessions in self._pending.items()
+            if any(session.user == user for session in sessions)
+        }
+        if source not in sources and len(sources) >= self.max_sources_per_user:
+            raise SessionRefused(
+                "user-sources",
+                f"user {user} has pending sessions from {len(sources)} addresses already",
+            )
         if self._sessions_by_user.get(user, 0) >= self.max_per_user:
             raise SessionRefused("user-limit", f"{self.max_per_user} sessions of user {user}")
         if len(self._sessions) >= self.max_total:

@@ -265,6 +265,7 @@ class ControlProtocolTests(ControlTestCase):
         self.protocol.user_limiter = RateLimiter(
             self.clock, per_source_rate=1, per_source_burst=3, global_rate=None
         )
+        self.sessions.max_sources_per_user = 100  # the rate, not the addresses, is tested here
         forged = bytearray(self.p1())
         forged[-1] ^= 1
         for n in range(10):

@@ -287,7 +287,7 @@ class SessionTableTests(SynchronousTestCase):
         """
         One user with many addresses cannot fill the table: others still get sessions.
         """
-        table = self.make(max_per_user=3)
+        table = self.make(max_per_user=3, max_sources_per_user=100)
         for n in range(3):
             table.open(ipaddress.ip_address(f"198.18.1.{n}"), "bob", *keyed(request(bytes([n]) * 16)))
         error = self.assertRaises(
@@ -303,6 +303,25 @@ class SessionTableTests(SynchronousTestCase):
         self.clock.advance(11)
         self.assertEqual(len(table), 0)
         table.open(ipaddress.ip_address("198.18.1.8"), "bob", *keyed(request(b"X" * 16)))
+
+    def test_addressesPerUserLimit(self) -> None:
+        """
+        One user's pending sessions come from at most 3 addresses at once (a fourth is refused,
+        more from the same addresses are not): a few key holders with spoofed P1 sources cannot
+        make the capture watch more than 16 addresses and so pass every knock-shaped packet.
+        """
+        addresses = [ipaddress.ip_address(f"198.18.1.{n}") for n in range(4)]
+        for n, source in enumerate(addresses[:3]):
+            self.table.open(source, "bob", *keyed(request(bytes([n]) * 16)))
+        error = self.assertRaises(SessionRefused, self.table.open, addresses[3], "bob",
+                                  *keyed(request(b"\x09" * 16)))
+        self.assertEqual(error.reason, "user-sources")
+        self.table.open(addresses[0], "bob", *keyed(request(b"\x0a" * 16)))
+        self.table.open(addresses[3], "alice", *keyed(request(b"\x0b" * 16)))
+        self.assertEqual(len(self.watched[-1]), 4)
+        for port in PORTS:  # bob's session from the second address completes: not pending
+            self.table.knock(Knock(addresses[1], SERVER, TCP, port))
+        self.table.open(addresses[3], "bob", *keyed(request(b"\x0c" * 16)))
 
     def test_usedSessionFreesItsSlot(self) -> None:
         """
