@@ -39,7 +39,7 @@ RSS_GROWTH_LIMIT_KIB = 64 * MIB
 # Limit refusals the session table (or a rate limiter) may log under state exhaustion.
 # A P1 with the client's default 4 knocks and no service name.
 P1_SIZE = wire.MIN_KNOCK_REQUEST_SIZE + 2 * 3
-LIMIT_REASONS = ("source-limit", "user-limit", "table-full", "rate-limited")
+LIMIT_REASONS = ("source-limit", "user-sources", "user-limit", "table-full", "rate-limited")
 
 
 def why_not() -> Optional[str]:
