@@ -87,6 +87,24 @@ class KnockTests(SynchronousTestCase):
         port = self.knocked_port(server=lab.SERVER_IP6)
         self.assertEqual(self.lab.probe("client", lab.SERVER_IP6, port), "echo:hello")
 
+    def test_serverWithTwoAddressesAnswersFromTheOneKnockedOn(self) -> None:
+        """
+        A server with a second address on the same interface, knocked on at that address: P3
+        comes from it (the client takes answers only from the address it sent to), and the
+        grant is reached there. A second address added while the daemon runs works too.
+        """
+        second, third = "198.18.0.9", "198.18.0.10"
+        self.lab.ns("server", ["ip", "addr", "add", f"{second}/24", "dev", "br0"])
+        self.lab.start_daemon()
+        port = self.knocked_port(server=second)
+        self.assertEqual(self.lab.probe("client", second, port), "echo:hello")
+        self.lab.ns("server", ["ip", "addr", "add", f"{third}/24", "dev", "br0"])
+        deadline = time.monotonic() + 5
+        while third not in self.lab.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = self.knocked_port(server=third)
+        self.assertEqual(self.lab.probe("client", third, port), "echo:hello")
+
     def test_udpKnocks(self) -> None:
         self.lab.start_daemon({"KNOCK_PROTO": "udp"})
         port = self.knocked_port(extra=["--knock-proto", "udp"])

@@ -83,7 +83,13 @@ class Sig2knockService(MultiService):
             ),
         )
         self.control = control_ports(
-            reactor, self.settings, prepared.identity, self.sessions, prepared.replay_cache, refusals
+            reactor,
+            self.settings,
+            prepared.identity,
+            self.sessions,
+            prepared.replay_cache,
+            refusals,
+            watch_addresses,
         )
         for part in (
             self.firewall,

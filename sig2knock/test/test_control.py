@@ -8,6 +8,7 @@ import ipaddress
 import types
 from typing import Any, List, Optional, Tuple
 
+from twisted.application.service import Service
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -560,13 +561,44 @@ class ControlChannelTests(SynchronousTestCase):
         self.assertEqual((port, interface), (1001, "198.18.0.1"))
         self.assertIs(protocol.identity, IDENTITY)
 
-    def test_everyAddressAndLiveUsers(self) -> None:
-        clock, settings = self.channel(None)
-        port, protocol, interface = clock.udp[0]
-        self.assertEqual((port, interface), (1001, "::"))
+    def test_liveUsers(self) -> None:
+        clock, settings = self.channel(SERVER_ADDRESS)
+        (_, protocol, _), = clock.udp
         self.assertIsNotNone(protocol.users().public_key("alice"))
         settings.users = users()
         self.assertIsNone(protocol.users().public_key("alice"))
+
+
+class AddressFollowingTests(SynchronousTestCase):
+    """
+    Without LISTEN_ADDRESS, one socket per address of the host (so each answer leaves from the
+    address its P1 came to), following the addresses the host gains and loses.
+    """
+
+    def test_oneSocketPerAddress(self) -> None:
+        clock = UdpRecordingClock()
+        found = frozenset(ipaddress.ip_address(a) for a in (
+            "198.18.0.1", "198.18.0.9", "2001:2::1", "fe80::1", "127.0.0.1", "::1"))
+        watchers: List[Any] = []
+
+        def watch(reactor: Any, interface: Optional[str], on_change: Any) -> Service:
+            self.assertIsNone(interface, "every interface's addresses")
+            watchers.append(on_change)
+            watcher = Service()
+            watcher.open = lambda: None  # type: ignore[attr-defined]
+            return watcher
+
+        ports = ControlPorts(clock, 1001, None, DatagramProtocol, watch, lambda _: found)
+        ports.open()
+        self.assertEqual(sorted(interface for _, _, interface in clock.udp),
+                         ["127.0.0.1", "198.18.0.1", "198.18.0.9", "2001:2::1", "::1"])
+        self.assertEqual({port for port, _, _ in clock.udp}, {1001})
+        (changed,) = watchers
+        changed(found - {ipaddress.ip_address("198.18.0.9")}
+                | {ipaddress.ip_address("198.18.0.10")})
+        self.assertEqual(sorted(ports.listening), ["127.0.0.1", "198.18.0.1", "198.18.0.10",
+                                                   "2001:2::1", "::1"])
+        self.assertEqual(clock.udp[-1][2], "198.18.0.10")
 
 
 class ControlPortsTests(TestCase):
@@ -591,7 +623,7 @@ class ControlPortsTests(TestCase):
         ports = self.ports()
         ports.open()
         self.addCleanup(ports.stopService)
-        (listening,) = ports.listening
+        (listening,) = ports.listening.values()
         self.assertEqual(listening.maxThroughput, CONTROL_READ_BYTES)
         self.assertLess(CONTROL_READ_BYTES, 256 * 1024)
         self.assertGreaterEqual(CONTROL_READ_BYTES, 8 * 90)
@@ -600,18 +632,18 @@ class ControlPortsTests(TestCase):
         first = self.ports()
         first.open()
         self.addCleanup(first.stopService)
-        taken = first.listening[0].getHost().port
+        taken = first.listening["127.0.0.1"].getHost().port
         second = self.ports(taken)
         error = self.assertRaises(ControlPortError, second.open)
         self.assertIn(f"UDP_PORT {taken}: cannot listen on 127.0.0.1", str(error))
         self.assertIn("another sig2knockd", str(error))
-        self.assertEqual(second.listening, [])
+        self.assertEqual(second.listening, {})
 
     async def test_stopCloses(self) -> None:
         ports = self.ports()
         ports.open()
-        (listening,) = ports.listening
+        (listening,) = ports.listening.values()
         ports.startService()
         await ports.stopService()
-        self.assertEqual(ports.listening, [])
+        self.assertEqual(ports.listening, {})
         self.assertFalse(listening.connected)
