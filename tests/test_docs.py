@@ -308,7 +308,7 @@ class Fail2banFilterTests(SynchronousTestCase):
         events: List[dict] = []
         self.patch(RefusalLog, "log", Logger(namespace="sig2knock.daemon.refusals.RefusalLog",
                                              observer=events.append))
-        refusals = RefusalLog(detailed_per_source=100)
+        refusals = RefusalLog()
         refusals.refused("198.18.0.9", 51000, "not-granted", "port 40001 is granted to"
                          " 198.18.0.2", what="connection")
         refusals.refused("2001:2::9", 51001, "not-granted", "port 40002 is granted to"

@@ -1,9 +1,7 @@
 """
 Refusals: counted by reason for as long as the daemon runs, logged one by one while they are few,
 and summed up once a minute under a flood, so junk can neither flood the log nor fill the disk.
-Refused datagrams (the control port) and refused connections (an assigned port) alike. Each
-source has its own small share of the detailed lines, so one source's failed knock, or its flood,
-cannot hide what the next source does.
+Refused datagrams (the control port) and refused connections (an assigned port) alike.
 """
 
 import collections
@@ -13,10 +11,8 @@ from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-# Refusals logged one by one in each interval, in all and per source; the rest go into the
-# interval's summary.
+# Refusals logged one by one in each interval; the rest go into the interval's summary.
 DETAILED_PER_INTERVAL = 20
-DETAILED_PER_SOURCE = 3
 INTERVAL = 60.0
 # Distinct sources remembered per interval for the summary's "busiest sources".
 MAX_SOURCES_PER_INTERVAL = 1024
@@ -33,15 +29,10 @@ class RefusalLog:
     log = Logger()
 
     def __init__(
-        self,
-        detailed_per_interval: int = DETAILED_PER_INTERVAL,
-        interval: float = INTERVAL,
-        detailed_per_source: int = DETAILED_PER_SOURCE,
+        self, detailed_per_interval: int = DETAILED_PER_INTERVAL, interval: float = INTERVAL
     ) -> None:
         self.detailed_per_interval = detailed_per_interval
-        self.detailed_per_source = detailed_per_source
         self.interval = interval
-        self._detailed_by_source: Counter[str] = collections.Counter()
         self.totals: Counter[str] = collections.Counter()
         self._reasons: Counter[str] = collections.Counter()
         self._sources: Counter[str] = collections.Counter()
@@ -59,25 +50,18 @@ class RefusalLog:
     ) -> None:
         """
         Count one refusal of a ``what`` (``datagram`` or ``connection``) from ``source``/``port``
-        and log it: at info level if the interval's quotas allow (in all, and for this source),
-        or always, at error level, when it is ``severe`` (the operator must look into it: the
+        and log it: at info level if the interval's quota allows, or always, at error level,
+        when it is ``severe`` (the operator must look into it: the
         firewall refused a change, no port was free). Only an authenticated session can be
         refused as severe, so junk cannot flood the log this way.
         """
         self.totals[reason] += 1
         self._reasons[reason] += 1
-        known = source in self._sources or len(self._sources) < MAX_SOURCES_PER_INTERVAL
-        if known:
+        if source in self._sources or len(self._sources) < MAX_SOURCES_PER_INTERVAL:
             self._sources[source] += 1
-        detailed = (
-            known
-            and self._detailed < self.detailed_per_interval
-            and self._detailed_by_source[source] < self.detailed_per_source
-        )
-        if severe or detailed:
+        if severe or self._detailed < self.detailed_per_interval:
             if not severe:
                 self._detailed += 1
-                self._detailed_by_source[source] += 1
             (self.log.error if severe else self.log.info)(
                 "refused {what} from {source} port {source_port}: {reason} ({detail})",
                 what=what,
@@ -114,7 +98,6 @@ class RefusalLog:
             )
         self._reasons.clear()
         self._sources.clear()
-        self._detailed_by_source.clear()
         self._detailed = 0
         self._suppressed = 0
 

@@ -92,8 +92,6 @@ class ControlTestCase(SynchronousTestCase):
             sessions=self.sessions,
             replay_cache=ReplayCache(None, 60, NOW),
             max_skew=60,
-            # Every refusal of these tests logged one by one, whatever their source.
-            refusals=RefusalLog(detailed_per_source=1000),
         )
         self.transport = DatagramTransport()
         self.protocol.makeConnection(self.transport)

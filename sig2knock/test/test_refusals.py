@@ -51,22 +51,6 @@ class RefusalLogTests(SynchronousTestCase):
         self.refusals.refused("198.18.0.3", 4000, "auth", "again")
         self.assertEqual(len(self.events), 5, "a new interval logs in detail again")
 
-    def test_eachSourceHasItsShare(self) -> None:
-        """
-        One source's failed knock (or flood) uses only its own few detailed lines: the next
-        source's refusal is still logged at once, not only in the summary a minute later.
-        """
-        refusals = RefusalLog(detailed_per_interval=20, detailed_per_source=3)
-        for _ in range(10):
-            refusals.refused("198.18.0.3", 4000, "auth", "user alice")
-        refusals.refused("198.18.0.4", 4000, "knock-count", "user bob: 3 knocks")
-        logged = [(event["source"], event["reason"]) for event in self.events]
-        self.assertEqual(logged, [("198.18.0.3", "auth")] * 3 + [("198.18.0.4", "knock-count")])
-        refusals.summarize()
-        self.assertEqual(self.events[-1]["suppressed"], 7)
-        refusals.refused("198.18.0.3", 4000, "auth", "a new interval")
-        self.assertEqual(self.events[-1]["detail"], "a new interval")
-
     def test_connectionsSaySo(self) -> None:
         self.refusals.refused("198.18.0.9", 51000, "not-granted", "port 40001 is granted to"
                               " 198.18.0.2", what="connection")
