@@ -187,10 +187,23 @@ SYSTEM_CONFIG = "/etc/sig2knock/sig2knockd.conf"
 
 def default_config_path() -> str:
     """
-    ``etc/sig2knockd.conf`` when run from the top of a sig2knock checkout, otherwise the system
-    path ``/etc/sig2knock/sig2knockd.conf``.
+    ``etc/sig2knockd.conf`` when run from the top of the sig2knock checkout this code itself
+    comes from (the Quick start's editable install), otherwise the system path
+    ``/etc/sig2knock/sig2knockd.conf``. An installed daemon never takes the configuration of a
+    checkout it merely runs in: root running it from someone else's checkout would run on their
+    settings.
     """
     in_checkout = os.path.isfile(REPOSITORY_CONFIG) and os.path.isfile(
         os.path.join("twisted", "plugins", "sig2knock_plugin.py")
     )
-    return REPOSITORY_CONFIG if in_checkout else SYSTEM_CONFIG
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # sig2knock/
+    if in_checkout and _same_file(package, "sig2knock"):
+        return REPOSITORY_CONFIG
+    return SYSTEM_CONFIG
+
+
+def _same_file(one: str, other: str) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False

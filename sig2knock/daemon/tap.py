@@ -61,8 +61,8 @@ class Options(usage.Options):
             "config",
             "c",
             default_config_path(),
-            "Configuration file (default: etc/sig2knockd.conf in a checkout,"
-            " else /etc/sig2knock/sig2knockd.conf).",
+            "Configuration file (default: etc/sig2knockd.conf at the top of the checkout this"
+            " code runs from, else /etc/sig2knock/sig2knockd.conf).",
         ],
         [
             "interface",

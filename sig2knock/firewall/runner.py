@@ -49,11 +49,13 @@ def tool_message(raw: bytes) -> str:
 
 def find_tool(name: str) -> Optional[str]:
     """
-    The full path of the firewall tool ``name``, or ``None`` when this host has none.
+    The full path of the firewall tool ``name`` in the system's directories (never from
+    ``$PATH``: the daemon runs as root or with network capabilities, and a directory someone
+    put first in its ``PATH`` must not give it an ``nft``), or ``None`` when this host has none.
     """
     if os.path.isabs(name):
         return name if os.access(name, os.X_OK) else None
-    return shutil.which(name, path=TOOL_ENVIRONMENT["PATH"] + ":" + os.environ.get("PATH", ""))
+    return shutil.which(name, path=TOOL_ENVIRONMENT["PATH"])
 
 
 class _Collect(ProcessProtocol):

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="configuration file (default: /etc/sig2knock/sig2knockd.conf, or"
-        " etc/sig2knockd.conf when run from the top of a sig2knock checkout)",
+        " etc/sig2knockd.conf when run from the top of the checkout this sig2knockd runs from,"
+        " as after ./bootstrap; never another checkout's)",
     )
     parser.add_argument(
         "-i",

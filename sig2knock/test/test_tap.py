@@ -12,7 +12,7 @@ from twisted.application.service import IService, IServiceMaker
 from twisted.internet.task import Clock
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sig2knock.daemon import service, settings as config_module, startup, tap
@@ -74,7 +74,11 @@ class OptionsTests(SynchronousTestCase):
     def test_unknownOption(self) -> None:
         self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--bogus"])
 
-    def test_defaultConfigInCheckout(self) -> None:
+    def test_defaultConfigInSomeoneElsesCheckout(self) -> None:
+        """
+        Run from the top of a checkout that is not where this code comes from (root in
+        someone else's clone): the system configuration, not the checkout's.
+        """
         checkout = self.mktemp()
         for directory in ("etc", os.path.join("twisted", "plugins")):
             os.makedirs(os.path.join(checkout, directory))
@@ -82,6 +86,19 @@ class OptionsTests(SynchronousTestCase):
             open(os.path.join(checkout, name), "w").close()
         self.addCleanup(os.chdir, os.getcwd())
         os.chdir(checkout)
+        self.assertEqual(config_module.default_config_path(), "/etc/sig2knock/sig2knockd.conf")
+
+    def test_defaultConfigInItsOwnCheckout(self) -> None:
+        """
+        Run from the top of the checkout this code comes from (the Quick start): its example.
+        """
+        import sig2knock
+
+        top = os.path.dirname(os.path.dirname(os.path.abspath(sig2knock.__file__)))
+        if not os.path.isfile(os.path.join(top, "twisted", "plugins", "sig2knock_plugin.py")):
+            raise SkipTest("this sig2knock is installed, not run from a checkout")
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(top)
         self.assertEqual(config_module.default_config_path(), "etc/sig2knockd.conf")
 
     def test_defaultConfigElsewhere(self) -> None:
