@@ -88,4 +88,6 @@ def is_sig2knock(holder: str) -> bool:
     """
     Whether ``holder`` (from ``control_port_holder``) is a running sig2knock daemon.
     """
-    return "sig2knockd" in holder or " sig2knock " in f" {holder.split('(', 1)[-1]} "
+    command = holder.split("(", 1)[-1].rstrip(")").split()
+    names = [os.path.basename(word) for word in command]
+    return "sig2knockd" in names or ("twistd" in names and "sig2knock" in command)

@@ -45,5 +45,6 @@ class ControlPortTests(SynchronousTestCase):
         twistd = "pid 8 (/opt/s2k/bin/python /opt/s2k/bin/twistd -n sig2knock --config c)"
         for holder in (daemon, twistd):
             self.assertTrue(preflight.is_sig2knock(holder), holder)
-        for holder in ("pid 9 (/usr/sbin/named -u bind)", "another program"):
+        for holder in ("pid 9 (/usr/sbin/named -u bind)", "another program",
+                       "pid 10 (/opt/venv/bin/python /opt/venv/bin/trial sig2knock tests)"):
             self.assertFalse(preflight.is_sig2knock(holder), holder)
