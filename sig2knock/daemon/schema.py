@@ -168,8 +168,9 @@ SCHEMA: Tuple[Setting, ...] = (
     Setting(
         "LISTEN_ADDRESS", "listen_address", values.listen_address, None, "every address",
         RESTART,
-        "address of the control channel, IPv4 or IPv6; unset listens on all addresses of both"
-        " families.",
+        "address of the control channel, IPv4 or IPv6; unset: one socket on each address of"
+        " the host (IPv6 link-local ones aside), following the addresses that come and go, so"
+        " that every answer leaves from the address the client knocked on.",
     ),
     Setting(
         "STATE_DIR", "state_dir", values.path, "/var/lib/sig2knock", "`/var/lib/sig2knock`",

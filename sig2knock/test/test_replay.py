@@ -24,15 +24,22 @@ def nonce(number: int) -> bytes:
     return number.to_bytes(12, "big")
 
 
-class ReplayCacheTests(SynchronousTestCase):
+class CacheFileTestCase(SynchronousTestCase):
     """
-    A nonce is accepted once; the cache survives restarts and forgets only what the window refuses.
+    A test with ``path``, where its replay cache file goes, in a directory of its own.
     """
 
     def setUp(self) -> None:
         self.directory = self.mktemp()
         os.makedirs(self.directory)
         self.path = os.path.join(self.directory, "replay.cache")
+
+
+class ReplayCacheTests(CacheFileTestCase):
+    """
+    A nonce is accepted once; the cache survives restarts and forgets only what the window refuses.
+    """
+
 
     def cache(self, now: float = NOW, **kwargs) -> ReplayCache:
         kwargs.setdefault("first_start", not os.path.exists(self.path))
@@ -207,16 +214,14 @@ def full_disk(*_: object, **__: object) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-class PersistenceFailureTests(SynchronousTestCase):
+class PersistenceFailureTests(CacheFileTestCase):
     """
     A replay cache that cannot be saved refuses messages (fail closed) until it can again, and
     never loses what it accepted: nothing accepted is replayable after a restart.
     """
 
     def setUp(self) -> None:
-        self.directory = self.mktemp()
-        os.makedirs(self.directory)
-        self.path = os.path.join(self.directory, "replay.cache")
+        super().setUp()
         self.events: list = []
         self.patch(ReplayCache, "log", replay.Logger(observer=self.events.append))
         self.cache = ReplayCache(self.path, SKEW, NOW, first_start=True)
@@ -237,6 +242,15 @@ class PersistenceFailureTests(SynchronousTestCase):
         self.addCleanup(cache.close)
         return cache
 
+    def assertReplaysAfterRestart(self, *numbers: int) -> ReplayCache:
+        """After a restart, each of ``numbers`` is refused as a replay; the cache then."""
+        after = self.restarted()
+        for number in numbers:
+            error = self.assertRaises(MessageRejected, remember, after, nonce(number),
+                                      wire.now_ms(NOW), NOW + 1)
+            self.assertEqual(error.reason, replay.REASON_REPLAY)
+        return after
+
     def test_failedCompactionKeepsTheLiveFile(self) -> None:
         """
         A compaction that cannot write its new file leaves the live file open: the messages
@@ -252,11 +266,7 @@ class PersistenceFailureTests(SynchronousTestCase):
         finally:
             replay.files.write_atomically = original
         self.assertGreaterEqual(self.logged("cannot compact"), 1)
-        after = self.restarted()
-        for number in (1, 2, 3):
-            error = self.assertRaises(MessageRejected, remember, after, nonce(number),
-                                      wire.now_ms(NOW), NOW + 1)
-            self.assertEqual(error.reason, replay.REASON_REPLAY)
+        self.assertReplaysAfterRestart(1, 2, 3)
 
     def test_fullDiskRefusesUntilFreed(self) -> None:
         """
@@ -274,24 +284,16 @@ class PersistenceFailureTests(SynchronousTestCase):
         self.remember(2)  # a refused message may come again, and is accepted now
         self.remember(4)
         self.assertEqual(self.logged("replay cache saved again"), 1)
-        after = self.restarted()
-        for number in (1, 2, 4):
-            error = self.assertRaises(MessageRejected, remember, after, nonce(number),
-                                      wire.now_ms(NOW), NOW + 1)
-            self.assertEqual(error.reason, replay.REASON_REPLAY)
+        after = self.assertReplaysAfterRestart(1, 2, 4)
         remember(after, nonce(3), wire.now_ms(NOW), NOW + 1)  # refused then, so never used
 
 
-class ClockTests(SynchronousTestCase):
+class ClockTests(CacheFileTestCase):
     """
     A start with the clock behind (no RTC, fake-hwclock, a restored snapshot) must not shorten
     the records: the file keeps the highest time the daemon has seen.
     """
 
-    def setUp(self) -> None:
-        self.directory = self.mktemp()
-        os.makedirs(self.directory)
-        self.path = os.path.join(self.directory, "replay.cache")
 
     def start(self, now: float, first_start: bool = False) -> ReplayCache:
         return ReplayCache(self.path, SKEW, now, first_start=first_start)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -178,24 +179,24 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 3, result.stderr)
         self.assertEqual(result.stdout, "['45682', '127.0.0.1']\n")
 
-    def test_stdio(self) -> None:
+    def stdio_through(self, serve: Any) -> Tuple[subprocess.CompletedProcess, LoopbackServer]:
+        """
+        ``sig2knockc --stdio`` with ``hello`` on its input, its grant's port a listener on
+        127.0.0.1 whose one connection ``serve(connection)`` answers as the daemon's proxy
+        would (in a thread).
+        """
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(listener.close)
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         listener.settimeout(20)
 
-        received = []
-
-        def echo() -> None:
-            # As the daemon's proxy: the door secret first, then the client's bytes.
+        def accept() -> None:
             connection, _ = listener.accept()
             with connection:
-                data = read_until_closed(connection)
-                received.append(data)
-                connection.sendall(b"echo:" + data[wire.DOOR_SIZE :])
+                serve(connection)
 
-        thread = threading.Thread(target=echo, daemon=True)
+        thread = threading.Thread(target=accept, daemon=True)
         thread.start()
         server = LoopbackServer(grant_port=listener.getsockname()[1])
         self.addCleanup(server.stop)
@@ -203,6 +204,18 @@ class CommandLineTests(SynchronousTestCase):
             server.port, "--password-file", self.password_file(), "--stdio", stdin="hello"
         )
         thread.join(10)
+        return result, server
+
+    def test_stdio(self) -> None:
+        received = []
+
+        def echo(connection: socket.socket) -> None:
+            # As the daemon's proxy: the door secret first, then the client's bytes.
+            data = read_until_closed(connection)
+            received.append(data)
+            connection.sendall(b"echo:" + data[wire.DOOR_SIZE :])
+
+        result, server = self.stdio_through(echo)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout, "echo:hello")
         self.assertTrue(server.requests[0].door, "--stdio offers the door secret in P1")
@@ -213,26 +226,13 @@ class CommandLineTests(SynchronousTestCase):
         The port was opened, but the connection ends before anything came back (the daemon
         could not reach the hidden service and reset it): exit 1 with a message, not 0.
         """
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(listener.close)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        listener.settimeout(20)
 
-        def reset() -> None:
-            connection, _ = listener.accept()
+        def reset(connection: socket.socket) -> None:
             connection.recv(wire.DOOR_SIZE)  # as the daemon does: the door, then the service
             connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-            connection.close()  # a reset, as the daemon's proxy sends
+            # closed by the caller: a reset, as the daemon's proxy sends
 
-        thread = threading.Thread(target=reset, daemon=True)
-        thread.start()
-        server = LoopbackServer(grant_port=listener.getsockname()[1])
-        self.addCleanup(server.stop)
-        result = self.client(
-            server.port, "--password-file", self.password_file(), "--stdio", stdin="hello"
-        )
-        thread.join(10)
+        result, _ = self.stdio_through(reset)
         self.assertEqual((result.returncode, result.stdout), (1, ""))
         self.assertIn("ended before anything came back: the hidden service is down",
                       result.stderr)
