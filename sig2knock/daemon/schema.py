@@ -98,7 +98,8 @@ SCHEMA: Tuple[Setting, ...] = (
     ),
     Setting(
         "INTERFACE", "interface", values.interface, None, "default-route interface", RESTART,
-        "where knocks are captured. `-i` overrides both keys.",
+        "where knocks are captured: a name, or a number of `sig2knockd --list-interfaces`"
+        " (the seed's `-i 1`). `-i` overrides both keys.",
     ),
     Setting(
         "INTERFACE_WAIT", "interface_wait", values.Seconds(0, 3600), 60.0, "`60`", RESTART,

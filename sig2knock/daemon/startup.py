@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from sig2knock.daemon import netif
+from sig2knock.daemon import interfaces, netif
 from sig2knock.daemon.identity import FILE_NAME as IDENTITY_FILE, ServerIdentity, ensure_identity
 from sig2knock.daemon.preflight import state_dir_problem
 from sig2knock.daemon.replay import FILE_NAME, ReplayCache, ReplayCacheError
@@ -104,7 +104,9 @@ class InterfaceNotReady(ConfigError):
 def resolve_interface(config: Config) -> str:
     """
     The capture interface: ``INTERFACE`` (or ``-i``, or ``PKTFILTER_INTERFACE``), else the
-    interface of the default route. Raises ``ConfigError`` naming it when it does not exist.
+    interface of the default route. A number that names no interface is the interface of that
+    number in the capture library's list (``sig2knockd --list-interfaces``, as the seed's
+    ``-i 1``). Raises ``ConfigError`` naming it when it does not exist.
     """
     line = config.lines.get("INTERFACE", config.lines.get("PKTFILTER_INTERFACE"))
     if config.interface is None:
@@ -115,6 +117,14 @@ def resolve_interface(config: Config) -> str:
                 config.path, None, "INTERFACE", f"{error}; set INTERFACE", config.interface_wait
             ) from None
     if not netif.interface_exists(config.interface):
+        try:
+            numbered = interfaces.by_number(config.interface)
+        except LookupError as error:
+            raise ConfigError(config.path, line, "INTERFACE", str(error)) from None
+        except Exception as error:  # the capture library could not list them
+            raise ConfigError(config.path, line, "INTERFACE", f"{config.interface}: {error}")
+        if numbered is not None:
+            return numbered
         raise InterfaceNotReady(
             config.path,
             line,

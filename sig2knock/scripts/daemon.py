@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the server's public key and its fingerprint, and exit",
     )
     parser.add_argument(
+        "--list-interfaces",
+        action="store_true",
+        help="print the capture interfaces, numbered as -i and INTERFACE take them (like"
+        " tcpdump -D), with whether each is up and its addresses, and exit",
+    )
+    parser.add_argument(
         "--flush",
         action="store_true",
         help="remove every firewall rule and table sig2knockd installed (nftables and iptables"
@@ -149,6 +155,22 @@ def check_config(config_path: str, interface: Optional[str]) -> int:
         f" firewall {config.firewall} ({config.firewall_policy}), knocks on {capture_interface},"
         f" {len(users)} user(s) in {users.path}"
     )
+    return 0
+
+
+def list_interfaces() -> int:
+    """
+    ``--list-interfaces``: the numbered capture interfaces, one a line; return the exit status.
+    """
+    from sig2knock.daemon.interfaces import capture_interfaces
+
+    try:
+        found = capture_interfaces()
+    except Exception as error:  # the capture library could not list them
+        print(f"sig2knockd: cannot list the capture interfaces: {error}", file=sys.stderr)
+        return 1
+    for interface in found:
+        print(interface.line())
     return 0
 
 
@@ -273,6 +295,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if options.config is None:
         options.config = default_config_path()
+    if options.list_interfaces:
+        return list_interfaces()
     if options.check_config:
         return check_config(options.config, options.interface)
     if options.flush:
