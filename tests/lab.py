@@ -268,11 +268,12 @@ class Lab:
         users: Optional[Dict[str, str]] = None,
         sig2knockd: bool = False,
         prefix: Sequence[str] = (),
+        arguments: Sequence[str] = (),
     ) -> None:
         """
         Start the real daemon (``twistd -n sig2knock``, or with ``sig2knockd`` that command,
-        behind ``prefix``, e.g. ``faketime``) in the server's namespace and wait until it logs
-        that it is ready.
+        behind ``prefix``, e.g. ``faketime``, with ``arguments`` after its own) in the server's
+        namespace and wait until it logs that it is ready.
         """
         config = self.write_server_files(settings or {}, users or {"alice": PASSWORD})
         if sig2knockd:
@@ -280,7 +281,7 @@ class Lab:
         else:
             command = [os.path.join(self.server_bin, "twistd"), "-n", "--pidfile=", "sig2knock",
                        "--config", config]
-        command = [*prefix, *command]
+        command = [*prefix, *command, *arguments]
         self.daemon_log_start = len(self.log())
         log = open(self.daemon_log, "a", encoding="utf-8")
         self.daemon = self.start(

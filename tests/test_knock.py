@@ -4,6 +4,7 @@ the real client (``sig2knockc``), with ``FIREWALL = none`` (the assigned-port li
 gate). Needs root; skipped with the reason otherwise.
 """
 
+import os
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -104,6 +105,19 @@ class KnockTests(SynchronousTestCase):
             time.sleep(0.05)
         port = self.knocked_port(server=third)
         self.assertEqual(self.lab.probe("client", third, port), "echo:hello")
+
+    def test_interfaceByNumberAsTheSeedRunsIt(self) -> None:
+        """
+        ``sig2knockd -i N``, N the capture interface's number in ``--list-interfaces`` (the
+        seed's ``sig2knockd -i 1``): the daemon captures there, and a knock gets in.
+        """
+        listed = self.lab.ns("server", [os.path.join(lab.BIN, "sig2knockd"), "--list-interfaces"])
+        (number,) = [line.split(".", 1)[0] for line in listed.stdout.splitlines()
+                     if line.split(" ", 1)[0].split(".", 1)[1] == "br0"]
+        self.lab.start_daemon({"INTERFACE": "lo"}, sig2knockd=True, arguments=["-i", number])
+        self.assertIn("knocks captured on br0", self.lab.log())
+        port = self.knocked_port()
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
 
     def test_udpKnocks(self) -> None:
         self.lab.start_daemon({"KNOCK_PROTO": "udp"})

@@ -95,7 +95,11 @@ class OptionsTests(SynchronousTestCase):
         import sig2knock
 
         top = os.path.dirname(os.path.dirname(os.path.abspath(sig2knock.__file__)))
-        if not os.path.isfile(os.path.join(top, "twisted", "plugins", "sig2knock_plugin.py")):
+        checkout = all(
+            os.path.isfile(os.path.join(top, *path))
+            for path in (("twisted", "plugins", "sig2knock_plugin.py"), ("etc", "sig2knockd.conf"))
+        )
+        if not checkout:  # site-packages has the plugin, but not etc/
             raise SkipTest("this sig2knock is installed, not run from a checkout")
         self.addCleanup(os.chdir, os.getcwd())
         os.chdir(top)
