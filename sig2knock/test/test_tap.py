@@ -12,7 +12,7 @@ from twisted.application.service import IService, IServiceMaker
 from twisted.internet.task import Clock
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sig2knock.daemon import service, settings as config_module, startup, tap
@@ -91,18 +91,20 @@ class OptionsTests(SynchronousTestCase):
     def test_defaultConfigInItsOwnCheckout(self) -> None:
         """
         Run from the top of the checkout this code comes from (the Quick start): its example.
+        A checkout is made here whose ``sig2knock`` is this very package (a symbolic link), so
+        the test runs the same from a checkout and from an installed package.
         """
         import sig2knock
 
-        top = os.path.dirname(os.path.dirname(os.path.abspath(sig2knock.__file__)))
-        checkout = all(
-            os.path.isfile(os.path.join(top, *path))
-            for path in (("twisted", "plugins", "sig2knock_plugin.py"), ("etc", "sig2knockd.conf"))
-        )
-        if not checkout:  # site-packages has the plugin, but not etc/
-            raise SkipTest("this sig2knock is installed, not run from a checkout")
+        checkout = self.mktemp()
+        for directory in ("etc", os.path.join("twisted", "plugins")):
+            os.makedirs(os.path.join(checkout, directory))
+        for name in ("etc/sig2knockd.conf", "twisted/plugins/sig2knock_plugin.py"):
+            open(os.path.join(checkout, name), "w").close()
+        os.symlink(os.path.dirname(os.path.abspath(sig2knock.__file__)),
+                   os.path.join(checkout, "sig2knock"))
         self.addCleanup(os.chdir, os.getcwd())
-        os.chdir(top)
+        os.chdir(checkout)
         self.assertEqual(config_module.default_config_path(), "etc/sig2knockd.conf")
 
     def test_defaultConfigElsewhere(self) -> None:
