@@ -402,38 +402,6 @@ def open_request(
     asked after the cheap checks and before any cryptography whether this datagram may cost it
     (a rate limit). Raises ``MessageRejected`` and nothing else.
     """
-    return _open_request(data, identity, users, decoy, now, max_skew, admit)
-
-
-def _check_prefix(data: bytes, message_type: int, sizes: Tuple[int, int]) -> None:
-    size = len(data)
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise MessageRejected(REASON_SIZE, f"{size} bytes")
-    version, received_type = _PREFIX.unpack_from(data)
-    if version != VERSION:
-        raise MessageRejected(REASON_VERSION, f"version {version}")
-    if received_type != message_type:
-        raise MessageRejected(REASON_TYPE, f"type {received_type}")
-    if not sizes[0] <= size <= sizes[1]:
-        raise MessageRejected(REASON_SIZE, f"{size} bytes for type {message_type}")
-
-
-def message_type(data: bytes) -> Optional[int]:
-    """
-    The type a datagram says it is (``None`` for one too short to say), to route it.
-    """
-    return data[1] if len(data) >= _PREFIX.size else None
-
-
-def _open_request(
-    data: bytes,
-    identity: Any,
-    users: Callable[[str], Any],
-    decoy: Any,
-    now: float,
-    max_skew: float,
-    admit: Optional[Callable[[], bool]],
-) -> ReceivedRequest:
     data = bytes(data)
     _check_prefix(data, TYPE_KNOCK_REQUEST, (MIN_KNOCK_REQUEST_SIZE, MAX_KNOCK_REQUEST_SIZE))
     if admit is not None and not admit():
@@ -476,6 +444,26 @@ def _open_request(
         raise MessageRejected(REASON_MALFORMED, f"user {name}: {error}") from None
     _check_time(request.timestamp_ms, now, max_skew, f"user {name}")
     return ReceivedRequest(name, request, _session_keys(context))
+
+
+def _check_prefix(data: bytes, message_type: int, sizes: Tuple[int, int]) -> None:
+    size = len(data)
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise MessageRejected(REASON_SIZE, f"{size} bytes")
+    version, received_type = _PREFIX.unpack_from(data)
+    if version != VERSION:
+        raise MessageRejected(REASON_VERSION, f"version {version}")
+    if received_type != message_type:
+        raise MessageRejected(REASON_TYPE, f"type {received_type}")
+    if not sizes[0] <= size <= sizes[1]:
+        raise MessageRejected(REASON_SIZE, f"{size} bytes for type {message_type}")
+
+
+def message_type(data: bytes) -> Optional[int]:
+    """
+    The type a datagram says it is (``None`` for one too short to say), to route it.
+    """
+    return data[1] if len(data) >= _PREFIX.size else None
 
 
 def _check_time(timestamp_ms: int, now: float, max_skew: float, who: str) -> None:
