@@ -256,27 +256,25 @@ class Knocker:
         Knock until granted; raise ``ClientError`` when no P3 came within the timeout.
         """
         deadline = self.monotonic() + self.timeout
-        self.client_address = self._local_address() if self.send_address else None
-        request = KnockRequest(
-            self.session_id,
-            wire.now_ms(self.clock()),
-            self.protocol,
-            self.ports,
-            self.client_address,
-            door=self.door,
-        )
-        self.request, self.keys = wire.seal_request(request, self.user, self.server)
         control = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
-        # Connected, so that the kernel reports the host's ICMP port unreachable to this
-        # socket (a daemon that is down), and only the server's answers reach it.
-        try:
-            control.connect(self.target.sockaddr)
-        except OSError:
-            pass  # sent unconnected then; a timeout tells what the ICMP error would have
         knocker = None
-        if self.protocol == addresses.PROTO_UDP:
-            knocker = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
         try:
+            # Connected, so that the kernel reports the host's ICMP port unreachable to this
+            # socket (a daemon that is down), only the server's answers reach it, and its
+            # local address is the one this host sends to the server from.
+            local_address = self._connect(control)
+            self.client_address = local_address if self.send_address else None
+            request = KnockRequest(
+                self.session_id,
+                wire.now_ms(self.clock()),
+                self.protocol,
+                self.ports,
+                self.client_address,
+                door=self.door,
+            )
+            self.request, self.keys = wire.seal_request(request, self.user, self.server)
+            if self.protocol == addresses.PROTO_UDP:
+                knocker = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
             rounds = 0
             for interval in self.schedule.intervals():
                 if self.monotonic() >= deadline:
@@ -320,19 +318,18 @@ class Knocker:
             " down behind a firewall that drops its control port"
         )
 
-    def _local_address(self) -> Optional[IPAddress]:
+    def _connect(self, control: Any) -> Optional[IPAddress]:
         """
-        The address this host sends to the server from, as it sees it (a private one behind NAT),
-        or ``None`` when it cannot tell. Connecting a UDP socket sends nothing.
+        Connect the control socket to the server (a UDP connect sends nothing) and return the
+        address this host sends to it from, as it sees it (a private one behind NAT), or
+        ``None`` when it cannot tell; unconnected, the socket sends with ``sendto`` all the same
+        (a timeout then tells what an ICMP error would have).
         """
-        probe = self.socket_factory(self.target.family, socket.SOCK_DGRAM)
         try:
-            probe.connect(self.target.sockaddr)
-            return parse_address(str(probe.getsockname()[0]))
+            control.connect(self.target.sockaddr)
+            return parse_address(str(control.getsockname()[0]))
         except OSError:
             return None
-        finally:
-            probe.close()
 
     def _round(self, control: Any, knocker: Any, number: int) -> None:
         """
