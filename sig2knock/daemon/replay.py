@@ -289,17 +289,3 @@ class ReplayCache(Service):
         except OSError:
             return False
         return (live.st_dev, live.st_ino) == (named.st_dev, named.st_ino)
-
-
-def read_time_seen(path: str) -> int:
-    """
-    The latest time (ms since the epoch) the replay cache at ``path`` says its daemon has seen;
-    0 for a file of the first format. Raises ``OSError`` and ``ValueError`` (not a cache).
-    """
-    with open(path, "rb") as cache:
-        header = cache.read(HEADER_SIZE)
-    if header.startswith(_OLD_MAGIC):
-        return 0
-    if not header.startswith(MAGIC) or len(header) < HEADER_SIZE:
-        raise ValueError(f"{path}: not a sig2knock replay cache")
-    return int(_TIME_SEEN.unpack_from(header, len(MAGIC))[0])

@@ -334,4 +334,7 @@ class ClockTests(CacheFileTestCase):
         first = self.start(NOW, first_start=True)
         first.close()
         self.start(NOW - 3600).close()
-        self.assertEqual(replay.read_time_seen(self.path), wire.now_ms(NOW))
+        with open(self.path, "rb") as written:
+            header = written.read(HEADER_SIZE)
+        self.assertEqual(header[: len(MAGIC)], MAGIC)
+        self.assertEqual(int.from_bytes(header[len(MAGIC) :], "big"), wire.now_ms(NOW))
