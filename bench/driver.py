@@ -34,7 +34,7 @@ APT_PACKAGES = ("knockd", "fwknop-server", "fwknop-client", "iperf3", "socat", "
 CAPTURE_FILTER = f"host {CLIENT_IP} and (udp or (tcp[13] & 2 != 0))"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # the phases, in the order they run; ``--only`` picks some of them
-PHASES = ("knockd", "fwknop", "sig2knock", "throughput", "startup", "ssh")
+PHASES = ("knockd", "fwknop", "sig2knock", "throughput", "startup", "ssh", "fsync")
 PLAIN_PROBE_TIMEOUT = 10.0  # a blocking connect sees the SYN retransmissions at 1 s and 3 s
 
 

@@ -7,8 +7,8 @@ Root only. Traffic stays in the lab's namespaces (198.18.0.0/15); every loop is 
 and time; the lab is torn down in ``finally``. See docs/BENCHMARKS.md.
 
 Modules: ``driver`` (lab, agent, captures, timed runs), ``phase_knockd``, ``phase_fwknop``,
-``phase_sig2knock``, ``phase_throughput``, ``phase_startup``, ``phase_ssh`` (one phase each),
-``table`` (the table and the targets); ``agent``, ``capture``, ``noise``, ``sink`` run inside the namespaces.
+``phase_sig2knock``, ``phase_throughput``, ``phase_startup``, ``phase_ssh``, ``phase_fsync`` (one
+phase each), ``table`` (the table and the targets); ``agent``, ``capture``, ``noise``, ``sink`` run inside the namespaces.
 """
 
 import argparse
@@ -20,6 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from driver import PHASES, Bench, ensure_packages, lab_module  # noqa: E402
+from phase_fsync import fsync  # noqa: E402
 from phase_fwknop import fwknop  # noqa: E402
 from phase_knockd import knockd  # noqa: E402
 from phase_sig2knock import sig2knock  # noqa: E402
@@ -29,7 +30,8 @@ from phase_throughput import throughput  # noqa: E402
 from table import render  # noqa: E402
 
 PHASE_FUNCTIONS = {"knockd": knockd, "fwknop": fwknop, "sig2knock": sig2knock,
-                   "throughput": throughput, "startup": startup, "ssh": ssh}
+                   "throughput": throughput, "startup": startup, "ssh": ssh,
+                   "fsync": fsync}
 assert tuple(PHASE_FUNCTIONS) == PHASES
 
 

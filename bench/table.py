@@ -14,6 +14,7 @@ import os
 import re
 
 from driver import CLIENT_IP, CONTROL_PORT, MANY, PHASES, cell, med, ms_list
+from phase_fsync import DELAY_MS as FSYNC_DELAY_MS
 
 from sig2knock.protocol import wire
 
@@ -133,6 +134,7 @@ class Table:
         self.attack()
         self.startup()
         self.ssh()
+        self.fsync()
         self.check_targets()
         return self.rows, self.targets
 
@@ -323,6 +325,22 @@ class Table:
                  self.c("ssh", times.get("direct", [])))
         self.row("7. ... login through the tool / direct login (medians)", over_direct("knockd"),
                  over_direct("fwknop"), over_direct("sig2knock"))
+
+    # 8. the replay cache's durable writes under a burst
+
+    def fsync(self):
+        figures = self.r.get("fsync", {})
+        for delay, label in (("0", "the lab's disk"),
+                             (str(FSYNC_DELAY_MS), f"every fsync {FSYNC_DELAY_MS} ms slower")):
+            bursts = figures.get(delay, [])
+            ok = sum(b["ok"] for b in bursts)
+            self.row(f"8. {MANY} logins at once x{len(bursts) or '?'}, {label}: ok / median / "
+                     "last access ms (medians of the bursts)", "n/a", "n/a",
+                     self.text("fsync", f"{ok}/{MANY * len(bursts)} / "
+                               f"{cell([b['median_ms'] for b in bursts if b['median_ms']], 0)} / "
+                               f"{cell([b['last_ms'] for b in bursts if b['last_ms']], 0)}"))
+            self.row(f"8. ... {label}: accepted control messages per second", "", "",
+                     self.c("fsync", [b["per_second"] for b in bursts if b["per_second"]], 0))
 
     # targets
 

@@ -10,37 +10,26 @@ answered.
 """
 
 import collections
-import errno
 import ipaddress
-from functools import partial
-from typing import Any, Callable, Dict, FrozenSet, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Hashable, Optional, Tuple
 
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sig2knock.daemon import netif
 from sig2knock.daemon.admission import check_request
 from sig2knock.daemon.ratelimit import RateLimiter
 from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.daemon.replay import REASON_REPLAY, ReplayCache
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.sessions import SessionTable
-from sig2knock.daemon.waiting import stop_children
 from sig2knock.protocol import addresses, keys, wire
 from sig2knock.protocol.cipher import SHA256
 from sig2knock.protocol.addresses import IPAddress, parse_address
 from sig2knock.protocol.wire import MessageRejected, SessionKeys
 
 EXPECTED_TYPES = (wire.TYPE_KNOCK_REQUEST, wire.TYPE_CONFIRM)
-# How much a control socket reads in one reactor turn: about 45 full-size P1s, so the capture is
-# read between bursts of control messages (Twisted's default, 256 KiB, is thousands of
-# datagrams, which would keep the capture, and so every pending knock, waiting).
-CONTROL_READ_BYTES = 4096
 # How long a source that sent an authentic message skips the global rate budget, and how many
 # such sources are remembered.
 TRUST_TIME = 3600.0
@@ -140,7 +129,7 @@ class ControlProtocol(DatagramProtocol):
             # Per user, and only once authenticated and fresh (so nobody can spend another's
             # allowance): one key holder with many addresses cannot fill the replay cache.
             self._limit_user(received.user)
-            self.replay_cache.remember(received.keys.replay_id, request.timestamp_ms, now)
+            saved = self.replay_cache.remember(received.keys.replay_id, request.timestamp_ms, now)
             self._trust(rate_key(source), now)
         except SessionRefused as refusal:
             self._session_refused(source, port, received.user, refusal)
@@ -151,10 +140,27 @@ class ControlProtocol(DatagramProtocol):
                 self.sessions.resent(source, received.user, received.request.session_id)
             self._refused(source, port, rejection.reason, rejection.detail)
             return
+        # The session opens at once, so that the knocks sent right behind the P1 count, and is
+        # granted only once the P1's record is durable.
         try:
-            self.sessions.open(source, received.user, request, received.keys)
+            self.sessions.open(source, received.user, request, received.keys, saved=False)
         except SessionRefused as refusal:
             self._session_refused(source, port, received.user, refusal)
+        saved.addCallbacks(
+            lambda _: self.sessions.p1_saved(received.user, request.session_id),
+            self._requestNotSaved,
+            errbackArgs=(source, port, received),
+        )
+
+    def _requestNotSaved(
+        self, failure: Failure, source: IPAddress, port: int, received: Any
+    ) -> None:
+        self.sessions.unsaved(received.user, received.request.session_id)
+        self._notSaved(failure, source, port)
+
+    def _notSaved(self, failure: Failure, source: IPAddress, port: int) -> None:
+        failure.trap(MessageRejected)
+        self._refused(source, port, failure.value.reason, failure.value.detail)
 
     def _confirm(self, datagram: bytes, source: IPAddress, addr: Tuple[Any, ...]) -> None:
         port = addr[1]
@@ -177,7 +183,9 @@ class ControlProtocol(DatagramProtocol):
                 self._limit_user(user)
                 replay_id = SHA256.new(session_keys.tag + nonce).digest()[: wire.REPLAY_ID_SIZE]
                 self.replay_cache.check(replay_id, confirm.timestamp_ms, now)
-                self.replay_cache.remember(replay_id, confirm.timestamp_ms, now)
+                # In memory only: a P2 acts on its live session alone, and no session outlives
+                # the daemon, so a P2 replayed after a restart finds none (``unknown-session``).
+                self.replay_cache.remember_in_memory(replay_id, confirm.timestamp_ms, now)
         except MessageRejected as rejection:
             self._refused(source, port, rejection.reason, rejection.detail)
             return
@@ -260,156 +268,3 @@ def user_rate_limiter(clock: IReactorTime) -> RateLimiter:
     its own.
     """
     return RateLimiter(clock, global_rate=None)
-
-
-class ControlPortError(Exception):
-    """
-    The control port cannot be opened (in use, or an address this host does not have).
-    """
-
-
-class ControlPorts(MultiService):
-    """
-    The daemon's control sockets on ``port``: on ``listen_address``, or one on each address of
-    the host (IPv6 link-local ones aside), so that every answer leaves from the address its
-    P1 was sent to (a socket bound to every address answers from the kernel's choice, which a
-    client that knocked on a second address of the server does not take). ``protocol()`` makes
-    the ``ControlProtocol`` of each socket. ``open`` binds them (before twistd starts anything,
-    so a port in use stops the daemon with one line); afterwards the watcher of the host's
-    addresses (a child, made by ``watch_addresses(reactor, None, on_change)``) binds the
-    addresses that come and closes those that go. Stopping the service closes them all.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        reactor: Any,
-        port: int,
-        listen_address: Optional[IPAddress],
-        protocol: Callable[[], ControlProtocol],
-        watch_addresses: Optional[Callable[..., Any]] = None,
-        read_addresses: Callable[[Optional[str]], FrozenSet[IPAddress]] = netif.addresses,
-    ) -> None:
-        super().__init__()
-        self.reactor = reactor
-        self.port = port
-        self.listen_address = listen_address
-        self.protocol = protocol
-        self._read_addresses = read_addresses
-        self.listening: Dict[str, Any] = {}  # address (text) -> its listening port
-        self._opened = False
-        if listen_address is None and watch_addresses is not None:
-            watch_addresses(reactor, None, self._addresses_changed).setServiceParent(self)
-
-    def open(self) -> None:
-        """
-        Bind the control sockets and open the address watcher's socket. Raises
-        ``ControlPortError`` or ``InterfaceError``; on failure none stays open.
-        """
-        if self.listen_address is not None:
-            wanted = [str(self.listen_address)]
-        else:
-            wanted = bindable(self._read_addresses(None))
-        try:
-            for address in wanted:
-                self._bind(address)
-            for watcher in self:
-                watcher.open()
-        except Exception:
-            self._close()
-            raise
-        self._opened = True
-
-    def _bind(self, address: str) -> None:
-        try:
-            listening = self.reactor.listenUDP(self.port, self.protocol(), address)
-        except CannotListenError as error:
-            reason = error.socketError
-            code = getattr(reason, "errno", None)
-            text = getattr(reason, "strerror", None) or str(reason)
-            if code == errno.EACCES and self.port < 1024:
-                text += "; a port below 1024 needs root or CAP_NET_BIND_SERVICE"
-            elif code == errno.EADDRINUSE:
-                text += " (another program, or another sig2knockd, has it)"
-            raise ControlPortError(
-                f"UDP_PORT {self.port}: cannot listen on {address}: {text}"
-            ) from None
-        listening.maxThroughput = CONTROL_READ_BYTES
-        self.listening[address] = listening
-
-    def _addresses_changed(self, current: FrozenSet[IPAddress]) -> None:
-        if not self._opened:
-            return  # nothing bound yet: ``open`` binds what there is
-        wanted = set(bindable(current))
-        for address in sorted(set(self.listening) - wanted):
-            self.listening.pop(address).stopListening()
-            self.log.info("control port {port}/udp closed on {address} (address gone)",
-                          port=self.port, address=address)
-        for address in sorted(wanted - set(self.listening)):
-            try:
-                self._bind(address)
-            except ControlPortError as error:
-                self.log.error("{error}", error=str(error))
-                continue
-            self.log.info("control port {port}/udp open on {address}", port=self.port,
-                          address=address)
-
-    def _close(self) -> List[Optional[Deferred]]:
-        closing = [listening.stopListening() for listening in self.listening.values()]
-        self.listening = {}
-        return closing
-
-    def stopService(self) -> Deferred:
-        """
-        Close the control sockets, and stop the children.
-        """
-        Service.stopService(self)
-        stopping = stop_children(self, self.log)
-        return DeferredList([stopping] + [d for d in self._close() if d is not None])
-
-
-def bindable(found: FrozenSet[IPAddress]) -> List[str]:
-    """
-    The addresses of ``found`` a control socket is bound to: all but IPv6 link-local ones (they
-    need a scope, and a client reaches the server by another address anyway).
-    """
-    return sorted(
-        str(address)
-        for address in found
-        if not (address.version == 6 and address.is_link_local)
-    )
-
-
-def control_ports(
-    reactor: Any,
-    settings: Any,
-    identity: Any,
-    sessions: SessionTable,
-    replay_cache: ReplayCache,
-    refusals: RefusalLog,
-    watch_addresses: Optional[Callable[..., Any]] = None,
-) -> ControlPorts:
-    """
-    The daemon's control channel for the ``LiveSettings`` ``settings`` and the server's
-    ``identity``: its sockets on ``UDP_PORT`` (at ``LISTEN_ADDRESS``, or at every address, as
-    ``watch_addresses`` finds them), each read by a ``ControlProtocol`` that takes the users in
-    force at each message and reports its refusals to ``refusals``.
-    """
-    config = settings.config
-    protocol = partial(
-        ControlProtocol,
-        reactor,
-        identity=identity,
-        users=lambda: settings.users,
-        settings=settings,
-        sessions=sessions,
-        replay_cache=replay_cache,
-        max_skew=config.max_clock_skew,
-        limiter=RateLimiter(reactor),
-        user_limiter=user_rate_limiter(reactor),
-        refusals=refusals,
-    )
-    return ControlPorts(
-        reactor, config.udp_port, config.listen_address, protocol, watch_addresses
-    )

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from sig2knock import __version__
 from sig2knock.daemon import netif
 from sig2knock.daemon.capture import KnockCapture
-from sig2knock.daemon.control import control_ports
+from sig2knock.daemon.control_ports import control_ports
 from sig2knock.daemon.firewall_service import FirewallService
 from sig2knock.daemon.grants import PortGranter
 from sig2knock.daemon.refusals import RefusalLog, RefusalSummary

@@ -94,6 +94,8 @@ class Session:
         # Whether the P1 said the client will show the door secret on the assigned port.
         self.door = False
         self.confirms = 0  # P2s taken for this session so far
+        # Whether its P1's replay record is durable: nothing is granted before (SessionTable).
+        self.saved = True
         self.protocol = protocol
         self.ports = ports
         self.state = State.PENDING

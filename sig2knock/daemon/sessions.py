@@ -141,11 +141,14 @@ class SessionTable(Service):
         user: str,
         request: KnockRequest,
         keys: Optional[SessionKeys] = None,
+        saved: bool = True,
     ) -> Optional[Session]:
         """
         Handle a valid P1 from ``source`` (``keys``: those its HPKE context gave): open a session
         and return it, or return ``None`` when the session exists already (a re-sent P1).
-        Raises ``SessionRefused``.
+        ``saved`` is ``False`` while the P1's replay record is being written: the session then
+        watches for its knocks and takes P2s, but is granted only once ``p1_saved`` is called
+        (or ends when ``unsaved`` is). Raises ``SessionRefused``.
         """
         config = self.settings.config
         key = (user, request.session_id)
@@ -162,6 +165,7 @@ class SessionTable(Service):
             raise SessionRefused("session-ended", "this session has ended; no second port")
         self.check_room(source, user, request.session_id)
         session = Session(source, user, request.session_id, request.protocol, request.ports, keys)
+        session.saved = saved
         claimed = request.client_address
         session.proven = claimed is not None and unmapped(claimed) == source
         session.door = request.door and keys is not None
@@ -299,7 +303,7 @@ class SessionTable(Service):
             return fail(SessionRefused("confirm-limit", "too many P2 waiting for this session"))
         waiter: Deferred = Deferred()
         session.waiters.append(waiter)
-        if session.state is State.COMPLETE:
+        if session.state is State.COMPLETE and session.saved:
             self._start_grant(session)
         return waiter
 
@@ -322,6 +326,33 @@ class SessionTable(Service):
                 user=session.user,
                 source=str(session.source),
             )
+
+    def p1_saved(self, user: str, session_id: bytes) -> None:
+        """
+        The replay record of the P1 that opened ``user``'s session ``session_id`` is durable:
+        the session may be granted now (at once, if its knocks and a P2 are in).
+        """
+        session = self._sessions.get((user, session_id))
+        if session is None or session.saved:
+            return
+        session.saved = True
+        if session.state is State.COMPLETE and session.waiters:
+            self._start_grant(session)
+
+    def unsaved(self, user: str, session_id: bytes) -> None:
+        """
+        The P1 that opened ``user``'s session ``session_id`` could not be saved in the replay
+        cache: the session ends before anything was granted (its P2s wait for ``p1_saved``, and
+        are refused now), and is forgotten, so that a copy of that P1 may open it once the cache
+        can be saved again.
+        """
+        session = self._sessions.get((user, session_id))
+        if session is None:
+            return
+        self._cut(
+            session, "its P1 was not saved", SessionRefused("cache-full", "P1 not saved")
+        )
+        self._ended.pop(session.key, None)
 
     def stopService(self) -> None:
         """
@@ -348,7 +379,7 @@ class SessionTable(Service):
             user=session.user,
             source=str(session.source),
         )
-        if session.waiters:
+        if session.waiters and session.saved:
             self._start_grant(session)
 
     def _start_grant(self, session: Session) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from sig2knock.daemon import interfaces, netif
+from sig2knock.daemon.blocking import IBlockingWorker
 from sig2knock.daemon.identity import FILE_NAME as IDENTITY_FILE, ServerIdentity, ensure_identity
 from sig2knock.daemon.preflight import state_dir_problem
 from sig2knock.daemon.replay import FILE_NAME, ReplayCache, ReplayCacheError
@@ -55,11 +56,17 @@ def ensure_state_dir(path: str) -> bool:
     return created
 
 
-def prepare(config_path: str, interface: Optional[str], now: float) -> Prepared:
+def prepare(
+    config_path: str,
+    interface: Optional[str],
+    now: float,
+    worker: Optional[IBlockingWorker] = None,
+) -> Prepared:
     """
     Load the configuration at ``config_path`` (``interface`` is the ``-i`` override), resolve the
     capture interface, load the users file, the server's identity (made on a first start) and
-    the replay cache. Raises ``ConfigError``, ``UsersError``, ``IdentityError`` or
+    the replay cache (its writes run by ``worker``: the daemon's own thread). Raises
+    ``ConfigError``, ``UsersError``, ``IdentityError`` or
     ``ReplayCacheError``.
     """
     config = load_config(config_path, interface)
@@ -72,6 +79,7 @@ def prepare(config_path: str, interface: Optional[str], now: float) -> Prepared:
         config.max_clock_skew,
         now,
         first_start=first_start,
+        worker=worker,
     )
     # A second file, so that a replay cache deleted on its own is seen as lost, not as a first
     # start (only an empty or new STATE_DIR is one).

@@ -9,8 +9,9 @@ from typing import Any, Callable, Optional
 from twisted.application.service import IService
 from twisted.python import usage
 
+from sig2knock.daemon.blocking import ThreadWorker
 from sig2knock.daemon.capture import CaptureError, InterfaceNotUp
-from sig2knock.daemon.control import ControlPortError
+from sig2knock.daemon.control_ports import ControlPortError
 from sig2knock.daemon.identity import IdentityError
 from sig2knock.daemon.netif import InterfaceError
 from sig2knock.daemon.replay import ReplayCacheError
@@ -112,7 +113,12 @@ def open_daemon(
     while True:
         prepared = None
         try:
-            prepared = prepare(config_path, interface, reactor.seconds())
+            prepared = prepare(
+                config_path,
+                interface,
+                reactor.seconds(),
+                worker=ThreadWorker(reactor, "sig2knock-replay-cache"),
+            )
             daemon = Sig2knockService(prepared, reactor)
             daemon.open()
             return daemon

@@ -301,10 +301,16 @@ def live_settings(**config: Any) -> Any:
 def remember(cache: Any, nonce: bytes, timestamp_ms: int, now: float) -> None:
     """
     What the control channel does with an accepted message's nonce: check it against the
-    replay cache, then remember it.
+    replay cache, then remember it, with the writes run at once (the default worker); raise
+    ``MessageRejected`` as the control channel would refuse it.
     """
     cache.check(nonce, timestamp_ms, now)
-    cache.remember(nonce, timestamp_ms, now)
+    saved = cache.remember(nonce, timestamp_ms, now)
+    failures: List[Any] = []
+    saved.addErrback(failures.append)
+    if failures:
+        failures[0].raiseException()
+    assert saved.called, "the record is not written yet (a held worker?)"
 
 
 class FakeRun:
@@ -645,3 +651,4 @@ class StoppingReactor(MemoryReactorClock):
 
     def stop(self) -> None:
         self.stopped += 1
+

@@ -5,6 +5,7 @@ and reason.
 """
 
 import ipaddress
+import os
 import types
 from typing import Any, List, Optional, Tuple
 
@@ -14,13 +15,12 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from sig2knock.daemon.control import (
+from sig2knock.daemon.control import ControlProtocol, rate_key
+from sig2knock.daemon.control_ports import (
     CONTROL_READ_BYTES,
     ControlPortError,
     ControlPorts,
-    ControlProtocol,
     control_ports,
-    rate_key,
 )
 from sig2knock.daemon.packets import Knock
 from sig2knock.daemon.ratelimit import RateLimiter
@@ -30,6 +30,7 @@ from sig2knock.daemon.sessions import SessionTable
 from sig2knock.protocol import addresses, keys, wire
 from sig2knock.protocol.wire import Confirm, KnockRequest, SessionKeys, UserKey
 from sig2knock.test.common import FakeCapture, FakeGranter, live_settings
+from sig2knock.test.test_replay import HeldWorker
 
 
 NOW = 1_800_000_000.0
@@ -518,6 +519,79 @@ class RelayTests(ControlTestCase):
         self.protocol.datagramReceived(p1, CLIENT)
         self.assertEqual(self.refusals(), ["address-mismatch"])
         self.assertEqual(self.sessions.pending_count(CLIENT_ADDRESS), 1)
+
+
+class DurableFirstTests(ControlTestCase):
+    """
+    The replay cache writes in its own thread (here a held worker, its disk as slow as the test
+    makes it). A session opens at once, so the knocks and the P2 sent right behind its P1 count,
+    but nothing is granted before the P1's record is durable, and a P1 that could not be saved
+    ends its session.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.worker = HeldWorker()
+        self.protocol.replay_cache = ReplayCache(
+            os.path.join(directory, "replay.cache"), 60, NOW, first_start=True,
+            worker=self.worker,
+        )
+        self.addCleanup(self.protocol.replay_cache.close)
+        self.addCleanup(self.worker.finish_all)
+
+    def test_nothingGrantedBeforeTheP1IsDurable(self) -> None:
+        """
+        The knocks and the P2 are taken while the P1's record is written; the grant waits for
+        it. The P2's nonce is kept in memory only (no session outlives the daemon): one write.
+        """
+        self.protocol.datagramReceived(self.p1(), CLIENT)
+        self.assertEqual(self.sessions.watched, {CLIENT_ADDRESS}, "its knocks are watched")
+        self.knock()
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.assertEqual((self.granter.opened, self.transport.sent), ([], []))
+        self.worker.finish_one()  # the P1's record
+        self.assertEqual(len(self.grants()), 1)
+        self.assertEqual((self.worker.runs, self.worker.jobs), (1, []))
+        self.protocol.datagramReceived(self.p2(), CLIENT)  # a repeated P2: the same port
+        self.assertEqual(len(self.grants()), 2)
+
+    def test_p1NotSavedEndsItsSession(self) -> None:
+        """
+        A P1 whose record cannot be written is refused (``cache-full``): its session ends, and
+        a P2 sent meanwhile grants nothing. Once the disk has room, a copy of the same P1 opens
+        the session.
+        """
+        real_fsync = os.fsync
+        self.patch(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space")))
+        p1 = self.p1()
+        self.protocol.datagramReceived(p1, CLIENT)
+        self.knock()
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.worker.finish_all()
+        self.assertEqual(self.refusals(), ["cache-full", "cache-full"])
+        self.assertEqual((len(self.sessions), self.granter.opened), (0, []))
+        self.assertEqual(self.sessions.watched, frozenset(), "nothing watched any more")
+        self.patch(os, "fsync", real_fsync)
+        self.protocol.datagramReceived(p1, CLIENT)
+        self.worker.finish_all()
+        self.assertEqual(len(self.sessions), 1)
+
+    def test_clientsCopyWhileTheRelaysIsBeingSavedEndsTheSession(self) -> None:
+        """
+        The client's own copy of its P1 arrives while the relay's copy is still being saved:
+        the relayed session ends at once, before anything could be granted.
+        """
+        p1 = self.p1(client_address=None)
+        self.protocol.datagramReceived(p1, RELAY)
+        self.protocol.datagramReceived(p1, CLIENT)
+        self.assertEqual(self.refusals(), ["replay"])
+        self.assertEqual(len(self.sessions), 0, "the relayed session ended")
+        (warning,) = [e for e in self.session_events if e["log_format"].startswith("relay:")]
+        self.assertEqual((warning["source"], warning["other"]), (RELAY[0], CLIENT[0]))
+        self.worker.finish_all()
+        self.assertEqual(self.granter.opened, [])
 
 
 class UdpRecordingClock(Clock):

@@ -7,10 +7,18 @@ import errno
 import os
 import stat
 
-from twisted.trial.unittest import SynchronousTestCase
+from typing import Any, Callable, List
 
-from sig2knock.daemon import replay
-from sig2knock.daemon.replay import HEADER_SIZE, MAGIC, ReplayCache, ReplayCacheError
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from sig2knock.daemon import replay, replay_file
+from sig2knock.daemon.blocking import IBlockingWorker, InlineWorker, ThreadWorker
+from sig2knock.daemon.replay import ReplayCache, ReplayCacheError
+from sig2knock.daemon.replay_file import HEADER_SIZE, MAGIC
 from sig2knock.protocol import wire
 from sig2knock.protocol.wire import MessageRejected
 from sig2knock.test.common import remember
@@ -22,6 +30,50 @@ SKEW = 60
 
 def nonce(number: int) -> bytes:
     return number.to_bytes(12, "big")
+
+
+@implementer(IBlockingWorker)
+class HeldWorker:
+    """
+    A worker (``IBlockingWorker``) whose jobs wait until the test runs them, one at a time and
+    in order (``finish_one``): what a slow disk looks like to the replay cache, in one thread.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: List[Any] = []  # (job, its Deferred)
+        self.runs = 0
+
+    def run(self, job: Callable[[], Any]) -> Deferred:
+        waiting: Deferred = Deferred()
+        self.jobs.append((job, waiting))
+        return waiting
+
+    def finish_one(self) -> None:
+        """
+        Run the oldest job now and fire its Deferred.
+        """
+        job, waiting = self.jobs.pop(0)
+        self.runs += 1
+        try:
+            result = job()
+        except Exception:
+            waiting.errback()
+        else:
+            waiting.callback(result)
+
+    def finish_all(self) -> None:
+        """
+        Run the jobs, those the finished ones give too, until none waits.
+        """
+        while self.jobs:
+            self.finish_one()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
 
 
 class CacheFileTestCase(SynchronousTestCase):
@@ -155,7 +207,7 @@ class ReplayCacheTests(CacheFileTestCase):
         first = ReplayCache(self.path, SKEW, NOW, first_start=True)
         self.remember(first, 1)
         self.remember(first, 2)
-        first._file.close()
+        first.file.close()
         with open(self.path, "ab") as log:
             log.write(nonce(3)[:7])
         second = self.cache(now=NOW + 1)
@@ -257,14 +309,14 @@ class PersistenceFailureTests(CacheFileTestCase):
         accepted meanwhile are saved in it (the bug: they were kept in memory only, silently).
         """
         self.remember(1)
-        original = replay.files.write_atomically
-        replay.files.write_atomically = full_disk
+        original = replay_file.files.write_atomically
+        replay_file.files.write_atomically = full_disk
         try:
-            self.cache._records_in_file = 10 ** 6  # the next message asks for a compaction
+            self.cache.file.records = 10 ** 6  # the next message asks for a compaction
             self.remember(2)
             self.remember(3)
         finally:
-            replay.files.write_atomically = original
+            replay_file.files.write_atomically = original
         self.assertGreaterEqual(self.logged("cannot compact"), 1)
         self.assertReplaysAfterRestart(1, 2, 3)
 
@@ -328,7 +380,7 @@ class ClockTests(CacheFileTestCase):
         corrected = self.start(NOW + 601)
         self.addCleanup(corrected.close)
         self.assertReplayRefused(corrected, 10, NOW + 600, NOW + 601)
-        first._file.close()
+        first.file.close()
 
     def test_timeSeenNeverGoesBack(self) -> None:
         first = self.start(NOW, first_start=True)
@@ -338,3 +390,155 @@ class ClockTests(CacheFileTestCase):
             header = written.read(HEADER_SIZE)
         self.assertEqual(header[: len(MAGIC)], MAGIC)
         self.assertEqual(int.from_bytes(header[len(MAGIC) :], "big"), wire.now_ms(NOW))
+
+
+class GroupCommitTests(CacheFileTestCase):
+    """
+    Writes run in the worker's thread, never in the caller's: a message is acted on only once its
+    record is durable, and the records that come while a write is under way go in the next one.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.worker = HeldWorker()
+        self.cache = ReplayCache(self.path, SKEW, NOW, first_start=True, worker=self.worker)
+        self.cache.startService()
+        self.addCleanup(self.cache.close)
+        self.addCleanup(self.worker.finish_all)
+
+    def remember(self, number: int) -> Deferred:
+        self.cache.check(nonce(number), wire.now_ms(NOW), NOW)
+        return self.cache.remember(nonce(number), wire.now_ms(NOW), NOW)
+
+    def records_on_disk(self) -> int:
+        return (os.path.getsize(self.path) - HEADER_SIZE) // replay_file.RECORD.size
+
+    def test_actedOnOnlyOnceDurable(self) -> None:
+        """
+        ``remember`` returns before the record is written; its Deferred fires once the record
+        is on disk. A copy that comes meanwhile is a replay already.
+        """
+        saved = self.remember(1)
+        self.assertNoResult(saved)
+        self.assertEqual(self.records_on_disk(), 0)
+        error = self.assertRaises(MessageRejected, self.remember, 1)
+        self.assertEqual(error.reason, replay.REASON_REPLAY)
+        self.worker.finish_one()
+        self.assertIsNone(self.successResultOf(saved))
+        self.assertEqual(self.records_on_disk(), 1)
+
+    def test_recordsWaitingGoInOneWrite(self) -> None:
+        """
+        While one write is under way the next records gather; they are written and synced
+        together, in one job, and each Deferred fires only then.
+        """
+        fsyncs = []
+        real_fsync = os.fsync
+        self.patch(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+        first = self.remember(1)
+        waiting = [self.remember(number) for number in range(2, 6)]
+        self.assertEqual(len(self.worker.jobs), 1, "one write under way, the others gather")
+        self.worker.finish_one()
+        self.successResultOf(first)
+        for saved in waiting:
+            self.assertNoResult(saved)
+        self.assertEqual(len(self.worker.jobs), 1)
+        self.worker.finish_one()
+        for saved in waiting:
+            self.successResultOf(saved)
+        self.assertEqual((self.worker.runs, len(fsyncs)), (2, 2))
+        self.assertEqual(self.records_on_disk(), 5)
+
+    def test_batchNotSavedIsRefusedAndForgotten(self) -> None:
+        """
+        A batch that cannot be written refuses each of its messages (``cache-full``) and
+        forgets their nonces, so a copy can be accepted once the disk has room; nothing
+        accepted is lost.
+        """
+        self.successResultOf(self.deferred_and_finish(1))
+        real_fsync = os.fsync
+        self.patch(os, "fsync", full_disk)
+        refused = [self.remember(2), self.remember(3)]
+        self.worker.finish_all()
+        for saved in refused:
+            self.assertEqual(self.failureResultOf(saved, MessageRejected).value.reason,
+                             replay.REASON_CACHE_FULL)
+        self.patch(os, "fsync", real_fsync)
+        self.successResultOf(self.deferred_and_finish(2))  # a copy of 2, accepted now
+        after = ReplayCache(self.path, SKEW, NOW + 1)
+        self.addCleanup(after.close)
+        for number in (1, 2):
+            error = self.assertRaises(MessageRejected, remember, after, nonce(number),
+                                      wire.now_ms(NOW), NOW + 1)
+            self.assertEqual(error.reason, replay.REASON_REPLAY)
+        remember(after, nonce(3), wire.now_ms(NOW), NOW + 1)
+
+    def deferred_and_finish(self, number: int) -> Deferred:
+        saved = self.remember(number)
+        self.worker.finish_all()
+        return saved
+
+    def test_closeWaitsForTheWriteUnderWay(self) -> None:
+        """
+        Stopping refuses new messages, lets the write under way end, then compacts and closes:
+        what was accepted survives the restart.
+        """
+        saved = self.remember(1)
+        closed = self.cache.stopService()
+        self.assertNoResult(closed)
+        late = self.cache.remember(nonce(2), wire.now_ms(NOW), NOW)
+        self.assertEqual(self.failureResultOf(late, MessageRejected).value.reason,
+                         replay.REASON_CACHE_FULL)
+        self.worker.finish_all()
+        self.successResultOf(saved)
+        self.successResultOf(closed)
+        self.assertFalse(self.cache.file.is_open)
+        after = ReplayCache(self.path, SKEW, NOW + 1)
+        self.addCleanup(after.close)
+        self.assertRaises(MessageRejected, remember, after, nonce(1), wire.now_ms(NOW), NOW + 1)
+
+
+class WorkerTests(TestCase):
+    """
+    The daemon's worker runs jobs in a thread of its own, in order; the replay cache on it
+    saves every record before its Deferred fires.
+    """
+
+    def test_interfaces(self) -> None:
+        for worker in (ThreadWorker(reactor, "test"), InlineWorker(), HeldWorker()):
+            self.assertTrue(verifyObject(IBlockingWorker, worker))
+
+    async def test_jobsRunInOrderInTheWorkersThread(self) -> None:
+        import threading
+
+        worker = ThreadWorker(reactor, "test-worker")
+        worker.start()
+        self.addCleanup(worker.stop)
+        seen: List[Any] = []
+        runs = [worker.run(lambda n=n: seen.append((n, threading.current_thread().name)))
+                for n in range(20)]
+        for running in runs:
+            await running
+        self.assertEqual([n for n, _ in seen], list(range(20)))
+        self.assertNotIn(threading.main_thread().name, {name for _, name in seen})
+        failing = worker.run(lambda: 1 / 0)
+        with self.assertRaises(ZeroDivisionError):
+            await failing
+
+    async def test_cacheOnTheThreadSavesEveryRecord(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "replay.cache")
+        cache = ReplayCache(path, SKEW, NOW, first_start=True,
+                            worker=ThreadWorker(reactor, "test-replay-cache"))
+        cache.startService()
+        saving = []
+        for number in range(200):
+            cache.check(nonce(number), wire.now_ms(NOW), NOW)
+            saving.append(cache.remember(nonce(number), wire.now_ms(NOW), NOW))
+        for saved in saving:
+            await saved
+        await cache.stopService()
+        after = ReplayCache(path, SKEW, NOW + 1)
+        self.addCleanup(after.close)
+        self.assertEqual(len(after), 200)

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from sig2knock.daemon import firewall_service, service, startup
 from sig2knock.daemon.admission import check_request
 from sig2knock.daemon.capture import KnockCapture
-from sig2knock.daemon.control import ControlPortError, ControlPorts
+from sig2knock.daemon.control_ports import ControlPortError, ControlPorts
 from sig2knock.daemon.firewall_service import FirewallService
 from sig2knock.daemon.grants import PortGranter
 from sig2knock.daemon.refusals import RefusalSummary
@@ -125,7 +125,7 @@ class ServiceTests(SynchronousTestCase):
         daemon = self.daemon()
         daemon.startService()
         self.successResultOf(daemon.stopService())
-        self.assertIsNone(daemon.prepared.replay_cache._file)
+        self.assertFalse(daemon.prepared.replay_cache.file.is_open)
 
     def test_partsAreChildServicesInDataPathOrder(self) -> None:
         """

@@ -16,8 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sig2knock.daemon import service, settings as config_module, startup, tap
+from sig2knock.daemon.blocking import ThreadWorker
 from sig2knock.daemon.capture import CaptureError
-from sig2knock.daemon.control import ControlPortError
+from sig2knock.daemon.control_ports import ControlPortError
 from sig2knock.daemon.netif import InterfaceError
 from sig2knock.daemon.replay import ReplayCache
 from sig2knock.test.common import write_config
@@ -147,6 +148,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(os.path.join(state, "replay.cache")))
         self.assertEqual(self.opened, [daemon], "capture and control port open before twistd")
         self.assertEqual(daemon.prepared.interface, "lo")
+        self.assertIsInstance(daemon.prepared.replay_cache.worker, ThreadWorker,
+                              "the replay cache writes in a thread of its own")
 
     def assertStopsWithOneLine(self, config_path: str, *fragments: str) -> None:
         error = self.assertRaises(SystemExit, self.make, config_path)
