@@ -109,26 +109,37 @@ class UnprivilegedLab(Lab):
         settings: Dict[str, str],
         wait: bool = True,
         state_dir_exists: bool = False,
+        writable_tunables: Optional[Sequence[str]] = None,
     ) -> subprocess.Popen:
         """
         Start ``twistd -n sig2knock`` as ``UID`` with ``capabilities``; with ``wait``, until
-        it logs that it is ready (its output goes to ``daemon_log``).
+        it logs that it is ready (its output goes to ``daemon_log``). With
+        ``writable_tunables`` it runs with /proc/sys read-only but for those paths (see
+        ``kernel_tunables_protected``).
         """
         config = self.prepare_files(settings, state_dir_exists)
         return self.start_command(
             capabilities,
             [os.path.join(lab.BIN, "twistd"), "-n", "--pidfile=", "sig2knock", "--config", config],
             wait,
+            writable_tunables,
         )
 
     def start_command(
-        self, capabilities: Sequence[str], command: Sequence[str], wait: bool = True
+        self,
+        capabilities: Sequence[str],
+        command: Sequence[str],
+        wait: bool = True,
+        writable_tunables: Optional[Sequence[str]] = None,
     ) -> subprocess.Popen:
         self.daemon_log_start = len(self.log())
+        command = self.unprivileged(capabilities, command)
+        if writable_tunables is not None:
+            command = kernel_tunables_protected(writable_tunables, command)
         with open(self.daemon_log, "a", encoding="utf-8") as log:
             self.daemon = self.start(
                 "server",
-                self.unprivileged(capabilities, command),
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
@@ -168,6 +179,50 @@ class UnprivilegedLab(Lab):
         )
 
 
+# What systemd's ProtectKernelTunables=yes does to /proc/sys (a read-only bind mount in the
+# service's own mount namespace), with the service's ReadWritePaths= under it bound read-write
+# again on top; the paths and the command follow the script.
+PROTECT_TUNABLES = """
+set -e
+mount --bind /proc/sys /proc/sys
+mount -o remount,bind,ro /proc/sys
+while [ "$1" != "--" ]; do
+    mount --bind "$1" "$1"
+    mount -o remount,bind,rw "$1"
+    shift
+done
+shift
+exec "$@"
+"""
+
+
+def kernel_tunables_protected(writable: Sequence[str], command: Sequence[str]) -> List[str]:
+    """
+    ``command`` in a mount namespace of its own where /proc/sys is read-only except for the
+    paths ``writable``: the part of the unit's ``ProtectKernelTunables=yes`` (with its
+    ``ReadWritePaths=``) that the daemon meets. (The lab has no systemd to run the unit itself.)
+    """
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", PROTECT_TUNABLES,
+            "protect-tunables", *writable, "--", *command]
+
+
+def unit_writable_tunables() -> List[str]:
+    """
+    The paths under /proc/sys the unit's ``ReadWritePaths=`` makes writable again (a ``-``
+    prefix, "ignore if missing", dropped).
+    """
+    paths = read_unit(UNIT).get("Service", "ReadWritePaths").split()
+    return [path.lstrip("-") for path in paths if path.lstrip("-").startswith("/proc/sys/")]
+
+
+def nat_to_loopback() -> Dict[str, str]:
+    """
+    ``FORWARD_MODE = nat`` to the echo service on 127.0.0.1: the daemon turns on
+    ``route_localnet`` on the capture interface, a kernel tunable.
+    """
+    return {**lockdown(), "FORWARD_MODE": "nat"}
+
+
 def lockdown(control_port: int = HIGH_CONTROL_PORT) -> Dict[str, str]:
     return {
         "UDP_PORT": str(control_port),
@@ -202,15 +257,21 @@ class UnprivilegedDaemonTests(SynchronousTestCase):
         self.assertEqual(self.lab.probe("client", lab.SERVER_IP, port), "echo:hello")
 
     def assertRefusesToStart(self, capabilities: Sequence[str], settings: Dict[str, str],
-                             command: Optional[Sequence[str]] = None) -> str:
+                             command: Optional[Sequence[str]] = None,
+                             writable_tunables: Optional[Sequence[str]] = None) -> str:
         """
-        The daemon, started with ``capabilities``, ends with exit status 1; return its output.
+        The daemon, started with ``capabilities`` (and ``writable_tunables``, see
+        ``start_unprivileged``), ends with exit status 1; return its output.
         """
         if command is None:
-            daemon = self.lab.start_unprivileged(capabilities, settings, wait=False)
+            daemon = self.lab.start_unprivileged(
+                capabilities, settings, wait=False, writable_tunables=writable_tunables
+            )
         else:
             self.lab.prepare_files(settings)
-            daemon = self.lab.start_command(capabilities, command, wait=False)
+            daemon = self.lab.start_command(
+                capabilities, command, wait=False, writable_tunables=writable_tunables
+            )
         status = daemon.wait(timeout=30)
         output = self.daemon_output()
         self.assertEqual(status, 1, output)
@@ -256,6 +317,33 @@ class UnprivilegedDaemonTests(SynchronousTestCase):
         rules = self.lab.ns("server", ["iptables", "-w", "-S", "INPUT"]).stdout
         self.assertEqual(rules.count("-j SIG2KNOCK"), 1, rules)
         self.assertKnockWorks(HIGH_CONTROL_PORT)
+
+    def test_natToLoopbackUnderTheUnitsKernelProtection(self) -> None:
+        """
+        ``FORWARD_MODE = nat`` to 127.0.0.1 needs ``route_localnet``, under /proc/sys, which
+        the unit's ``ProtectKernelTunables=yes`` makes read-only: its ``ReadWritePaths=``
+        reopens the interface settings, so the daemon starts and a whole knock works.
+        """
+        writable = unit_writable_tunables()
+        self.assertEqual(writable, ["/proc/sys/net/ipv4/conf"])
+        self.lab.start_unprivileged(
+            ["net_raw", "net_admin"], nat_to_loopback(), writable_tunables=writable
+        )
+        self.assertIn("route_localnet = 1 on br0", self.daemon_output())
+        self.assertKnockWorks(HIGH_CONTROL_PORT)
+
+    def test_natToLoopbackWithAllTunablesReadOnly(self) -> None:
+        """
+        Without that exception (the unit as it was) the daemon cannot turn ``route_localnet``
+        on, and refuses to start, saying so in one line: the sandbox of the test above bites.
+        """
+        config = os.path.join(self.lab.directory, "sig2knockd.conf")
+        output = self.assertRefusesToStart(
+            ["net_raw", "net_admin"], nat_to_loopback(),
+            [os.path.join(lab.BIN, "sig2knockd"), "-c", config], writable_tunables=[],
+        )
+        self.assertIn("route_localnet", output)
+        self.assertIn("Read-only file system", output)
 
     def test_firstStartInPreparedStateDir(self) -> None:
         """
@@ -393,7 +481,7 @@ REQUIRED = {
         "CapabilityBoundingSet": "CAP_NET_RAW CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
-        "ReadWritePaths": "/var/lib/sig2knock",
+        "ReadWritePaths": "/var/lib/sig2knock -/proc/sys/net/ipv4/conf",
         "StateDirectory": "sig2knock",
         "StateDirectoryMode": "0700",
         "ProtectHome": "yes",
