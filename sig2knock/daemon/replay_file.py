@@ -53,6 +53,23 @@ def pack(entries: Dict[bytes, int]) -> bytes:
     return b"".join(RECORD.pack(nonce, expiry_ms) for nonce, expiry_ms in entries.items())
 
 
+def write_empty(path: str, time_seen_ms: int, owner: Optional[Tuple[int, int]] = None) -> None:
+    """
+    Write a replay cache with no records at ``path`` (given to ``owner``, uid and gid, when
+    set): what ``sig2knockd --init`` leaves beside the identity it makes, so that the first
+    start finds a cache and a later start that finds none knows it was lost. Raises
+    ``ReplayCacheError``.
+    """
+    try:
+        files.write_atomically(path, MAGIC + _TIME_SEEN.pack(time_seen_ms), sync_directory=True)
+        if owner is not None:
+            os.chown(path, *owner, follow_symlinks=False)
+    except OSError as error:
+        raise ReplayCacheError(
+            f"cannot write the replay cache {path}: {error.strerror or error}"
+        ) from None
+
+
 class ReplayFile:
     """
     The open cache file at ``path``: the records it holds and the time its header holds. Only

@@ -10,7 +10,7 @@ from typing import Optional
 
 from sig2knock.daemon import interfaces, netif
 from sig2knock.daemon.blocking import IBlockingWorker
-from sig2knock.daemon.identity import FILE_NAME as IDENTITY_FILE, ServerIdentity, ensure_identity
+from sig2knock.daemon.identity import ServerIdentity, ensure_identity
 from sig2knock.daemon.preflight import state_dir_problem
 from sig2knock.daemon.replay import FILE_NAME, ReplayCache, ReplayCacheError
 from sig2knock.daemon.settings import Config, ConfigError, load_config
@@ -39,11 +39,12 @@ def ensure_state_dir(path: str) -> bool:
     """
     Create ``STATE_DIR`` (mode 0700) if needed and refuse one that others could write to. Return
     whether this is a first start: the directory was created now, or prepared empty for the
-    daemon (systemd's ``StateDirectory=``, ``install -d``), or holds only the identity that
-    ``sig2knockd --init`` made.
+    daemon (systemd's ``StateDirectory=``, ``install -d``). One that holds only the identity is
+    not: ``sig2knockd --init`` writes an empty replay cache beside it, so the identity alone
+    means the cache was removed, and messages sealed to that identity could be replayed.
     """
     try:
-        created = not os.path.exists(path) or not set(os.listdir(path)) - {IDENTITY_FILE}
+        created = not os.path.exists(path) or not os.listdir(path)
     except OSError:
         created = False
     try:

@@ -6,6 +6,7 @@ or check a configuration with ``--check-config``.
 import argparse
 import os
 import sys
+import time
 from typing import Any, List, Optional
 
 from sig2knock import __version__
@@ -258,7 +259,18 @@ def identity_command(config_path: str, make: bool) -> int:
             state = os.stat(config.state_dir)
             # root prepares it for the daemon's user, who owns the state directory.
             owner = (state.st_uid, state.st_gid) if os.geteuid() == 0 else None
-            identity.create_identity(path, owner if owner and owner[0] != 0 else None)
+            given = owner if owner and owner[0] != 0 else None
+            identity.create_identity(path, given)
+            # An empty replay cache beside it: a later start that finds the identity alone
+            # knows its cache was lost, rather than taking it for a first start.
+            from sig2knock.daemon.replay import FILE_NAME
+            from sig2knock.daemon.replay_file import write_empty
+
+            try:
+                write_empty(os.path.join(config.state_dir, FILE_NAME), int(time.time() * 1000),
+                            given)
+            except ReplayCacheError as error:
+                raise identity.IdentityError(str(error)) from None
             print(f"sig2knockd: made the server identity {path}", file=sys.stderr)
         public = identity.read_public(path)
     except (ConfigError, identity.IdentityError) as error:

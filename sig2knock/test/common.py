@@ -122,8 +122,8 @@ def write_config(
 ) -> str:
     """
     Write a valid configuration (plus ``extra`` keys) into ``directory`` with its users file and
-    (unless not ``identity``) a state directory holding the tests' server identity beside it;
-    return the configuration's path.
+    (unless not ``identity``) a state directory holding the tests' server identity beside it,
+    with the empty replay cache ``--init`` writes; return the configuration's path.
     """
     settings = dict(BASE_CONFIG)
     # Loopback exists everywhere: the tests need no default route.
@@ -143,6 +143,11 @@ def write_config(
     )
     if identity and missing:
         write_identity(state)
+        # What ``sig2knockd --init`` leaves beside the identity (the daemon's, imported here
+        # only: the client's tests import this module too).
+        from sig2knock.daemon.replay_file import write_empty
+
+        write_empty(os.path.join(state, "replay.cache"), int(1_700_000_000 * 1000))
     return path
 
 

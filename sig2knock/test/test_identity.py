@@ -12,7 +12,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from sig2knock.daemon import identity, startup
 from sig2knock.daemon.identity import IdentityError
 from sig2knock.protocol import keys
-from sig2knock.test.common import SERVER_KEY_TEXT, SERVER_PUBLIC, run_module, write_config
+from sig2knock.test.common import (
+    SERVER_KEY_TEXT,
+    SERVER_PUBLIC,
+    remember,
+    run_module,
+    write_config,
+)
 
 DAEMON = "sig2knock.scripts.daemon"
 NOW = 1_800_000_000.0
@@ -74,8 +80,8 @@ class IdentityFileTests(SynchronousTestCase):
 
 class PrepareIdentityTests(SynchronousTestCase):
     """
-    The daemon loads its identity at start; a state directory holding only the identity that
-    ``--init`` made is still a first start for the replay cache.
+    The daemon loads its identity at start; a state directory holding the identity alone has
+    lost its replay cache.
     """
 
     def test_loadedAtStart(self) -> None:
@@ -86,13 +92,15 @@ class PrepareIdentityTests(SynchronousTestCase):
         self.assertEqual(prepared.identity.public, SERVER_PUBLIC)
         self.assertTrue(startup.ensure_state_dir(os.path.join(directory, "fresh")))
 
-    def test_onlyTheIdentityIsAFirstStart(self) -> None:
+    def test_theIdentityAloneIsALostCache(self) -> None:
+        """
+        ``--init`` leaves an empty replay cache beside the identity, so an identity alone means
+        the cache (and the marker) were removed: not a first start. Messages sealed to that
+        identity could otherwise be replayed once.
+        """
         state = os.path.abspath(self.mktemp())
         os.makedirs(state, mode=0o700)
         identity.create_identity(identity.identity_path(state))
-        self.assertTrue(startup.ensure_state_dir(state))
-        with open(os.path.join(state, startup.STARTED_MARKER), "w"):
-            pass
         self.assertFalse(startup.ensure_state_dir(state))
 
 
@@ -123,6 +131,24 @@ class IdentityCommandTests(SynchronousTestCase):
         again = run_module(DAEMON, ["--init", "-c", config])
         self.assertEqual((again.returncode, again.stdout.split()[0]), (0, key_text))
         self.assertNotIn("made", again.stderr)
+
+    def test_firstStartAfterInitAcceptsAtOnce(self) -> None:
+        """
+        ``--init`` writes an empty replay cache beside the identity: the first start loads it
+        and accepts messages at once (no lost-cache floor), and the identity is the one made.
+        """
+        config = write_config(self.directory, {"STATE_DIR": "fresh"}, identity=False)
+        made = run_module(DAEMON, ["--init", "-c", config])
+        self.assertEqual(made.returncode, 0, made.stderr)
+        state = os.path.join(self.directory, "fresh")
+        self.assertEqual(sorted(os.listdir(state)), ["identity.key", "replay.cache"])
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(state, "replay.cache")).st_mode),
+                         0o600)
+        prepared = startup.prepare(config, None, NOW)
+        self.addCleanup(prepared.replay_cache.close)
+        remember(prepared.replay_cache, b"1" * 12, int(NOW * 1000), NOW)
+        self.assertEqual(keys.format_public_key(prepared.identity.public),
+                         made.stdout.split()[0])
 
     def test_showWithoutIdentity(self) -> None:
         config = write_config(self.directory, {"STATE_DIR": "none-yet"}, identity=False)
