@@ -464,6 +464,48 @@ class AdminWorkflowTests(SynchronousTestCase):
         self.assertEqual(added.returncode, 0, added.stderr)
         self.assertUsersFileIntact()
 
+    def test_rootsFileReadThroughTheServiceGroup(self) -> None:
+        """
+        A users file root owns and the service group reads (root:GROUP 0640): root adds a user
+        to it, owner, group and mode stay, and the service user's ``--check-config`` accepts it;
+        the daemon can read it and cannot rewrite it. Readable by others too, it is refused.
+        """
+        os.chown(self.users, 0, GID)
+        os.chmod(self.users, 0o640)
+        added = self.add_user(None)
+        self.assertEqual(added.returncode, 0, added.stderr)
+        status = os.stat(self.users)
+        self.assertEqual((status.st_uid, status.st_gid, status.st_mode & 0o777), (0, GID, 0o640))
+        check = [os.path.join(lab.BIN, "sig2knockd"), "--check-config", "-c", self.config]
+        checked = self.run_as(UID, check)
+        self.assertEqual(checked.returncode, 0, checked.stderr)
+        self.assertIn("1 user(s)", checked.stdout)
+        self.assertNotEqual(
+            self.run_as(UID, ["sh", "-c", f"echo >> {self.users}"]).returncode, 0,
+            "the service user cannot write to it",
+        )
+        os.chmod(self.users, 0o644)
+        refused = self.run_as(UID, check)
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("owned by root, but the daemon runs as nobody", refused.stderr)
+        self.assertIn("chmod 640", refused.stderr)
+
+    def test_rootRefusesASymlinkedUsersFile(self) -> None:
+        """
+        The service user replaces its users file with a link to a file of root's: root's
+        ``sig2knockd_useradd`` refuses it and writes nothing there.
+        """
+        victim = os.path.join(self.directory, "roots-file")
+        with open(victim, "w", encoding="utf-8") as out:
+            out.write("root's own\n")
+        os.remove(self.users)
+        os.symlink(victim, self.users)
+        added = self.add_user(None)
+        self.assertEqual(added.returncode, 1, added.stderr)
+        self.assertIn("a symbolic link", added.stderr)
+        with open(victim, encoding="utf-8") as unchanged:
+            self.assertEqual(unchanged.read(), "root's own\n")
+
 
 
 # -- the systemd unit -----------------------------------------------------------------------------

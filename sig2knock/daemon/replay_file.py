@@ -94,7 +94,8 @@ class ReplayFile:
         The file's content, ``None`` when it does not exist; raises ``ReplayCacheError``.
         """
         try:
-            with open(self.path, "rb") as existing:
+            # O_NOFOLLOW here and below: a link planted in STATE_DIR is refused, not followed.
+            with os.fdopen(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as existing:
                 return existing.read()
         except FileNotFoundError:
             return None
@@ -122,7 +123,8 @@ class ReplayFile:
             ) from None
         self.close()
         try:
-            self._file = open(self.path, "ab", buffering=0)
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+            self._file = os.fdopen(descriptor, "ab", buffering=0)
         except OSError as error:
             raise ReplayCacheError(
                 f"cannot open the replay cache {self.path}: {error.strerror}"

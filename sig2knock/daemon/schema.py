@@ -110,8 +110,9 @@ SCHEMA: Tuple[Setting, ...] = (
     Setting(
         "USERS_FILE", "users_file", values.path, "user.txt",
         "`user.txt` beside the configuration", LIVE,
-        "the users and their keys; must be owned by the daemon's user and mode 0600 (see"
-        " below).",
+        "the users and their keys; must be owned by the daemon's user and mode 0600, or by root"
+        " and readable by the daemon's group only (0640: the daemon cannot rewrite it); see"
+        " below.",
     ),
     Setting(
         "FIREWALL", "firewall", values.Choice(registry.CHOICES), "auto", "`auto`", RESTART,

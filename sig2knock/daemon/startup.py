@@ -87,7 +87,9 @@ def prepare(
     marker = os.path.join(config.state_dir, STARTED_MARKER)
     if not os.path.exists(marker):
         try:
-            with open(marker, "w", encoding="utf-8") as started:
+            # Created, never followed: a link planted there stops the start instead.
+            created = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(created, "w", encoding="utf-8") as started:
                 started.write("sig2knock has run with this STATE_DIR; see docs/PROTOCOL.md\n")
         except OSError as error:
             raise ReplayCacheError(f"STATE_DIR {config.state_dir}: {error.strerror}") from None

@@ -11,6 +11,7 @@ owned by the user running the daemon and closed to group and others.
 
 import os
 import pwd
+import stat
 from typing import Dict, List, NamedTuple, Optional
 
 from sig2knock.daemon.text import one_line
@@ -150,9 +151,25 @@ def _owner_name(uid: int) -> str:
         return str(uid)
 
 
-def _check_status(path: str, status: os.stat_result, uid: int) -> None:
+def root_owned_for_group(status: os.stat_result, gid: int) -> bool:
+    """
+    Whether ``status`` is a users file root owns and only its group ``gid``, a service group
+    (not root's), may read (mode 0640 or 0440): the daemon reads it through that group, its
+    own, and cannot rewrite it, so a daemon taken over cannot enrol users.
+    """
+    mode = stat.S_IMODE(status.st_mode)
+    return (
+        stat.S_ISREG(status.st_mode)
+        and status.st_uid == 0
+        and status.st_gid == gid != 0
+        and mode & 0o040 != 0
+        and not mode & 0o137
+    )
+
+
+def _check_status(path: str, status: os.stat_result, uid: int, gid: int) -> None:
     found = files.exposure(status, uid)
-    if found is None:
+    if found is None or root_owned_for_group(status, gid):
         return
     if found.kind == files.NOT_REGULAR:
         raise UsersError(f"{path}: not a regular file")
@@ -165,13 +182,17 @@ def _check_status(path: str, status: os.stat_result, uid: int) -> None:
                 f" check as that user: runuser -u {owner} -- sig2knockd --check-config; if it"
                 f" runs as root, fix with: chown root {path}"
             )
+        also = ""
+        if found.owner == 0:
+            also = f" (or keep it root's, read through the daemon's group: chmod 640 {path})"
         raise UsersError(
             f"{path}: owned by {owner}, but the daemon runs as"
-            f" {_owner_name(uid)}; fix with: chown {_owner_name(uid)} {path}"
+            f" {_owner_name(uid)}; fix with: chown {_owner_name(uid)} {path}{also}"
         )
     raise UsersError(
         f"{path}: holds keys but is open to group or others (mode {found.mode:04o});"
-        f" fix with: chmod 600 {path}"
+        f" fix with: chmod 600 {path} (or, owned by root and read through the daemon's group:"
+        f" chown root:GROUP {path} && chmod 640 {path})"
     )
 
 
@@ -182,11 +203,12 @@ def _missing(path: str) -> UsersError:
     )
 
 
-def load_users(path: str, uid: Optional[int] = None) -> Users:
+def load_users(path: str, uid: Optional[int] = None, gid: Optional[int] = None) -> Users:
     """
     Read and parse the users file at ``path``, after checking the very file opened: a regular
     file owned by ``uid`` (default: the effective user) and closed to group and others, the way
-    sshd's StrictModes refuses key files.
+    sshd's StrictModes refuses key files, or owned by root and readable by group ``gid`` only
+    (default: the effective group, or for root the file's own; ``root_owned_for_group``).
     """
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -196,7 +218,11 @@ def load_users(path: str, uid: Optional[int] = None) -> Users:
         raise UsersError(f"{path!r}: cannot read it: {getattr(error, 'strerror', error)}") from None
     try:
         # Checked before it is wrapped: a directory cannot even be opened as a file object.
-        _check_status(path, os.fstat(descriptor), os.geteuid() if uid is None else uid)
+        status = os.fstat(descriptor)
+        if gid is None:
+            # root checks for a daemon whose group it is not told (--check-config): the file's.
+            gid = status.st_gid if os.geteuid() == 0 else os.getegid()
+        _check_status(path, status, os.geteuid() if uid is None else uid, gid)
     except UsersError:
         os.close(descriptor)
         raise

@@ -8,6 +8,7 @@ their own key pair with ``sig2knockc --keygen``.
 import argparse
 import getpass
 import os
+import stat
 import sys
 from typing import Any, List, Optional, TextIO
 
@@ -118,26 +119,38 @@ def append_line(path: str, user: str, line: str) -> None:
     """
     from sig2knock.daemon.users import UsersError, load_users
 
-    if os.path.exists(path):
-        # root appends to the file of whatever user the daemon runs as (a service user): the
-        # owner stays, so the file must be that user's; the mode check is the same.
-        owner = os.stat(path).st_uid if os.geteuid() == 0 else None
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        found = None
+    except OSError as error:
+        raise UserAddError(f"{path}: {error.strerror}") from None
+    if found is not None and stat.S_ISLNK(found.st_mode):
+        # Followed as root, a link the daemon's user planted would make this write elsewhere.
+        raise UserAddError(
+            f"{path}: a symbolic link; sig2knockd_useradd writes only to the users file itself"
+            " (point USERS_FILE or --users-file at it)"
+        )
+    if found is not None:
+        # root appends to the file of whatever user the daemon runs as (a service user), or to
+        # its own file that the daemon reads through its group: owner and group stay, so the
+        # file must be fit for them; the mode check is the same.
+        owner = (found.st_uid, found.st_gid) if os.geteuid() == 0 else (None, None)
         try:
-            existing = load_users(path, owner)
+            existing = load_users(path, *owner)
         except UsersError as error:
             raise UserAddError(str(error)) from None
         if user in existing.entries:
             number = existing.entries[user].number
             raise UserAddError(f"{path}:{number}: user {user} is already there")
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(descriptor, "a", encoding="utf-8") as users_file:
-            if users_file.tell() > 0:
-                with open(path, "rb") as current:
-                    current.seek(-1, os.SEEK_END)
-                    if current.read(1) != b"\n":
-                        users_file.write("\n")
-            users_file.write(line + "\n")
+        # O_NOFOLLOW: a link put there since the check above is refused, not followed.
+        descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "r+b") as users_file:
+            size = os.fstat(descriptor).st_size
+            if size > 0 and os.pread(descriptor, 1, size - 1) != b"\n":
+                users_file.write(b"\n")
+            users_file.write(line.encode("utf-8") + b"\n")
     except OSError as error:
         raise UserAddError(f"{path}: {error.strerror}") from None
 

@@ -255,6 +255,20 @@ class ReplayCacheTests(CacheFileTestCase):
             ReplayCacheError, ReplayCache, os.path.join(blocker, "replay.cache"), SKEW, NOW
         )
 
+    def test_plantedLinkRefused(self) -> None:
+        """
+        A symbolic link where the cache file belongs (planted in STATE_DIR) stops the start:
+        the cache is neither read through it nor written through it.
+        """
+        target = os.path.join(self.directory, "elsewhere")
+        with open(target, "wb") as out:
+            out.write(b"not yours")
+        os.symlink(target, self.path)
+        error = self.assertRaises(ReplayCacheError, ReplayCache, self.path, SKEW, NOW)
+        self.assertIn("symbolic links", str(error))
+        with open(target, "rb") as unchanged:
+            self.assertEqual(unchanged.read(), b"not yours")
+
     def test_memoryOnly(self) -> None:
         cache = ReplayCache(None, SKEW, NOW)
         self.remember(cache, 1)

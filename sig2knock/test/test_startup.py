@@ -62,6 +62,17 @@ class PrepareTests(SynchronousTestCase):
         remember(prepared.replay_cache, b"1" * 12, int(NOW * 1000), NOW)
         self.assertTrue(os.path.exists(os.path.join(state, startup.STARTED_MARKER)))
 
+    def test_plantedStartedLinkRefused(self) -> None:
+        """
+        The ``started`` marker is created, never written through a link planted in its place.
+        """
+        state = os.path.join(self.directory, "state")
+        os.makedirs(state, mode=0o700)
+        target = os.path.join(self.directory, "elsewhere")
+        os.symlink(target, os.path.join(state, startup.STARTED_MARKER))
+        self.assertRaises(ReplayCacheError, self.prepared)
+        self.assertFalse(os.path.exists(target))
+
     def test_stateDirOpenToOthersRefused(self) -> None:
         state = os.path.join(self.directory, "state")
         os.makedirs(state)

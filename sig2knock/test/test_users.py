@@ -5,9 +5,11 @@ public keys only: a password user's is derived for this server, a key user's is 
 
 import base64
 import os
+import stat
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from sig2knock.daemon import users
 from sig2knock.daemon.users import UsersError, format_user_line, load_users, parse_users
 from sig2knock.protocol import keys
 from sig2knock.protocol.kdf import KdfParams, derive_key
@@ -286,3 +288,29 @@ class PropertyTests(SynchronousTestCase):
     @settings(max_examples=2000, deadline=None)
     def test_randomFields(self, lines) -> None:
         self.check("\n".join(lines))
+
+
+class RootOwnedForGroupTests(SynchronousTestCase):
+    """
+    A users file root owns and only the daemon's group reads (root:GROUP 0640) is accepted:
+    the daemon reads it and cannot rewrite it. Anything looser, or another group, is not.
+    """
+
+    def status(self, mode: int, uid: int = 0, gid: int = 123) -> os.stat_result:
+        return os.stat_result((stat.S_IFREG | mode, 1, 1, 1, uid, gid, 0, 0, 0, 0))
+
+    def test_accepted(self) -> None:
+        for mode in (0o640, 0o440, 0o600 | 0o040):
+            self.assertTrue(users.root_owned_for_group(self.status(mode), 123), oct(mode))
+
+    def test_refused(self) -> None:
+        for status, gid in (
+            (self.status(0o660), 123),  # the group could rewrite it
+            (self.status(0o644), 123),  # others read it
+            (self.status(0o600), 123),  # the group cannot read it: nothing to accept
+            (self.status(0o640), 124),  # another group reads it
+            (self.status(0o640, gid=0), 0),  # root's group: not a service group
+            (self.status(0o640, uid=1000), 123),  # not root's
+            (os.stat_result((stat.S_IFDIR | 0o750, 1, 1, 1, 0, 123, 0, 0, 0, 0)), 123),
+        ):
+            self.assertFalse(users.root_owned_for_group(status, gid), status)
