@@ -136,8 +136,16 @@ class ControlProtocol(DatagramProtocol):
             return
         except MessageRejected as rejection:
             if received is not None and rejection.reason == REASON_REPLAY:
-                # A copy of a P1 already taken: from another address, the session is relayed.
-                self.sessions.resent(source, received.user, received.request.session_id)
+                # A copy of a P1 already taken: from another address, the session is relayed;
+                # from its own while the session lives, it is the client's next round, and no
+                # refusal to report (it would use up the log's detail for nothing).
+                if self.sessions.resent(source, received.user, received.request.session_id):
+                    self.log.debug(
+                        "P1 repeated: {user} from {source} (the client's next round)",
+                        user=received.user,
+                        source=str(source),
+                    )
+                    return
             self._refused(source, port, rejection.reason, rejection.detail)
             return
         # The session opens at once, so that the knocks sent right behind the P1 count, and is

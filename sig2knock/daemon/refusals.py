@@ -5,14 +5,17 @@ Refused datagrams (the control port) and refused connections (an assigned port) 
 """
 
 import collections
-from typing import Any, Counter
+from typing import Any, Counter, Set
 
 from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-# Refusals logged one by one in each interval; the rest go into the interval's summary.
+# Refusals logged one by one in each interval; the last few of them are kept for sources not
+# logged yet in the interval (so one client's failed login, or one flooding source, leaves room
+# for the next cause); the rest go into the interval's summary.
 DETAILED_PER_INTERVAL = 20
+KEPT_FOR_NEW_SOURCES = 5
 INTERVAL = 60.0
 # Distinct sources remembered per interval for the summary's "busiest sources".
 MAX_SOURCES_PER_INTERVAL = 1024
@@ -32,11 +35,14 @@ class RefusalLog:
         self, detailed_per_interval: int = DETAILED_PER_INTERVAL, interval: float = INTERVAL
     ) -> None:
         self.detailed_per_interval = detailed_per_interval
+        # A quarter of the quota at most, so a source that repeats itself always gets some.
+        self.kept_for_new_sources = min(KEPT_FOR_NEW_SOURCES, detailed_per_interval // 4)
         self.interval = interval
         self.totals: Counter[str] = collections.Counter()
         self._reasons: Counter[str] = collections.Counter()
         self._sources: Counter[str] = collections.Counter()
         self._detailed = 0
+        self._detailed_sources: Set[str] = set()
         self._suppressed = 0
 
     def refused(
@@ -50,7 +56,8 @@ class RefusalLog:
     ) -> None:
         """
         Count one refusal of a ``what`` (``datagram`` or ``connection``) from ``source``/``port``
-        and log it: at info level if the interval's quota allows, or always, at error level,
+        and log it: at info level if the interval's quota allows (``_may_detail``), or always,
+        at error level,
         when it is ``severe`` (the operator must look into it: the
         firewall refused a change, no port was free). Only an authenticated session can be
         refused as severe, so junk cannot flood the log this way.
@@ -59,9 +66,10 @@ class RefusalLog:
         self._reasons[reason] += 1
         if source in self._sources or len(self._sources) < MAX_SOURCES_PER_INTERVAL:
             self._sources[source] += 1
-        if severe or self._detailed < self.detailed_per_interval:
+        if severe or self._may_detail(source):
             if not severe:
                 self._detailed += 1
+                self._detailed_sources.add(source)
             (self.log.error if severe else self.log.info)(
                 "refused {what} from {source} port {source_port}: {reason} ({detail})",
                 what=what,
@@ -72,6 +80,18 @@ class RefusalLog:
             )
         else:
             self._suppressed += 1
+
+    def _may_detail(self, source: str) -> bool:
+        """
+        Whether a refusal from ``source`` may still be logged one by one this interval: within
+        the interval's quota, the last ``kept_for_new_sources`` of it for a source not logged
+        yet in this interval.
+        """
+        if source in self._detailed_sources:
+            limit = self.detailed_per_interval - self.kept_for_new_sources
+        else:
+            limit = self.detailed_per_interval
+        return self._detailed < limit
 
     def summarize(self) -> None:
         """
@@ -99,6 +119,7 @@ class RefusalLog:
         self._reasons.clear()
         self._sources.clear()
         self._detailed = 0
+        self._detailed_sources.clear()
         self._suppressed = 0
 
 

@@ -255,16 +255,19 @@ class SessionTable(Service):
         """
         return self._by_tag.get(tag)
 
-    def resent(self, source: IPAddress, user: str, session_id: bytes) -> None:
+    def resent(self, source: IPAddress, user: str, session_id: bytes) -> bool:
         """
         An authentic P1 of ``user``'s session ``session_id`` came again from ``source`` (a
         re-sent copy, which the replay cache refuses): from another address than the session's,
-        the session is being relayed, and it ends.
+        the session is being relayed, and it ends. Returns whether it is a copy of a live
+        session's P1 from that session's own address: the client's next round, harmless.
         """
         session = self._sessions.get((user, session_id))
-        if session is not None and session.source != source:
+        if session is not None and session.source == source:
+            return True
+        if session is not None:
             self._relayed(session, source)
-            return
+            return False
         ended = self._ended.get((user, session_id))
         if session is None and ended is not None and ended[1] != source:
             # Too late to end it (its grant may have been used): the operator learns of it.
@@ -274,6 +277,7 @@ class SessionTable(Service):
                 source=str(ended[1]),
                 other=str(source),
             )
+        return False
 
     def confirm(self, source: IPAddress, tag: bytes, session_id: bytes) -> Deferred:
         """

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from sig2knock.daemon.refusals import RefusalLog, RefusalSummary
+from sig2knock.daemon.refusals import KEPT_FOR_NEW_SOURCES, RefusalLog, RefusalSummary
 
 
 class RefusalLogTests(SynchronousTestCase):
@@ -50,6 +50,26 @@ class RefusalLogTests(SynchronousTestCase):
         self.assertEqual(len(self.events), 4, "a quiet minute logs nothing")
         self.refusals.refused("198.18.0.3", 4000, "auth", "again")
         self.assertEqual(len(self.events), 5, "a new interval logs in detail again")
+
+    def test_oneSourceLeavesRoomForOthers(self) -> None:
+        """
+        One source's refusals (a client whose login fails, re-sending) are logged one by one up
+        to the quota less what is kept for new sources: the next sources' causes still show in
+        detail in the same interval.
+        """
+        refusals = RefusalLog(detailed_per_interval=20, interval=60)
+        for n in range(30):
+            refusals.refused("198.18.0.3", 4000, "unknown-session", "tag")
+        for host in range(4, 4 + KEPT_FOR_NEW_SOURCES + 1):
+            refusals.refused(f"198.18.0.{host}", 4000, "auth", "user bob")
+        detailed = [event["source"] for event in self.events if "reason" in event]
+        self.assertEqual(
+            detailed,
+            ["198.18.0.3"] * (20 - KEPT_FOR_NEW_SOURCES)
+            + [f"198.18.0.{host}" for host in range(4, 4 + KEPT_FOR_NEW_SOURCES)],
+        )
+        refusals.summarize()
+        self.assertEqual(self.events[-1]["suppressed"], 30 - (20 - KEPT_FOR_NEW_SOURCES) + 1)
 
     def test_connectionsSaySo(self) -> None:
         self.refusals.refused("198.18.0.9", 51000, "not-granted", "port 40001 is granted to"
