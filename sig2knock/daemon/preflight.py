@@ -9,23 +9,39 @@ import os
 import socket
 from typing import Optional
 
+from sig2knock.daemon.trusted_path import unsafe_parent
 from sig2knock.protocol.addresses import IPAddress
 
 
-def state_dir_problem(path: str) -> Optional[str]:
+def state_dir_problem(path: str, uid: Optional[int] = None) -> Optional[str]:
     """
-    Why the daemon would refuse ``STATE_DIR`` at ``path`` (it must not be writable by group or
-    others), or ``None``; a directory that does not exist yet is fine (the daemon makes it).
+    Why the daemon of user ``uid`` (default: this process's) would refuse ``STATE_DIR`` at
+    ``path``: writable by group or others, owned by another user than the daemon's or root's, or
+    below a directory another user could change (``trusted_path``); or ``None``. A directory
+    that does not exist yet is fine (the daemon makes it), if its parents are.
     """
+    uid = os.geteuid() if uid is None else uid
     try:
         status = os.stat(path)
     except FileNotFoundError:
-        return None
+        return _parent_problem(path, uid)
     except OSError as error:
         return f"STATE_DIR {path}: {error.strerror}"
     if status.st_mode & 0o022:
         return f"STATE_DIR {path}: writable by group or others; fix with: chmod 700 {path}"
-    return None
+    if uid == 0:
+        uid = status.st_uid  # root checks for the daemon's user, who owns it
+    elif status.st_uid not in (0, uid):
+        return (
+            f"STATE_DIR {path}: owned by uid {status.st_uid}, not by the daemon's user (uid"
+            f" {uid}); fix with: chown {uid} {path}"
+        )
+    return _parent_problem(path, uid)
+
+
+def _parent_problem(path: str, uid: int) -> Optional[str]:
+    problem = unsafe_parent(path, uid)
+    return None if problem is None else f"STATE_DIR {path}: {problem}"
 
 
 def control_port_holder(port: int, address: Optional[IPAddress] = None) -> Optional[str]:

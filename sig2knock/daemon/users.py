@@ -15,6 +15,7 @@ import stat
 from typing import Dict, List, NamedTuple, Optional
 
 from sig2knock.daemon.text import one_line
+from sig2knock.daemon.trusted_path import unsafe_parent
 from sig2knock.protocol import files
 from sig2knock.protocol import keys
 from sig2knock.protocol.kdf import KdfParams, derive_key
@@ -222,7 +223,11 @@ def load_users(path: str, uid: Optional[int] = None, gid: Optional[int] = None) 
         if gid is None:
             # root checks for a daemon whose group it is not told (--check-config): the file's.
             gid = status.st_gid if os.geteuid() == 0 else os.getegid()
-        _check_status(path, status, os.geteuid() if uid is None else uid, gid)
+        uid = os.geteuid() if uid is None else uid
+        _check_status(path, status, uid, gid)
+        problem = unsafe_parent(path, uid)
+        if problem is not None:
+            raise UsersError(problem)
     except UsersError:
         os.close(descriptor)
         raise

@@ -26,6 +26,29 @@ class StateDirTests(SynchronousTestCase):
             self.assertIn("writable by group or others", preflight.state_dir_problem(path))
 
 
+    def test_ownerAndParents(self) -> None:
+        """
+        A ``STATE_DIR`` of another user than the daemon's, or below a directory others could
+        change, is refused; root checking for the daemon takes the directory's owner for it.
+        """
+        parent = os.path.abspath(self.mktemp())
+        path = os.path.join(parent, "state")
+        os.makedirs(path, mode=0o700)
+        os.chmod(parent, 0o777)
+        self.assertIn(f"{parent} (above {path}) is writable by group or others",
+                      preflight.state_dir_problem(path))
+        self.assertIn(f"{parent} (above", preflight.state_dir_problem(path + "/not-yet"))
+        os.chmod(parent, 0o755)
+        if os.geteuid() == 0:
+            os.chown(path, 12345, -1)  # (root's own would be fine)
+        owner = os.stat(path).st_uid
+        other = owner + 1
+        self.assertIn(f"owned by uid {owner}, not by the daemon's user (uid {other})",
+                      preflight.state_dir_problem(path, other))
+        self.assertIsNone(preflight.state_dir_problem(path, owner))
+        self.assertIsNone(preflight.state_dir_problem(path, 0), "root checks for its owner")
+
+
 class ControlPortTests(SynchronousTestCase):
     """
     A free port has no holder; a bound one has, whichever address it was bound to.

@@ -153,6 +153,19 @@ class PermissionsTests(SynchronousTestCase):
         write_users(path, {"alice": ALICE_PASSWORD}, mode)
         return path
 
+    def test_directoryOthersCanChangeRefused(self) -> None:
+        """
+        A users file in a directory others may write to (not sticky) could be replaced by
+        theirs: refused, naming the directory (sshd's StrictModes checks the same).
+        """
+        path = self.users_file()
+        directory = os.path.dirname(os.path.abspath(path))
+        os.chmod(directory, 0o777)
+        error = self.assertRaises(UsersError, load_users, path)
+        self.assertIn(f"{directory} (above {path}) is writable by group or others", str(error))
+        os.chmod(directory, 0o755)
+        load_users(path)
+
     def test_privateFileAccepted(self) -> None:
         path = self.users_file()
         self.assertEqual(load_users(path).names(), ["alice"])
