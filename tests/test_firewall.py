@@ -5,11 +5,14 @@ it only the client reaches only its port, an established session outlives the gr
 at its deadline even when the daemon is killed, and a firewall that refuses leaves nothing open.
 """
 
+import calendar
+import glob
+import os
 import shutil
 import signal
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from sig2knock.firewall.libnftables import load_library
 from tests import lab
@@ -179,3 +182,44 @@ class IptablesTests(FirewallLabMixin, SynchronousTestCase):
             self.lab.ns("server", [tool, "-w", "-D", "INPUT", "-j", "SIG2KNOCK"])
             self.lab.ns("server", [tool, "-w", "-F", "SIG2KNOCK"])
             self.lab.ns("server", [tool, "-w", "-X", "SIG2KNOCK"])
+
+    def test_clockStepBackMovesTheGrantBack(self) -> None:
+        """
+        ``--datestop`` is a wall-clock time, so a step back of the daemon's clock (here its
+        own, by libfaketime reading a file, while the monotonic clock runs on) would keep an
+        open grant that much longer: the daemon sees the step within about a second and
+        re-inserts the grant's rule with its datestop moved back by the step.
+        """
+        libraries = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+        if not libraries:
+            raise SkipTest("libfaketime is not installed (Debian's faketime; .ci/run installs it)")
+        offset_file = os.path.join(self.lab.directory, "faketime")
+        with open(offset_file, "w", encoding="ascii") as offset:
+            offset.write("+0\n")
+        fake = ["env", f"LD_PRELOAD={libraries[0]}", f"FAKETIME_TIMESTAMP_FILE={offset_file}",
+                "FAKETIME_NO_CACHE=1", "FAKETIME_DONT_FAKE_MONOTONIC=1"]
+        self.lab.start_daemon(
+            {"FIREWALL": "iptables", "FIREWALL_POLICY": "lockdown",
+             "SINGLECONN_PORTOPEN_TIME": "30", "ASSIGN_PORT_RANGE": "40000-40999"},
+            prefix=fake,
+        )
+        port = self.knocked_port()
+
+        def datestop() -> str:
+            rules = self.lab.ns("server", ["iptables", "-w", "-S", "SIG2KNOCK"]).stdout
+            (rule,) = [line for line in rules.splitlines() if f"--dport {port} " in line]
+            return rule.split("--datestop ")[1].split()[0]
+
+        before = datestop()
+        with open(offset_file, "w", encoding="ascii") as offset:
+            offset.write("-1h\n")
+        deadline = time.monotonic() + 10
+        while "went back by" not in self.lab.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertIn("the wall clock went back by 3600", self.lab.log())
+        moved = time.strptime(before, "%Y-%m-%dT%H:%M:%S")
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(calendar.timegm(moved) - 3600))
+        deadline = time.monotonic() + 5
+        while datestop() != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(datestop(), expected)

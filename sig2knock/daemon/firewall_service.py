@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.waiting import settled
-from sig2knock.firewall import IFirewall
+from sig2knock.firewall import IFirewall, IWallClockGrants
 from sig2knock.firewall.registry import Backend
 from sig2knock.protocol.addresses import IPAddress
 
@@ -118,6 +118,23 @@ class FirewallService(Service):
         if not self.ready:
             return maybeDeferred(lambda: None)
         return self._change(self.firewall.revoke, source, port)
+
+    def clock_stepped_back(self, seconds: float) -> Deferred:
+        """
+        The wall clock went back by ``seconds``: a backend whose grants end at wall-clock times
+        (``IWallClockGrants``: iptables) moves them back with it, so none stays open longer; a
+        failure is logged (the kernel then ends those grants ``seconds`` late).
+        """
+        if not self.ready or not IWallClockGrants.providedBy(self.firewall):
+            return maybeDeferred(lambda: None)
+        moving = self._change(self.firewall.clock_stepped_back, seconds)
+        moving.addErrback(
+            lambda failure: self.log.error(
+                "firewall: cannot move the grants back with the clock: {error}",
+                error=failure.getErrorMessage(),
+            )
+        )
+        return moving
 
     def _change(self, change: Any, *arguments: Any) -> Deferred:
         changing = maybeDeferred(change, *arguments)

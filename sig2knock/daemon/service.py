@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from sig2knock import __version__
 from sig2knock.daemon import netif
 from sig2knock.daemon.capture import KnockCapture
+from sig2knock.daemon.clock_watch import ClockWatch
 from sig2knock.daemon.control_ports import control_ports
 from sig2knock.daemon.firewall_service import FirewallService
 from sig2knock.daemon.grants import PortGranter
@@ -24,7 +25,7 @@ from sig2knock.daemon.sessions import SessionTable
 from sig2knock.daemon.settings import firewall_settings
 from sig2knock.daemon.startup import Prepared
 from sig2knock.daemon.waiting import stop_children
-from sig2knock.firewall import IFirewall, registry
+from sig2knock.firewall import IFirewall, IWallClockGrants, registry
 from sig2knock.protocol import cipher
 from sig2knock.protocol.addresses import PROTOCOLS_BY_NAME
 
@@ -32,7 +33,8 @@ from sig2knock.protocol.addresses import PROTOCOLS_BY_NAME
 class Sig2knockService(MultiService):
     """
     The daemon. Its children, in the order they start (they stop in reverse): the replay cache
-    (closed last), the firewall, the granter, the knock capture (with the watcher of its
+    (closed last), the firewall (with a ``ClockWatch`` when its grants end at wall-clock times:
+    iptables), the granter, the knock capture (with the watcher of its
     interface's addresses), the session table, the control ports and the refusal summary.
 
     ``open`` opens the capture handle (and its address watcher's netlink socket) and the control
@@ -91,8 +93,15 @@ class Sig2knockService(MultiService):
             refusals,
             watch_addresses,
         )
+        # Grants that end at wall-clock times are moved back when the clock steps back.
+        clock_watch = (
+            [ClockWatch(reactor, self.firewall.clock_stepped_back)]
+            if IWallClockGrants.providedBy(firewall)
+            else []
+        )
         for part in (
             self.firewall,
+            *clock_watch,
             self.granter,
             self.sessions.capture,
             self.sessions,

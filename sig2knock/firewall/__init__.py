@@ -87,3 +87,16 @@ class IFirewall(Interface):
         """
         Remove everything the daemon ever installed (``sig2knockd --flush``).
         """
+
+
+class IWallClockGrants(Interface):
+    """
+    A firewall whose grants end at wall-clock times (iptables' ``--datestop``): a backward step
+    of the clock would keep them open longer, so the daemon tells it of every step it sees.
+    """
+
+    def clock_stepped_back(seconds: float) -> Deferred:
+        """
+        The wall clock went back by ``seconds`` while grants were open: make each end as many
+        seconds earlier on the new clock (so at its time), and end those whose time is over.
+        """

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, maybeDeferred
 from zope.interface import implementer
 
-from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
+from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall, IWallClockGrants
 from sig2knock.firewall.iptables_rules import (
     CHAIN,
     NAT_CHAIN,
@@ -51,7 +51,7 @@ def _table(table: str) -> List[str]:
     return [] if table == "filter" else ["-t", table]
 
 
-@implementer(IFirewall)
+@implementer(IFirewall, IWallClockGrants)
 class IptablesFirewall:
     """
     The iptables backend. ``tools`` names ``iptables`` and ``ip6tables`` (their
@@ -83,6 +83,8 @@ class IptablesFirewall:
         # (source, port) -> the rules revoke must delete, datestop included: (family, table,
         # chain, rule spec) each.
         self.grants: Dict[Tuple[IPAddress, int], List[Rule]] = {}
+        # (source, port) -> the grant's deadline on the wall clock, as its rules say.
+        self.deadlines: Dict[Tuple[IPAddress, int], float] = {}
         # One change at a time: a listing and the restore that depends on it stay together.
         self._lock = DeferredLock()
 
@@ -151,6 +153,7 @@ class IptablesFirewall:
                 yield self._run(family, ["--noflush"], script, restore=True)
         # The chains were replaced: whatever grants an earlier start knew of are gone.
         self.grants.clear()
+        self.deadlines.clear()
         # Only now that the guarding rule is in place (or after an earlier nat run).
         settle_route_localnet(self.settings, earlier_nat=had_nat)
 
@@ -182,7 +185,25 @@ class IptablesFirewall:
         """
         return self._locked(self._grant, source, port, deadline)
 
-    def _grant(self, source: IPAddress, port: int, deadline: float) -> Any:
+    def clock_stepped_back(self, seconds: float) -> Deferred:
+        """
+        The wall clock went back by ``seconds``: re-insert every open grant with its
+        ``--datestop`` as many seconds earlier (the kernel compares it with the new clock),
+        keeping what a nat grant remembers of its one connection; revoke those whose time is
+        over on the new clock (see ``IWallClockGrants``).
+        """
+        return self._locked(self._rebase, seconds)
+
+    def _rebase(self, seconds: float) -> Any:
+        now = self.reactor.seconds()
+        for (address, port), deadline in list(self.deadlines.items()):
+            moved = deadline - seconds
+            if math.floor(moved) <= math.floor(now):
+                yield from self._revoke(address, port)
+            else:
+                yield from self._grant(address, port, moved, fresh=False)
+
+    def _grant(self, source: IPAddress, port: int, deadline: float, fresh: bool = True) -> Any:
         now = self.reactor.seconds()
         # The rule matches through second floor(deadline) - 1: it must not lie in the past.
         if math.floor(deadline) <= math.floor(now):
@@ -202,7 +223,8 @@ class IptablesFirewall:
                     f"FORWARD_MODE = nat cannot forward an IPv{family} client to"
                     f" {self.settings.nat_to[0]}; use FORWARD_MODE = proxy for both families"
                 )
-            forget_recent(recent_list(port), address)
+            if fresh:  # a grant moved in time keeps the record of its one connection
+                forget_recent(recent_list(port), address)
             once, dnat = render_nat_grant_specs(
                 address, port, datestop(deadline), self.settings.nat_to
             )
@@ -228,6 +250,7 @@ class IptablesFirewall:
             raise refused
         previous = self.grants.get(key)
         self.grants[key] = rules
+        self.deadlines[key] = deadline
         if previous is not None and previous != rules:
             # A renewed grant: the older rules (another datestop) go.
             for rule in previous:
@@ -243,6 +266,7 @@ class IptablesFirewall:
     def _revoke(self, source: IPAddress, port: int) -> Any:
         key = (ipaddress.ip_address(str(source)), port)
         known = self.grants.pop(key, None)
+        deadline = self.deadlines.pop(key, None)
         if known is None:
             return
         try:
@@ -250,6 +274,8 @@ class IptablesFirewall:
                 yield self._delete(*rule)
         except FirewallError:
             self.grants[key] = known  # still there: stop() will try again
+            if deadline is not None:
+                self.deadlines[key] = deadline
             raise
 
     @inlineCallbacks
@@ -305,5 +331,6 @@ class IptablesFirewall:
                 script = render_nat_flush(nat_jumps, nat_exists)
                 yield self._run(family, ["--noflush"], script, restore=True)
         self.grants.clear()
+        self.deadlines.clear()
         if had_nat and self.settings.interface:
             write_route_localnet(self.settings.interface, "0")

@@ -11,11 +11,12 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from sig2knock.daemon import firewall_service
 from sig2knock.daemon.firewall_service import FirewallService
 from sig2knock.daemon.session import SessionRefused
-from sig2knock.firewall import FirewallError, IFirewall
+from sig2knock.firewall import FirewallError, IFirewall, IWallClockGrants
 from sig2knock.firewall.registry import BACKENDS
 from sig2knock.test.common import StoppingReactor
 
@@ -65,6 +66,18 @@ class ControlledFirewall:
         return self._call("flush")
 
 
+@implementer(IFirewall, IWallClockGrants)
+class WallClockFirewall(ControlledFirewall):
+    """
+    The same, with grants that end at wall-clock times (as iptables').
+    """
+
+    name = "iptables"
+
+    def clock_stepped_back(self, seconds: float) -> Deferred:
+        return self._call("clock_stepped_back", seconds)
+
+
 class FirewallServiceTests(SynchronousTestCase):
     """
     What the rest of the daemon sees of the firewall from start to stop.
@@ -87,6 +100,22 @@ class FirewallServiceTests(SynchronousTestCase):
         service.startService()
         self.backend.answer("start").callback(None)
         return service
+
+    def test_clockStepBackReachesOnlyWallClockBackends(self) -> None:
+        """
+        A step back of the clock is passed to a backend whose grants end at wall-clock times,
+        once its rules are in place; to another it means nothing. A failure is logged.
+        """
+        self.assertTrue(verifyObject(IWallClockGrants, WallClockFirewall()))
+        service = self.started()
+        self.successResultOf(service.clock_stepped_back(3600))
+        self.assertNotIn("clock_stepped_back", self.backend.names())
+        self.backend = WallClockFirewall()
+        service = self.started()
+        service.clock_stepped_back(3600)
+        self.assertEqual(self.backend.calls[-1][:2], ("clock_stepped_back", (3600,)))
+        self.backend.answer("clock_stepped_back").errback(FirewallError("iptables said no"))
+        self.assertIn("cannot move the grants back", self.events[-1]["log_format"])
 
     def test_grantRefusedUntilRulesInPlace(self) -> None:
         """

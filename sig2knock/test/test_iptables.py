@@ -14,7 +14,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
+from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall, IWallClockGrants
+from sig2knock.firewall import iptables as iptables_module
 from sig2knock.firewall.iptables import IptablesFirewall
 from sig2knock.firewall.iptables_rules import NAT_CHAIN, render_chain, render_nat_grant_specs
 from sig2knock.test import common
@@ -204,6 +205,31 @@ class BackendTests(TestCase):
                *grant_spec("2001:db8::7", 40005, "2030-01-02T03:04:06")], b"")],
         )
 
+    def test_clockSteppedBack(self) -> None:
+        """
+        ``--datestop`` is a wall-clock time: after the clock went back an hour, each open grant
+        is re-inserted an hour earlier (so it ends at its time on the new clock) and the old rule
+        deleted; a grant whose time is over on the new clock is revoked.
+        """
+        backend = self.backend()
+        self.assertTrue(verifyObject(IWallClockGrants, backend))
+        self.successResultOf(backend.grant(ALICE4, 40005, T0 + 30))
+        self.successResultOf(backend.grant(ALICE6, 40006, T0 + 1.5))
+        self.run.calls.clear()
+        self.clock.rightNow -= 3600 - 2  # the step, two seconds ago
+        self.successResultOf(backend.clock_stepped_back(3600))
+        commands = [argv[argv.index("-w") + 1:] for argv, _ in self.run.calls]
+        self.assertEqual(
+            commands,
+            [
+                ["-I", "SIG2KNOCK", "1", *grant_spec("192.0.2.7", 40005, "2030-01-02T02:04:34")],
+                ["-D", "SIG2KNOCK", *grant_spec("192.0.2.7", 40005, "2030-01-02T03:04:34")],
+                ["-D", "SIG2KNOCK", *grant_spec("2001:db8::7", 40006, "2030-01-02T03:04:05")],
+            ],
+        )
+        self.assertEqual(backend.deadlines, {(ALICE4, 40005): T0 + 30 - 3600})
+        self.assertEqual(list(backend.grants), [(ALICE4, 40005)])
+
     def test_grant_past_deadline(self) -> None:
         """
         A deadline in the past (or without a whole second left) is refused; nothing is run.
@@ -383,6 +409,27 @@ class NatBackendTests(TestCase):
             deleted,
             [["-t", "nat", "-D", NAT_CHAIN, *once], ["-t", "nat", "-D", NAT_CHAIN, *dnat]],
         )
+
+    def test_natGrantMovedBackKeepsItsOneConnection(self) -> None:
+        """
+        Moved back with the clock, a nat grant keeps the ``xt_recent`` record of its one
+        connection (only a new grant forgets it), so a second connection stays refused.
+        """
+        forgotten = []
+        self.patch(iptables_module, "forget_recent", lambda *args: forgotten.append(args))
+        firewall = self.backend(NAT_PORTS)
+        self.successResultOf(firewall.grant(CLIENT, 40005, T0 + 30))
+        self.assertEqual(len(forgotten), 1)
+        self.run.calls.clear()
+        self.clock.rightNow -= 600
+        self.successResultOf(firewall.clock_stepped_back(600))
+        once, dnat = render_nat_grant_specs(CLIENT, 40005, "2030-01-02T02:54:34", LOOPBACK)
+        inserted = [argv[argv.index("-w") + 1:] for argv, _ in self.run.calls][:2]
+        self.assertEqual(
+            inserted,
+            [["-t", "nat", "-I", NAT_CHAIN, "1", *dnat], ["-t", "nat", "-I", NAT_CHAIN, "1", *once]],
+        )
+        self.assertEqual(len(forgotten), 1, "the record of its one connection is kept")
 
     def test_natGrantHalfRefusedLeavesNothing(self) -> None:
         """

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from sig2knock.daemon import firewall_service, service, startup
 from sig2knock.daemon.admission import check_request
 from sig2knock.daemon.capture import KnockCapture
+from sig2knock.daemon.clock_watch import ClockWatch
 from sig2knock.daemon.control_ports import ControlPortError, ControlPorts
 from sig2knock.daemon.firewall_service import FirewallService
 from sig2knock.daemon.grants import PortGranter
@@ -32,6 +33,7 @@ from sig2knock.protocol.addresses import PROTO_TCP
 from sig2knock.protocol.wire import KnockRequest
 from sig2knock.test.common import SERVER_PUBLIC, StoppingReactor, write_config, write_users
 from sig2knock.test.frames import FakeHandle
+from sig2knock.test.test_firewall_service import WallClockFirewall
 
 
 NOW = 1_800_000_000.0
@@ -138,6 +140,13 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(kinds, [ReplayCache, FirewallService, PortGranter, KnockCapture,
                                  SessionTable, ControlPorts, RefusalSummary])
         self.assertIs(daemon.sessions.capture, list(daemon)[3])
+        with_wall_clock_grants = service.Sig2knockService(
+            daemon.prepared, Clock(), watch_addresses=FakeAddressWatcher,
+            firewall=WallClockFirewall(),
+        )
+        parts = list(with_wall_clock_grants)
+        self.assertIsInstance(parts[2], ClockWatch, "iptables' grants need the clock watched")
+        self.assertEqual(parts[2].stepped_back, with_wall_clock_grants.firewall.clock_stepped_back)
         # The watcher of the capture interface's addresses belongs to the capture.
         ((capture_watcher,),) = [list(daemon.sessions.capture)]
         self.assertEqual(capture_watcher.interface, daemon.prepared.interface)
