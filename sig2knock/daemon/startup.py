@@ -10,7 +10,7 @@ from typing import Optional
 
 from sig2knock.daemon import interfaces, netif
 from sig2knock.daemon.blocking import IBlockingWorker
-from sig2knock.daemon.identity import ServerIdentity, ensure_identity
+from sig2knock.daemon.identity import IdentityError, ServerIdentity, ensure_identity
 from sig2knock.daemon.preflight import state_dir_problem
 from sig2knock.daemon.replay import FILE_NAME, ReplayCache, ReplayCacheError
 from sig2knock.daemon.settings import Config, ConfigError, load_config
@@ -74,6 +74,15 @@ def prepare(
     capture_interface = resolve_interface(config)
     users = load_users(config.users_file)
     first_start = ensure_state_dir(config.state_dir)
+    if first_start and len(users):
+        # Users were enrolled for an identity, which an empty STATE_DIR no longer has: it was
+        # lost (emptied, removed, a volume not mounted), and a new one would lock them all out.
+        raise IdentityError(
+            f"STATE_DIR {config.state_dir} is empty, but {config.users_file} has"
+            f" {len(users)} user(s), enrolled for the server identity that was there: restore"
+            f" STATE_DIR from a backup (or mount it); to start over, run sig2knockd --init and"
+            f" enrol the users again (clients then need the new --server-key)"
+        )
     identity = ensure_identity(config.state_dir, first_start)
     replay_cache = ReplayCache(
         os.path.join(config.state_dir, FILE_NAME),
