@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import time
+from typing import List
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -205,12 +206,13 @@ class IptablesTests(FirewallLabMixin, SynchronousTestCase):
         )
         port = self.knocked_port()
 
-        def datestop() -> str:
+        def datestops() -> List[str]:
+            # Two for a moment while the rule is replaced (the new one goes in first).
             rules = self.lab.ns("server", ["iptables", "-w", "-S", "SIG2KNOCK"]).stdout
-            (rule,) = [line for line in rules.splitlines() if f"--dport {port} " in line]
-            return rule.split("--datestop ")[1].split()[0]
+            return [line.split("--datestop ")[1].split()[0]
+                    for line in rules.splitlines() if f"--dport {port} " in line]
 
-        before = datestop()
+        (before,) = datestops()
         with open(offset_file, "w", encoding="ascii") as offset:
             offset.write("-1h\n")
         deadline = time.monotonic() + 10
@@ -220,6 +222,6 @@ class IptablesTests(FirewallLabMixin, SynchronousTestCase):
         moved = time.strptime(before, "%Y-%m-%dT%H:%M:%S")
         expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(calendar.timegm(moved) - 3600))
         deadline = time.monotonic() + 5
-        while datestop() != expected and time.monotonic() < deadline:
+        while datestops() != [expected] and time.monotonic() < deadline:
             time.sleep(0.1)
-        self.assertEqual(datestop(), expected)
+        self.assertEqual(datestops(), [expected])
