@@ -53,10 +53,13 @@ def why_not(variable: str, value: Optional[str]) -> Optional[str]:
 
 def outside_checkout(test: SynchronousTestCase) -> str:
     """
-    A fresh working directory outside the checkout, readable by every user, removed afterwards.
+    A fresh working directory outside the checkout, writable by every user and sticky, like
+    /tmp (what each user's tests make there stays theirs; the daemon's StrictModes check of the
+    directories above a users file accepts a sticky one and no other open to all), removed
+    afterwards.
     """
     directory = tempfile.mkdtemp(prefix="sig2knock-installed-")
-    os.chmod(directory, 0o777)
+    os.chmod(directory, 0o1777)
     test.addCleanup(shutil.rmtree, directory, ignore_errors=True)
     return directory
 
