@@ -57,6 +57,7 @@ class ClockWatch(Service):
         Take the clocks' offset and start looking.
         """
         super().startService()
+        self._stopping.clear()
         self._offset = self.wall() - self.monotonic()
         self.worker.start()
         self._wait()

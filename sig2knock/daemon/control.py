@@ -149,21 +149,26 @@ class ControlProtocol(DatagramProtocol):
             self._refused(source, port, rejection.reason, rejection.detail)
             return
         # The session opens at once, so that the knocks sent right behind the P1 count, and is
-        # granted only once the P1's record is durable.
+        # granted only once the P1's record is durable. A P1 that opened nothing (its session
+        # exists, or was refused) only has its refusal to report if the record is not saved.
         try:
-            self.sessions.open(source, received.user, request, received.keys, saved=False)
+            opened = self.sessions.open(source, received.user, request, received.keys,
+                                        saved=False)
         except SessionRefused as refusal:
             self._session_refused(source, port, received.user, refusal)
+            opened = None
+        if opened is None:
+            saved.addErrback(self._notSaved, source, port)
+            return
         saved.addCallbacks(
-            lambda _: self.sessions.p1_saved(received.user, request.session_id),
+            lambda _: self.sessions.p1_saved(opened),
             self._requestNotSaved,
-            errbackArgs=(source, port, received),
+            errbackArgs=(source, port, opened),
         )
 
-    def _requestNotSaved(
-        self, failure: Failure, source: IPAddress, port: int, received: Any
-    ) -> None:
-        self.sessions.unsaved(received.user, received.request.session_id)
+    def _requestNotSaved(self, failure: Failure, source: IPAddress, port: int,
+                         session: Any) -> None:
+        self.sessions.unsaved(session)
         self._notSaved(failure, source, port)
 
     def _notSaved(self, failure: Failure, source: IPAddress, port: int) -> None:

@@ -13,12 +13,16 @@ from sig2knock.daemon.trusted_path import unsafe_parent
 from sig2knock.protocol.addresses import IPAddress
 
 
-def state_dir_problem(path: str, uid: Optional[int] = None) -> Optional[str]:
+def state_dir_problem(
+    path: str, uid: Optional[int] = None, for_its_owner: bool = False
+) -> Optional[str]:
     """
     Why the daemon of user ``uid`` (default: this process's) would refuse ``STATE_DIR`` at
     ``path``: writable by group or others, owned by another user than the daemon's or root's, or
     below a directory another user could change (``trusted_path``); or ``None``. A directory
-    that does not exist yet is fine (the daemon makes it), if its parents are.
+    that does not exist yet is fine (the daemon makes it), if its parents are. With
+    ``for_its_owner`` (root's ``--check-config``, for a daemon of another user), the directory's
+    owner is taken for the daemon's user.
     """
     uid = os.geteuid() if uid is None else uid
     try:
@@ -29,8 +33,8 @@ def state_dir_problem(path: str, uid: Optional[int] = None) -> Optional[str]:
         return f"STATE_DIR {path}: {error.strerror}"
     if status.st_mode & 0o022:
         return f"STATE_DIR {path}: writable by group or others; fix with: chmod 700 {path}"
-    if uid == 0:
-        uid = status.st_uid  # root checks for the daemon's user, who owns it
+    if for_its_owner:
+        uid = status.st_uid
     elif status.st_uid not in (0, uid):
         return (
             f"STATE_DIR {path}: owned by uid {status.st_uid}, not by the daemon's user (uid"

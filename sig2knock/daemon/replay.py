@@ -24,7 +24,7 @@ import heapq
 from typing import Dict, List, Optional, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -127,14 +127,12 @@ class ReplayCache(Service):
     def remember(self, nonce: bytes, timestamp_ms: int, now: float) -> Deferred:
         """
         Remember ``nonce``, which ``check`` has just passed, until its window ends: at once in
-        memory, and on disk. The Deferred fires once its record is durable, or fails with
-        ``MessageRejected`` (reason ``cache-full``) when the cache is full, closed, or cannot be
-        written; the message may be acted on only once it has fired.
+        memory, and on disk. Raises ``MessageRejected`` (reason ``cache-full``) when the cache is
+        full or closed; otherwise the Deferred fires once the record is durable, or fails with
+        ``MessageRejected`` (``cache-full``) when it cannot be written. What the message asks
+        may be granted only once it has fired.
         """
-        try:
-            expiry_ms = self.remember_in_memory(nonce, timestamp_ms, now)
-        except MessageRejected:
-            return fail()
+        expiry_ms = self.remember_in_memory(nonce, timestamp_ms, now)
         if self.file is None:
             return succeed(None)
         durable: Deferred = Deferred()

@@ -148,7 +148,7 @@ class SessionTable(Service):
         and return it, or return ``None`` when the session exists already (a re-sent P1).
         ``saved`` is ``False`` while the P1's replay record is being written: the session then
         watches for its knocks and takes P2s, but is granted only once ``p1_saved`` is called
-        (or ends when ``unsaved`` is). Raises ``SessionRefused``.
+        with it (or ends when ``unsaved`` is). Raises ``SessionRefused``.
         """
         config = self.settings.config
         key = (user, request.session_id)
@@ -331,27 +331,24 @@ class SessionTable(Service):
                 source=str(session.source),
             )
 
-    def p1_saved(self, user: str, session_id: bytes) -> None:
+    def p1_saved(self, session: Session) -> None:
         """
-        The replay record of the P1 that opened ``user``'s session ``session_id`` is durable:
-        the session may be granted now (at once, if its knocks and a P2 are in).
+        The replay record of the P1 that opened ``session`` is durable: the session may be
+        granted now (at once, if its knocks and a P2 are in), if it still lives.
         """
-        session = self._sessions.get((user, session_id))
-        if session is None or session.saved:
+        if self._sessions.get(session.key) is not session or session.saved:
             return
         session.saved = True
         if session.state is State.COMPLETE and session.waiters:
             self._start_grant(session)
 
-    def unsaved(self, user: str, session_id: bytes) -> None:
+    def unsaved(self, session: Session) -> None:
         """
-        The P1 that opened ``user``'s session ``session_id`` could not be saved in the replay
-        cache: the session ends before anything was granted (its P2s wait for ``p1_saved``, and
-        are refused now), and is forgotten, so that a copy of that P1 may open it once the cache
-        can be saved again.
+        The P1 that opened ``session`` could not be saved in the replay cache: the session ends
+        before anything was granted (its P2s wait for ``p1_saved``, and are refused now), and is
+        forgotten, so that a copy of that P1 may open it once the cache can be saved again.
         """
-        session = self._sessions.get((user, session_id))
-        if session is None:
+        if self._sessions.get(session.key) is not session:
             return
         self._cut(
             session, "its P1 was not saved", SessionRefused("cache-full", "P1 not saved")

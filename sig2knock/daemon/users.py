@@ -145,6 +145,23 @@ def parse_users(text: str, path: str) -> Users:
     return Users(path, entries)
 
 
+SERVICE_GROUP = "sig2knock"
+
+
+def service_gid() -> int:
+    """
+    The gid the daemon's users file may be read through when root checks it for the daemon
+    (``--check-config``, ``sig2knockd_useradd``): the service group's, or root's own (which
+    ``root_owned_for_group`` never accepts) when there is no such group.
+    """
+    import grp
+
+    try:
+        return grp.getgrnam(SERVICE_GROUP).gr_gid
+    except KeyError:
+        return 0
+
+
 def _owner_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -209,7 +226,7 @@ def load_users(path: str, uid: Optional[int] = None, gid: Optional[int] = None) 
     Read and parse the users file at ``path``, after checking the very file opened: a regular
     file owned by ``uid`` (default: the effective user) and closed to group and others, the way
     sshd's StrictModes refuses key files, or owned by root and readable by group ``gid`` only
-    (default: the effective group, or for root the file's own; ``root_owned_for_group``).
+    (default: the effective group; ``root_owned_for_group``).
     """
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -220,9 +237,7 @@ def load_users(path: str, uid: Optional[int] = None, gid: Optional[int] = None) 
     try:
         # Checked before it is wrapped: a directory cannot even be opened as a file object.
         status = os.fstat(descriptor)
-        if gid is None:
-            # root checks for a daemon whose group it is not told (--check-config): the file's.
-            gid = status.st_gid if os.geteuid() == 0 else os.getegid()
+        gid = os.getegid() if gid is None else gid
         uid = os.geteuid() if uid is None else uid
         _check_status(path, status, uid, gid)
         problem = unsafe_parent(path, uid)

@@ -196,12 +196,20 @@ class IptablesFirewall:
 
     def _rebase(self, seconds: float) -> Any:
         now = self.reactor.seconds()
+        failures: List[FirewallError] = []
         for (address, port), deadline in list(self.deadlines.items()):
             moved = deadline - seconds
-            if math.floor(moved) <= math.floor(now):
-                yield from self._revoke(address, port)
-            else:
-                yield from self._grant(address, port, moved, fresh=False)
+            try:
+                if math.floor(moved) <= math.floor(now):
+                    yield from self._revoke(address, port)
+                else:
+                    yield from self._grant(address, port, moved, fresh=False)
+            except FirewallError as error:
+                failures.append(error)  # every grant is tried
+        if failures:
+            raise FirewallError(
+                f"{len(failures)} grant(s) could not be moved back; first: {failures[0]}"
+            )
 
     def _grant(self, source: IPAddress, port: int, deadline: float, fresh: bool = True) -> Any:
         now = self.reactor.seconds()
@@ -229,6 +237,16 @@ class IptablesFirewall:
                 address, port, datestop(deadline), self.settings.nat_to
             )
             rules = [(family, "nat", NAT_CHAIN, once), (family, "nat", NAT_CHAIN, dnat)]
+            # A nat grant renewed (or moved with the clock) drops its older rules first: its
+            # guard rule is the same text, and deleting it after the insert would delete the new
+            # one and leave the DNAT rule above the old guard. The DNAT rule goes first, so there
+            # is never forwarding without its guard (only, for a moment, no grant at all).
+            previous = self.grants.get(key)
+            if previous is not None:
+                for rule in reversed(previous):
+                    yield self._delete(*rule)
+                    self.grants[key] = [known for known in self.grants[key] if known != rule]
+                del self.grants[key]
         # Inserted at the top in reverse, so they stand in the chain in the order listed. A
         # refused insert takes back the ones before it: a refused grant leaves nothing behind
         # (a nat DNAT rule without its one-connection guard would let several in).
@@ -252,9 +270,14 @@ class IptablesFirewall:
         self.grants[key] = rules
         self.deadlines[key] = deadline
         if previous is not None and previous != rules:
-            # A renewed grant: the older rules (another datestop) go.
+            # A renewed grant: the older rules (another datestop) go. One that stays is still
+            # tracked, so that revoke and stop try again.
             for rule in previous:
-                yield self._delete(*rule)
+                try:
+                    yield self._delete(*rule)
+                except FirewallError:
+                    self.grants[key] = self.grants[key] + [rule]
+                    raise
 
     def revoke(self, source: IPAddress, port: int) -> Deferred:
         """

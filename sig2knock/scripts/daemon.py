@@ -125,16 +125,18 @@ def check_config(config_path: str, interface: Optional[str]) -> int:
     from sig2knock.daemon import preflight
     from sig2knock.daemon.settings import ConfigError, load_config
     from sig2knock.daemon.startup import resolve_interface
-    from sig2knock.daemon.users import UsersError, load_users
+    from sig2knock.daemon.users import UsersError, load_users, service_gid
 
     try:
         config = load_config(config_path, interface)
         capture_interface = resolve_interface(config)
-        users = load_users(config.users_file)
+        # root checks for the daemon, which runs as another user (the service group's).
+        as_root = os.geteuid() == 0
+        users = load_users(config.users_file, gid=service_gid() if as_root else None)
     except (ConfigError, UsersError) as error:
         print(f"sig2knockd: {error}", file=sys.stderr)
         return 1
-    problem = preflight.state_dir_problem(config.state_dir)
+    problem = preflight.state_dir_problem(config.state_dir, for_its_owner=os.geteuid() == 0)
     if problem is not None:
         print(f"sig2knockd: {problem}", file=sys.stderr)
         return 1

@@ -593,6 +593,30 @@ class DurableFirstTests(ControlTestCase):
         self.worker.finish_all()
         self.assertEqual(len(self.sessions), 1)
 
+    def test_fullCacheRefusesBeforeAnySession(self) -> None:
+        """
+        A full cache refuses the P1 at once: no session opens, the source is not trusted.
+        """
+        self.protocol.replay_cache.capacity = 0
+        self.protocol.datagramReceived(self.p1(), CLIENT)
+        self.assertEqual(self.refusals(), ["cache-full"])
+        self.assertEqual((len(self.sessions), self.sessions.watched), (0, frozenset()))
+        self.assertEqual(dict(self.protocol.trusted), {})
+
+    def test_unsavedResealedP1LeavesTheLiveSessionAlone(self) -> None:
+        """
+        A second P1 of a session that exists (sealed again, so not a copy: a conflict) opens
+        nothing; its record not written is reported too, and the live session goes on.
+        """
+        self.protocol.datagramReceived(self.p1(), CLIENT)
+        self.worker.finish_all()
+        self.knock()
+        self.patch(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space")))
+        self.protocol.datagramReceived(self.p1(), CLIENT)  # sealed again: a new replay id
+        self.worker.finish_all()
+        self.assertEqual(self.refusals(), ["session-conflict", "cache-full"])
+        self.assertEqual(len(self.sessions), 1, "the live session goes on")
+
     def test_clientsCopyWhileTheRelaysIsBeingSavedEndsTheSession(self) -> None:
         """
         The client's own copy of its P1 arrives while the relay's copy is still being saved:

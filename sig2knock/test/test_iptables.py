@@ -423,12 +423,25 @@ class NatBackendTests(TestCase):
         self.run.calls.clear()
         self.clock.rightNow -= 600
         self.successResultOf(firewall.clock_stepped_back(600))
-        once, dnat = render_nat_grant_specs(CLIENT, 40005, "2030-01-02T02:54:34", LOOPBACK)
-        inserted = [argv[argv.index("-w") + 1:] for argv, _ in self.run.calls][:2]
-        self.assertEqual(
-            inserted,
-            [["-t", "nat", "-I", NAT_CHAIN, "1", *dnat], ["-t", "nat", "-I", NAT_CHAIN, "1", *once]],
+        old_once, old_dnat = render_nat_grant_specs(
+            CLIENT, 40005, "2030-01-02T03:04:34", LOOPBACK
         )
+        once, dnat = render_nat_grant_specs(CLIENT, 40005, "2030-01-02T02:54:34", LOOPBACK)
+        self.assertEqual(old_once, once, "the guard is the same rule text")
+        commands = [argv[argv.index("-w") + 1:] for argv, _ in self.run.calls]
+        # The old rules go first, DNAT before its guard (deleting the guard after inserting
+        # its twin would take the new one and leave the DNAT rule above the old guard); then
+        # the new ones, the guard ending above its DNAT rule.
+        self.assertEqual(
+            commands,
+            [
+                ["-t", "nat", "-D", NAT_CHAIN, *old_dnat],
+                ["-t", "nat", "-D", NAT_CHAIN, *old_once],
+                ["-t", "nat", "-I", NAT_CHAIN, "1", *dnat],
+                ["-t", "nat", "-I", NAT_CHAIN, "1", *once],
+            ],
+        )
+        self.assertEqual(firewall.grants[(CLIENT, 40005)][1][3], dnat)
         self.assertEqual(len(forgotten), 1, "the record of its one connection is kept")
 
     def test_natGrantHalfRefusedLeavesNothing(self) -> None:

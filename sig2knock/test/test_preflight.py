@@ -46,7 +46,10 @@ class StateDirTests(SynchronousTestCase):
         self.assertIn(f"owned by uid {owner}, not by the daemon's user (uid {other})",
                       preflight.state_dir_problem(path, other))
         self.assertIsNone(preflight.state_dir_problem(path, owner))
-        self.assertIsNone(preflight.state_dir_problem(path, 0), "root checks for its owner")
+        self.assertIsNone(preflight.state_dir_problem(path, 0, for_its_owner=True),
+                          "root's --check-config, for the daemon of its owner")
+        self.assertIn("owned by uid", preflight.state_dir_problem(path, 0),
+                      "a daemon run as root trusts no other user's STATE_DIR")
 
 
 class ControlPortTests(SynchronousTestCase):

@@ -500,9 +500,9 @@ class GroupCommitTests(CacheFileTestCase):
         saved = self.remember(1)
         closed = self.cache.stopService()
         self.assertNoResult(closed)
-        late = self.cache.remember(nonce(2), wire.now_ms(NOW), NOW)
-        self.assertEqual(self.failureResultOf(late, MessageRejected).value.reason,
-                         replay.REASON_CACHE_FULL)
+        late = self.assertRaises(MessageRejected, self.cache.remember, nonce(2),
+                                 wire.now_ms(NOW), NOW)
+        self.assertEqual(late.reason, replay.REASON_CACHE_FULL)
         self.worker.finish_all()
         self.successResultOf(saved)
         self.successResultOf(closed)
