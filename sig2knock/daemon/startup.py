@@ -35,13 +35,14 @@ class Prepared:
     interface_override: Optional[str] = None
 
 
-def ensure_state_dir(path: str) -> bool:
+def ensure_state_dir(path: str, for_its_owner: bool = False) -> bool:
     """
     Create ``STATE_DIR`` (mode 0700) if needed and refuse one that others could write to. Return
     whether this is a first start: the directory was created now, or prepared empty for the
     daemon (systemd's ``StateDirectory=``, ``install -d``). One that holds only the identity is
     not: ``sig2knockd --init`` writes an empty replay cache beside it, so the identity alone
     means the cache was removed, and messages sealed to that identity could be replayed.
+    ``for_its_owner``: root prepares it for the daemon's user who owns it (``--init``).
     """
     try:
         created = not os.path.exists(path) or not os.listdir(path)
@@ -51,7 +52,7 @@ def ensure_state_dir(path: str) -> bool:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as error:
         raise ReplayCacheError(f"STATE_DIR {path}: {error.strerror}") from None
-    problem = state_dir_problem(path)
+    problem = state_dir_problem(path, for_its_owner=for_its_owner)
     if problem is not None:
         raise ReplayCacheError(problem)
     return created

@@ -255,7 +255,8 @@ def identity_command(config_path: str, make: bool) -> int:
             from sig2knock.daemon.replay import ReplayCacheError
 
             try:
-                ensure_state_dir(config.state_dir)
+                # root prepares it for the daemon's user, who owns it.
+                ensure_state_dir(config.state_dir, for_its_owner=os.geteuid() == 0)
             except ReplayCacheError as error:
                 raise identity.IdentityError(str(error)) from None
             state = os.stat(config.state_dir)

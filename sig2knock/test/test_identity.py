@@ -132,6 +132,22 @@ class IdentityCommandTests(SynchronousTestCase):
         self.assertEqual((again.returncode, again.stdout.split()[0]), (0, key_text))
         self.assertNotIn("made", again.stderr)
 
+    def test_initForTheDaemonsUser(self) -> None:
+        """
+        ``--init`` (root, as the Debian package runs it) in a ``STATE_DIR`` the daemon's user
+        owns: the identity is made there, for that user (here, without root, the directory is
+        the caller's own).
+        """
+        config = write_config(self.directory, {"STATE_DIR": "theirs"}, identity=False)
+        state = os.path.join(self.directory, "theirs")
+        os.makedirs(state, mode=0o700)
+        if os.geteuid() == 0:
+            os.chown(state, 12345, 12345)
+        made = run_module(DAEMON, ["--init", "-c", config])
+        self.assertEqual(made.returncode, 0, made.stderr)
+        owner = os.stat(os.path.join(state, "identity.key")).st_uid
+        self.assertEqual(owner, os.stat(state).st_uid)
+
     def test_firstStartAfterInitAcceptsAtOnce(self) -> None:
         """
         ``--init`` writes an empty replay cache beside the identity: the first start loads it
