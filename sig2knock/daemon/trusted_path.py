@@ -12,7 +12,10 @@ import stat
 from typing import Optional
 
 
-def _name(uid: int) -> str:
+def user_name(uid: int) -> str:
+    """
+    The login name of ``uid``, or the number when it has none (for messages).
+    """
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -33,7 +36,7 @@ def unsafe_parent(path: str, uid: int) -> Optional[str]:
         mode = stat.S_IMODE(status.st_mode)
         if status.st_uid not in (0, uid):
             return (
-                f"{directory} (above {path}) is owned by {_name(status.st_uid)}, who could put"
+                f"{directory} (above {path}) is owned by {user_name(status.st_uid)}, who could put"
                 f" another file in its place; fix with: chown root {directory}"
             )
         if mode & 0o022 and not mode & stat.S_ISVTX:

@@ -10,12 +10,11 @@ owned by the user running the daemon and closed to group and others.
 """
 
 import os
-import pwd
 import stat
 from typing import Dict, List, NamedTuple, Optional
 
 from sig2knock.daemon.text import one_line
-from sig2knock.daemon.trusted_path import unsafe_parent
+from sig2knock.daemon.trusted_path import unsafe_parent, user_name
 from sig2knock.protocol import files
 from sig2knock.protocol import keys
 from sig2knock.protocol.kdf import KdfParams, derive_key
@@ -162,13 +161,6 @@ def service_gid() -> int:
         return 0
 
 
-def _owner_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 def root_owned_for_group(status: os.stat_result, gid: int) -> bool:
     """
     Whether ``status`` is a users file root owns and only its group ``gid``, a service group
@@ -192,7 +184,7 @@ def _check_status(path: str, status: os.stat_result, uid: int, gid: int) -> None
     if found.kind == files.NOT_REGULAR:
         raise UsersError(f"{path}: not a regular file")
     if found.kind == files.OTHER_OWNER:
-        owner = _owner_name(found.owner)
+        owner = user_name(found.owner)
         if uid == 0:
             # Checked as root for a daemon that probably runs as the file's owner.
             raise UsersError(
@@ -205,7 +197,7 @@ def _check_status(path: str, status: os.stat_result, uid: int, gid: int) -> None
             also = f" (or keep it root's, read through the daemon's group: chmod 640 {path})"
         raise UsersError(
             f"{path}: owned by {owner}, but the daemon runs as"
-            f" {_owner_name(uid)}; fix with: chown {_owner_name(uid)} {path}{also}"
+            f" {user_name(uid)}; fix with: chown {user_name(uid)} {path}{also}"
         )
     raise UsersError(
         f"{path}: holds keys but is open to group or others (mode {found.mode:04o});"
