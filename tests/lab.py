@@ -32,6 +32,10 @@ CLIENT_IP6 = "2001:2::2"
 INTRUDER_IP6 = "2001:2::3"
 CONTROL_PORT = 1001
 SERVICE_PORT = 7777
+# The inner host behind the gateway (``Lab.add_inner_host``) and its service.
+GATEWAY_INNER_IP = "198.19.0.1"
+INNER_IP = "198.19.0.2"
+INNER_PORT = 7778
 PASSWORD = "correct horse battery staple"
 CHEAP_KDF = "scrypt:n=1024,r=1,p=1"
 
@@ -57,10 +61,12 @@ def run(command: Sequence[str], check: bool = True, **options) -> subprocess.Com
     return result
 
 
-# A TCP echo service: answers each connection with what it receives.
+# A TCP echo service: answers each connection with what it receives, each piece after the tag
+# given as its third argument (none by default), so that a probe can tell which service answered.
 ECHO_SERVICE = textwrap.dedent(
     """
     import socket, sys, threading
+    tag = sys.argv[3].encode() if len(sys.argv) > 3 else b""
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((sys.argv[1], int(sys.argv[2])))
@@ -72,7 +78,7 @@ ECHO_SERVICE = textwrap.dedent(
                 data = connection.recv(65536)
                 if not data:
                     return
-                connection.sendall(data)
+                connection.sendall(tag + data)
     while True:
         connection, _ = server.accept()
         threading.Thread(target=echo, args=(connection,), daemon=True).start()
@@ -208,13 +214,37 @@ class Lab:
         self.processes.append(process)
         return process
 
-    def start_echo_service(self, address: str = "127.0.0.1", port: int = SERVICE_PORT) -> None:
+    def add_inner_host(self) -> None:
         """
-        Start the echo service in the server's namespace and wait until it listens.
+        A fourth namespace, ``inner``, behind the server (a gateway in front of another host):
+        a veth from the server's namespace (``GATEWAY_INNER_IP``) to the inner host
+        (``INNER_IP``, its default route through the server, which forwards), with an echo
+        service on ``INNER_IP:INNER_PORT`` that tags its answers ``inner:``.
+        """
+        name = f"{self.prefix}-n"
+        run(["ip", "netns", "add", name])
+        self.namespaces["inner"] = name
+        self.ns("inner", ["ip", "link", "set", "lo", "up"])
+        self.ns("server", ["ip", "link", "add", "n0", "type", "veth", "peer", "name", "eth0"])
+        self.ns("server", ["ip", "link", "set", "eth0", "netns", name])
+        self.ns("server", ["ip", "addr", "add", f"{GATEWAY_INNER_IP}/24", "dev", "n0"])
+        self.ns("server", ["ip", "link", "set", "n0", "up"])
+        self.ns("server", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        self.ns("inner", ["ip", "addr", "add", f"{INNER_IP}/24", "dev", "eth0"])
+        self.ns("inner", ["ip", "link", "set", "eth0", "up"])
+        self.ns("inner", ["ip", "route", "add", "default", "via", GATEWAY_INNER_IP])
+        self.start_echo_service(INNER_IP, INNER_PORT, role="inner", tag="inner:")
+
+    def start_echo_service(
+        self, address: str = "127.0.0.1", port: int = SERVICE_PORT, role: str = "server",
+        tag: str = "",
+    ) -> None:
+        """
+        Start the echo service in ``role``'s namespace and wait until it listens.
         """
         process = self.start(
-            "server",
-            [sys.executable, "-c", ECHO_SERVICE, address, str(port)],
+            role,
+            [sys.executable, "-c", ECHO_SERVICE, address, str(port), tag],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -223,11 +253,15 @@ class Lab:
             raise RuntimeError("the echo service did not start")
 
     def write_server_files(
-        self, settings: Dict[str, str], users: Dict[str, str], run_as: Sequence[str] = ()
+        self,
+        settings: Dict[str, str],
+        users: Dict[str, str],
+        run_as: Sequence[str] = (),
+        sections: str = "",
     ) -> str:
         """
-        Write the daemon's configuration (``settings`` over the lab's defaults), make the
-        server's identity (``sig2knockd --init``, run behind ``run_as``: the daemon's user) and
+        Write the daemon's configuration (``settings`` over the lab's defaults, then the text
+        ``sections``: ``[service NAME]`` and ``[group NAME]`` ones), make the server's identity (``sig2knockd --init``, run behind ``run_as``: the daemon's user) and
         write the users file; return the configuration's path.
         """
         config = {
@@ -243,6 +277,7 @@ class Lab:
         path = os.path.join(self.directory, "sig2knockd.conf")
         with open(path, "w", encoding="utf-8") as config_file:
             config_file.write("".join(f"{key} = {value}\n" for key, value in config.items()))
+            config_file.write(textwrap.dedent(sections))
         # The server's identity, made as an operator does (kept when it exists already).
         os.chmod(path, 0o644)
         identity = run([*run_as, os.path.join(self.server_bin, "sig2knockd"), "--init", "-c", path])
@@ -269,13 +304,17 @@ class Lab:
         sig2knockd: bool = False,
         prefix: Sequence[str] = (),
         arguments: Sequence[str] = (),
+        sections: str = "",
     ) -> None:
         """
         Start the real daemon (``twistd -n sig2knock``, or with ``sig2knockd`` that command,
         behind ``prefix``, e.g. ``faketime``, with ``arguments`` after its own) in the server's
-        namespace and wait until it logs that it is ready.
+        namespace and wait until it logs that it is ready; ``sections`` as for
+        ``write_server_files``.
         """
-        config = self.write_server_files(settings or {}, users or {"alice": PASSWORD})
+        config = self.write_server_files(
+            settings or {}, users or {"alice": PASSWORD}, sections=sections
+        )
         if sig2knockd:
             command = [os.path.join(self.server_bin, "sig2knockd"), "-c", config]
         else:

@@ -109,6 +109,27 @@ class ConfigurationReferenceTests(SynchronousTestCase):
         with open(os.path.join(REPOSITORY, "README.md"), encoding="utf-8") as readme:
             text = readme.read()
         self.assertIn(schema.reference_table(), text)
+        self.assertIn(schema.section_table(), text)
+
+
+class ServicesExampleTests(SynchronousTestCase):
+    """
+    docs/services.md's worked example is a configuration the daemon accepts, and each user
+    reaches what the text says.
+    """
+
+    def test_workedExample(self) -> None:
+        from sig2knock.daemon.settings import parse_config
+
+        text = read("services.md").split("```ini\n", 1)[1].split("```\n", 1)[0]
+        config = parse_config(text, "/etc/sig2knock/sig2knockd.conf")
+        catalog = config.catalog
+        self.assertEqual(
+            {user: catalog.reachable_by(user) for user in ("alice", "bob", "carol", "dave")},
+            {"alice": ["default"], "bob": ["rdp"], "carol": ["rdp"], "dave": ["db"]},
+        )
+        self.assertEqual(catalog.services["rdp"].open_time, 60)
+        self.assertEqual(str(catalog.services["db"].forward_to_ip), "192.168.10.30")
 
 
 class SecurityProofsTests(SynchronousTestCase):

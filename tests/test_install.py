@@ -9,6 +9,7 @@ with their places in ``SIG2KNOCK_SERVER_VENV``, ``SIG2KNOCK_CLIENT_VENV`` and ``
 """
 
 import grp
+import json
 import os
 import pwd
 import re
@@ -208,7 +209,8 @@ class WheelTests(SynchronousTestCase):
         """
         The installed ``twistd -n sig2knock`` (the plugin from the wheel) and ``sig2knockd``,
         users made with the installed ``sig2knockd_useradd``, knocked with the installed
-        ``sig2knockc``: a port, and the hidden service through it.
+        ``sig2knockc``: a port, and the hidden service through it; the installed
+        ``sig2knockd --status`` shows the used grant.
         """
         for use_sig2knockd in (False, True):
             with self.subTest(sig2knockd=use_sig2knockd):
@@ -217,7 +219,11 @@ class WheelTests(SynchronousTestCase):
                 the_lab.build()
                 the_lab.start_echo_service()
                 the_lab.start_daemon({"FIREWALL": "nftables"}, sig2knockd=use_sig2knockd)
-                knock_and_echo(self, the_lab)
+                port = knock_and_echo(self, the_lab)
+                view = the_lab.daemon_command("--status", "--json")
+                self.assertEqual(view.returncode, 0, view.stderr)
+                self.assertEqual([(entry["port"], entry["used"]) for entry in
+                                  json.loads(view.stdout)["sessions"]], [(port, True)])
                 the_lab.close()
 
 
@@ -408,7 +414,11 @@ class DebianPackageTests(SynchronousTestCase):
         self.assertIn(f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}", status)
         knock_and_echo(self, the_lab)
         self.assertEqual(sorted(os.listdir("/var/lib/sig2knock")),
-                         ["identity.key", "replay.cache", "started"])
+                         ["identity.key", "replay.cache", "started", "status.sock"])
+        # root asks the daemon (running as its own user) for the live view.
+        view = the_lab.ns("server", ["/usr/sbin/sig2knockd", "--status", "--json", "-c", CONFIG])
+        self.assertEqual([(entry["user"], entry["state"]) for entry in
+                          json.loads(view.stdout)["sessions"]], [("alice", "used")])
         self.assertEqual(os.stat("/var/lib/sig2knock/identity.key").st_uid, uid)
         daemon.send_signal(signal.SIGTERM)
         self.assertEqual(daemon.wait(timeout=30), -signal.SIGTERM, the_lab.log())

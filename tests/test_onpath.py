@@ -113,11 +113,14 @@ class OnPathRelayTests(SynchronousTestCase):
         self.assertEqual(relay.returncode, 0, err)
         return json.loads(out.strip().splitlines()[-1])
 
-    def attack(self, mode: str, connect: str) -> None:
-        self.lab.start_daemon({**SETTINGS, "FORWARD_MODE": mode})
+    def attack(self, mode: str, connect: str, service: str = "") -> None:
+        sections = (f"[service {service}]\nFORWARD_TO_IP = 127.0.0.1\n"
+                    f"FORWARD_TO_PORT = {lab.SERVICE_PORT}\nALLOW = alice\n" if service else "")
+        self.lab.start_daemon({**SETTINGS, "FORWARD_MODE": mode}, sections=sections)
         relay = self.start_relay()
         if connect == "port":  # ssh -p "$(sig2knockc ...)"
-            knocked = self.lab.knock(timeout=10)
+            extra = ["--service", service] if service else []
+            knocked = self.lab.knock(timeout=10, extra=extra)
             self.assertEqual(knocked.returncode, 0, knocked.stderr + self.lab.log()[-3000:])
             reply = self.lab.probe("client", lab.SERVER_IP, int(knocked.stdout), timeout=5)
         elif connect == "exec":
@@ -165,6 +168,13 @@ class OnPathRelayTests(SynchronousTestCase):
 
     def test_natPort(self) -> None:
         self.attack("nat", "port")
+
+    def test_namedServiceProxyPort(self) -> None:
+        """
+        A login to a named service (``--service``) holds against the relay the same way.
+        """
+        self.attack("proxy", "port", service="other")
+        self.assertIn("service other", self.lab.log())
 
     def test_controlWithoutRequiredAddress(self) -> None:
         """

@@ -11,6 +11,7 @@ the reason otherwise.
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -300,8 +301,18 @@ class UnprivilegedDaemonTests(SynchronousTestCase):
         state = self.lab.state_dir()
         status = os.stat(state)
         self.assertEqual((status.st_uid, status.st_mode & 0o777), (UID, 0o700))
-        self.assertEqual(sorted(os.listdir(state)), ["identity.key", "replay.cache", "started"])
+        self.assertEqual(sorted(os.listdir(state)),
+                         ["identity.key", "replay.cache", "started", "status.sock"])
         self.assertEqual(os.stat(os.path.join(state, "replay.cache")).st_uid, UID)
+        # The live view's socket is the uid's, 0600; the daemon's own user may ask it.
+        socket_status = os.stat(os.path.join(state, "status.sock"))
+        self.assertTrue(stat.S_ISSOCK(socket_status.st_mode))
+        self.assertEqual((socket_status.st_uid, socket_status.st_mode & 0o777), (UID, 0o600))
+        config = os.path.join(self.lab.directory, "sig2knockd.conf")
+        asked = self.lab.ns("server", self.lab.unprivileged(
+            [], [os.path.join(lab.BIN, "sig2knockd"), "--status", "-c", config]), check=False)
+        self.assertEqual(asked.returncode, 0, asked.stderr)
+        self.assertIn("daemon pid", asked.stdout)
 
     def test_knockWithNetRawAndNetAdminIptables(self) -> None:
         """

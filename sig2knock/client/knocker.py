@@ -208,7 +208,8 @@ class Knocker:
     ``socket_factory(family, type)`` makes the sockets, ``rng`` chooses the knock ports and
     ``new_session_id`` the session id. Tests replace them all. With ``send_address`` (the
     default) P1 names the address this host sends from; with ``door`` P1 says that this client
-    will connect to the assigned port itself and show the door secret there (``--stdio``).
+    will connect to the assigned port itself and show the door secret there (``--stdio``);
+    ``service`` names the hidden service asked for (``""``: the server's default one).
     """
 
     def __init__(
@@ -230,6 +231,7 @@ class Knocker:
         report: Reporter = _quiet,
         send_address: bool = True,
         door: bool = False,
+        service: str = "",
     ) -> None:
         if protocol not in addresses.PROTOCOL_NAMES:
             raise ValueError(f"knock protocol {protocol!r} is neither TCP nor UDP")
@@ -249,6 +251,7 @@ class Knocker:
         self.report = report
         self.send_address = send_address
         self.door = door
+        self.service = service
         self._unreachable_since: Optional[float] = None
 
     def run(self) -> GrantResult:
@@ -271,6 +274,7 @@ class Knocker:
                 self.ports,
                 self.client_address,
                 door=self.door,
+                service=self.service,
             )
             self.request, self.keys = wire.seal_request(request, self.user, self.server)
             if self.protocol == addresses.PROTO_UDP:
@@ -445,6 +449,7 @@ def knock(
     *,
     send_address: bool = True,
     door: bool = False,
+    service: str = "",
     protocol: int = addresses.PROTO_TCP,
     knocks: int = DEFAULT_KNOCKS,
     timeout: float = DEFAULT_TIMEOUT,
@@ -454,9 +459,10 @@ def knock(
     """
     Resolve ``server`` and run one exchange with its control ``port`` (``server_key``: the
     server's public key; ``send_address``: whether P1 names this host's address; ``door``:
-    whether this client will connect itself and show the door secret; ``time_offset``: seconds
-    added to this host's clock for the messages' timestamps, for a clock that cannot be fixed);
-    raise ``ClientError``.
+    whether this client will connect itself and show the door secret; ``service``: the hidden
+    service asked for, ``""`` for the default one; ``time_offset``: seconds added to this
+    host's clock for the messages' timestamps, for a clock that cannot be fixed); raise
+    ``ClientError``.
     """
     target = resolve(server, port)
     knocker = Knocker(
@@ -465,6 +471,7 @@ def knock(
         server_key,
         send_address=send_address,
         door=door,
+        service=service,
         protocol=protocol,
         knocks=knocks,
         timeout=timeout,

@@ -8,8 +8,11 @@ Windows), one section per server, as ssh_config has hosts and ``~/.fwknoprc`` st
     key = e06Qm75//kTEZaIgA31gjuNYl9Me+XLwf3SJLLD3PxM=
     user = alice
     kdf = scrypt:n=32768,r=8,p=1
+    service = rdp
 
-``sig2knockc --import INVITATION [--name NAME]`` writes a section; ``sig2knockc NAME`` knocks with
+(``service``, when present, is the hidden service that section asks for; without it, the
+server's default one). ``sig2knockc --import INVITATION [--name NAME] [--service NAME]`` writes
+a section; ``sig2knockc NAME`` knocks with
 one, and ``sig2knockc HOST PORT`` finds the server's key in the section for that host and port.
 Nothing here is secret (the keys are public); the file is written atomically, mode 0600 like the
 client's other files. Twisted-free, for the client; loaded only when a command needs it.
@@ -22,6 +25,7 @@ from sig2knock.client.portable import config_home, write_private
 from sig2knock.protocol.invitation import Invitation
 from sig2knock.protocol.kdf import KdfError, KdfParams, check_user_name
 from sig2knock.protocol.keys import KeyFormatError, format_public_key, parse_public_key
+from sig2knock.protocol.names import ServiceNameError, check_service_name
 
 FILE_NAME = "servers.conf"
 
@@ -59,16 +63,18 @@ def load_servers(path: str) -> Dict[str, Invitation]:
         section = parser[name]
         try:
             kdf = KdfParams.parse(section["kdf"]) if "kdf" in section else None
+            service = check_service_name(section["service"]) if "service" in section else ""
             servers[name] = Invitation(
                 section["host"],
                 int(section["port"]),
                 parse_public_key(section["key"]),
                 check_user_name(section["user"]),
                 kdf,
+                service,
             )
         except KeyError as missing:
             raise ServersError(f"{path}: [{name}] has no {missing.args[0]}") from None
-        except (ValueError, KdfError, KeyFormatError) as error:
+        except (ValueError, KdfError, KeyFormatError, ServiceNameError) as error:
             raise ServersError(f"{path}: [{name}]: {error}") from None
     return servers
 
@@ -97,6 +103,8 @@ def save_server(path: str, name: str, server: Invitation) -> None:
     }
     if server.kdf is not None:
         parser[name]["kdf"] = server.kdf.format()
+    if server.service:
+        parser[name]["service"] = server.service
     import io
 
     text = io.StringIO()

@@ -1,6 +1,6 @@
 """
 What an authentic P1 may ask for: the server's knock protocol and at least ``KNOCK_COUNT`` knocks,
-a service this server offers, and a source address that agrees with the one the client says it
+a service this server offers to its user (``sig2knock.daemon.catalog``), and a source address that agrees with the one the client says it
 sends from.
 
 The address check is what keeps a relay out: an on-path host that re-sends a client's P1 from its
@@ -13,17 +13,18 @@ clients are never behind NAT: then no relay can use a grant, however the client 
 
 from typing import Any
 
+from sig2knock.daemon.catalog import HiddenService
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.protocol.addresses import PROTOCOL_NAMES, PROTOCOLS_BY_NAME, IPAddress, unmapped
 from sig2knock.protocol.wire import KnockRequest
 
-# Until a gateway offers several services, the one it forwards to has no name.
-DEFAULT_SERVICE = ""
 
-
-def check_request(config: Any, source: IPAddress, request: KnockRequest) -> None:
+def check_request(
+    config: Any, source: IPAddress, user: str, request: KnockRequest
+) -> HiddenService:
     """
-    Refuse (``SessionRefused``) a P1 from ``source`` that the settings ``config`` do not allow.
+    The service that ``user``'s P1 from ``source`` asks for; raises ``SessionRefused`` when the
+    settings ``config`` do not allow the request.
     """
     expected = PROTOCOLS_BY_NAME[config.knock_proto]
     if request.protocol != expected:
@@ -38,18 +39,18 @@ def check_request(config: Any, source: IPAddress, request: KnockRequest) -> None
             f"{len(request.ports)} knocks, the server requires {config.knock_count}"
             " (KNOCK_COUNT)",
         )
-    if request.service != DEFAULT_SERVICE:
-        raise SessionRefused("unknown-service", f"service {request.service!r} is not offered")
+    service = config.catalog.find(request.service, user)
     claimed = request.client_address
     if claimed is None:
         if config.require_source_address:
             raise SessionRefused(
                 "no-address", "the client did not say its address (REQUIRE_SOURCE_ADDRESS)"
             )
-        return
+        return service
     claimed = unmapped(claimed)
     if claimed != source and (config.require_source_address or claimed.is_global):
         raise SessionRefused(
             "address-mismatch",
             f"the client says it sends from {claimed}: relayed, spoofed or translated",
         )
+    return service

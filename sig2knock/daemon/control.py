@@ -124,7 +124,7 @@ class ControlProtocol(DatagramProtocol):
             # What the P1 asks, and whether there is room for its session, are checked before
             # it is remembered: a copy refused for its address (a relay's) or for a limit must
             # not make the client's own copy, or its next round, a replay.
-            check_request(self.settings.config, source, request)
+            service = check_request(self.settings.config, source, received.user, request)
             self.sessions.check_room(source, received.user, request.session_id)
             # Per user, and only once authenticated and fresh (so nobody can spend another's
             # allowance): one key holder with many addresses cannot fill the replay cache.
@@ -153,7 +153,7 @@ class ControlProtocol(DatagramProtocol):
         # exists, or was refused) only has its refusal to report if the record is not saved.
         try:
             opened = self.sessions.open(source, received.user, request, received.keys,
-                                        saved=False)
+                                        saved=False, service=service)
         except SessionRefused as refusal:
             self._session_refused(source, port, received.user, refusal)
             opened = None

@@ -5,7 +5,7 @@ before they are in place, and at the end removes the grants, leaving the base ru
 host stays closed.
 """
 
-from typing import Any, List, Optional, Set
+from typing import Any, List, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
@@ -14,9 +14,11 @@ from twisted.python.failure import Failure
 
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.waiting import settled
-from sig2knock.firewall import IFirewall, IWallClockGrants
+from sig2knock.firewall import FirewallError, IFirewall, IGrantUse, IWallClockGrants
 from sig2knock.firewall.registry import Backend
 from sig2knock.protocol.addresses import IPAddress
+
+Target = Tuple[IPAddress, int]
 
 # Why a daemon of this process stopped itself (its firewall rules could not be installed), so
 # ``sig2knockd`` can end with a failure status after twistd returns.
@@ -101,23 +103,34 @@ class FirewallService(Service):
             return None
         return SessionRefused("firewall-not-ready", "the firewall rules are not in place")
 
-    def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
+    def grant(
+        self, source: IPAddress, port: int, deadline: float, target: Optional[Target] = None
+    ) -> Deferred:
         """
-        Let ``source`` reach ``port`` until ``deadline``: the backend's ``grant``, once the rules
-        are in place.
+        Let ``source`` reach ``port`` until ``deadline`` (in nat mode, forwarded to ``target``):
+        the backend's ``grant``, once the rules are in place.
         """
         refusal = self.not_ready()
         if refusal is not None:
             return fail(refusal)
-        return self._change(self.firewall.grant, source, port, deadline)
+        return self._change(self.firewall.grant, source, port, deadline, target)
 
-    def revoke(self, source: IPAddress, port: int) -> Deferred:
+    def revoke(self, source: IPAddress, port: int, target: Optional[Target] = None) -> Deferred:
         """
         End the grant of ``source`` to ``port`` (nothing to do before the rules are in place).
         """
         if not self.ready:
             return maybeDeferred(lambda: None)
-        return self._change(self.firewall.revoke, source, port)
+        return self._change(self.firewall.revoke, source, port, target)
+
+    def used_grants(self, grants: List[Target]) -> Deferred:
+        """
+        Of the open ``grants``, those whose connection the kernel took (``IGrantUse``: nat
+        mode); fails with ``FirewallError`` when the backend cannot tell.
+        """
+        if not self.ready or not IGrantUse.providedBy(self.firewall):
+            return fail(FirewallError(f"{self.backend.name} cannot tell which grants were used"))
+        return maybeDeferred(self.firewall.used_grants, grants)
 
     def clock_stepped_back(self, seconds: float) -> Deferred:
         """

@@ -16,6 +16,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
+from sig2knock.daemon.catalog import HiddenService
 from sig2knock.daemon.forward import GrantForwardFactory
 from sig2knock.daemon.refusals import RefusalLog
 from sig2knock.daemon.session import SessionRefused
@@ -29,9 +30,9 @@ MAX_PORT_ATTEMPTS = 64
 class OpenGrant:
     """
     One open assigned port: ``port`` open to ``source`` (user ``user``) until ``deadline``
-    (seconds since the epoch). ``used`` fires once its one connection has come (never in nat
-    mode, where the kernel takes the connection unseen); ``close(why)`` ends it, ``expire()``
-    when its deadline has passed unused. With a ``door`` secret (proxy mode only) the connection
+    (seconds since the epoch), leading to ``service`` (a ``HiddenService``). ``used`` fires
+    once its one connection has come (never in nat mode, where the kernel takes the connection
+    unseen); ``close(why)`` ends it, ``expire()`` when its deadline has passed unused. With a ``door`` secret (proxy mode only) the connection
     is forwarded only once its first bytes are that secret.
     """
 
@@ -45,8 +46,10 @@ class OpenGrant:
         user: str,
         deadline: float,
         door: Optional[bytes] = None,
+        service: Optional[HiddenService] = None,
     ) -> None:
         self._granter = granter
+        self.service = service
         self.refusals = granter.refusals
         self.door = door
         self.port = port
@@ -131,8 +134,8 @@ class PortGranter(Service):
     the grants still being opened have settled (established forwarded connections go on).
 
     ``reactor`` provides ``IReactorTCP`` and ``IReactorTime``; ``settings`` is the
-    ``LiveSettings`` (the forward target, ``SINGLECONN_PORTOPEN_TIME``, ``ASSIGN_PORT_RANGE``,
-    ``FORWARD_MODE``); ``firewall`` opens the port for the session's address (the daemon's
+    ``LiveSettings`` (``ASSIGN_PORT_RANGE``, ``FORWARD_MODE``, and the default service when a
+    session names none); ``firewall`` opens the port for the session's address (the daemon's
     ``FirewallService``); ``refusals`` (a ``RefusalLog``) hears of the connections the grants
     refuse.
     """
@@ -156,39 +159,47 @@ class PortGranter(Service):
         self.open_grants: Dict[int, OpenGrant] = {}
 
     def open(
-        self, source: IPAddress, user: str, door: Optional[bytes] = None
+        self,
+        source: IPAddress,
+        user: str,
+        door: Optional[bytes] = None,
+        service: Optional[HiddenService] = None,
     ) -> "Deferred[OpenGrant]":
         """
-        Open a random free port for ``source``; fires with its ``OpenGrant``, or fails with
-        ``SessionRefused`` when no port can be opened or the firewall refuses. ``door``: the
-        session's door secret, when its client will show it; the proxy then requires it (in nat
-        mode the kernel forwards the connection, and nothing can).
+        Open a random free port for ``source`` to ``service`` (default: the default service);
+        fires with its ``OpenGrant``, or fails with ``SessionRefused`` when no port can be
+        opened or the firewall refuses. ``door``: the session's door secret, when its client
+        will show it; the proxy then requires it (in nat mode the kernel forwards the
+        connection, and nothing can).
         """
         refusal = self.firewall.not_ready()
         if refusal is not None:  # not even a listener before the rules are in place
             return fail(refusal)
         config = self.settings.config
+        if service is None:
+            service = config.catalog.default
         low, high = config.assign_port_range
+        address, target_port = service.target
         for _ in range(MAX_PORT_ATTEMPTS):
             port = self._chooser.randint(low, high)
             if port in self.open_grants:
                 continue
-            deadline = self.reactor.seconds() + config.singleconn_portopen_time
+            deadline = self.reactor.seconds() + service.open_time
             nat = config.forward_mode == "nat"
-            grant = OpenGrant(self, port, source, user, deadline, None if nat else door)
+            grant = OpenGrant(self, port, source, user, deadline, None if nat else door, service)
             # FORWARD_MODE = nat: the firewall DNATs the grant's one connection in the kernel,
             # so no listener is opened and the data never enters Python.
             if not nat:
                 try:
-                    grant.listen(self.reactor, str(config.forward_to_ip), config.forward_to_port)
+                    grant.listen(self.reactor, str(address), target_port)
                 except CannotListenError:
                     continue  # in use by something else: skip it
             self.open_grants[port] = grant
-            opening = maybeDeferred(self.firewall.grant, source, port, deadline)
+            opening = maybeDeferred(self.firewall.grant, source, port, deadline, service.target)
             # Stopping waits for grants still being opened, so none lands after a clean stop.
             self._opening.add(opening)
             opening.addBoth(self._forget_opening, opening)
-            open_time = config.singleconn_portopen_time  # as it was when the deadline was set
+            open_time = service.open_time  # as it was when the deadline was set
             opening.addCallbacks(
                 self._opened, self._refused, (grant, open_time), None, (grant,)
             )
@@ -207,11 +218,12 @@ class PortGranter(Service):
             self.release(grant)
             raise SessionRefused("closed", "the grant was closed while it was being opened")
         self.log.info(
-            "port {port} granted to {user} from {source} for {open_time}s",
+            "port {port} granted to {user} from {source} for {open_time}s, service {service}",
             port=grant.port,
             user=grant.user,
             source=str(grant.source),
             open_time=open_time,
+            service=grant.service.label if grant.service is not None else "default",
         )
         return grant
 
@@ -230,7 +242,8 @@ class PortGranter(Service):
             del self.open_grants[grant.port]
         if not revoke:
             return grant.stop_listening()
-        revoking = maybeDeferred(self.firewall.revoke, grant.source, grant.port)
+        target = grant.service.target if grant.service is not None else None
+        revoking = maybeDeferred(self.firewall.revoke, grant.source, grant.port, target)
         revoking.addErrback(
             lambda failure: self.log.error(
                 "firewall could not revoke port {port} of {source} (the kernel still ends it at"

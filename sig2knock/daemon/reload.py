@@ -8,6 +8,7 @@ from typing import Any, List, Optional, Tuple
 
 from twisted.logger import Logger
 
+from sig2knock.daemon.catalog import Catalog, HiddenService
 from sig2knock.daemon.schema import LIVE_UNLESS_NAT, RESTART, SCHEMA
 from sig2knock.daemon.settings import ConfigError, check_combinations, load_config
 from sig2knock.daemon.users import UsersError, load_users
@@ -67,11 +68,15 @@ class LiveSettings:
 def merge(running: Any, loaded: Any) -> Tuple[Any, List[str], List[str]]:
     """
     The configuration to run with after a reload: ``loaded``, but with the settings a reload
-    cannot change (``RESTART`` rows, and ``LIVE_UNLESS_NAT`` ones with ``FORWARD_MODE = nat``)
-    kept from ``running``. Also returns the keys whose change applies now and those that wait
-    for a restart. Raises ``ConfigError`` when the mix does not hold together.
+    cannot change (``RESTART`` rows) kept from ``running``; with ``FORWARD_MODE = nat``, also
+    the services' targets that the kernel's rules in force cannot serve (``nat_fits``). Also
+    returns the keys (and services) whose change applies now and those that wait for a
+    restart. Raises ``ConfigError`` when the mix does not hold together.
     """
-    kept = {RESTART} | ({LIVE_UNLESS_NAT} if running.forward_mode == "nat" else set())
+    catalog, waiting = loaded.catalog, []
+    if running.forward_mode == "nat":
+        catalog, waiting = _nat_catalog(running, loaded)
+    kept = {RESTART} | ({LIVE_UNLESS_NAT} if "default" in waiting else set())
     changed = [
         row for row in SCHEMA if getattr(running, row.attribute) != getattr(loaded, row.attribute)
     ]
@@ -80,8 +85,43 @@ def merge(running: Any, loaded: Any) -> Tuple[Any, List[str], List[str]]:
     restart_only = {
         row.attribute: getattr(running, row.attribute) for row in SCHEMA if row.reload in kept
     }
-    merged = dataclasses.replace(loaded, **restart_only)
+    if running.catalog != catalog:
+        applied.append("services")
+    pending += [f"service {label}" for label in waiting if label != "default"]
+    merged = dataclasses.replace(loaded, catalog=catalog, **restart_only)
     # The mix of new and kept settings must hold together as a file would (say, a new
     # FORWARD_TO_PORT inside the ASSIGN_PORT_RANGE still in force).
     check_combinations(merged)
     return merged, applied, pending
+
+
+def nat_fits(running: Any, service: HiddenService) -> bool:
+    """
+    Whether the kernel's rules of ``running`` (nat mode) can forward to ``service``'s target:
+    the address family they were installed for, and loopback only if they guard it.
+    """
+    address = service.forward_to_ip
+    if address.version != running.forward_to_ip.version:
+        return False
+    running_loopback = any(target.is_loopback for target, _ in running.catalog.targets())
+    return running_loopback or not address.is_loopback
+
+
+def _nat_catalog(running: Any, loaded: Any) -> Tuple[Catalog, List[str]]:
+    """
+    ``loaded``'s services for a nat-mode daemon: each as loaded if the rules in force can serve
+    its target, else with its target in force (and its new ``ALLOW`` and open time), or left
+    out when it is new; and the labels of those whose target waits for a restart.
+    """
+    services, waiting = {}, []
+    for name, service in loaded.catalog.services.items():
+        if nat_fits(running, service):
+            services[name] = service
+            continue
+        waiting.append(service.label)
+        before = running.catalog.services.get(name)
+        if before is not None:
+            services[name] = service._replace(
+                forward_to_ip=before.forward_to_ip, forward_to_port=before.forward_to_port
+            )
+    return Catalog(services, loaded.catalog.groups), waiting

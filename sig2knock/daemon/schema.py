@@ -9,13 +9,16 @@ here and the code that uses it.
 from typing import Any, Callable, NamedTuple, Tuple
 
 from sig2knock.daemon import values
+from sig2knock.daemon.catalog import EVERY_USER, Access, parse_users
 from sig2knock.firewall import POLICIES, registry
 from sig2knock.protocol.wire import MAX_KNOCKS
 
 # What a reload (SIGHUP) does with a changed value.
 LIVE = "live"  # the next session uses it
 RESTART = "restart"  # bound to an open socket, the capture, the firewall or the replay cache
-LIVE_UNLESS_NAT = "live-unless-nat"  # with FORWARD_MODE = nat it is in the kernel's rules
+# With FORWARD_MODE = nat the kernel's base rules depend on the targets' address family and on
+# whether one is on loopback: a change of those waits for a restart.
+LIVE_UNLESS_NAT = "live-unless-nat"
 
 
 class Required:
@@ -70,6 +73,13 @@ SCHEMA: Tuple[Setting, ...] = (
     Setting(
         "FORWARD_TO_PORT", "forward_to_port", values.port(), REQUIRED, "required",
         LIVE_UNLESS_NAT, "port of the hidden service (22 for sshd).",
+    ),
+    Setting(
+        "ALLOW", "allow", values.parsed_by(Access.parse), EVERY_USER, "`*`", LIVE,
+        "who may reach the default service: `*` (every user of the users file), or user names"
+        " and `@group`s of `[group NAME]` sections, separated by spaces or commas. A user who"
+        " may not gets nothing, as if their key were wrong; the log says why. See"
+        " [Services](docs/services.md).",
     ),
     Setting(
         "FORWARD_MODE", "forward_mode", values.Choice(("proxy", "nat")), "proxy", "`proxy`",
@@ -189,19 +199,66 @@ REQUIRED_KEYS = tuple(setting.key for setting in SCHEMA if setting.default is RE
 RELOAD_TEXT = {
     LIVE: "next session",
     RESTART: "restart",
-    LIVE_UNLESS_NAT: "next session (restart with `FORWARD_MODE = nat`)",
+    LIVE_UNLESS_NAT: "next session (with `FORWARD_MODE = nat`, restart if the targets change"
+    " address family or loopback)",
 }
 
+# The keys of a ``[service NAME]`` section: a named service (sig2knock.daemon.catalog).
+SERVICE_SCHEMA: Tuple[Setting, ...] = (
+    Setting(
+        "FORWARD_TO_IP", "forward_to_ip", values.forward_address, REQUIRED, "required",
+        LIVE_UNLESS_NAT,
+        "address of the service: on this host (`127.0.0.1`) or on another one the gateway"
+        " reaches.",
+    ),
+    Setting(
+        "FORWARD_TO_PORT", "forward_to_port", values.port(), REQUIRED, "required",
+        LIVE_UNLESS_NAT, "port of the service.",
+    ),
+    Setting(
+        "SINGLECONN_PORTOPEN_TIME", "open_time", values.Seconds(1, 86400), None,
+        "the top-level value", LIVE,
+        "seconds its assigned port waits for the one connection.",
+    ),
+    Setting(
+        "ALLOW", "allow", values.parsed_by(Access.parse), REQUIRED, "required", LIVE,
+        "who may reach it: user names and `@group`s separated by spaces or commas, or `*`.",
+    ),
+)
 
-def reference_table() -> str:
+# The keys of a ``[group NAME]`` section.
+GROUP_SCHEMA: Tuple[Setting, ...] = (
+    Setting(
+        "USERS", "users", values.parsed_by(parse_users), REQUIRED, "required", LIVE,
+        "the group's users, separated by spaces or commas.",
+    ),
+)
+
+SECTION_SCHEMAS = {"service": SERVICE_SCHEMA, "group": GROUP_SCHEMA}
+
+
+def reference_table(rows: Tuple[Setting, ...] = SCHEMA, first: str = "key") -> str:
     """
-    The README's configuration reference: a Markdown table, a row per key.
+    The README's configuration reference: a Markdown table, a row per key of ``rows`` (the
+    top-level keys; ``first`` names the first column).
     """
     lines = [
-        "| key | default | on reload | meaning and why this default |",
+        f"| {first} | default | on reload | meaning and why this default |",
         "| --- | --- | --- | --- |",
     ]
-    for row in SCHEMA:
+    for row in rows:
         meaning = row.doc + (f" ({row.accepts})" if row.accepts else "")
         lines.append(f"| `{row.key}` | {row.shown} | {RELOAD_TEXT[row.reload]} | {meaning} |")
     return "\n".join(lines) + "\n"
+
+
+def section_table() -> str:
+    """
+    The README's table of the keys of ``[service NAME]`` and ``[group NAME]`` sections.
+    """
+    rows = tuple(
+        row._replace(key=f"[{kind}] {row.key}")
+        for kind, schema in SECTION_SCHEMAS.items()
+        for row in schema
+    )
+    return reference_table(rows, first="section key")

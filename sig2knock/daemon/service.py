@@ -24,6 +24,13 @@ from sig2knock.daemon.reload import LiveSettings
 from sig2knock.daemon.sessions import SessionTable
 from sig2knock.daemon.settings import firewall_settings
 from sig2knock.daemon.startup import Prepared
+from sig2knock.daemon.status import (
+    StatusFactory,
+    StatusService,
+    socket_path,
+    status_document,
+    with_kernel_view,
+)
 from sig2knock.daemon.waiting import stop_children
 from sig2knock.firewall import IFirewall, IWallClockGrants, registry
 from sig2knock.protocol import cipher
@@ -35,7 +42,8 @@ class Sig2knockService(MultiService):
     The daemon. Its children, in the order they start (they stop in reverse): the replay cache
     (closed last), the firewall (with a ``ClockWatch`` when its grants end at wall-clock times:
     iptables), the granter, the knock capture (with the watcher of its
-    interface's addresses), the session table, the control ports and the refusal summary.
+    interface's addresses), the session table, the control ports, the live view
+    (``sig2knockd --status``) and the refusal summary.
 
     ``open`` opens the capture handle (and its address watcher's netlink socket) and the control
     ports;
@@ -99,6 +107,16 @@ class Sig2knockService(MultiService):
             if IWallClockGrants.providedBy(firewall)
             else []
         )
+        live_view = StatusService(
+            reactor,
+            socket_path(config.state_dir),
+            StatusFactory(
+                lambda: with_kernel_view(
+                    status_document(self.sessions, self.settings.config, reactor.seconds()),
+                    self.firewall,
+                )
+            ),
+        )
         for part in (
             self.firewall,
             *clock_watch,
@@ -106,6 +124,7 @@ class Sig2knockService(MultiService):
             self.sessions.capture,
             self.sessions,
             self.control,
+            live_view,
             RefusalSummary(refusals, reactor),
         ):
             part.setServiceParent(self)
@@ -129,11 +148,18 @@ class Sig2knockService(MultiService):
     def reload(self) -> None:
         """
         Read the configuration and the users file again (SIGHUP): ``LiveSettings.reload``;
-        then end the sessions of the users it took away.
+        then end the sessions of the users it took away, and those of services removed,
+        pointed elsewhere or closed to their user (``Catalog.withdrawn``).
         """
         withdrawn = self.settings.reload(self.prepared.interface_override)
         if withdrawn:
             self.sessions.end_users(withdrawn)
+        catalog = self.settings.config.catalog
+        self.sessions.end_where(
+            lambda session: None
+            if session.service is None
+            else catalog.withdrawn(session.service, session.user)
+        )
 
     def _hangup(self, signum: int, frame: object) -> None:
         self.reactor.callFromThread(self.reload)
@@ -146,14 +172,16 @@ class Sig2knockService(MultiService):
         config, users = self.settings.config, self.settings.users
         self.log.info(
             "sig2knock {version} starting with {config_path}: control port {port}/udp,"
-            " forwarding to {forward_ip} port {forward_port}, {count} user(s) from {users_file},"
-            " knocks captured on {interface}, identity {identity}",
+            " forwarding to {forward_ip} port {forward_port} ({services} service(s)),"
+            " {count} user(s) from {users_file}, knocks captured on {interface}, identity"
+            " {identity}",
             version=__version__,
             identity=self.prepared.identity.fingerprint,
             config_path=config.path,
             port=config.udp_port,
             forward_ip=str(config.forward_to_ip),
             forward_port=config.forward_to_port,
+            services=len(config.catalog.services),
             count=len(users),
             users_file=users.path,
             interface=self.prepared.interface,

@@ -70,9 +70,10 @@ class SessionRefused(Refusal):
 
 class Session:
     """
-    One knock session: who opened it from where, the sequence it waits for, how far it got, the
-    keys its P1 gave (``SessionKeys``), and its grant once it has one (an ``OpenGrant`` of
-    ``sig2knock.daemon.grants``).
+    One knock session: who opened it from where, for which service (a ``HiddenService`` of
+    ``sig2knock.daemon.catalog``, ``None`` for the default one), the sequence it waits for, how
+    far it got, the keys its P1 gave (``SessionKeys``), and its grant once it has one (an
+    ``OpenGrant`` of ``sig2knock.daemon.grants``).
     """
 
     def __init__(
@@ -83,9 +84,11 @@ class Session:
         protocol: int,
         ports: Tuple[int, ...],
         keys: Any = None,
+        service: Any = None,
     ) -> None:
         self.source = source
         self.user = user
+        self.service = service
         self.session_id = session_id
         self.keys = keys
         # Whether the P1 named ``source`` itself as the client's address: then a copy of this
@@ -141,6 +144,15 @@ class Session:
         """
         self.move(State.GRANTED)
         self.grant = grant
+
+    @property
+    def deadline(self) -> Optional[float]:
+        """
+        When its one timer fires (the knock deadline, or the grant's), or ``None``.
+        """
+        if self._timer is None or not self._timer.active():
+            return None
+        return float(self._timer.getTime())
 
     def set_deadline(self, timer: Optional[IDelayedCall]) -> None:
         """

@@ -62,6 +62,8 @@ NARROW_DELAY = 0.05
 # How long, and how many, ended sessions' ids are remembered (longer than any P1 is fresh).
 ENDED_MEMORY = 600.0
 MAX_ENDED = 4096
+# Used grants the live view (sig2knockd --status) lists until their open time is over.
+MAX_RECENTLY_USED = 256
 
 
 class SessionTable(Service):
@@ -116,6 +118,8 @@ class SessionTable(Service):
         )
         self._watched: FrozenSet[IPAddress] = frozenset()
         self._narrowing: Any = None
+        # Used grants, for the live view until their open time is over.
+        self._recent_uses: Deque[Session] = collections.deque(maxlen=MAX_RECENTLY_USED)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -142,10 +146,12 @@ class SessionTable(Service):
         request: KnockRequest,
         keys: Optional[SessionKeys] = None,
         saved: bool = True,
+        service: Any = None,
     ) -> Optional[Session]:
         """
-        Handle a valid P1 from ``source`` (``keys``: those its HPKE context gave): open a session
-        and return it, or return ``None`` when the session exists already (a re-sent P1).
+        Handle a valid P1 from ``source`` (``keys``: those its HPKE context gave) for ``service``
+        (the ``HiddenService`` it asks for; ``None``: the default one): open a session and
+        return it, or return ``None`` when the session exists already (a re-sent P1).
         ``saved`` is ``False`` while the P1's replay record is being written: the session then
         watches for its knocks and takes P2s, but is granted only once ``p1_saved`` is called
         with it (or ends when ``unsaved`` is). Raises ``SessionRefused``.
@@ -157,14 +163,16 @@ class SessionTable(Service):
             if existing.source != source:
                 self._relayed(existing, source)
                 raise SessionRefused("relay", f"session of {user} from {existing.source}")
-            if existing.ports != request.ports or existing.keys != keys:
+            if (existing.ports, existing.keys, existing.service) != (request.ports, keys, service):
                 raise SessionRefused("session-conflict", "session id in use with other content")
             return None
         self._forget_ended()
         if key in self._ended:
             raise SessionRefused("session-ended", "this session has ended; no second port")
         self.check_room(source, user, request.session_id)
-        session = Session(source, user, request.session_id, request.protocol, request.ports, keys)
+        session = Session(
+            source, user, request.session_id, request.protocol, request.ports, keys, service
+        )
         session.saved = saved
         claimed = request.client_address
         session.proven = claimed is not None and unmapped(claimed) == source
@@ -177,11 +185,12 @@ class SessionTable(Service):
         timeout = config.knock_timeout
         session.set_deadline(self.clock.callLater(timeout, self._knocks_overdue, session, timeout))
         self.log.info(
-            "P1 accepted: {user} from {source}, {count} {protocol} knocks",
+            "P1 accepted: {user} from {source}, {count} {protocol} knocks, service {service}",
             user=user,
             source=str(source),
             count=len(request.ports),
             protocol=PROTOCOL_NAMES[request.protocol],
+            service=service.label if service is not None else "default",
         )
         for _, protocol, port in self._recent_knocks(source):
             if session.observe(protocol, port):
@@ -314,22 +323,55 @@ class SessionTable(Service):
     def end_users(self, users: Iterable[str]) -> None:
         """
         ``users`` were removed from the users file, or given another key (a reload): end their
-        sessions now, pending or granted, with their grants and their waiting P2s, and say so.
-        Connections already forwarded go on (the hidden service authenticates them).
+        sessions now (``end_where``).
         """
         withdrawn = set(users)
-        for session in [s for s in self._sessions.values() if s.user in withdrawn]:
-            self._cut(
-                session,
-                "its user was removed",
-                SessionRefused("user-removed", f"{session.user} is no longer a user"),
-            )
+        self.end_where(
+            lambda session: "the user was removed from the users file or given another key"
+            if session.user in withdrawn
+            else None,
+            "user-removed",
+            "its user was removed",
+        )
+
+    def end_where(
+        self,
+        why: Callable[[Session], Optional[str]],
+        refusal: str = "withdrawn",
+        closing: str = "a reload took it away",
+    ) -> None:
+        """
+        A reload took something away: end every session for which ``why(session)`` gives a
+        reason, now, pending or granted, with its grant (``closing`` says why in the grant's
+        log line) and its waiting P2s (refused with the reason ``refusal``), and log the reason.
+        Connections already forwarded go on (the hidden service authenticates them).
+        """
+        for session in list(self._sessions.values()):
+            reason = why(session)
+            if reason is None:
+                continue
+            self._cut(session, closing, SessionRefused(refusal, f"{session.user}: {reason}"))
             self.log.warn(
-                "session of {user} from {source} ended: the user was removed from the users"
-                " file or given another key",
+                "session of {user} from {source} ended: {reason}",
                 user=session.user,
                 source=str(session.source),
+                reason=reason,
             )
+
+    def live(self) -> List[Session]:
+        """
+        The live sessions (pending, complete, granting, granted), oldest first.
+        """
+        return list(self._sessions.values())
+
+    def recently_used(self) -> List[Session]:
+        """
+        The sessions whose grant was used and whose open time is not over yet, oldest first.
+        """
+        now = self.clock.seconds()
+        while self._recent_uses and self._recent_uses[0].grant.deadline <= now:
+            self._recent_uses.popleft()
+        return [session for session in self._recent_uses if session.grant.deadline > now]
 
     def p1_saved(self, session: Session) -> None:
         """
@@ -364,6 +406,7 @@ class SessionTable(Service):
         for session in list(self._sessions.values()):
             self._remove(session, notify=False)
         self._early.clear()
+        self._recent_uses.clear()
         self._update_watched()
 
     def _recent_knocks(self, source: IPAddress) -> List[Tuple[float, int, int]]:
@@ -389,7 +432,9 @@ class SessionTable(Service):
         # tool has a time limit), so no grant can be opened for a session already forgotten.
         session.set_deadline(None)
         door = session.keys.door if session.door else None
-        opening = maybeDeferred(self.granter.open, session.source, session.user, door)
+        opening = maybeDeferred(
+            self.granter.open, session.source, session.user, door, session.service
+        )
         opening.addCallbacks(self._granted, self._grant_failed, (session,), None, (session,))
 
     def _granted(self, grant: Any, session: Session) -> None:
@@ -443,6 +488,7 @@ class SessionTable(Service):
         # (a user may log in again and again; only unused grants are held against them).
         if session.state is State.GRANTED:
             self._end(session, State.USED)
+            self._recent_uses.append(session)
 
     def _end(self, session: Session, state: State) -> None:
         session.move(state)

@@ -9,12 +9,21 @@ is one line naming the file, the line number and the key.
 import dataclasses
 import os
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from sig2knock.daemon import values
-from sig2knock.daemon.schema import BY_KEY, KNOWN_KEYS, REQUIRED, REQUIRED_KEYS, SCHEMA
+from sig2knock.daemon.catalog import Catalog, CatalogError, HiddenService
+from sig2knock.daemon.schema import (
+    BY_KEY,
+    KNOWN_KEYS,
+    REQUIRED,
+    REQUIRED_KEYS,
+    SCHEMA,
+    SECTION_SCHEMAS,
+)
 from sig2knock.daemon.text import one_line
 from sig2knock.firewall import FirewallSettings, registry
+from sig2knock.protocol.names import DEFAULT_SERVICE, ServiceNameError, check_service_name
 
 
 class ConfigError(Exception):
@@ -49,14 +58,17 @@ Config = dataclasses.make_dataclass(
     [("path", str)]
     + _fields
     + [("lines", Dict[str, int], dataclasses.field(default_factory=dict, compare=False,
-                                                   repr=False))],
+                                                   repr=False)),
+       ("catalog", Any, dataclasses.field(default=None))],
     frozen=True,
 )
 Config.__module__ = __name__
 Config.__doc__ = """
 A validated configuration: ``path``, then an attribute per row of ``sig2knock.daemon.schema``
 (``udp_port``, ``forward_to_ip``, ...), and ``lines``, the line each key was set on (for
-messages about combinations). Paths are absolute; ``interface`` is ``None`` for "the interface
+messages about combinations), and ``catalog``, the services offered (``Catalog``: the default
+one of the ``FORWARD_TO_*`` keys, the ``[service NAME]`` sections, the ``[group NAME]`` ones).
+Paths are absolute; ``interface`` is ``None`` for "the interface
 of the default route"; ``listen_address`` is ``None`` for every address (IPv4 and IPv6).
 """
 
@@ -70,15 +82,22 @@ def parse_config(text: str, path: str, interface: Optional[str] = None) -> Any:
     """
     given: Dict[str, object] = {}
     lines: Dict[str, int] = {}
+    sections: List[Section] = []
     # Split on newlines only (not splitlines()), so line numbers are the ones an editor shows.
     for number, raw in enumerate(text.split("\n"), start=1):
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
         if not line:
             continue
+        if line.startswith("["):
+            sections.append(_section_header(path, number, line, sections))
+            continue
         key, equals, value = line.partition("=")
         key, value = key.strip().upper(), value.strip()
         if not equals or not key:
             raise ConfigError(path, number, None, "expected a line of the form KEY = VALUE")
+        if sections:
+            sections[-1].take(path, number, key, value)
+            continue
         row = BY_KEY.get(key)
         if row is None:
             raise ConfigError(
@@ -86,12 +105,7 @@ def parse_config(text: str, path: str, interface: Optional[str] = None) -> Any:
             )
         if key in lines:
             raise ConfigError(path, number, key, f"set again (first set on line {lines[key]})")
-        if not value:
-            raise ConfigError(path, number, key, "empty value (leave the key out for the default)")
-        try:
-            given[row.attribute] = row.parse(value)
-        except values.BadValue as error:
-            raise ConfigError(path, number, key, str(error)) from None
+        given[row.attribute] = _parsed(path, number, row, value)
         lines[key] = number
 
     for key in REQUIRED_KEYS:
@@ -116,8 +130,113 @@ def parse_config(text: str, path: str, interface: Optional[str] = None) -> Any:
         given[attribute] = os.path.normpath(os.path.join(directory, relative))
 
     config = Config(path=path, lines=lines, **given)
+    config = dataclasses.replace(config, catalog=_catalog(config, sections))
     check_combinations(config)
     return config
+
+
+def _parsed(path: str, number: int, row: Any, value: str) -> Any:
+    if not value:
+        raise ConfigError(path, number, row.key, "empty value (leave the key out for the default)")
+    try:
+        return row.parse(value)
+    except values.BadValue as error:
+        raise ConfigError(path, number, row.key, str(error)) from None
+
+
+class Section:
+    """
+    A ``[service NAME]`` or ``[group NAME]`` section as read: its ``kind``, ``name``, the line
+    of its header and its values (attribute -> value, with the line of each key).
+    """
+
+    def __init__(self, kind: str, name: str, line: int) -> None:
+        self.kind, self.name, self.line = kind, name, line
+        self.rows = {row.key: row for row in SECTION_SCHEMAS[kind]}
+        self.values: Dict[str, Any] = {}
+        self.lines: Dict[str, int] = {}
+
+    @property
+    def title(self) -> str:
+        """
+        Its header, as written: ``[service rdp]``.
+        """
+        return f"[{self.kind} {self.name}]"
+
+    def take(self, path: str, number: int, key: str, value: str) -> None:
+        """
+        Read the line ``key = value`` of this section.
+        """
+        row = self.rows.get(key)
+        if row is None:
+            known = f"(its keys: {', '.join(self.rows)})"
+            if key in BY_KEY:
+                raise ConfigError(path, number, key, f"not a key of {self.title} {known}; the"
+                                  " top-level keys go above the first [section]")
+            raise ConfigError(path, number, key, f"unknown key in {self.title} {known}")
+        if key in self.lines:
+            raise ConfigError(path, number, key, f"set again in {self.title} (first set on"
+                              f" line {self.lines[key]})")
+        self.values[row.attribute] = _parsed(path, number, row, value)
+        self.lines[key] = number
+
+    def finish(self, path: str) -> Dict[str, Any]:
+        """
+        Its values, with the defaults of the keys left out; raises ``ConfigError`` for a missing
+        required key.
+        """
+        for key, row in self.rows.items():
+            if row.default is REQUIRED and key not in self.lines:
+                raise ConfigError(path, self.line, key, f"required in {self.title}")
+        return {row.attribute: self.values.get(row.attribute, row.default)
+                for row in self.rows.values()}
+
+
+_SECTION_RE = re.compile(r"\[\s*(\S+)\s+(\S+)\s*\]")
+
+
+def _section_header(path: str, number: int, line: str, sections: List[Section]) -> Section:
+    match = _SECTION_RE.fullmatch(line)
+    if match is None or match.group(1).lower() not in SECTION_SCHEMAS:
+        raise ConfigError(path, number, None, "expected a section header [service NAME] or"
+                          " [group NAME]")
+    kind, name = match.group(1).lower(), match.group(2)
+    try:
+        check_service_name(name)
+    except ServiceNameError as error:
+        raise ConfigError(path, number, None, f"[{kind} {name}]: {error}") from None
+    for earlier in sections:
+        if (earlier.kind, earlier.name) == (kind, name):
+            raise ConfigError(path, number, None, f"[{kind} {name}] again (first on line"
+                              f" {earlier.line})")
+    return Section(kind, name, number)
+
+
+def _catalog(config: Any, sections: List[Section]) -> Catalog:
+    """
+    The services and groups of ``config`` and its sections.
+    """
+    default = HiddenService(
+        DEFAULT_SERVICE, config.forward_to_ip, config.forward_to_port,
+        config.singleconn_portopen_time, config.allow,
+    )
+    named, groups = [], {}
+    for section in sections:
+        found = section.finish(config.path)
+        if section.kind == "group":
+            groups[section.name] = found["users"]
+            continue
+        open_time = found["open_time"]
+        named.append(HiddenService(
+            section.name, found["forward_to_ip"], found["forward_to_port"],
+            config.singleconn_portopen_time if open_time is None else open_time,
+            found["allow"], section.line,
+        ))
+    try:
+        return Catalog.build(default, named, groups)
+    except CatalogError as error:
+        line = error.line if error.line is not None else config.lines.get(error.key)
+        raise ConfigError(config.path, line, error.key, error.message) from None
 
 
 def check_combinations(config: Any) -> None:
@@ -131,22 +250,48 @@ def check_combinations(config: Any) -> None:
 
     if low <= config.udp_port <= high:
         fail("UDP_PORT", f"{config.udp_port} lies inside ASSIGN_PORT_RANGE {low}-{high}")
-    if config.forward_to_ip.is_loopback and low <= config.forward_to_port <= high:
-        fail(
-            "FORWARD_TO_PORT",
-            f"{config.forward_to_port} on {config.forward_to_ip} lies inside"
-            f" ASSIGN_PORT_RANGE {low}-{high}",
-        )
+    for service in _services(config):
+        _check_service(config, service, fail)
     backend = registry.BACKENDS.get(config.firewall)  # None for auto
     if config.firewall_policy == "lockdown" and backend is not None and not backend.gates:
         fail("FIREWALL_POLICY", f"lockdown needs a firewall, but FIREWALL is {config.firewall}")
     if config.forward_mode == "nat" and backend is not None and not backend.nat:
         kernel = " or ".join(name for name, row in registry.BACKENDS.items() if row.nat)
         fail("FORWARD_MODE", f"nat needs FIREWALL = {kernel}, not {config.firewall}")
-    nat_loopback6 = config.forward_to_ip.version == 6 and config.forward_to_ip.is_loopback
-    if config.forward_mode == "nat" and nat_loopback6:
-        fail("FORWARD_MODE", "nat cannot forward to ::1 (the kernel routes no IPv6 loopback"
-             " from outside); use FORWARD_MODE = proxy or another FORWARD_TO_IP")
+
+
+def _services(config: Any) -> List[HiddenService]:
+    if config.catalog is None:
+        return [HiddenService(DEFAULT_SERVICE, config.forward_to_ip, config.forward_to_port,
+                              config.singleconn_portopen_time, config.allow)]
+    return list(config.catalog.services.values())
+
+
+def _check_service(config: Any, service: HiddenService, fail: Any) -> None:
+    """
+    Refuse a service whose target cannot work with the other settings.
+    """
+    low, high = config.assign_port_range
+    where = f"[service {service.name}] " if service.name else ""
+
+    def refuse(key: str, message: str) -> None:
+        if service.name:
+            raise ConfigError(config.path, service.line, key, where + message)
+        fail(key, message)
+
+    address, port = service.target
+    if address.is_loopback and low <= port <= high:
+        refuse("FORWARD_TO_PORT", f"{port} on {address} lies inside ASSIGN_PORT_RANGE"
+               f" {low}-{high}")
+    if config.forward_mode != "nat":
+        return
+    if address.version == 6 and address.is_loopback:
+        refuse("FORWARD_MODE", "nat cannot forward to ::1 (the kernel routes no IPv6 loopback"
+               " from outside); use FORWARD_MODE = proxy or another FORWARD_TO_IP")
+    default = config.forward_to_ip
+    if address.version != default.version:
+        refuse("FORWARD_TO_IP", f"FORWARD_MODE = nat forwards one address family: {address} is"
+               f" not IPv{default.version} like FORWARD_TO_IP {default}")
 
 
 def firewall_settings(config: Any, interface: str) -> FirewallSettings:
@@ -163,6 +308,7 @@ def firewall_settings(config: Any, interface: str) -> FirewallSettings:
             if config.forward_mode == "nat"
             else None
         ),
+        nat_also=tuple(service.forward_to_ip for service in _services(config)[1:]),
     )
 
 

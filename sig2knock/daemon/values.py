@@ -6,7 +6,7 @@ raising ``BadValue`` with what was expected. Those with a range say it in ``acce
 
 import ipaddress
 import re
-from typing import Tuple
+from typing import Any, Callable, Tuple
 
 from sig2knock.protocol.addresses import IPAddress, unmapped
 
@@ -150,6 +150,20 @@ def interface(text: str) -> str:
     if not is_interface_name(text):
         raise BadValue(f"{text!r} is not an interface name")
     return text
+
+
+def parsed_by(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """
+    The value type of ``parse``, a function that raises ``ValueError`` saying what is wrong.
+    """
+
+    def value_type(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise BadValue(str(error)) from None
+
+    return value_type
 
 
 def text(value: str) -> str:

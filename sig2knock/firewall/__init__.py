@@ -8,7 +8,7 @@ reactor and fails with ``FirewallError``; the daemon then refuses the session (f
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -32,15 +32,28 @@ class FirewallSettings:
     """
     What every backend needs to know: the control port (always open), the range of assigned
     ports (gated), the policy (``ports`` or ``lockdown``), for backends that name it the
-    interface, and with ``FORWARD_MODE = nat`` the forward target the kernel sends grants to.
+    interface, and with ``FORWARD_MODE = nat`` the default service's forward target (its address
+    family is the one the kernel forwards) and the other services' target addresses.
     """
 
     control_port: int
     port_range: Tuple[int, int]
     policy: str = "ports"
     interface: str = ""
-    # FORWARD_MODE = nat: grants are DNAT'ed by the kernel to this (address, port).
+    # FORWARD_MODE = nat: grants are DNAT'ed by the kernel to this (address, port) unless the
+    # grant names its own target (a named service's).
     nat_to: Optional[Tuple[IPAddress, int]] = None
+    # FORWARD_MODE = nat: the other services' target addresses.
+    nat_also: Tuple[IPAddress, ...] = ()
+
+    @property
+    def nat_loopback(self) -> bool:
+        """
+        Whether some grants may be DNAT'ed to loopback.
+        """
+        if self.nat_to is None:
+            return False
+        return any(address.is_loopback for address in (self.nat_to[0], *self.nat_also))
 
     @property
     def needs_route_localnet(self) -> bool:
@@ -48,7 +61,7 @@ class FirewallSettings:
         Whether grants are DNAT'ed to loopback from ``interface`` (the kernel must then route
         127.0.0.0/8 from it: ``route_localnet``).
         """
-        return self.nat_to is not None and self.nat_to[0].is_loopback and bool(self.interface)
+        return self.nat_loopback and bool(self.interface)
 
 
 class IFirewall(Interface):
@@ -64,17 +77,26 @@ class IFirewall(Interface):
         Install the daemon's rules, replacing whatever an earlier run left (after a crash too).
         """
 
-    def grant(source: IPAddress, port: int, deadline: float) -> Deferred:
+    def grant(
+        source: IPAddress,
+        port: int,
+        deadline: float,
+        target: Optional[Tuple[IPAddress, int]] = None,
+    ) -> Deferred:
         """
         Let ``source`` open new connections to TCP ``port`` until ``deadline`` (seconds since the
         epoch). The kernel ends the grant at the deadline even if the daemon is gone.
-        Established connections outlive it.
+        Established connections outlive it. With ``FORWARD_MODE = nat`` the kernel forwards the
+        connection to ``target`` (``None``: the settings' ``nat_to``); other backends ignore it.
         """
 
-    def revoke(source: IPAddress, port: int) -> Deferred:
+    def revoke(
+        source: IPAddress, port: int, target: Optional[Tuple[IPAddress, int]] = None
+    ) -> Deferred:
         """
         End the grant of ``source`` to ``port`` now (it is used, or its time is over); never
         touches any other grant. Revoking a grant that is already gone is not an error.
+        ``target`` is the one the grant was given.
         """
 
     def stop() -> Deferred:
@@ -99,4 +121,17 @@ class IWallClockGrants(Interface):
         """
         The wall clock went back by ``seconds`` while grants were open: make each end as many
         seconds earlier on the new clock (so at its time), and end those whose time is over.
+        """
+
+
+class IGrantUse(Interface):
+    """
+    A firewall that takes a grant's one connection in the kernel (``FORWARD_MODE = nat``) and
+    can say afterwards which grants were used, for the live view (``sig2knockd --status``).
+    """
+
+    def used_grants(grants: Sequence[Tuple[IPAddress, int]]) -> Deferred:
+        """
+        Of the open ``grants`` (source, port), the set of those whose one connection the kernel
+        has taken.
         """

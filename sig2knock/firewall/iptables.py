@@ -16,10 +16,23 @@ import ipaddress
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredLock,
+    fail,
+    inlineCallbacks,
+    maybeDeferred,
+    succeed,
+)
 from zope.interface import implementer
 
-from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall, IWallClockGrants
+from sig2knock.firewall import (
+    FirewallError,
+    FirewallSettings,
+    IFirewall,
+    IGrantUse,
+    IWallClockGrants,
+)
 from sig2knock.firewall.iptables_rules import (
     CHAIN,
     NAT_CHAIN,
@@ -35,7 +48,12 @@ from sig2knock.firewall.iptables_rules import (
     render_nat_grant_specs,
     render_rules,
 )
-from sig2knock.firewall.kernel import forget_recent, settle_route_localnet, write_route_localnet
+from sig2knock.firewall.kernel import (
+    forget_recent,
+    recent_addresses,
+    settle_route_localnet,
+    write_route_localnet,
+)
 from sig2knock.firewall.runner import find_tool, run_tool
 from sig2knock.protocol.addresses import IPAddress
 
@@ -51,7 +69,7 @@ def _table(table: str) -> List[str]:
     return [] if table == "filter" else ["-t", table]
 
 
-@implementer(IFirewall, IWallClockGrants)
+@implementer(IFirewall, IWallClockGrants, IGrantUse)
 class IptablesFirewall:
     """
     The iptables backend. ``tools`` names ``iptables`` and ``ip6tables`` (their
@@ -85,6 +103,8 @@ class IptablesFirewall:
         self.grants: Dict[Tuple[IPAddress, int], List[Rule]] = {}
         # (source, port) -> the grant's deadline on the wall clock, as its rules say.
         self.deadlines: Dict[Tuple[IPAddress, int], float] = {}
+        # (source, port) -> where a nat grant sends its connection (kept for a move in time).
+        self.targets: Dict[Tuple[IPAddress, int], Tuple[IPAddress, int]] = {}
         # One change at a time: a listing and the restore that depends on it stay together.
         self._lock = DeferredLock()
 
@@ -154,6 +174,7 @@ class IptablesFirewall:
         # The chains were replaced: whatever grants an earlier start knew of are gone.
         self.grants.clear()
         self.deadlines.clear()
+        self.targets.clear()
         # Only now that the guarding rule is in place (or after an earlier nat run).
         settle_route_localnet(self.settings, earlier_nat=had_nat)
 
@@ -178,12 +199,19 @@ class IptablesFirewall:
             listing = b""
         return count_nat_jumps(listing)
 
-    def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
+    def grant(
+        self,
+        source: IPAddress,
+        port: int,
+        deadline: float,
+        target: Optional[Tuple[IPAddress, int]] = None,
+    ) -> Deferred:
         """
         Insert the grant at the top of the chain; refused (nothing added) when its deadline
-        leaves no whole second to match in.
+        leaves no whole second to match in. In nat mode its DNAT rule sends the connection to
+        ``target`` (default: the settings' ``nat_to``).
         """
-        return self._locked(self._grant, source, port, deadline)
+        return self._locked(self._grant, source, port, deadline, target)
 
     def clock_stepped_back(self, seconds: float) -> Deferred:
         """
@@ -203,7 +231,8 @@ class IptablesFirewall:
                 if math.floor(moved) <= math.floor(now):
                     yield from self._revoke(address, port)
                 else:
-                    yield from self._grant(address, port, moved, fresh=False)
+                    target = self.targets.get((address, port))
+                    yield from self._grant(address, port, moved, target, fresh=False)
             except FirewallError as error:
                 failures.append(error)  # every grant is tried
         if failures:
@@ -211,7 +240,14 @@ class IptablesFirewall:
                 f"{len(failures)} grant(s) could not be moved back; first: {failures[0]}"
             )
 
-    def _grant(self, source: IPAddress, port: int, deadline: float, fresh: bool = True) -> Any:
+    def _grant(
+        self,
+        source: IPAddress,
+        port: int,
+        deadline: float,
+        target: Optional[Tuple[IPAddress, int]] = None,
+        fresh: bool = True,
+    ) -> Any:
         now = self.reactor.seconds()
         # The rule matches through second floor(deadline) - 1: it must not lie in the past.
         if math.floor(deadline) <= math.floor(now):
@@ -233,9 +269,9 @@ class IptablesFirewall:
                 )
             if fresh:  # a grant moved in time keeps the record of its one connection
                 forget_recent(recent_list(port), address)
-            once, dnat = render_nat_grant_specs(
-                address, port, datestop(deadline), self.settings.nat_to
-            )
+            nat_to = self.settings.nat_to if target is None else target
+            self.targets[key] = nat_to
+            once, dnat = render_nat_grant_specs(address, port, datestop(deadline), nat_to)
             rules = [(family, "nat", NAT_CHAIN, once), (family, "nat", NAT_CHAIN, dnat)]
             # A nat grant renewed (or moved with the clock) drops its older rules first: its
             # guard rule is the same text, and deleting it after the insert would delete the new
@@ -279,10 +315,29 @@ class IptablesFirewall:
                     self.grants[key] = self.grants[key] + [rule]
                     raise
 
-    def revoke(self, source: IPAddress, port: int) -> Deferred:
+    def used_grants(self, grants: Sequence[Tuple[IPAddress, int]]) -> Deferred:
         """
-        Delete exactly the rule ``grant`` inserted for ``source`` and ``port``; a rule that is
-        already gone (or never known to this object) is not an error.
+        In nat mode a grant's first connection puts its source into the port's ``xt_recent``
+        list: the open ``grants`` whose list holds their source are the used ones
+        (``IGrantUse``).
+        """
+        if self.settings.nat_to is None:
+            return succeed(set())
+        try:
+            return succeed({
+                (source, port) for source, port in grants
+                if ipaddress.ip_address(str(source)) in recent_addresses(recent_list(port))
+            })
+        except FirewallError as error:
+            return fail(error)
+
+    def revoke(
+        self, source: IPAddress, port: int, target: Optional[Tuple[IPAddress, int]] = None
+    ) -> Deferred:
+        """
+        Delete exactly the rule ``grant`` inserted for ``source`` and ``port`` (``target`` is
+        not needed: the rules are remembered); a rule that is already gone (or never known to
+        this object) is not an error.
         """
         return self._locked(self._revoke, source, port)
 
@@ -290,6 +345,7 @@ class IptablesFirewall:
         key = (ipaddress.ip_address(str(source)), port)
         known = self.grants.pop(key, None)
         deadline = self.deadlines.pop(key, None)
+        target = self.targets.pop(key, None)
         if known is None:
             return
         try:
@@ -299,6 +355,8 @@ class IptablesFirewall:
             self.grants[key] = known  # still there: stop() will try again
             if deadline is not None:
                 self.deadlines[key] = deadline
+            if target is not None:
+                self.targets[key] = target
             raise
 
     @inlineCallbacks
@@ -355,5 +413,6 @@ class IptablesFirewall:
                 yield self._run(family, ["--noflush"], script, restore=True)
         self.grants.clear()
         self.deadlines.clear()
+        self.targets.clear()
         if had_nat and self.settings.interface:
             write_route_localnet(self.settings.interface, "0")

@@ -212,7 +212,7 @@ def nat_filter_rules(settings: FirewallSettings, family: int) -> List[str]:
     low, high = settings.port_range
     ports = str(low) if low == high else f"{low}:{high}"
     rules = []
-    if settings.nat_to[0].is_loopback:
+    if settings.nat_loopback:
         rules.append(
             "-A SIG2KNOCK ! -i lo -d 127.0.0.0/8 -m conntrack ! --ctstate DNAT -j DROP"
         )

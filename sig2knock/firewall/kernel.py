@@ -1,10 +1,12 @@
 """
 Kernel settings the firewall backends touch besides their rules, written directly under /proc
-(a line each, in the daemon's own network namespace).
+(a line each, in the daemon's own network namespace), and the ``xt_recent`` lists they read.
 """
 
 import errno
 import ipaddress
+import re
+from typing import Set
 
 from twisted.logger import Logger
 
@@ -59,3 +61,24 @@ def forget_recent(name: str, address: IPAddress) -> None:
     except OSError as error:
         if error.errno not in (errno.ENOENT, errno.ESRCH):
             raise FirewallError(f"cannot clear {path}: {error.strerror}") from None
+
+
+def recent_addresses(name: str) -> Set[IPAddress]:
+    """
+    The addresses the ``xt_recent`` list ``name`` holds (none when it does not exist yet).
+    """
+    path = f"{PROC}/net/xt_recent/{name}"
+    try:
+        with open(path, encoding="ascii") as recent:
+            text = recent.read()
+    except FileNotFoundError:
+        return set()
+    except OSError as error:
+        raise FirewallError(f"cannot read {path}: {error.strerror}") from None
+    found: Set[IPAddress] = set()
+    for match in re.finditer(r"src=(\S+)", text):
+        try:
+            found.add(ipaddress.ip_address(match.group(1)))
+        except ValueError:
+            continue
+    return found

@@ -8,20 +8,22 @@ as a single ``nft -f -`` call (in-process when it can: see ``sig2knock.firewall.
 every change is one transaction, whole or not at all.
 """
 
-from typing import Any, Callable, List, Optional, Sequence
+import ipaddress
+from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall
+from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall, IGrantUse
 from sig2knock.firewall.kernel import settle_route_localnet, write_route_localnet
 from sig2knock.firewall.libnftables import choose_runner
 from sig2knock.firewall.nftables_rules import (
     GRANT_MARGIN_MS,
     NAT_CHAIN,
     TABLE,
+    parse_grant_listing,
     render_flush,
     render_grant,
     render_listing,
@@ -31,9 +33,9 @@ from sig2knock.firewall.nftables_rules import (
     render_stop,
 )
 from sig2knock.firewall.runner import find_tool
-from sig2knock.protocol.addresses import IPAddress
+from sig2knock.protocol.addresses import IPAddress, unmapped
 
-@implementer(IFirewall)
+@implementer(IFirewall, IGrantUse)
 class NftablesFirewall:
     """
     The nftables backend: one ``nft -f -`` call per operation through ``run`` (``IToolRunner``).
@@ -159,12 +161,20 @@ class NftablesFirewall:
         listing.addErrback(lambda _: False)
         return listing
 
-    def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
+    def grant(
+        self,
+        source: IPAddress,
+        port: int,
+        deadline: float,
+        target: Optional[Tuple[IPAddress, int]] = None,
+    ) -> Deferred:
         """
         Add ``source . port`` with the time left until ``deadline``, rounded down to the ms,
         less ``GRANT_MARGIN_MS``: the kernel counts from nft's commit, a few ms after the script
-        is written, and the grant must not outlive the deadline the client was told.
+        is written, and the grant must not outlive the deadline the client was told. In nat
+        mode the map sends it to ``target`` (default: the settings' ``nat_to``).
         """
+        nat_to = self._nat_target(target)
 
         def timeout_ms() -> int:
             left = int((deadline - self.reactor.seconds()) * 1000) - GRANT_MARGIN_MS
@@ -174,26 +184,54 @@ class NftablesFirewall:
         return self._apply(
             "grant",
             "nftables: granted {source} TCP port {port} until {deadline}",
-            lambda: render_grant(source, port, timeout_ms(), self.settings.nat_to),
-            if_exists=lambda: render_replace_grant(
-                source, port, timeout_ms(), self.settings.nat_to
-            ),
+            lambda: render_grant(source, port, timeout_ms(), nat_to),
+            if_exists=lambda: render_replace_grant(source, port, timeout_ms(), nat_to),
             source=str(source),
             port=port,
             deadline=deadline,
         )
 
-    def revoke(self, source: IPAddress, port: int) -> Deferred:
+    def revoke(
+        self, source: IPAddress, port: int, target: Optional[Tuple[IPAddress, int]] = None
+    ) -> Deferred:
         """
-        Remove ``source . port``; succeeds when it already expired.
+        Remove ``source . port`` (in nat mode with its map entry to ``target``); succeeds when
+        it already expired.
         """
+        nat_to = self._nat_target(target)
         return self._apply(
             "revoke",
             "nftables: revoked {source} TCP port {port}",
-            lambda: render_revoke(source, port, self.settings.nat_to),
+            lambda: render_revoke(source, port, nat_to),
             source=str(source),
             port=port,
         )
+
+    def used_grants(self, grants: Sequence[Tuple[IPAddress, int]]) -> Deferred:
+        """
+        In nat mode the kernel deletes a grant's element at its first connection: the open
+        ``grants`` missing from the sets are the used ones (``IGrantUse``).
+        """
+        if self.settings.nat_to is None:
+            return succeed(set())
+        try:
+            listing = self.run(self.reactor, self._argv(), stdin=render_listing().encode("utf-8"))
+        except FirewallError as error:
+            return fail(error)
+
+        def missing(output: bytes) -> Set[Tuple[IPAddress, int]]:
+            held = parse_grant_listing(output.decode("utf-8", "replace"))
+            return {(source, port) for source, port in grants
+                    if (unmapped(ipaddress.ip_address(str(source))), port) not in held}
+
+        return listing.addCallback(missing)
+
+    def _nat_target(
+        self, target: Optional[Tuple[IPAddress, int]]
+    ) -> Optional[Tuple[IPAddress, int]]:
+        if self.settings.nat_to is None:
+            return None
+        return self.settings.nat_to if target is None else target
 
     def stop(self) -> Deferred:
         """

@@ -7,7 +7,8 @@ The nftables backend's scripts (pure functions, tested for their exact text): th
 """
 
 import ipaddress
-from typing import Any, List, Optional, Tuple
+import re
+from typing import Any, List, Optional, Set, Tuple
 
 from sig2knock.firewall import POLICIES, FirewallError, FirewallSettings
 from sig2knock.protocol.addresses import IPAddress, unmapped
@@ -112,7 +113,7 @@ def _nat_input_rules(settings: FirewallSettings) -> List[str]:
     """
     assert settings.nat_to is not None
     rules = []
-    if settings.nat_to[0].is_loopback:
+    if settings.nat_loopback:
         rules += [
             "# route_localnet lets the DNAT'ed grants reach 127.0.0.1; nothing else from outside",
             f'iif != "lo" ip daddr 127.0.0.0/8 ct mark != {NAT_MARK} drop',
@@ -309,6 +310,31 @@ def render_listing() -> str:
     lists as empty rather than failing).
     """
     return f"table {_table()} {{}}\nlist table {_table()}\n"
+
+
+_ELEMENT_RE = re.compile(r"([0-9a-fA-F.:]+) \. ([0-9]+)")
+
+
+def parse_grant_listing(output: str) -> Set[Tuple[IPAddress, int]]:
+    """
+    The (source, port) elements of the grant sets in ``nft``'s listing of the daemon's table
+    (``render_listing``; the maps' elements are not grants).
+    """
+    found: Set[Tuple[IPAddress, int]] = set()
+    inside = False
+    for line in output.splitlines():
+        stripped = line.strip()
+        if stripped in (f"set {SET4} {{", f"set {SET6} {{"):
+            inside = True
+        elif inside and stripped == "}":
+            inside = False
+        elif inside:
+            for address, port in _ELEMENT_RE.findall(stripped):
+                try:
+                    found.add((ipaddress.ip_address(address), int(port)))
+                except ValueError:
+                    continue
+    return found
 
 
 def render_flush() -> str:

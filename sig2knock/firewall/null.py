@@ -37,13 +37,15 @@ class NoFirewall:
         """
         return succeed(None)
 
-    def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
+    def grant(
+        self, source: IPAddress, port: int, deadline: float, target: Optional[Any] = None
+    ) -> Deferred:
         """
         Nothing to open: the listener checks the address.
         """
         return succeed(None)
 
-    def revoke(self, source: IPAddress, port: int) -> Deferred:
+    def revoke(self, source: IPAddress, port: int, target: Optional[Any] = None) -> Deferred:
         """
         Nothing to close.
         """

@@ -24,7 +24,7 @@ Assumptions, from the pf-like syntax and libdnet's PktFilter driver, unverified 
 """
 
 import ipaddress
-from typing import Any, Callable, Iterable, List, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, DeferredLock, fail, maybeDeferred, succeed
 from zope.interface import implementer
@@ -166,7 +166,9 @@ class PktFilterFirewall:
         """
         return self._change(lambda grants: [])
 
-    def grant(self, source: IPAddress, port: int, deadline: float) -> Deferred:
+    def grant(
+        self, source: IPAddress, port: int, deadline: float, target: Optional[Any] = None
+    ) -> Deferred:
         """
         Reload with a ``pass`` rule for ``source`` to ``port``; refused when the deadline has
         passed. The daemon's ``revoke`` at the deadline ends it.
@@ -183,7 +185,7 @@ class PktFilterFirewall:
 
         return self._change(add)
 
-    def revoke(self, source: IPAddress, port: int) -> Deferred:
+    def revoke(self, source: IPAddress, port: int, target: Optional[Any] = None) -> Deferred:
         """
         Reload without the grant of ``source`` to ``port``; one already gone changes nothing.
         """

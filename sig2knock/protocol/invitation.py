@@ -1,11 +1,12 @@
 """
 Invitations: one line that tells a client everything it needs to knock on a server, and nothing
-secret: the host, the control port, the server's public key, the user name and, for a password
-user, the scrypt parameters. ``sig2knockd_useradd --host HOST`` prints one as the last line of its
+secret: the host, the control port, the server's public key, the user name, for a password
+user the scrypt parameters, and the hidden service to ask for when it is not the default one. ``sig2knockd_useradd --host HOST`` prints one as the last line of its
 output; ``sig2knockc --invite`` knocks with it and ``sig2knockc --import`` stores it.
 
 The form is ``sig2knock:`` followed by the unpadded base64url of a small JSON object (``v``,
-``host``, ``port``, ``key``, ``user`` and, for a password user, ``kdf``), so a host of any kind
+``host``, ``port``, ``key``, ``user``, for a password user ``kdf``, and ``service`` when it is
+not the default one), so a host of any kind
 (a name, IPv4, IPv6) survives copying and pasting.
 
 This module is imported by the client: it must not import Twisted.
@@ -18,6 +19,7 @@ from typing import NamedTuple, Optional
 
 from sig2knock.protocol.kdf import KdfError, KdfParams, check_user_name
 from sig2knock.protocol.keys import KeyFormatError, format_public_key, parse_public_key
+from sig2knock.protocol.names import DEFAULT_SERVICE, ServiceNameError, check_service_name
 
 PREFIX = "sig2knock:"
 VERSION = 2
@@ -39,6 +41,7 @@ class Invitation(NamedTuple):
     server_key: bytes
     user: str
     kdf: Optional[KdfParams]
+    service: str = DEFAULT_SERVICE
 
     def format(self) -> str:
         """
@@ -53,6 +56,8 @@ class Invitation(NamedTuple):
         }
         if self.kdf is not None:
             fields["kdf"] = self.kdf.format()
+        if self.service != DEFAULT_SERVICE:
+            fields["service"] = self.service
         packed = json.dumps(fields, separators=(",", ":")).encode("utf-8")
         return PREFIX + base64.urlsafe_b64encode(packed).decode("ascii").rstrip("=")
 
@@ -80,10 +85,12 @@ def parse_invitation(text: str) -> Invitation:
         if not 0 < port < 65536:
             raise InvitationError(f"the invitation's port {port} is not a port number")
         kdf = KdfParams.parse(fields["kdf"]) if "kdf" in fields else None
+        service = check_service_name(fields["service"]) if "service" in fields else ""
         return Invitation(
-            host, port, parse_public_key(fields["key"]), check_user_name(fields["user"]), kdf
+            host, port, parse_public_key(fields["key"]), check_user_name(fields["user"]), kdf,
+            service,
         )
     except KeyError as missing:
         raise InvitationError(f"the invitation has no {missing.args[0]}") from None
-    except (KdfError, KeyFormatError, TypeError) as error:
+    except (KdfError, KeyFormatError, ServiceNameError, TypeError) as error:
         raise InvitationError(f"the invitation is not valid: {error}") from None

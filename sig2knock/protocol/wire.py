@@ -43,7 +43,8 @@ DOOR_SIZE = 16
 ADDRESS_SIZE = 16
 MAX_KNOCKS = 64
 MAX_NAME = 64
-MAX_SERVICE = 64
+# A service name is padded to this many bytes, so P1's size does not tell which one it names.
+MAX_SERVICE = 32
 
 _INFO_WHO = b"sig2knock/v2 who"
 _INFO_REQUEST = b"sig2knock/v2 request"
@@ -52,7 +53,7 @@ _EXPORT_LABEL = b"sig2knock/v2 session"
 _PREFIX = struct.Struct("!BB")  # version, type
 # P1: who (name length, name padded to MAX_NAME), then the request's fields
 _WHO = struct.Struct(f"!B{MAX_NAME}s")
-# time, id, address, flags, service name length
+# time, id, address, flags, service name length; then the name padded to MAX_SERVICE
 _REQUEST_HEAD = struct.Struct(f"!Q{SESSION_ID_SIZE}s{ADDRESS_SIZE}sBB")
 _KNOCK_HEAD = struct.Struct("!BB")  # protocol, count; then count ports
 # P2 and P3: version, type, session tag, nonce
@@ -67,8 +68,10 @@ GRANT_FLAG_DOOR = 0x01
 _WHO_OFFSET = _PREFIX.size + ENC_SIZE
 _REQUEST_ENC_OFFSET = _WHO_OFFSET + _WHO.size + TAG_SIZE
 REQUEST_OFFSET = _REQUEST_ENC_OFFSET + ENC_SIZE
-MIN_KNOCK_REQUEST_SIZE = REQUEST_OFFSET + _REQUEST_HEAD.size + _KNOCK_HEAD.size + 2 + TAG_SIZE
-MAX_KNOCK_REQUEST_SIZE = MIN_KNOCK_REQUEST_SIZE + MAX_SERVICE + 2 * (MAX_KNOCKS - 1)
+MIN_KNOCK_REQUEST_SIZE = (
+    REQUEST_OFFSET + _REQUEST_HEAD.size + MAX_SERVICE + _KNOCK_HEAD.size + 2 + TAG_SIZE
+)
+MAX_KNOCK_REQUEST_SIZE = MIN_KNOCK_REQUEST_SIZE + 2 * (MAX_KNOCKS - 1)
 CONFIRM_SIZE = _SESSION_HEADER.size + _COMMON.size + TAG_SIZE
 GRANT_SIZE = CONFIRM_SIZE + _GRANT_BODY.size
 MIN_SIZE = CONFIRM_SIZE
@@ -243,7 +246,7 @@ class KnockRequest(NamedTuple):
                 REQUEST_FLAG_DOOR if self.door else 0,
                 len(service),
             )
-            + service
+            + service.ljust(MAX_SERVICE, b"\x00")
             + _KNOCK_HEAD.pack(self.protocol, len(self.ports))
             + struct.pack(f"!{len(self.ports)}H", *self.ports)
         )
@@ -256,8 +259,11 @@ class KnockRequest(NamedTuple):
         if flags & ~REQUEST_FLAG_DOOR:
             raise ValueError("unknown request flags")
         offset = _REQUEST_HEAD.size
-        service = plaintext[offset : offset + service_size].decode("utf-8")
-        offset += service_size
+        field = plaintext[offset : offset + MAX_SERVICE]
+        if service_size > MAX_SERVICE or field[service_size:].strip(b"\x00"):
+            raise ValueError("bad service name padding")
+        service = field[:service_size].decode("utf-8")
+        offset += MAX_SERVICE
         protocol, count = _KNOCK_HEAD.unpack_from(plaintext, offset)
         ports = plaintext[offset + _KNOCK_HEAD.size :]
         if len(ports) != 2 * count:

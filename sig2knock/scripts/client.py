@@ -20,6 +20,7 @@ from sig2knock.protocol import keys
 from sig2knock.protocol.addresses import PROTOCOLS_BY_NAME
 from sig2knock.protocol.kdf import KdfError, KdfParams, check_user_name, password_line
 from sig2knock.protocol.keys import KeyFormatError, import_public_key, parse_public_key
+from sig2knock.protocol.names import ServiceNameError, check_service_name
 from sig2knock.protocol.wire import MAX_KNOCKS, UserKey
 
 EXIT_OK = 0
@@ -77,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--name", metavar="NAME", help="the name --import stores the server under"
+    )
+    parser.add_argument(
+        "--service",
+        metavar="NAME",
+        help="the hidden service to ask for, as the server's [service NAME] sections name them"
+        " (default: the server's default service, or the one the configured server or the"
+        " invitation names); with --import, stored with the server",
     )
     parser.add_argument(
         "--server-key",
@@ -288,8 +296,15 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
     if options.name is not None and not options.import_invitation:
         parser.error("--name names the server --import stores")
     from_invitation = _configured_server(parser, options)
+    if options.service is not None:
+        try:
+            check_service_name(options.service)
+        except ServiceNameError as error:
+            parser.error(f"--service: {error}")
     if from_invitation is not None and not options.import_invitation:
         options.server, options.port = from_invitation.host, from_invitation.port
+        if options.service is None:
+            options.service = from_invitation.service
         if options.server_key is None:
             options.server_key = keys.format_public_key(from_invitation.server_key)
         if options.user is None:
@@ -390,14 +405,17 @@ def import_server(options: argparse.Namespace) -> int:
     from sig2knock.protocol.invitation import parse_invitation
 
     invitation = parse_invitation(options.import_invitation)
+    if options.service is not None:
+        invitation = invitation._replace(service=options.service)
     name = options.name or invitation.host
     try:
         save_server(servers_path(), name, invitation)
     except ServersError as error:
         raise PasswordError(str(error)) from None
-    _report(f"server {name} ({invitation.host} port {invitation.port}, user {invitation.user},"
-            f" key {keys.fingerprint(invitation.server_key)}) saved to {servers_path()};"
-            f" knock with: sig2knockc {name}")
+    service = f", service {invitation.service}" if invitation.service else ""
+    _report(f"server {name} ({invitation.host} port {invitation.port}, user {invitation.user}"
+            f"{service}, key {keys.fingerprint(invitation.server_key)}) saved to"
+            f" {servers_path()}; knock with: sig2knockc {name}")
     return EXIT_OK
 
 
@@ -536,6 +554,7 @@ def run(options: argparse.Namespace) -> int:
         options.server_public,
         send_address=not options.no_address,
         door=options.stdio,
+        service=options.service or "",
         protocol=PROTOCOLS_BY_NAME[options.knock_proto],
         knocks=options.knocks,
         timeout=options.timeout,

@@ -60,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the server's public key and its fingerprint, and exit",
     )
     parser.add_argument(
+        "--status",
+        action="store_true",
+        help="ask the running daemon (as root or the daemon's user) for its pending sessions"
+        " and open grants: user, source address, service, assigned port, time left and whether"
+        " the grant was used; print them and exit",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="with --status: print the daemon's answer as JSON, for scripts",
+    )
+    parser.add_argument(
         "--list-interfaces",
         action="store_true",
         help="print the capture interfaces, numbered as -i and INTERFACE take them (like"
@@ -158,6 +170,12 @@ def check_config(config_path: str, interface: Optional[str]) -> int:
         f" firewall {config.firewall} ({config.firewall_policy}), knocks on {capture_interface},"
         f" {len(users)} user(s) in {users.path}"
     )
+    for service in config.catalog.services.values():
+        address, port = service.target
+        unknown = sorted(service.allow.users - set(users.entries))
+        note = f"; not in the users file: {', '.join(unknown)}" if unknown else ""
+        print(f"  service {service.label}: {address} port {port}, {service.open_time:g}s,"
+              f" for {service.allow}{note}")
     return 0
 
 
@@ -298,7 +316,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     Entry point of ``sig2knockd``.
     """
-    options = build_parser().parse_args(argv)
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.json and not options.status:
+        parser.error("--json goes with --status")
     problem = missing_server_profile()
     if problem is None and options.check_config:
         # Only here: a broken installation must not keep --flush from removing the rules.
@@ -310,6 +331,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if options.config is None:
         options.config = default_config_path()
+    if options.status:
+        from sig2knock.daemon.status_query import status_command
+
+        return status_command(options.config, options.json, sys.stdout.write)
     if options.list_interfaces:
         return list_interfaces()
     if options.check_config:

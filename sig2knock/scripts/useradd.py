@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         " which holds nothing secret",
     )
     parser.add_argument(
+        "--service",
+        metavar="NAME",
+        help="with --host: the invitation asks for this hidden service (a [service NAME] section"
+        " of -c CONFIG) instead of the default one",
+    )
+    parser.add_argument(
         "--public-key",
         metavar="KEY",
         help="enrol a user with their own key pair: the public key sig2knockc --keygen printed"
@@ -194,7 +200,27 @@ def _invitation(options: argparse.Namespace, user: str) -> Any:
     config = _config(options.config)
     server = _server_key(options)
     kdf = None if options.public_key is not None else KdfParams.parse(options.kdf)
-    return Invitation(options.host, config.udp_port, server, user, kdf)
+    return Invitation(options.host, config.udp_port, server, user, kdf, options.service or "")
+
+
+def _check_service(options: argparse.Namespace, user: str) -> None:
+    """
+    ``--service``: it needs ``--host``, and names a service of ``-c``'s configuration; a user its
+    ``ALLOW`` does not admit (yet) gets a warning.
+    """
+    if options.service is None:
+        return
+    if options.host is None:
+        raise UserAddError("--service names the service of the invitation: give --host")
+    catalog = _config(options.config).catalog
+    service = catalog.services.get(options.service)
+    if service is None or not options.service:
+        named = ", ".join(name for name in catalog.services if name) or "none"
+        raise UserAddError(f"no [service {options.service}] in {options.config} (its"
+                           f" services: {named})")
+    if not service.allow.admits(user, catalog.groups):
+        print(f"sig2knockd_useradd: warning: {user} may not reach service {options.service}"
+              f" yet (its ALLOW: {service.allow})", file=sys.stderr)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -215,6 +241,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f" {KdfParams().format()}, so a stolen users file is guessed faster; add"
                 " --allow-weak-kdf to enrol it anyway"
             )
+        if options.host is not None and options.config is None:
+            raise UserAddError("--host makes an invitation for -c CONFIG's server: give -c")
+        _check_service(options, user)
         users_file = options.users_file
         if options.config and not users_file:
             users_file = _config(options.config).users_file
@@ -228,8 +257,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             server = _server_key(options)
             password = check_password(read_password(options.password_stdin))
             line = format_user_line(user, password, server, params)
-        if options.host is not None and options.config is None:
-            raise UserAddError("--host makes an invitation for -c CONFIG's server: give -c")
         if users_file:
             append_line(users_file, user, line)
             print(f"added user {user} to {users_file}", file=sys.stderr)

@@ -242,7 +242,7 @@ class FakeGrant:
 class FakeGranter:
     """
     Stands for the ``PortGranter`` of a ``SessionTable``: ``open`` records the request (source
-    and user; ``doors`` the door secret of each) and
+    and user; ``doors`` the door secret of each, ``services`` the service) and
     answers with ``result`` when one is set (a Deferred), else with a new ``FakeGrant`` on the
     next port, open ``open_time`` seconds from ``clock``'s now.
     """
@@ -252,15 +252,19 @@ class FakeGranter:
         self.open_time = open_time
         self.opened: List[Any] = []
         self.doors: List[Optional[bytes]] = []
+        self.services: List[Any] = []
         self.grants: List[FakeGrant] = []
         self.result: Any = None
         self.next_port = 40000
 
-    def open(self, source: Any, user: str, door: Optional[bytes] = None) -> Any:
+    def open(
+        self, source: Any, user: str, door: Optional[bytes] = None, service: Any = None
+    ) -> Any:
         from twisted.internet.defer import succeed
 
         self.opened.append((source, user))
         self.doors.append(door)
+        self.services.append(service)
         if self.result is not None:
             return self.result
         self.next_port += 1
@@ -300,6 +304,12 @@ def live_settings(**config: Any) -> Any:
         require_source_address=False,
     )
     values.update(config)
+    if "catalog" not in values:
+        from sig2knock.daemon.catalog import EVERY_USER, Catalog, HiddenService
+
+        default = HiddenService("", values["forward_to_ip"], values["forward_to_port"],
+                                values["singleconn_portopen_time"], EVERY_USER)
+        values["catalog"] = Catalog({"": default}, {})
     return LiveSettings(types.SimpleNamespace(**values), None)
 
 

@@ -29,11 +29,13 @@ class CheckRequestTests(SynchronousTestCase):
 
     def refused(self, reason: str, knock: KnockRequest, source=SOURCE, **config: object) -> None:
         settings = live_settings(**config)
-        error = self.assertRaises(SessionRefused, check_request, settings.config, source, knock)
+        error = self.assertRaises(
+            SessionRefused, check_request, settings.config, source, "alice", knock
+        )
         self.assertEqual(error.reason, reason)
 
     def allowed(self, knock: KnockRequest, source=SOURCE, **config: object) -> None:
-        check_request(live_settings(**config).config, source, knock)
+        check_request(live_settings(**config).config, source, "alice", knock)
 
     def test_protocolAndCount(self) -> None:
         self.refused("knock-protocol", request(), knock_proto="udp")

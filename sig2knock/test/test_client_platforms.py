@@ -67,6 +67,7 @@ CLIENT_MODULES = frozenset({
     "sig2knock.protocol.kdf",
     "sig2knock.protocol.keyline",
     "sig2knock.protocol.keys",
+    "sig2knock.protocol.names",
     "sig2knock.protocol.wire",
     "sig2knock.scripts",
     "sig2knock.scripts.client",

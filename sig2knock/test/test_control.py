@@ -37,6 +37,7 @@ NOW = 1_800_000_000.0
 IDENTITY = types.SimpleNamespace(private=keys.private_from_seed(bytes(range(32))))
 OTHER_SERVER = keys.private_from_seed(bytes(range(1, 33)))
 ALICE = UserKey("alice", keys.private_from_seed(b"a" * 32))
+BOB = UserKey("bob", keys.private_from_seed(b"b" * 32))
 MALLORY = UserKey("mallory", keys.private_from_seed(b"m" * 32))
 SERVER_ADDRESS = ipaddress.ip_address("198.18.0.1")
 CLIENT = ("198.18.0.2", 40404)
@@ -374,6 +375,31 @@ class ControlProtocolTests(ControlTestCase):
         self.protocol.datagramReceived(self.p1(service="rdp"), CLIENT)
         self.assertEqual(self.refusals(), ["unknown-service"])
         self.assertEqual(len(self.sessions), 0)
+
+    def test_serviceForItsUsersOnly(self) -> None:
+        """
+        alice's P1 for a service only bob may reach gets what a wrong key gets: no answer and no
+        session, its refusal logged with the reason; her P1 for the default service, and bob's
+        for his service, open sessions for those services, which their grants lead to.
+        """
+        from sig2knock.test.common import parse_text, settings_text
+
+        catalog = parse_text(
+            settings_text() + "[service rdp]\nFORWARD_TO_IP = 198.19.0.2\n"
+            "FORWARD_TO_PORT = 3389\nALLOW = bob\n"
+        ).catalog
+        self.sessions.settings.config.catalog = catalog
+        self.protocol.users = lambda: users(ALICE, BOB)
+        self.protocol.datagramReceived(self.p1(service="rdp"), CLIENT)
+        self.protocol.datagramReceived(self.p2(), CLIENT)
+        self.assertEqual(self.refusals(), ["not-allowed", "unknown-session"])
+        self.assertEqual((len(self.sessions), self.transport.sent), (0, []))
+        self.protocol.datagramReceived(self.p1(session=b"B" * 16, user=BOB, service="rdp"),
+                                       CLIENT)
+        self.knock()
+        self.protocol.datagramReceived(self.p2(session=b"B" * 16), CLIENT)
+        self.assertEqual([grant.port for grant in self.grants()], [45678])
+        self.assertEqual(self.granter.services, [catalog.services["rdp"]])
 
     def test_stolenUsersFileOpensNoDoor(self) -> None:
         """

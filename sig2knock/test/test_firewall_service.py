@@ -34,6 +34,7 @@ class ControlledFirewall:
 
     def __init__(self) -> None:
         self.calls: List[Tuple[str, Tuple[Any, ...], Deferred]] = []
+        self.targets: List[Any] = []
 
     def _call(self, name: str, *arguments: Any) -> Deferred:
         answer: Deferred = Deferred()
@@ -53,10 +54,12 @@ class ControlledFirewall:
     def start(self) -> Deferred:
         return self._call("start")
 
-    def grant(self, source: Any, port: int, deadline: float) -> Deferred:
+    def grant(self, source: Any, port: int, deadline: float, target: Any = None) -> Deferred:
+        self.targets.append(target)
         return self._call("grant", source, port, deadline)
 
-    def revoke(self, source: Any, port: int) -> Deferred:
+    def revoke(self, source: Any, port: int, target: Any = None) -> Deferred:
+        self.targets.append(target)
         return self._call("revoke", source, port)
 
     def stop(self) -> Deferred:

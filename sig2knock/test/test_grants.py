@@ -6,7 +6,7 @@ and its firewall rule when its owner closes it; a firewall that refuses closes e
 
 import ipaddress
 import random
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
@@ -14,6 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from sig2knock.daemon.catalog import EVERY_USER, HiddenService
 from sig2knock.daemon.grants import OpenGrant, PortGranter
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.firewall import FirewallError
@@ -66,18 +67,21 @@ class RecordingFirewall:
         self.refuse = refuse
         self.refusal: Optional[SessionRefused] = None
         self.calls: List[tuple] = []
+        self.targets: List[Any] = []
         self.pending: Optional[Deferred] = None
 
-    def grant(self, source, port, deadline):  # type: ignore[no-untyped-def]
+    def grant(self, source, port, deadline, target=None):  # type: ignore[no-untyped-def]
         self.calls.append(("grant", source, port, deadline))
+        self.targets.append(target)
         if self.refusal is not None:
             return fail(self.refusal)
         if self.refuse:
             return fail(FirewallError("nft said no"))
         return self.pending if self.pending is not None else succeed(None)
 
-    def revoke(self, source, port):  # type: ignore[no-untyped-def]
+    def revoke(self, source, port, target=None):  # type: ignore[no-untyped-def]
         self.calls.append(("revoke", source, port))
+        self.targets.append(target)
         return succeed(None)
 
     def not_ready(self) -> Optional[SessionRefused]:
@@ -269,6 +273,26 @@ class PortGranterTests(SynchronousTestCase):
         self.assertEqual(firewall.calls[-1], ("revoke", CLIENT, grant.port))
         self.assertEqual(self.granter.open_grants, {})
         self.assertEqual(self.closed_why(), ["open time over"])
+
+    def test_namedServicesTargetAndOpenTime(self) -> None:
+        """
+        A grant for a named service forwards to that service's target (in proxy mode the
+        listener connects there; in nat mode the firewall is told it, for grant and revoke)
+        and stays open for that service's own open time.
+        """
+        inner = HiddenService("inner", ipaddress.ip_address("198.19.0.2"), 3389, 12.0,
+                              EVERY_USER)
+        grant = self.successResultOf(self.granter.open(CLIENT, "bob", None, inner))
+        self.assertEqual(grant.deadline, 1012)
+        ((_, factory, _, _),) = self.reactor.tcpServers
+        self.assertEqual((factory.host, factory.port), ("198.19.0.2", 3389))
+        self.assertEqual(self.firewall.targets, [inner.target])
+        self.granter = self.make(forward_mode="nat")
+        grant = self.successResultOf(self.granter.open(CLIENT, "bob", None, inner))
+        grant.close("test")
+        self.assertEqual(self.firewall.calls[-2:],
+                         [("grant", CLIENT, grant.port, 1012), ("revoke", CLIENT, grant.port)])
+        self.assertEqual(self.firewall.targets[-2:], [inner.target, inner.target])
 
     def test_doorInProxyModeOnly(self) -> None:
         """

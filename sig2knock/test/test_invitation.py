@@ -21,6 +21,9 @@ class InvitationTests(SynchronousTestCase):
                 self.assertTrue(text.startswith("sig2knock:"))
                 self.assertNotIn("\n", text)
                 self.assertEqual(parse_invitation("  " + text + "\n"), invitation)
+        with_service = Invitation("h", 1001, SERVER_PUBLIC, "alice", None, "rdp")
+        self.assertEqual(parse_invitation(with_service.format()).service, "rdp")
+        self.assertEqual(parse_invitation(with_service._replace(service="").format()).service, "")
 
     def test_damagedRefused(self) -> None:
         good = Invitation("h", 1001, SERVER_PUBLIC, "alice", None).format()

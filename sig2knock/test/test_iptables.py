@@ -410,6 +410,47 @@ class NatBackendTests(TestCase):
             [["-t", "nat", "-D", NAT_CHAIN, *once], ["-t", "nat", "-D", NAT_CHAIN, *dnat]],
         )
 
+    def test_usedGrantsFromTheRecentLists(self) -> None:
+        """
+        In nat mode a grant is used once its port's ``xt_recent`` list holds its source (the
+        kernel put it there at the first connection); in proxy mode nothing is asked.
+        """
+        from sig2knock.firewall import IGrantUse, kernel
+
+        proc = os.path.abspath(self.mktemp())
+        recent = os.path.join(proc, "net", "xt_recent")
+        os.makedirs(recent)
+        self.patch(kernel, "PROC", proc)
+        with open(os.path.join(recent, "sig2knock_40005"), "w", encoding="ascii") as listing:
+            listing.write("src=198.18.0.2 ttl: 64 last_seen: 4295 oldest_pkt: 1 4295\n")
+        firewall = self.backend(NAT_PORTS)
+        verifyObject(IGrantUse, firewall)
+        other = ipaddress.ip_address("198.18.0.9")
+        used = self.successResultOf(firewall.used_grants([(CLIENT, 40005), (CLIENT, 40006),
+                                                          (other, 40005)]))
+        self.assertEqual(used, {(CLIENT, 40005)})
+        self.assertEqual(self.successResultOf(self.backend(PORTS).used_grants([(CLIENT, 40005)])),
+                         set())
+
+    def test_natGrantToItsServicesTarget(self) -> None:
+        """
+        A grant that names its target (a named service's) is DNAT'ed there, and keeps it when
+        moved back with the clock.
+        """
+        inner = (ipaddress.ip_address("198.19.0.2"), 3389)
+        self.patch(iptables_module, "forget_recent", lambda *args: None)
+        firewall = self.backend(NAT_PORTS)
+        self.successResultOf(firewall.grant(CLIENT, 40005, T0 + 30, inner))
+        _, dnat = render_nat_grant_specs(CLIENT, 40005, "2030-01-02T03:04:34", inner)
+        self.assertIn("198.19.0.2:3389", dnat)
+        self.assertEqual(firewall.grants[(CLIENT, 40005)][1][3], dnat)
+        self.clock.rightNow -= 600
+        self.successResultOf(firewall.clock_stepped_back(600))
+        _, moved = render_nat_grant_specs(CLIENT, 40005, "2030-01-02T02:54:34", inner)
+        self.assertEqual(firewall.grants[(CLIENT, 40005)][1][3], moved)
+        self.successResultOf(firewall.revoke(CLIENT, 40005, inner))
+        self.assertEqual((firewall.grants, firewall.targets), ({}, {}))
+
     def test_natGrantMovedBackKeepsItsOneConnection(self) -> None:
         """
         Moved back with the clock, a nat grant keeps the ``xt_recent`` record of its one

@@ -26,6 +26,7 @@ from sig2knock.firewall.nftables import NftablesFirewall
 from sig2knock.firewall.nftables_rules import (
     render_flush,
     render_grant,
+    render_listing,
     render_replace_grant,
     render_revoke,
     render_ruleset,
@@ -156,6 +157,70 @@ class BackendTests(SynchronousTestCase):
                 self.firewall.grant(V4, 45678, self.clock.seconds() + ahead), FirewallError
             )
             self.assertIn("past", str(failure.value))
+        self.assertEqual(self.run.calls, [])
+
+    def test_natGrantToItsServicesTarget(self) -> None:
+        """
+        In nat mode a grant's map entry sends it to the target it names (a named service's),
+        and its revoke removes that very entry; without one, to the default service's.
+        """
+        import dataclasses
+        import ipaddress
+
+        loopback = (ipaddress.ip_address("127.0.0.1"), 22)
+        inner = (ipaddress.ip_address("198.19.0.2"), 3389)
+        nat = NftablesFirewall(
+            self.clock, dataclasses.replace(LOCKDOWN, nat_to=loopback), run=self.run
+        )
+        deadline = self.clock.seconds() + 30.5
+        timeout = 30500 - nftables_rules.GRANT_MARGIN_MS
+        self.successResultOf(nat.grant(V4, 45678, deadline, inner))
+        self.successResultOf(nat.revoke(V4, 45678, inner))
+        self.successResultOf(nat.grant(V4, 45679, deadline))
+        scripts = [stdin.decode() for _, _, stdin in self.run.calls]
+        self.assertEqual(scripts, [
+            render_grant(V4, 45678, timeout, inner),
+            render_revoke(V4, 45678, inner),
+            render_grant(V4, 45679, timeout, loopback),
+        ])
+        self.assertIn("198.19.0.2 . 3389", scripts[0])
+        self.assertIn("198.19.0.2 . 3389", scripts[1])
+
+    def test_usedGrants(self) -> None:
+        """
+        In nat mode the kernel deletes a grant's element at its first connection: of the open
+        grants, those missing from the listed sets are the used ones (the maps' elements are
+        not grants). In proxy mode nothing is asked.
+        """
+        import dataclasses
+        import ipaddress
+
+        from sig2knock.firewall import IGrantUse
+
+        listing = (
+            "table inet sig2knock {\n\tset grants4 {\n\t\ttype ipv4_addr . inet_service\n"
+            "\t\telements = { 198.18.0.2 . 40123 timeout 30s expires 29s,\n"
+            "\t\t\t     198.18.0.3 . 40124 timeout 30s expires 29s }\n\t}\n"
+            "\tset grants6 {\n\t\ttype ipv6_addr . inet_service\n"
+            "\t\telements = { 2001:db8::2 . 40125 timeout 30s expires 29s }\n\t}\n"
+            "\tmap forward4 {\n\t\telements = { 198.18.0.4 . 40126 timeout 30s expires 29s"
+            " : 127.0.0.1 . 22 }\n\t}\n}\n"
+        )
+        self.run.result = lambda: succeed(listing.encode())
+        nat = NftablesFirewall(
+            self.clock,
+            dataclasses.replace(LOCKDOWN, nat_to=(ipaddress.ip_address("127.0.0.1"), 22)),
+            run=self.run,
+        )
+        verifyObject(IGrantUse, nat)
+        address = ipaddress.ip_address
+        grants = [(address("198.18.0.2"), 40123), (address("198.18.0.3"), 40999),
+                  (address("2001:db8::2"), 40125), (address("198.18.0.4"), 40126)]
+        self.assertEqual(self.successResultOf(nat.used_grants(grants)),
+                         {(address("198.18.0.3"), 40999), (address("198.18.0.4"), 40126)})
+        self.assertEqual(self.run.calls[-1][2], render_listing().encode())
+        self.run.calls.clear()
+        self.assertEqual(self.successResultOf(self.firewall.used_grants(grants)), set())
         self.assertEqual(self.run.calls, [])
 
     def test_revoke(self) -> None:

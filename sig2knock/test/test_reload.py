@@ -28,7 +28,11 @@ class MergeTests(SynchronousTestCase):
         self.assertEqual(pending, ["FIREWALL", "FIREWALL_POLICY"])
         self.assertEqual((merged.firewall, merged.firewall_policy), ("auto", "ports"))
 
-    def test_natForwardTargetWaitsForRestart(self) -> None:
+    def test_natForwardTargetTheRulesServeApplies(self) -> None:
+        """
+        In nat mode each grant names its target, so a new one the kernel's rules in force can
+        serve (same address family, loopback only if they guard it) applies at once.
+        """
         running = self.config("FIREWALL = nftables\nFORWARD_MODE = nat\n")
         loaded = parse_config(
             "UDP_PORT = 1001\nFORWARD_TO_IP = 127.0.0.1\nFORWARD_TO_PORT = 2222\n"
@@ -36,8 +40,41 @@ class MergeTests(SynchronousTestCase):
             "/etc/sig2knock/sig2knockd.conf",
         )
         merged, applied, pending = merge(running, loaded)
-        self.assertEqual(merged.forward_to_port, 22)
-        self.assertEqual((applied, pending), ([], ["FORWARD_TO_PORT"]))
+        self.assertEqual(merged.forward_to_port, 2222)
+        self.assertEqual(merged.catalog.default.forward_to_port, 2222)
+        self.assertEqual((applied, pending), (["FORWARD_TO_PORT", "services"], []))
+
+    def test_natForwardTargetTheRulesCannotServeWaits(self) -> None:
+        """
+        A target of another address family, or a first one on loopback, needs other base rules:
+        it waits for a restart (the default service keeps its target, a new named service is
+        not offered yet), while the rest of the reload applies.
+        """
+        running = parse_config(
+            "UDP_PORT = 1001\nFORWARD_TO_IP = 198.51.100.7\nFORWARD_TO_PORT = 22\n"
+            "FIREWALL = nftables\nFORWARD_MODE = nat\n",
+            "/etc/sig2knock/sig2knockd.conf",
+        )
+        other_family = parse_config(
+            "UDP_PORT = 1001\nFORWARD_TO_IP = 2001:db8::7\nFORWARD_TO_PORT = 22\n"
+            "FIREWALL = nftables\nFORWARD_MODE = nat\nKNOCK_COUNT = 6\n",
+            "/etc/sig2knock/sig2knockd.conf",
+        )
+        merged, applied, pending = merge(running, other_family)
+        self.assertEqual(str(merged.forward_to_ip), "198.51.100.7")
+        self.assertEqual(str(merged.catalog.default.forward_to_ip), "198.51.100.7")
+        self.assertEqual(merged.knock_count, 6)
+        self.assertEqual((applied, pending), (["KNOCK_COUNT"], ["FORWARD_TO_IP"]))
+        first_loopback = parse_config(
+            "UDP_PORT = 1001\nFORWARD_TO_IP = 198.51.100.7\nFORWARD_TO_PORT = 22\n"
+            "FIREWALL = nftables\nFORWARD_MODE = nat\n"
+            "[service db]\nFORWARD_TO_IP = 127.0.0.1\nFORWARD_TO_PORT = 5432\nALLOW = bob\n"
+            "[service web]\nFORWARD_TO_IP = 198.51.100.8\nFORWARD_TO_PORT = 80\nALLOW = *\n",
+            "/etc/sig2knock/sig2knockd.conf",
+        )
+        merged, applied, pending = merge(running, first_loopback)
+        self.assertEqual(sorted(merged.catalog.services), ["", "web"])
+        self.assertEqual((applied, pending), (["services"], ["service db"]))
 
     def test_mixMustHoldTogether(self) -> None:
         """
@@ -61,7 +98,7 @@ class MergeTests(SynchronousTestCase):
             by_reload.setdefault(row.reload, set()).add(row.key)
         self.assertEqual(by_reload[schema.LIVE], {
             "SINGLECONN_PORTOPEN_TIME", "KNOCK_COUNT", "KNOCK_TIMEOUT", "USERS_FILE",
-            "REQUIRE_SOURCE_ADDRESS"})
+            "REQUIRE_SOURCE_ADDRESS", "ALLOW"})
         self.assertEqual(by_reload[schema.LIVE_UNLESS_NAT], {"FORWARD_TO_IP", "FORWARD_TO_PORT"})
         self.assertEqual(by_reload[schema.RESTART], {
             "UDP_PORT", "LISTEN_ADDRESS", "INTERFACE", "INTERFACE_WAIT", "FIREWALL",

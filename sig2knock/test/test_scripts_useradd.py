@@ -117,6 +117,39 @@ class UserAddTests(SynchronousTestCase):
         self.assertEqual(no_config.returncode, 1)
         self.assertIn("give -c", no_config.stderr)
 
+    def test_invitationForANamedService(self) -> None:
+        """
+        ``--service NAME`` puts the service into the invitation; a service the configuration
+        does not define is refused before anything is appended, and a user its ALLOW does not
+        admit yet is warned about.
+        """
+        from sig2knock.protocol.invitation import parse_invitation
+
+        config = write_config(self.directory)
+        with open(config, "a", encoding="utf-8") as config_file:
+            config_file.write("[service rdp]\nFORWARD_TO_IP = 10.0.0.5\nFORWARD_TO_PORT = 3389\n"
+                              "ALLOW = bob\n")
+
+        def add(user: str, service: str):  # type: ignore[no-untyped-def]
+            return run_module(
+                USERADD,
+                ["-c", config, "--host", "h", "--service", service, "--kdf", CHEAP_KDF.format(),
+                 "--allow-weak-kdf", "--password-stdin", user],
+                stdin=PASSWORD + "\n",
+            )
+
+        bob = add("bob", "rdp")
+        self.assertEqual(bob.returncode, 0, bob.stderr)
+        self.assertEqual(parse_invitation(bob.stdout.splitlines()[-1]).service, "rdp")
+        self.assertNotIn("warning", bob.stderr)
+        carol = add("carol", "rdp")
+        self.assertIn("warning: carol may not reach service rdp yet (its ALLOW: bob)",
+                      carol.stderr)
+        missing = add("dave", "db")
+        self.assertEqual(missing.returncode, 1)
+        self.assertIn("no [service db]", missing.stderr)
+        self.assertEqual(load_users(self.users_path).names(), ["alice", "bob", "carol"])
+
     def test_aServerIsNeeded(self) -> None:
         result = run_module(USERADD, ["--password-stdin", "alice"], stdin=PASSWORD + "\n")
         self.assertEqual(result.returncode, 1)

@@ -31,7 +31,7 @@ class ServersFileTests(SynchronousTestCase):
 
     def test_saveAndLoad(self) -> None:
         one = Invitation("198.18.0.1", 1001, SERVER_PUBLIC, "alice", CHEAP_KDF)
-        two = Invitation("server.example.org", 2002, SERVER_PUBLIC, "bob", None)
+        two = Invitation("server.example.org", 2002, SERVER_PUBLIC, "bob", None, "rdp")
         save_server(self.path, "one", one)
         save_server(self.path, "two", two)
         save_server(self.path, "one", one._replace(port=1003))
@@ -79,6 +79,31 @@ class ConfiguredServerCommandTests(SynchronousTestCase):
         unknown = self.client("elsewhere", "--password-stdin")
         self.assertEqual(unknown.returncode, 2)
         self.assertIn("--import", unknown.stderr)
+
+    def test_serviceStoredAndAskedFor(self) -> None:
+        """
+        ``--import ... --service rdp`` stores the service with the server; knocking by name
+        asks for it in P1, ``--service`` on the command line asks for another, and a name that
+        cannot be a service's is a usage error.
+        """
+        server = LoopbackServer(grant_port=45703)
+        self.addCleanup(server.stop)
+        invitation = Invitation("127.0.0.1", server.port, SERVER_PUBLIC, "alice", CHEAP_KDF)
+        stored = self.client("--import", invitation.format(), "--name", "rdp-at-lab",
+                             "--service", "rdp", stdin="")
+        self.assertEqual(stored.returncode, 0, stored.stderr)
+        self.assertIn("service rdp", stored.stderr)
+        for arguments, asked in ((["rdp-at-lab"], "rdp"),
+                                 (["rdp-at-lab", "--service", "db"], "db")):
+            done = self.client(*arguments, "--password-stdin")
+            self.assertEqual((done.returncode, done.stdout), (0, "45703\n"), done.stderr)
+            self.assertEqual(server.requests[-1].service, asked)
+        default = self.client("--invite", invitation.format(), "--password-stdin")
+        self.assertEqual(default.returncode, 0, default.stderr)
+        self.assertEqual(server.requests[-1].service, "")
+        bad = self.client("rdp-at-lab", "--service", "RDP!", "--password-stdin")
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn("--service: service name 'RDP!' is not valid", bad.stderr)
 
     def test_invite(self) -> None:
         server = LoopbackServer(grant_port=45702)

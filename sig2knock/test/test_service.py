@@ -9,7 +9,6 @@ from typing import List
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
@@ -26,6 +25,7 @@ from sig2knock.daemon.reload import LiveSettings
 from sig2knock.daemon.replay import ReplayCache
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.daemon.sessions import SessionTable
+from sig2knock.daemon.status import StatusService
 from sig2knock.firewall import FirewallError
 from sig2knock.firewall.null import NoFirewall
 from sig2knock.protocol import keys
@@ -95,7 +95,9 @@ class ServiceTests(SynchronousTestCase):
 
     def daemon(self) -> service.Sig2knockService:
         prepared = startup.prepare(write_config(self.directory), None, NOW)
-        return service.Sig2knockService(prepared, Clock(), watch_addresses=FakeAddressWatcher)
+        return service.Sig2knockService(
+            prepared, MemoryReactorClock(), watch_addresses=FakeAddressWatcher
+        )
 
     def test_startLogsConfiguration(self) -> None:
         daemon = self.daemon()
@@ -138,10 +140,10 @@ class ServiceTests(SynchronousTestCase):
         self.addCleanup(daemon.prepared.replay_cache.close)
         kinds = [type(child) for child in daemon]
         self.assertEqual(kinds, [ReplayCache, FirewallService, PortGranter, KnockCapture,
-                                 SessionTable, ControlPorts, RefusalSummary])
+                                 SessionTable, ControlPorts, StatusService, RefusalSummary])
         self.assertIs(daemon.sessions.capture, list(daemon)[3])
         with_wall_clock_grants = service.Sig2knockService(
-            daemon.prepared, Clock(), watch_addresses=FakeAddressWatcher,
+            daemon.prepared, MemoryReactorClock(), watch_addresses=FakeAddressWatcher,
             firewall=WallClockFirewall(),
         )
         parts = list(with_wall_clock_grants)
@@ -284,7 +286,7 @@ class ServiceReloadTests(SynchronousTestCase):
         self.config_path = write_config(self.directory)
         prepared = startup.prepare(self.config_path, None, NOW)
         self.daemon = service.Sig2knockService(
-            prepared, Clock(), watch_addresses=FakeAddressWatcher
+            prepared, MemoryReactorClock(), watch_addresses=FakeAddressWatcher
         )
         self.events: List[dict] = []
         self.patch(LiveSettings, "log", Logger(observer=self.events.append))
@@ -309,10 +311,10 @@ class ServiceReloadTests(SynchronousTestCase):
         self.assertIs(protocol.settings, self.daemon.settings)
         request = KnockRequest(b"S" * 16, 0, PROTO_TCP, (1111, 2222, 3333, 4444))
         error = self.assertRaises(
-            SessionRefused, check_request, protocol.settings.config, CLIENT, request
+            SessionRefused, check_request, protocol.settings.config, CLIENT, "alice", request
         )
         self.assertEqual(error.reason, "knock-count")
-        check_request(protocol.settings.config, CLIENT, request._replace(ports=tuple(range(1, 7))))
+        check_request(protocol.settings.config, CLIENT, "alice", request._replace(ports=tuple(range(1, 7))))
 
     def test_usersTakenAwayLoseTheirSessions(self) -> None:
         """
@@ -329,6 +331,42 @@ class ServiceReloadTests(SynchronousTestCase):
         write_config(self.directory, {"KNOCK_COUNT": "many"})  # refused: nothing taken away
         self.daemon.reload()
         self.assertEqual(ended, [["alice", "bob"]])
+
+    def test_servicesTakenAwayEndTheirSessions(self) -> None:
+        """
+        A reload that removes a service, points it elsewhere or closes it to a user ends the
+        sessions it took away, with their grants; the others go on.
+        """
+        path = os.path.join(self.directory, "sig2knockd.conf")
+
+        def with_sections(sections: str) -> None:
+            write_config(self.directory)
+            with open(path, "a", encoding="utf-8") as config_file:
+                config_file.write(sections)
+
+        sections = (
+            "[service rdp]\nFORWARD_TO_IP = 198.19.0.2\nFORWARD_TO_PORT = 3389\nALLOW = alice\n"
+            "[service db]\nFORWARD_TO_IP = 198.19.0.3\nFORWARD_TO_PORT = 5432\nALLOW = *\n"
+        )
+        session_events: List[dict] = []
+        self.patch(SessionTable, "log", Logger(observer=session_events.append))
+        with_sections(sections)
+        self.daemon.reload()
+        catalog = self.daemon.settings.config.catalog
+        sessions = self.daemon.sessions
+        for number, name in enumerate(("", "rdp", "db")):
+            request = KnockRequest(bytes([65 + number]) * 16, 0, PROTO_TCP, (1, 2, 3, 4))
+            sessions.open(CLIENT, "alice", request, service=catalog.services[name])
+        with_sections(sections.replace("ALLOW = alice", "ALLOW = bob"))
+        self.daemon.reload()
+        self.assertEqual([session.service.label for session in sessions.live()],
+                         ["default", "db"])
+        with_sections("")
+        self.daemon.reload()
+        self.assertEqual([session.service.label for session in sessions.live()], ["default"])
+        ended = [event for event in session_events if "reason" in event]
+        self.assertEqual([event["reason"] for event in ended],
+                         ["alice may no longer reach service rdp", "service db was removed"])
 
     def test_brokenFileKeepsTheRunningConfiguration(self) -> None:
         write_config(self.directory, {"KNOCK_COUNT": "many"})

@@ -447,11 +447,11 @@ class OpenFirewall:
     def not_ready(self) -> None:
         return None
 
-    def grant(self, source, port, deadline):  # type: ignore[no-untyped-def]
+    def grant(self, source, port, deadline, target=None):  # type: ignore[no-untyped-def]
         self.calls.append(("grant", source, port))
         return succeed(None)
 
-    def revoke(self, source, port):  # type: ignore[no-untyped-def]
+    def revoke(self, source, port, target=None):  # type: ignore[no-untyped-def]
         self.calls.append(("revoke", source, port))
         return succeed(None)
 

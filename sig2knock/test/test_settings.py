@@ -10,6 +10,7 @@ from typing import Optional
 from twisted.trial.unittest import SynchronousTestCase
 
 from sig2knock.daemon import schema
+from sig2knock.daemon.catalog import EVERY_USER, Catalog, HiddenService
 from sig2knock.daemon.settings import Config, ConfigError, load_config, parse_config
 from sig2knock.test.common import (
     CONFIG_PATH,
@@ -91,6 +92,12 @@ class DefaultsTests(SynchronousTestCase):
                 "require_source_address": False,
                 "listen_address": None,
                 "state_dir": "/var/lib/sig2knock",
+                "allow": EVERY_USER,
+                "catalog": Catalog(
+                    {"": HiddenService("", ipaddress.IPv4Address("127.0.0.1"), 22, 30.0,
+                                       EVERY_USER)},
+                    {},
+                ),
             },
         )
 

@@ -70,7 +70,7 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_addressesAndService(self) -> None:
         for address in (None, CLIENT, ipaddress.ip_address("2001:db8::2")):
-            for service in ("", "rdp", "ü" * 32):
+            for service in ("", "rdp", "ü" * 16):
                 with self.subTest(address=address, service=service):
                     message = knock_request(client_address=address, service=service)
                     self.assertEqual(receive(sealed(message)[0]).request, message)
@@ -123,14 +123,16 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(caught.exception.reason, wire.REASON_MALFORMED)
 
     def test_longestKnockSequenceAndService(self) -> None:
-        message = knock_request(ports=range(1000, 1064), service="s" * 64)
+        message = knock_request(ports=range(1000, 1064), service="s" * 32)
         data, _ = sealed(message)
         self.assertEqual(len(data), wire.MAX_KNOCK_REQUEST_SIZE)
         self.assertEqual(receive(data).request, message)
 
     def test_sizes(self) -> None:
         data, session_keys = sealed()
-        self.assertEqual(len(data), 215)
+        self.assertEqual(len(data), 247)
+        # The service name is padded: P1's size does not tell which service it asks for.
+        self.assertEqual(len(sealed(knock_request(service="rdp"))[0]), 247)
         self.assertEqual(len(sealed(knock_request(ports=(9,)))[0]), wire.MIN_KNOCK_REQUEST_SIZE)
         confirm = wire.encode_confirm(Confirm(b"S" * 16, 0), session_keys)
         self.assertEqual(len(confirm), wire.CONFIRM_SIZE)
@@ -259,7 +261,8 @@ class RejectionTests(SynchronousTestCase):
             asked.append(True)
             return False
 
-        self.assertRejected(wire.REASON_RATE, receive, b"\x02\x01" + bytes(212), admit=admit)
+        shaped = b"\x02\x01" + bytes(wire.MIN_KNOCK_REQUEST_SIZE - 2)
+        self.assertRejected(wire.REASON_RATE, receive, shaped, admit=admit)
         self.assertEqual(asked, [True])
 
     def test_rejectionNamesNoKey(self) -> None:
