@@ -13,7 +13,6 @@ GUARDED_PORT, for the knocks. It listens on every address of the namespace, 127.
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 
@@ -93,11 +92,8 @@ def enrol_client(bench, client_home):
          "--password-stdin", "--kdf", CHEAP_KDF, "--allow-weak-kdf", SSH_USER],
         input=PASSWORD + "\n", capture_output=True, text=True, check=True)
     invitation = added.stdout.strip().splitlines()[-1]
-    before = lab.log().count("reloaded")
-    lab.daemon.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while lab.log().count("reloaded") == before and time.monotonic() < deadline:
-        time.sleep(0.05)
+    if not lab.hangup_and_wait("reloaded"):
+        raise RuntimeError("the daemon did not reload with the new user")
     env = dict(os.environ, XDG_CONFIG_HOME=client_home)
     client = os.path.join(BIN, "sig2knockc")
     for argv, text in (([client, "--import", invitation, "--name", SERVER_NAME], ""),

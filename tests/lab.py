@@ -361,6 +361,19 @@ class Lab:
         self.daemon.send_signal(sig)
         self.daemon.wait(timeout=20)
 
+    def hangup_and_wait(self, marker: str, timeout: float = 10) -> bool:
+        """
+        Send the daemon SIGHUP and wait until its log holds ``marker`` once more than before
+        (``reloaded``, ``reload refused``); return whether it came within ``timeout`` seconds.
+        """
+        assert self.daemon is not None
+        before = self.log().count(marker)
+        self.daemon.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log().count(marker) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.log().count(marker) > before
+
     def log(self) -> str:
         """
         What the daemon logged so far.

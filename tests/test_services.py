@@ -81,12 +81,7 @@ class ServicesMixin:
         self.assertEqual(self.lab.probe(role, lab.SERVER_IP, port, timeout=DROP_WAIT), "timeout")
 
     def hangup_and_wait(self, marker: str) -> None:
-        before = self.lab.log().count(marker)
-        self.lab.daemon.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while self.lab.log().count(marker) == before and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.assertGreater(self.lab.log().count(marker), before, self.lab.log())
+        self.assertTrue(self.lab.hangup_and_wait(marker), self.lab.log())
 
     def status(self, *arguments: str) -> subprocess.CompletedProcess:
         return self.lab.daemon_command("--status", *arguments)

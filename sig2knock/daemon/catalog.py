@@ -9,13 +9,19 @@ never answered, exactly like a wrong key. ``Catalog.withdrawn`` says, after a re
 sessions the new configuration took away.
 """
 
+import dataclasses
 import re
 from typing import Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.protocol.addresses import IPAddress
 from sig2knock.protocol.kdf import KdfError, check_user_name
-from sig2knock.protocol.names import DEFAULT_SERVICE, ServiceNameError, check_service_name
+from sig2knock.protocol.names import (
+    DEFAULT_LABEL,
+    DEFAULT_SERVICE,
+    ServiceNameError,
+    check_service_name,
+)
 
 EVERYONE = "*"
 GROUP_MARK = "@"
@@ -116,12 +122,14 @@ def parse_users(text: str) -> FrozenSet[str]:
         raise ValueError(str(error)) from None
 
 
-class HiddenService(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class HiddenService:
     """
     One service the gateway forwards to: its ``name`` (``""`` for the default one), the forward
     target ``forward_to_ip``:``forward_to_port`` (on this host or another), the seconds its
     assigned port waits for the one connection (``open_time``), who may reach it (``allow``),
-    and the line its definition starts on (``None`` for the default service).
+    and the line its definition starts on (``None`` for the default service; not part of what
+    the service is, so a reload that only moves it changes nothing).
     """
 
     name: str
@@ -129,7 +137,7 @@ class HiddenService(NamedTuple):
     forward_to_port: int
     open_time: float
     allow: Access
-    line: Optional[int] = None
+    line: Optional[int] = dataclasses.field(default=None, compare=False)
 
     @property
     def target(self) -> Tuple[IPAddress, int]:
@@ -143,7 +151,7 @@ class HiddenService(NamedTuple):
         """
         Its name for people: the name, or ``default``.
         """
-        return self.name or "default"
+        return self.name or DEFAULT_LABEL
 
 
 class Catalog(NamedTuple):

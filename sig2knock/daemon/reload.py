@@ -9,6 +9,7 @@ from typing import Any, List, Optional, Tuple
 from twisted.logger import Logger
 
 from sig2knock.daemon.catalog import Catalog, HiddenService
+from sig2knock.protocol.names import DEFAULT_SERVICE
 from sig2knock.daemon.schema import LIVE_UNLESS_NAT, RESTART, SCHEMA
 from sig2knock.daemon.settings import ConfigError, check_combinations, load_config
 from sig2knock.daemon.users import UsersError, load_users
@@ -26,6 +27,8 @@ class LiveSettings:
     def __init__(self, config: Any, users: Any) -> None:
         self.config = config
         self.users = users
+        # The configuration the daemon started with: its firewall's base rules are that one's.
+        self.started_with = config
 
     def replace(self, config: Any, users: Any) -> None:
         """
@@ -45,7 +48,7 @@ class LiveSettings:
         try:
             loaded = load_config(self.config.path, interface_override)
             users = load_users(loaded.users_file)
-            config, applied, pending = merge(self.config, loaded)
+            config, applied, pending = merge(self.config, loaded, self.started_with)
         except (ConfigError, UsersError) as error:
             self.log.error(
                 "reload refused, still running on the previous configuration: {error}",
@@ -65,18 +68,23 @@ class LiveSettings:
         return withdrawn
 
 
-def merge(running: Any, loaded: Any) -> Tuple[Any, List[str], List[str]]:
+def merge(
+    running: Any, loaded: Any, started_with: Any = None
+) -> Tuple[Any, List[str], List[str]]:
     """
     The configuration to run with after a reload: ``loaded``, but with the settings a reload
     cannot change (``RESTART`` rows) kept from ``running``; with ``FORWARD_MODE = nat``, also
-    the services' targets that the kernel's rules in force cannot serve (``nat_fits``). Also
-    returns the keys (and services) whose change applies now and those that wait for a
+    the services' targets that the kernel's base rules (those of ``started_with``, the
+    configuration the daemon started with; default ``running``) cannot serve (``nat_fits``).
+    Also returns the keys (and services) whose change applies now and those that wait for a
     restart. Raises ``ConfigError`` when the mix does not hold together.
     """
     catalog, waiting = loaded.catalog, []
     if running.forward_mode == "nat":
-        catalog, waiting = _nat_catalog(running, loaded)
-    kept = {RESTART} | ({LIVE_UNLESS_NAT} if "default" in waiting else set())
+        catalog, waiting = _nat_catalog(
+            started_with if started_with is not None else running, running, loaded
+        )
+    kept = {RESTART} | ({LIVE_UNLESS_NAT} if DEFAULT_SERVICE in waiting else set())
     changed = [
         row for row in SCHEMA if getattr(running, row.attribute) != getattr(loaded, row.attribute)
     ]
@@ -87,7 +95,7 @@ def merge(running: Any, loaded: Any) -> Tuple[Any, List[str], List[str]]:
     }
     if running.catalog != catalog:
         applied.append("services")
-    pending += [f"service {label}" for label in waiting if label != "default"]
+    pending += [f"service {name}" for name in waiting if name != DEFAULT_SERVICE]
     merged = dataclasses.replace(loaded, catalog=catalog, **restart_only)
     # The mix of new and kept settings must hold together as a file would (say, a new
     # FORWARD_TO_PORT inside the ASSIGN_PORT_RANGE still in force).
@@ -95,33 +103,35 @@ def merge(running: Any, loaded: Any) -> Tuple[Any, List[str], List[str]]:
     return merged, applied, pending
 
 
-def nat_fits(running: Any, service: HiddenService) -> bool:
+def nat_fits(started_with: Any, service: HiddenService) -> bool:
     """
-    Whether the kernel's rules of ``running`` (nat mode) can forward to ``service``'s target:
-    the address family they were installed for, and loopback only if they guard it.
+    Whether the kernel's base rules installed for ``started_with`` (nat mode) can forward to
+    ``service``'s target: the address family they were installed for, and loopback only if they
+    guard it.
     """
     address = service.forward_to_ip
-    if address.version != running.forward_to_ip.version:
+    if address.version != started_with.forward_to_ip.version:
         return False
-    running_loopback = any(target.is_loopback for target, _ in running.catalog.targets())
-    return running_loopback or not address.is_loopback
+    guarded = any(target.is_loopback for target, _ in started_with.catalog.targets())
+    return guarded or not address.is_loopback
 
 
-def _nat_catalog(running: Any, loaded: Any) -> Tuple[Catalog, List[str]]:
+def _nat_catalog(started_with: Any, running: Any, loaded: Any) -> Tuple[Catalog, List[str]]:
     """
-    ``loaded``'s services for a nat-mode daemon: each as loaded if the rules in force can serve
-    its target, else with its target in force (and its new ``ALLOW`` and open time), or left
-    out when it is new; and the labels of those whose target waits for a restart.
+    ``loaded``'s services for a nat-mode daemon: each as loaded if the base rules of
+    ``started_with`` can serve its target, else with its target in ``running`` (and its new
+    ``ALLOW`` and open time), or left out when it is new; and the names of those whose target
+    waits for a restart.
     """
     services, waiting = {}, []
     for name, service in loaded.catalog.services.items():
-        if nat_fits(running, service):
+        if nat_fits(started_with, service):
             services[name] = service
             continue
-        waiting.append(service.label)
+        waiting.append(name)
         before = running.catalog.services.get(name)
         if before is not None:
-            services[name] = service._replace(
-                forward_to_ip=before.forward_to_ip, forward_to_port=before.forward_to_port
+            services[name] = dataclasses.replace(
+                service, forward_to_ip=before.forward_to_ip, forward_to_port=before.forward_to_port
             )
     return Catalog(services, loaded.catalog.groups), waiting

@@ -17,15 +17,16 @@ remembered for a while, so a late copy of its P1 cannot open it again and get a 
 
 The capture only sees the knocks of *watched* sources (the addresses with a pending session), and
 it can deliver a knock before the control socket delivers its P1, so knocks of watched addresses
-are also kept for ``early_window`` seconds and count for a P1 that arrives after them.
+are also kept for ``early_window`` seconds and count for a P1 that arrives after them (that
+memory, and the others the table keeps of the recent past, are ``sig2knock.daemon
+.session_memory``).
 
 Everything is bounded: pending sessions per address and in total, remembered early knocks per
 address and in total, and every session ends on a timer of the ``IReactorTime`` given (a ``Clock``
 in tests).
 """
 
-import collections
-from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -35,6 +36,7 @@ from twisted.python.failure import Failure
 
 from sig2knock.daemon.packets import Knock
 from sig2knock.daemon.session import Session, SessionRefused, State
+from sig2knock.daemon.session_memory import EarlyKnocks, EndedSessions, RecentUses
 from sig2knock.daemon.waiting import cancel
 from sig2knock.protocol.addresses import PROTOCOL_NAMES, IPAddress, unmapped
 from sig2knock.protocol.wire import KnockRequest, SessionKeys
@@ -49,9 +51,6 @@ DEFAULT_MAX_TOTAL = 1024
 # knock-shaped packet beyond that; with this cap it takes six users' keys, not two, to widen it.
 DEFAULT_MAX_SOURCES_PER_USER = 3
 DEFAULT_EARLY_WINDOW = 2.0
-# Remembered early knocks: per address, and addresses at once.
-EARLY_KNOCKS_PER_SOURCE = 128
-EARLY_SOURCES = 1024
 # P2s waiting for one session's last knocks; more are answered by the same grant anyway.
 MAX_WAITERS = 8
 # P2s one session answers in all: a client sends one a round, and needs a few rounds.
@@ -59,11 +58,10 @@ MAX_CONFIRMS = 32
 # How long after a sequence completes the capture filter is narrowed again: not at once, because
 # the grant being opened (its firewall change runs on a worker thread) would wait for it.
 NARROW_DELAY = 0.05
-# How long, and how many, ended sessions' ids are remembered (longer than any P1 is fresh).
-ENDED_MEMORY = 600.0
-MAX_ENDED = 4096
-# Used grants the live view (sig2knockd --status) lists until their open time is over.
-MAX_RECENTLY_USED = 256
+
+
+def _service_name(service: Any) -> str:
+    return "" if service is None else str(service.name)
 
 
 class SessionTable(Service):
@@ -103,23 +101,16 @@ class SessionTable(Service):
         self.max_per_user = max_per_user
         self.max_sources_per_user = max_sources_per_user
         self.max_total = max_total
-        self.early_window = early_window
         self._sessions: Dict[Tuple[str, bytes], Session] = {}
         self._by_tag: Dict[bytes, Session] = {}
-        # Ended sessions: (user, session id) -> (when it is forgotten, its source address).
-        self._ended: "collections.OrderedDict[Tuple[str, bytes], Tuple[float, IPAddress]]" = (
-            collections.OrderedDict()
-        )
+        self._ended = EndedSessions()
         self._pending: Dict[IPAddress, List[Session]] = {}
         # Every live session counts (pending, complete, granting, granted): they all hold a slot.
         self._sessions_by_user: Dict[str, int] = {}
-        self._early: "collections.OrderedDict[IPAddress, Deque[Tuple[float, int, int]]]" = (
-            collections.OrderedDict()
-        )
+        self._early = EarlyKnocks(early_window)
         self._watched: FrozenSet[IPAddress] = frozenset()
         self._narrowing: Any = None
-        # Used grants, for the live view until their open time is over.
-        self._recent_uses: Deque[Session] = collections.deque(maxlen=MAX_RECENTLY_USED)
+        self._recent_uses = RecentUses()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -163,11 +154,12 @@ class SessionTable(Service):
             if existing.source != source:
                 self._relayed(existing, source)
                 raise SessionRefused("relay", f"session of {user} from {existing.source}")
-            if (existing.ports, existing.keys, existing.service) != (request.ports, keys, service):
+            if (existing.ports, existing.keys) != (request.ports, keys) or _service_name(
+                existing.service
+            ) != _service_name(service):
                 raise SessionRefused("session-conflict", "session id in use with other content")
             return None
-        self._forget_ended()
-        if key in self._ended:
+        if self._ended.source_of(self.clock.seconds(), key) is not None:
             raise SessionRefused("session-ended", "this session has ended; no second port")
         self.check_room(source, user, request.session_id)
         session = Session(
@@ -192,7 +184,7 @@ class SessionTable(Service):
             protocol=PROTOCOL_NAMES[request.protocol],
             service=service.label if service is not None else "default",
         )
-        for _, protocol, port in self._recent_knocks(source):
+        for _, protocol, port in self._early.recent(self.clock.seconds(), source):
             if session.observe(protocol, port):
                 break
         if session.state is State.COMPLETE:
@@ -206,15 +198,7 @@ class SessionTable(Service):
         addresses).
         """
         source, protocol, port = knock.source, knock.protocol, knock.port
-        now = self.clock.seconds()
-        early = self._early.get(source)
-        if early is None:
-            if len(self._early) >= EARLY_SOURCES:
-                self._early.popitem(last=False)
-            early = self._early[source] = collections.deque(maxlen=EARLY_KNOCKS_PER_SOURCE)
-        else:
-            self._early.move_to_end(source)
-        early.append((now, protocol, port))
+        self._early.record(self.clock.seconds(), source, protocol, port)
         completed = [
             session
             for session in list(self._pending.get(source, ()))
@@ -277,13 +261,13 @@ class SessionTable(Service):
         if session is not None:
             self._relayed(session, source)
             return False
-        ended = self._ended.get((user, session_id))
-        if session is None and ended is not None and ended[1] != source:
+        ended = self._ended.source_of(self.clock.seconds(), (user, session_id))
+        if ended is not None and ended != source:
             # Too late to end it (its grant may have been used): the operator learns of it.
             self.log.warn(
                 "relay: session of {user} from {source} (ended) seen from {other} too",
                 user=user,
-                source=str(ended[1]),
+                source=str(ended),
                 other=str(source),
             )
         return False
@@ -368,10 +352,7 @@ class SessionTable(Service):
         """
         The sessions whose grant was used and whose open time is not over yet, oldest first.
         """
-        now = self.clock.seconds()
-        while self._recent_uses and self._recent_uses[0].grant.deadline <= now:
-            self._recent_uses.popleft()
-        return [session for session in self._recent_uses if session.grant.deadline > now]
+        return self._recent_uses.current(self.clock.seconds())
 
     def p1_saved(self, session: Session) -> None:
         """
@@ -395,7 +376,7 @@ class SessionTable(Service):
         self._cut(
             session, "its P1 was not saved", SessionRefused("cache-full", "P1 not saved")
         )
-        self._ended.pop(session.key, None)
+        self._ended.forget(session.key)
 
     def stopService(self) -> None:
         """
@@ -408,13 +389,6 @@ class SessionTable(Service):
         self._early.clear()
         self._recent_uses.clear()
         self._update_watched()
-
-    def _recent_knocks(self, source: IPAddress) -> List[Tuple[float, int, int]]:
-        early = self._early.get(source)
-        if not early:
-            return []
-        since = self.clock.seconds() - self.early_window
-        return [entry for entry in early if entry[0] >= since]
 
     def _completed(self, session: Session) -> None:
         self._pending_remove(session)
@@ -488,7 +462,7 @@ class SessionTable(Service):
         # (a user may log in again and again; only unused grants are held against them).
         if session.state is State.GRANTED:
             self._end(session, State.USED)
-            self._recent_uses.append(session)
+            self._recent_uses.add(session)
 
     def _end(self, session: Session, state: State) -> None:
         session.move(state)
@@ -529,11 +503,6 @@ class SessionTable(Service):
         for waiter in session.take_waiters():
             waiter.errback(refusal)
 
-    def _forget_ended(self) -> None:
-        now = self.clock.seconds()
-        while self._ended and next(iter(self._ended.values()))[0] <= now:
-            self._ended.popitem(last=False)
-
     def _pending_remove(self, session: Session) -> None:
         pending = self._pending.get(session.source)
         if pending is not None and session in pending:
@@ -548,9 +517,7 @@ class SessionTable(Service):
             del self._sessions[session.key]
             if session.keys is not None:
                 self._by_tag.pop(session.keys.tag, None)
-            self._ended[session.key] = (self.clock.seconds() + ENDED_MEMORY, session.source)
-            while len(self._ended) > MAX_ENDED:
-                self._ended.popitem(last=False)
+            self._ended.remember(self.clock.seconds(), session.key, session.source)
             remaining = self._sessions_by_user[session.user] - 1
             if remaining:
                 self._sessions_by_user[session.user] = remaining

@@ -28,6 +28,9 @@ from sig2knock.daemon.session import Session, State
 
 SOCKET_NAME = "status.sock"
 FORMAT_VERSION = 1
+# Seconds before its deadline a grant may be gone from the kernel by its own timeout (nftables
+# ends it GRANT_MARGIN_MS early), rounded up.
+KERNEL_MARGIN = 0.2
 
 log = Logger()
 
@@ -93,7 +96,12 @@ def with_kernel_view(document: Dict[str, Any], firewall: Any) -> Deferred:
     the kernel holds (``firewall.used_grants``); when the firewall cannot tell, those stay
     ``None``.
     """
-    unknown = [entry for entry in document["sessions"] if entry["used"] is None]
+    # A grant in its last moments may have left the kernel's set by its own timeout, a little
+    # before the daemon's deadline: that is no sign of use, so it stays unknown.
+    unknown = [
+        entry for entry in document["sessions"]
+        if entry["used"] is None and (entry["time_left"] or 0) >= KERNEL_MARGIN
+    ]
     if not unknown:
         return succeed(document)
     grants = [(ipaddress.ip_address(entry["source"]), entry["port"]) for entry in unknown]

@@ -134,9 +134,14 @@ def status_command(config_path: str, as_json: bool, write: Any) -> int:
 
     try:
         config = load_config(config_path)
-        document = ask(config.state_dir)
-    except (ConfigError, StatusError) as error:
+    except ConfigError as error:
         print(f"sig2knockd: {error}", file=sys.stderr)
+        return 1
+    try:
+        document = ask(config.state_dir)
+    except StatusError as error:
+        # The socket is found through the file as it is now: say which file named it.
+        print(f"sig2knockd: {error} (STATE_DIR of {config.path})", file=sys.stderr)
         return 1
     if as_json:
         write(json.dumps(document, indent=2, sort_keys=True) + "\n")

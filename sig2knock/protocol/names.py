@@ -1,7 +1,8 @@
 """
 The name of a hidden service, as a client asks for it in P1 and a server's configuration defines
 it (``[service NAME]``): 1-32 lower-case letters, digits and ``_ . -``, starting with a letter
-or a digit. The empty name is the default service.
+or a digit. The empty name is the default service; ``default`` is its name for people, so no
+service may be called that (``sig2knockc --service default`` asks for the default one).
 
 This module is imported by the client: it must not import Twisted.
 """
@@ -9,6 +10,7 @@ This module is imported by the client: it must not import Twisted.
 import re
 
 DEFAULT_SERVICE = ""
+DEFAULT_LABEL = "default"
 SERVICE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 
 
@@ -26,5 +28,10 @@ def check_service_name(name: str) -> str:
         raise ServiceNameError(
             f"service name {name!r} is not valid: use 1-32 lower-case letters, digits and _ . -"
             " (starting with a letter or a digit)"
+        )
+    if name == DEFAULT_LABEL:
+        raise ServiceNameError(
+            f"{DEFAULT_LABEL!r} is the default service's name (the top-level FORWARD_TO_* keys);"
+            " a named service needs another"
         )
     return name

@@ -20,7 +20,12 @@ from sig2knock.protocol import keys
 from sig2knock.protocol.addresses import PROTOCOLS_BY_NAME
 from sig2knock.protocol.kdf import KdfError, KdfParams, check_user_name, password_line
 from sig2knock.protocol.keys import KeyFormatError, import_public_key, parse_public_key
-from sig2knock.protocol.names import ServiceNameError, check_service_name
+from sig2knock.protocol.names import (
+    DEFAULT_LABEL,
+    DEFAULT_SERVICE,
+    ServiceNameError,
+    check_service_name,
+)
 from sig2knock.protocol.wire import MAX_KNOCKS, UserKey
 
 EXIT_OK = 0
@@ -82,9 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--service",
         metavar="NAME",
-        help="the hidden service to ask for, as the server's [service NAME] sections name them"
-        " (default: the server's default service, or the one the configured server or the"
-        " invitation names); with --import, stored with the server",
+        help="the hidden service to ask for, as the server's [service NAME] sections name them;"
+        " 'default' is the server's default service (default: the one the invitation or the"
+        " server configured as SERVER names, else the default service); with --import, stored"
+        " with the server",
     )
     parser.add_argument(
         "--server-key",
@@ -296,15 +302,19 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
     if options.name is not None and not options.import_invitation:
         parser.error("--name names the server --import stores")
     from_invitation = _configured_server(parser, options)
-    if options.service is not None:
+    if options.service == DEFAULT_LABEL:
+        options.service = DEFAULT_SERVICE
+    elif options.service is not None:
         try:
             check_service_name(options.service)
         except ServiceNameError as error:
             parser.error(f"--service: {error}")
     if from_invitation is not None and not options.import_invitation:
-        options.server, options.port = from_invitation.host, from_invitation.port
-        if options.service is None:
+        # The service of the invitation or of the server named NAME; a server found for
+        # SERVER PORT lends its key, user and KDF only: without --service that is the default.
+        if options.service is None and (options.port is None or options.invite):
             options.service = from_invitation.service
+        options.server, options.port = from_invitation.host, from_invitation.port
         if options.server_key is None:
             options.server_key = keys.format_public_key(from_invitation.server_key)
         if options.user is None:

@@ -170,12 +170,17 @@ def check_config(config_path: str, interface: Optional[str]) -> int:
         f" firewall {config.firewall} ({config.firewall_policy}), knocks on {capture_interface},"
         f" {len(users)} user(s) in {users.path}"
     )
+    known = set(users.entries)
     for service in config.catalog.services.values():
         address, port = service.target
-        unknown = sorted(service.allow.users - set(users.entries))
+        unknown = sorted(service.allow.users - known)
         note = f"; not in the users file: {', '.join(unknown)}" if unknown else ""
         print(f"  service {service.label}: {address} port {port}, {service.open_time:g}s,"
               f" for {service.allow}{note}")
+    for group, members in config.catalog.groups.items():
+        unknown = sorted(members - known)
+        if unknown:
+            print(f"  group {group}: not in the users file: {', '.join(unknown)}")
     return 0
 
 

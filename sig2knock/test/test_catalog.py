@@ -115,6 +115,16 @@ class CatalogTests(SynchronousTestCase):
         error = self.assertRaises(SessionRefused, found.find, "db", "alice")
         self.assertEqual(error.detail, "alice may not reach service db (ALLOW)")
 
+    def test_whereItIsWrittenIsNotWhatItIs(self) -> None:
+        """
+        The same services written on other lines (a comment added) are the same services: a
+        reload that only moves them changes and ends nothing.
+        """
+        moved = catalog("\n# a new comment\n" + SECTIONS)
+        self.assertEqual(moved, catalog())
+        self.assertNotEqual(moved.services["rdp"].line, catalog().services["rdp"].line)
+        self.assertIsNone(moved.withdrawn(catalog().services["rdp"], "bob"))
+
     def test_withdrawn(self) -> None:
         """
         After a reload: a session for a service that is gone, points elsewhere now, or no longer
@@ -152,6 +162,8 @@ class SectionErrorTests(SynchronousTestCase, ConfigErrorAssertions):
         self.assertSectionError(
             "[group a]\nUSERS = x\n[group a]\nUSERS = y\n", 6, None, "again (first on line 4)"
         )
+        self.assertSectionError("[service default]\n", 4, None,
+                                "'default' is the default service's name")
 
     def test_keys(self) -> None:
         self.assertSectionError("[service rdp]\nFORWARD_TO_PORT = 3389\nALLOW = *\n", 4,

@@ -76,6 +76,23 @@ class MergeTests(SynchronousTestCase):
         self.assertEqual(sorted(merged.catalog.services), ["", "web"])
         self.assertEqual((applied, pending), (["services"], ["service db"]))
 
+    def test_natJudgedByTheRulesInstalledAtStart(self) -> None:
+        """
+        The kernel's base rules are those of the start: a daemon started with a loopback
+        target keeps its loopback guard, so a later reload back to loopback applies.
+        """
+        started = self.config("FIREWALL = nftables\nFORWARD_MODE = nat\n")
+        elsewhere = parse_config(
+            "UDP_PORT = 1001\nFORWARD_TO_IP = 198.51.100.7\nFORWARD_TO_PORT = 22\n"
+            "FIREWALL = nftables\nFORWARD_MODE = nat\n",
+            "/etc/sig2knock/sig2knockd.conf",
+        )
+        running, _, _ = merge(started, elsewhere, started)
+        self.assertEqual(str(running.forward_to_ip), "198.51.100.7")
+        back, applied, pending = merge(running, started, started)
+        self.assertEqual(str(back.catalog.default.forward_to_ip), "127.0.0.1")
+        self.assertEqual((applied, pending), (["FORWARD_TO_IP", "services"], []))
+
     def test_mixMustHoldTogether(self) -> None:
         """
         A new FORWARD_TO_PORT is checked against the ASSIGN_PORT_RANGE still in force.

@@ -83,8 +83,9 @@ class ConfiguredServerCommandTests(SynchronousTestCase):
     def test_serviceStoredAndAskedFor(self) -> None:
         """
         ``--import ... --service rdp`` stores the service with the server; knocking by name
-        asks for it in P1, ``--service`` on the command line asks for another, and a name that
-        cannot be a service's is a usage error.
+        asks for it in P1, ``--service`` on the command line asks for another (``default``:
+        the default one), ``SERVER PORT`` asks for the default, and a name that cannot be a
+        service's is a usage error.
         """
         server = LoopbackServer(grant_port=45703)
         self.addCleanup(server.stop)
@@ -98,9 +99,13 @@ class ConfiguredServerCommandTests(SynchronousTestCase):
             done = self.client(*arguments, "--password-stdin")
             self.assertEqual((done.returncode, done.stdout), (0, "45703\n"), done.stderr)
             self.assertEqual(server.requests[-1].service, asked)
-        default = self.client("--invite", invitation.format(), "--password-stdin")
-        self.assertEqual(default.returncode, 0, default.stderr)
-        self.assertEqual(server.requests[-1].service, "")
+        for arguments in (["--invite", invitation.format()],
+                          # SERVER PORT finds the stored entry's key, not its service.
+                          ["127.0.0.1", str(server.port)],
+                          ["rdp-at-lab", "--service", "default"]):
+            default = self.client(*arguments, "--password-stdin")
+            self.assertEqual(default.returncode, 0, default.stderr)
+            self.assertEqual(server.requests[-1].service, "", arguments)
         bad = self.client("rdp-at-lab", "--service", "RDP!", "--password-stdin")
         self.assertEqual(bad.returncode, 2)
         self.assertIn("--service: service name 'RDP!' is not valid", bad.stderr)

@@ -5,7 +5,7 @@ fake capture; and with the real granter on a memory reactor.
 
 import ipaddress
 import random
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -17,6 +17,7 @@ from sig2knock.daemon import sessions
 from sig2knock.daemon.grants import PortGranter
 from sig2knock.daemon.packets import Knock
 from sig2knock.daemon.session import SessionRefused, State
+from sig2knock.daemon.catalog import EVERY_USER, HiddenService
 from sig2knock.daemon.sessions import SessionTable
 from sig2knock.protocol import addresses, wire
 from sig2knock.test.common import FakeCapture, FakeGrant, FakeGranter, connect, live_settings
@@ -443,15 +444,18 @@ class OpenFirewall:
 
     def __init__(self) -> None:
         self.calls: List[tuple] = []
+        self.targets: List[Any] = []
 
     def not_ready(self) -> None:
         return None
 
     def grant(self, source, port, deadline, target=None):  # type: ignore[no-untyped-def]
+        self.targets.append(target)
         self.calls.append(("grant", source, port))
         return succeed(None)
 
     def revoke(self, source, port, target=None):  # type: ignore[no-untyped-def]
+        self.targets.append(target)
         self.calls.append(("revoke", source, port))
         return succeed(None)
 
@@ -488,6 +492,29 @@ class SessionWithRealGrantTests(SynchronousTestCase):
         self.assertEqual(self.firewall.calls[-1], ("revoke", CLIENT, self.grant.port))
         self.assertEqual(len(self.table), 0)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_reloadClosesANatGrantToItsTarget(self) -> None:
+        """
+        In nat mode a session's grant goes to its service's target, and a reload that takes the
+        service away closes it there: the firewall revokes the very entry it granted.
+        """
+        inner = HiddenService("inner", ipaddress.ip_address("198.19.0.2"), 3389, 12.0,
+                              EVERY_USER)
+        settings = live_settings(assign_port_range=(40010, 40019), forward_mode="nat")
+        granter = PortGranter(self.reactor, settings, self.firewall, random.Random(5))
+        table = SessionTable(self.reactor, granter=granter, capture=FakeCapture,
+                             settings=settings)
+        knock_request, session_keys = keyed(request(b"N" * 16))
+        session = table.open(CLIENT, "bob", knock_request, session_keys, service=inner)
+        for port in PORTS:
+            table.knock(Knock(CLIENT, SERVER, TCP, port))
+        grant = self.successResultOf(table.confirm(CLIENT, session_keys.tag, b"N" * 16))
+        self.assertEqual(grant.deadline, self.reactor.seconds() + 12)
+        table.end_where(lambda ended: "service inner was removed")
+        self.assertIs(session.state, State.REFUSED)
+        self.assertEqual(self.firewall.calls[-2:],
+                         [("grant", CLIENT, grant.port), ("revoke", CLIENT, grant.port)])
+        self.assertEqual(self.firewall.targets[-2:], [inner.target, inner.target])
 
     def test_connectionEndsTheSession(self) -> None:
         connect(self.factory, str(CLIENT))

@@ -339,11 +339,11 @@ class FakeFirewall:
 def nat_view() -> Dict[str, Any]:
     entries = [
         {"user": "alice", "source": "198.18.0.2", "port": 40001, "state": "granted",
-         "used": None},
+         "time_left": 12.5, "used": None},
         {"user": "bob", "source": "2001:db8::2", "port": 40002, "state": "granted",
-         "used": None},
+         "time_left": 3.0, "used": None},
         {"user": "carol", "source": "198.18.0.3", "port": None, "state": "pending",
-         "used": False},
+         "time_left": 9.0, "used": False},
     ]
     return {"version": 1, "forward_mode": "nat", "sessions": entries}
 
@@ -372,6 +372,19 @@ class KernelViewTests(TableMixin, SynchronousTestCase):
         self.assertEqual(self.used(document),
                          [("alice", False), ("bob", True), ("carol", False)])
         self.assertEqual(self.events, [])
+
+    def test_lastMomentsStayUnknown(self) -> None:
+        """
+        A grant about to end may have left the kernel's set by its own timeout (a little before
+        the daemon's deadline): the kernel is not asked about it, and it stays unknown.
+        """
+        view = nat_view()
+        view["sessions"][1]["time_left"] = 0.1
+        firewall = FakeFirewall(succeed(set()))
+        document = self.successResultOf(with_kernel_view(view, firewall))
+        self.assertEqual(firewall.asked, [[(ipaddress.ip_address("198.18.0.2"), 40001)]])
+        self.assertEqual(self.used(document),
+                         [("alice", False), ("bob", None), ("carol", False)])
 
     def test_later(self) -> None:
         """

@@ -339,7 +339,7 @@ class CommandMixin(StateDirMixin):
         self.assertEqual(
             self.stderr.getvalue(),
             f"sig2knockd: no daemon is running: nothing answers on"
-            f" {socket_path(self.state_dir)}\n",
+            f" {socket_path(self.state_dir)} (STATE_DIR of {self.config})\n",
         )
 
 
