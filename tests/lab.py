@@ -261,8 +261,9 @@ class Lab:
     ) -> str:
         """
         Write the daemon's configuration (``settings`` over the lab's defaults, then the text
-        ``sections``: ``[service NAME]`` and ``[group NAME]`` ones), make the server's identity (``sig2knockd --init``, run behind ``run_as``: the daemon's user) and
-        write the users file; return the configuration's path.
+        ``sections``: ``[service NAME]`` and ``[group NAME]`` ones), make the server's identity
+        (``sig2knockd --init``, run behind ``run_as``: the daemon's user) and write the users
+        file; return the configuration's path.
         """
         config = {
             "UDP_PORT": str(CONTROL_PORT),

@@ -1,7 +1,7 @@
 """
 What an authentic P1 may ask for: the server's knock protocol and at least ``KNOCK_COUNT`` knocks,
-a service this server offers to its user (``sig2knock.daemon.catalog``), and a source address that agrees with the one the client says it
-sends from.
+a service this server offers to its user (``sig2knock.daemon.catalog``), and a source address
+that agrees with the one the client says it sends from.
 
 The address check is what keeps a relay out: an on-path host that re-sends a client's P1 from its
 own address sends it from an address the client did not write into it. A client that is not behind

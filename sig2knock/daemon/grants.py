@@ -32,8 +32,9 @@ class OpenGrant:
     One open assigned port: ``port`` open to ``source`` (user ``user``) until ``deadline``
     (seconds since the epoch), leading to ``service`` (a ``HiddenService``). ``used`` fires
     once its one connection has come (never in nat mode, where the kernel takes the connection
-    unseen); ``close(why)`` ends it, ``expire()`` when its deadline has passed unused. With a ``door`` secret (proxy mode only) the connection
-    is forwarded only once its first bytes are that secret.
+    unseen); ``close(why)`` ends it, ``expire()`` when its deadline has passed unused. With a
+    ``door`` secret (proxy mode only) the connection is forwarded only once its first bytes are
+    that secret.
     """
 
     log = Logger()

@@ -1,13 +1,13 @@
 """
 Invitations: one line that tells a client everything it needs to knock on a server, and nothing
-secret: the host, the control port, the server's public key, the user name, for a password
-user the scrypt parameters, and the hidden service to ask for when it is not the default one. ``sig2knockd_useradd --host HOST`` prints one as the last line of its
-output; ``sig2knockc --invite`` knocks with it and ``sig2knockc --import`` stores it.
+secret: the host, the control port, the server's public key, the user name, for a password user
+the scrypt parameters, and the hidden service to ask for when it is not the default one.
+``sig2knockd_useradd --host HOST`` prints one as the last line of its output; ``sig2knockc
+--invite`` knocks with it and ``sig2knockc --import`` stores it.
 
 The form is ``sig2knock:`` followed by the unpadded base64url of a small JSON object (``v``,
 ``host``, ``port``, ``key``, ``user``, for a password user ``kdf``, and ``service`` when it is
-not the default one), so a host of any kind
-(a name, IPv4, IPv6) survives copying and pasting.
+not the default one), so a host of any kind (a name, IPv4, IPv6) survives copying and pasting.
 
 This module is imported by the client: it must not import Twisted.
 """

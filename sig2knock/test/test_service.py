@@ -314,7 +314,9 @@ class ServiceReloadTests(SynchronousTestCase):
             SessionRefused, check_request, protocol.settings.config, CLIENT, "alice", request
         )
         self.assertEqual(error.reason, "knock-count")
-        check_request(protocol.settings.config, CLIENT, "alice", request._replace(ports=tuple(range(1, 7))))
+        check_request(
+            protocol.settings.config, CLIENT, "alice", request._replace(ports=tuple(range(1, 7)))
+        )
 
     def test_usersTakenAwayLoseTheirSessions(self) -> None:
         """
