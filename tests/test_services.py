@@ -123,6 +123,30 @@ class ServicesMixin:
         self.assertDropped("client", alice)
         self.assertRefusedInSilence("bob", "nosuch", "unknown-service")
 
+    def test_oneServiceInTheKernelOneProxied(self) -> None:
+        """
+        A service's own ``FORWARD_MODE``: on a proxy gateway the inner host's service is
+        forwarded by the kernel (no listener for bob's port) while alice's default service is
+        proxied by the daemon (a listener for hers); each takes one connection, and the live
+        view knows both were used.
+        """
+        self.start("proxy", sections=SECTIONS.replace(
+            "ALLOW = @ops", "ALLOW = @ops\n    FORWARD_MODE = nat"))
+        bob = self.granted_port("bob", "inner")
+        alice = self.granted_port("alice")
+        listening = self.lab.listening_ports()
+        self.assertNotIn(bob, listening)
+        self.assertIn(alice, listening)
+        self.assertDropped("intruder", bob)
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, bob), "echo:inner:hello")
+        self.assertEqual(self.lab.probe("client", lab.SERVER_IP, alice), "echo:hello")
+        self.assertDropped("client", bob)
+        self.assertDropped("client", alice)
+        used = {entry["port"]: (entry["state"], entry["used"])
+                for entry in self.status_json()["sessions"]}
+        self.assertEqual(used, {bob: ("granted", True), alice: ("used", True)},
+                         self.lab.log()[-2000:])
+
     def test_eachServiceItsOwnOpenTimeInTheKernel(self) -> None:
         """
         Each grant ends at its own service's open time, in the kernel, with no daemon left to

@@ -11,7 +11,7 @@ sessions the new configuration took away.
 
 import dataclasses
 import re
-from typing import Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from sig2knock.daemon.session import SessionRefused
 from sig2knock.protocol.addresses import IPAddress
@@ -128,7 +128,8 @@ class HiddenService:
     One service the gateway forwards to: its ``name`` (``""`` for the default one), the forward
     target ``forward_to_ip``:``forward_to_port`` (on this host or another), the seconds its
     assigned port waits for the one connection (``open_time``), who may reach it (``allow``),
-    and the line its definition starts on (``None`` for the default service; not part of what
+    how it is forwarded (``forward_mode``: ``proxy``, ``nat``, or ``None`` for the gateway's
+    ``FORWARD_MODE``: ``mode_in``), and the line its definition starts on (``None`` for the default service; not part of what
     the service is, so a reload that only moves it changes nothing).
     """
 
@@ -137,7 +138,20 @@ class HiddenService:
     forward_to_port: int
     open_time: float
     allow: Access
+    forward_mode: Optional[str] = None
     line: Optional[int] = dataclasses.field(default=None, compare=False)
+
+    def mode_in(self, config: Any) -> str:
+        """
+        How it is forwarded under ``config``: its own ``FORWARD_MODE``, else the gateway's.
+        """
+        return self.forward_mode or str(config.forward_mode)
+
+    def nat_in(self, config: Any) -> bool:
+        """
+        Whether the kernel forwards its grants under ``config`` (``FORWARD_MODE = nat``).
+        """
+        return self.mode_in(config) == "nat"
 
     @property
     def target(self) -> Tuple[IPAddress, int]:
@@ -214,7 +228,7 @@ class Catalog(NamedTuple):
         current = self.services.get(service.name)
         if current is None:
             return f"service {service.label} was removed"
-        if current.target != service.target:
+        if current.target != service.target or current.forward_mode != service.forward_mode:
             return f"service {service.label} forwards elsewhere now"
         if not current.allow.admits(user, self.groups):
             return f"{user} may no longer reach service {service.label}"
@@ -235,3 +249,10 @@ class Catalog(NamedTuple):
         Every forward target, the default service's first.
         """
         return [service.target for service in self.services.values()]
+
+    def nat_targets(self, config: Any) -> List[Tuple[IPAddress, int]]:
+        """
+        The targets the kernel forwards to under ``config`` (of the services in nat mode), the
+        default service's first.
+        """
+        return [service.target for service in self.services.values() if service.nat_in(config)]

@@ -8,7 +8,7 @@ refuses the grant refuses the session, and the listener is closed again: nothing
 """
 
 import random
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
@@ -30,11 +30,12 @@ MAX_PORT_ATTEMPTS = 64
 class OpenGrant:
     """
     One open assigned port: ``port`` open to ``source`` (user ``user``) until ``deadline``
-    (seconds since the epoch), leading to ``service`` (a ``HiddenService``). ``used`` fires
-    once its one connection has come (never in nat mode, where the kernel takes the connection
-    unseen); ``close(why)`` ends it, ``expire()`` when its deadline has passed unused. With a
-    ``door`` secret (proxy mode only) the connection is forwarded only once its first bytes are
-    that secret.
+    (seconds since the epoch), leading to ``service`` (a ``HiddenService``; with
+    ``nat_target``, the kernel forwards its connection there: ``FORWARD_MODE = nat``). ``used``
+    fires once its one connection has come (never in nat mode, where the kernel takes the
+    connection unseen); ``close(why)`` ends it, ``expire()`` when its deadline has passed unused.
+    With a ``door`` secret (proxy mode only) the connection is forwarded only once its first
+    bytes are that secret.
     """
 
     log = Logger()
@@ -48,9 +49,11 @@ class OpenGrant:
         deadline: float,
         door: Optional[bytes] = None,
         service: Optional[HiddenService] = None,
+        nat_target: Optional[Tuple[IPAddress, int]] = None,
     ) -> None:
         self._granter = granter
         self.service = service
+        self.nat_target = nat_target
         self.refusals = granter.refusals
         self.door = door
         self.port = port
@@ -135,8 +138,8 @@ class PortGranter(Service):
     the grants still being opened have settled (established forwarded connections go on).
 
     ``reactor`` provides ``IReactorTCP`` and ``IReactorTime``; ``settings`` is the
-    ``LiveSettings`` (``ASSIGN_PORT_RANGE``, ``FORWARD_MODE``, and the default service when a
-    session names none); ``firewall`` opens the port for the session's address (the daemon's
+    ``LiveSettings`` (``ASSIGN_PORT_RANGE``, the gateway's ``FORWARD_MODE`` for services without
+    one of their own, and the default service when a session names none); ``firewall`` opens the port for the session's address (the daemon's
     ``FirewallService``); ``refusals`` (a ``RefusalLog``) hears of the connections the grants
     refuse.
     """
@@ -186,8 +189,9 @@ class PortGranter(Service):
             if port in self.open_grants:
                 continue
             deadline = self.reactor.seconds() + service.open_time
-            nat = config.forward_mode == "nat"
-            grant = OpenGrant(self, port, source, user, deadline, None if nat else door, service)
+            nat = service.nat_in(config)
+            grant = OpenGrant(self, port, source, user, deadline, None if nat else door, service,
+                              service.target if nat else None)
             # FORWARD_MODE = nat: the firewall DNATs the grant's one connection in the kernel,
             # so no listener is opened and the data never enters Python.
             if not nat:
@@ -196,7 +200,7 @@ class PortGranter(Service):
                 except CannotListenError:
                     continue  # in use by something else: skip it
             self.open_grants[port] = grant
-            opening = maybeDeferred(self.firewall.grant, source, port, deadline, service.target)
+            opening = maybeDeferred(self.firewall.grant, source, port, deadline, grant.nat_target)
             # Stopping waits for grants still being opened, so none lands after a clean stop.
             self._opening.add(opening)
             opening.addBoth(self._forget_opening, opening)
@@ -243,8 +247,7 @@ class PortGranter(Service):
             del self.open_grants[grant.port]
         if not revoke:
             return grant.stop_listening()
-        target = grant.service.target if grant.service is not None else None
-        revoking = maybeDeferred(self.firewall.revoke, grant.source, grant.port, target)
+        revoking = maybeDeferred(self.firewall.revoke, grant.source, grant.port, grant.nat_target)
         revoking.addErrback(
             lambda failure: self.log.error(
                 "firewall could not revoke port {port} of {source} (the kernel still ends it at"

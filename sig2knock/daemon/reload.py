@@ -73,17 +73,15 @@ def merge(
 ) -> Tuple[Any, List[str], List[str]]:
     """
     The configuration to run with after a reload: ``loaded``, but with the settings a reload
-    cannot change (``RESTART`` rows) kept from ``running``; with ``FORWARD_MODE = nat``, also
-    the services' targets that the kernel's base rules (those of ``started_with``, the
+    cannot change (``RESTART`` rows) kept from ``running``, and the targets of services in
+    ``FORWARD_MODE = nat`` that the kernel's base rules (those of ``started_with``, the
     configuration the daemon started with; default ``running``) cannot serve (``nat_fits``).
     Also returns the keys (and services) whose change applies now and those that wait for a
     restart. Raises ``ConfigError`` when the mix does not hold together.
     """
-    catalog, waiting = loaded.catalog, []
-    if running.forward_mode == "nat":
-        catalog, waiting = _nat_catalog(
-            started_with if started_with is not None else running, running, loaded
-        )
+    catalog, waiting = _nat_catalog(
+        started_with if started_with is not None else running, running, loaded
+    )
     kept = {RESTART} | ({LIVE_UNLESS_NAT} if DEFAULT_SERVICE in waiting else set())
     changed = [
         row for row in SCHEMA if getattr(running, row.attribute) != getattr(loaded, row.attribute)
@@ -103,35 +101,40 @@ def merge(
     return merged, applied, pending
 
 
-def nat_fits(started_with: Any, service: HiddenService) -> bool:
+def nat_fits(started_with: Any, running: Any, service: HiddenService) -> bool:
     """
-    Whether the kernel's base rules installed for ``started_with`` (nat mode) can forward to
-    ``service``'s target: the address family they were installed for, and loopback only if they
-    guard it.
+    Whether the kernel's base rules installed for ``started_with`` can serve ``service`` under
+    the gateway's ``FORWARD_MODE`` of ``running``: a service in proxy mode always; one in nat
+    mode if they have nat rules for its target's address family, and a loopback target only if
+    they guard loopback.
     """
-    address = service.forward_to_ip
-    if address.version != started_with.forward_to_ip.version:
+    if not service.nat_in(running):
+        return True
+    installed = started_with.catalog.nat_targets(started_with)
+    if not installed:
         return False
-    guarded = any(target.is_loopback for target, _ in started_with.catalog.targets())
-    return guarded or not address.is_loopback
+    address = service.forward_to_ip
+    if address.version != installed[0][0].version:
+        return False
+    return not address.is_loopback or any(target.is_loopback for target, _ in installed)
 
 
 def _nat_catalog(started_with: Any, running: Any, loaded: Any) -> Tuple[Catalog, List[str]]:
     """
-    ``loaded``'s services for a nat-mode daemon: each as loaded if the base rules of
-    ``started_with`` can serve its target, else with its target in ``running`` (and its new
-    ``ALLOW`` and open time), or left out when it is new; and the names of those whose target
-    waits for a restart.
+    ``loaded``'s services: each as loaded if the base rules of ``started_with`` can serve it,
+    else with its target and mode in ``running`` (and its new ``ALLOW`` and open time), or left
+    out when it is new; and the names of those whose target waits for a restart.
     """
     services, waiting = {}, []
     for name, service in loaded.catalog.services.items():
-        if nat_fits(started_with, service):
+        if nat_fits(started_with, running, service):
             services[name] = service
             continue
         waiting.append(name)
         before = running.catalog.services.get(name)
         if before is not None:
             services[name] = dataclasses.replace(
-                service, forward_to_ip=before.forward_to_ip, forward_to_port=before.forward_to_port
+                service, forward_to_ip=before.forward_to_ip,
+                forward_to_port=before.forward_to_port, forward_mode=before.forward_mode,
             )
     return Catalog(services, loaded.catalog.groups), waiting

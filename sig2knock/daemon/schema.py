@@ -93,7 +93,8 @@ SCHEMA: Tuple[Setting, ...] = (
         " grant with its `--datestop`, and an `xt_recent` list that leaves a second connection"
         " alone), or `auto`; clients must be of the forward target's address family; a"
         " loopback target turns on `route_localnet` on `INTERFACE`, with a rule that drops"
-        " every other packet from outside to 127.0.0.0/8.",
+        " every other packet from outside to 127.0.0.0/8. It is the default of every"
+        " service; a `[service NAME]` may set its own.",
     ),
     Setting(
         "SINGLECONN_PORTOPEN_TIME", "singleconn_portopen_time", values.Seconds(1, 86400), 30.0,
@@ -219,6 +220,12 @@ SERVICE_SCHEMA: Tuple[Setting, ...] = (
         "SINGLECONN_PORTOPEN_TIME", "open_time", values.Seconds(1, 86400), None,
         "the top-level value", LIVE,
         "seconds its assigned port waits for the one connection.",
+    ),
+    Setting(
+        "FORWARD_MODE", "forward_mode", values.Choice(("proxy", "nat")), None,
+        "the top-level value", LIVE_UNLESS_NAT,
+        "`proxy` or `nat`, as the top-level key; a gateway may forward some services in the"
+        " kernel and proxy others (`nat` needs `FIREWALL = nftables`, `iptables` or `auto`).",
     ),
     Setting(
         "ALLOW", "allow", values.parsed_by(Access.parse), REQUIRED, "required", LIVE,

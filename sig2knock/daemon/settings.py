@@ -230,7 +230,7 @@ def _catalog(config: Any, sections: List[Section]) -> Catalog:
         named.append(HiddenService(
             section.name, found["forward_to_ip"], found["forward_to_port"],
             config.singleconn_portopen_time if open_time is None else open_time,
-            found["allow"], section.line,
+            found["allow"], forward_mode=found["forward_mode"], line=section.line,
         ))
     try:
         return Catalog.build(default, named, groups)
@@ -255,9 +255,10 @@ def check_combinations(config: Any) -> None:
     backend = registry.BACKENDS.get(config.firewall)  # None for auto
     if config.firewall_policy == "lockdown" and backend is not None and not backend.gates:
         fail("FIREWALL_POLICY", f"lockdown needs a firewall, but FIREWALL is {config.firewall}")
-    if config.forward_mode == "nat" and backend is not None and not backend.nat:
-        kernel = " or ".join(name for name, row in registry.BACKENDS.items() if row.nat)
-        fail("FORWARD_MODE", f"nat needs FIREWALL = {kernel}, not {config.firewall}")
+
+
+def _nat_services(config: Any) -> List[HiddenService]:
+    return [service for service in _services(config) if service.nat_in(config)]
 
 
 def _services(config: Any) -> List[HiddenService]:
@@ -283,32 +284,35 @@ def _check_service(config: Any, service: HiddenService, fail: Any) -> None:
     if address.is_loopback and low <= port <= high:
         refuse("FORWARD_TO_PORT", f"{port} on {address} lies inside ASSIGN_PORT_RANGE"
                f" {low}-{high}")
-    if config.forward_mode != "nat":
+    if not service.nat_in(config):
         return
+    backend = registry.BACKENDS.get(config.firewall)  # None for auto
+    if backend is not None and not backend.nat:
+        kernel = " or ".join(name for name, row in registry.BACKENDS.items() if row.nat)
+        refuse("FORWARD_MODE", f"nat needs FIREWALL = {kernel}, not {config.firewall}")
     if address.version == 6 and address.is_loopback:
         refuse("FORWARD_MODE", "nat cannot forward to ::1 (the kernel routes no IPv6 loopback"
                " from outside); use FORWARD_MODE = proxy or another FORWARD_TO_IP")
-    default = config.forward_to_ip
-    if address.version != default.version:
+    first, _ = _nat_services(config)[0].target
+    if address.version != first.version:
         refuse("FORWARD_TO_IP", f"FORWARD_MODE = nat forwards one address family: {address} is"
-               f" not IPv{default.version} like FORWARD_TO_IP {default}")
+               f" not IPv{first.version} like {first}, the first target in nat mode")
 
 
 def firewall_settings(config: Any, interface: str) -> FirewallSettings:
     """
-    What the firewall backend needs of ``config``, with the capture ``interface``.
+    What the firewall backend needs of ``config``, with the capture ``interface``: with
+    services in nat mode, the first one's target (its address family is the kernel's) and the
+    other ones' addresses.
     """
+    nat = _nat_services(config)
     return FirewallSettings(
         control_port=config.udp_port,
         port_range=config.assign_port_range,
         policy=config.firewall_policy,
         interface=interface,
-        nat_to=(
-            (config.forward_to_ip, config.forward_to_port)
-            if config.forward_mode == "nat"
-            else None
-        ),
-        nat_also=tuple(service.forward_to_ip for service in _services(config)[1:]),
+        nat_to=nat[0].target if nat else None,
+        nat_also=tuple(service.forward_to_ip for service in nat[1:]),
     )
 
 

@@ -15,7 +15,7 @@ import os
 import socket
 import stat
 import struct
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -75,11 +75,12 @@ def status_document(sessions: Any, config: Any, now: float) -> Dict[str, Any]:
     id, configuration and forward mode, the time, and an entry per live session and per used
     grant whose open time is not over (``session_entry``).
     """
-    nat = config.forward_mode == "nat"
-    entries: List[Dict[str, Any]] = [
-        session_entry(session, now, nat) for session in sessions.live()
-    ]
-    entries += [session_entry(session, now, nat) for session in sessions.recently_used()]
+    def entry(session: Session) -> Dict[str, Any]:
+        if session.service is None:  # the default service: the gateway's mode
+            return session_entry(session, now, config.forward_mode == "nat")
+        return session_entry(session, now, session.service.nat_in(config))
+
+    entries = [entry(session) for session in sessions.live() + sessions.recently_used()]
     return {
         "version": FORMAT_VERSION,
         "pid": os.getpid(),

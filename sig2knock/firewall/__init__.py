@@ -32,18 +32,17 @@ class FirewallSettings:
     """
     What every backend needs to know: the control port (always open), the range of assigned
     ports (gated), the policy (``ports`` or ``lockdown``), for backends that name it the
-    interface, and with ``FORWARD_MODE = nat`` the default service's forward target (its address
-    family is the one the kernel forwards) and the other services' target addresses.
+    interface, and with services in ``FORWARD_MODE = nat`` the first one's target (its address
+    family is the one the kernel forwards) and the other ones' addresses.
     """
 
     control_port: int
     port_range: Tuple[int, int]
     policy: str = "ports"
     interface: str = ""
-    # FORWARD_MODE = nat: grants are DNAT'ed by the kernel to this (address, port) unless the
-    # grant names its own target (a named service's).
+    # Services with FORWARD_MODE = nat: the first one's target (its address family is the one
+    # the kernel's rules forward; None: no nat rules at all), and the other ones' addresses.
     nat_to: Optional[Tuple[IPAddress, int]] = None
-    # FORWARD_MODE = nat: the other services' target addresses.
     nat_also: Tuple[IPAddress, ...] = ()
 
     @property
@@ -86,8 +85,9 @@ class IFirewall(Interface):
         """
         Let ``source`` open new connections to TCP ``port`` until ``deadline`` (seconds since the
         epoch). The kernel ends the grant at the deadline even if the daemon is gone.
-        Established connections outlive it. With ``FORWARD_MODE = nat`` the kernel forwards the
-        connection to ``target`` (``None``: the settings' ``nat_to``); other backends ignore it.
+        Established connections outlive it. With a ``target`` (a service with
+        ``FORWARD_MODE = nat``) the kernel forwards the connection there; without one, the
+        daemon's listener takes it. Backends without nat never get a target.
         """
 
     def revoke(

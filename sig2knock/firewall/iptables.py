@@ -208,8 +208,8 @@ class IptablesFirewall:
     ) -> Deferred:
         """
         Insert the grant at the top of the chain; refused (nothing added) when its deadline
-        leaves no whole second to match in. In nat mode its DNAT rule sends the connection to
-        ``target`` (default: the settings' ``nat_to``).
+        leaves no whole second to match in. With a ``target`` (a service in nat mode) its DNAT
+        rule sends the connection there; without one, it is a filter rule for the listener.
         """
         return self._locked(self._grant, source, port, deadline, target)
 
@@ -259,9 +259,14 @@ class IptablesFirewall:
         family = address.version
         key = (address, port)
         rules: List[Rule]
-        if self.settings.nat_to is None:
+        if target is None:
             rules = [(family, "filter", CHAIN, render_grant_args(address, port, deadline))]
         else:
+            if self.settings.nat_to is None:
+                raise FirewallError(
+                    "a grant to forward in the kernel, but the rules in place have no nat (no"
+                    " service had FORWARD_MODE = nat at start)"
+                )
             if family != self._nat_family():
                 raise FirewallError(
                     f"FORWARD_MODE = nat cannot forward an IPv{family} client to"
@@ -269,9 +274,8 @@ class IptablesFirewall:
                 )
             if fresh:  # a grant moved in time keeps the record of its one connection
                 forget_recent(recent_list(port), address)
-            nat_to = self.settings.nat_to if target is None else target
-            self.targets[key] = nat_to
-            once, dnat = render_nat_grant_specs(address, port, datestop(deadline), nat_to)
+            self.targets[key] = target
+            once, dnat = render_nat_grant_specs(address, port, datestop(deadline), target)
             rules = [(family, "nat", NAT_CHAIN, once), (family, "nat", NAT_CHAIN, dnat)]
             # A nat grant renewed (or moved with the clock) drops its older rules first: its
             # guard rule is the same text, and deleting it after the insert would delete the new

@@ -171,10 +171,13 @@ class NftablesFirewall:
         """
         Add ``source . port`` with the time left until ``deadline``, rounded down to the ms,
         less ``GRANT_MARGIN_MS``: the kernel counts from nft's commit, a few ms after the script
-        is written, and the grant must not outlive the deadline the client was told. In nat
-        mode the map sends it to ``target`` (default: the settings' ``nat_to``).
+        is written, and the grant must not outlive the deadline the client was told. With a
+        ``target`` (a service in nat mode) the map sends the connection there.
         """
-        nat_to = self._nat_target(target)
+        try:
+            nat_to = self._nat_target(target)
+        except FirewallError as error:
+            return fail(error)
 
         def timeout_ms() -> int:
             left = int((deadline - self.reactor.seconds()) * 1000) - GRANT_MARGIN_MS
@@ -198,7 +201,10 @@ class NftablesFirewall:
         Remove ``source . port`` (in nat mode with its map entry to ``target``); succeeds when
         it already expired.
         """
-        nat_to = self._nat_target(target)
+        try:
+            nat_to = self._nat_target(target)
+        except FirewallError as error:
+            return fail(error)
         return self._apply(
             "revoke",
             "nftables: revoked {source} TCP port {port}",
@@ -229,9 +235,10 @@ class NftablesFirewall:
     def _nat_target(
         self, target: Optional[Tuple[IPAddress, int]]
     ) -> Optional[Tuple[IPAddress, int]]:
-        if self.settings.nat_to is None:
-            return None
-        return self.settings.nat_to if target is None else target
+        if target is not None and self.settings.nat_to is None:
+            raise FirewallError("nftables: a grant to forward in the kernel, but the rules in"
+                                " place have no nat (no service had FORWARD_MODE = nat at start)")
+        return target
 
     def stop(self) -> Deferred:
         """

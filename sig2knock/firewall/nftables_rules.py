@@ -90,18 +90,23 @@ NAT_MARK = "0x53324b00"
 
 def _nat_rules(settings: FirewallSettings) -> List[str]:
     """
-    The prerouting rules of nat mode: the first new connection of a grant deletes the grant (one
-    connection, enforced by the kernel), marks the connection and DNATs it to the target.
+    The prerouting rules of nat mode: the first new connection of a grant that has a map entry
+    deletes the grant (one connection, enforced by the kernel), marks the connection and DNATs it
+    to the entry's target.
     """
     assert settings.nat_to is not None
     target, _ = settings.nat_to
+    # Only grants with a map entry are forwarded in the kernel: the others (services in proxy
+    # mode) go on to the input chain and the daemon's listener.
     if target.version == 4:
         return [
-            f"ct state new ip saddr . tcp dport @{SET4} delete @{SET4} {{ ip saddr . tcp dport }}"
+            f"ct state new ip saddr . tcp dport @{NAT4} ip saddr . tcp dport @{SET4}"
+            f" delete @{SET4} {{ ip saddr . tcp dport }}"
             f" ct mark set {NAT_MARK} dnat ip to ip saddr . tcp dport map @{NAT4}"
         ]
     return [
-        f"ct state new ip6 saddr . tcp dport @{SET6} delete @{SET6} {{ ip6 saddr . tcp dport }}"
+        f"ct state new ip6 saddr . tcp dport @{NAT6} ip6 saddr . tcp dport @{SET6}"
+        f" delete @{SET6} {{ ip6 saddr . tcp dport }}"
         f" ct mark set {NAT_MARK} dnat ip6 to ip6 saddr . tcp dport map @{NAT6}"
     ]
 

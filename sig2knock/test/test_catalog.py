@@ -181,6 +181,27 @@ class SectionErrorTests(SynchronousTestCase, ConfigErrorAssertions):
         self.assertSectionError("[group ops]\nUSERS = a ..b\n", 5, "USERS",
                                 "user name '..b' is not valid")
 
+    def test_serviceInNatModeOnAProxyGateway(self) -> None:
+        """
+        A service may have its own FORWARD_MODE: the kernel's nat rules are then installed for
+        its target alone (the default service stays proxied); nat needs a firewall that can.
+        """
+        from sig2knock.daemon.settings import firewall_settings
+
+        nat_service = ("[service db]\nFORWARD_TO_IP = 10.0.0.7\nFORWARD_TO_PORT = 5432\n"
+                       "ALLOW = *\nFORWARD_MODE = nat\n")
+        config = parse_text(settings_text(FIREWALL="nftables") + nat_service)
+        self.assertEqual([service.mode_in(config) for service in config.catalog.services.values()],
+                         ["proxy", "nat"])
+        settings = firewall_settings(config, "eth0")
+        self.assertEqual((str(settings.nat_to[0]), settings.nat_to[1], settings.nat_also),
+                         ("10.0.0.7", 5432, ()))
+        self.assertFalse(settings.nat_loopback)
+        self.assertIsNone(firewall_settings(parse_text(settings_text()), "eth0").nat_to)
+        error = self.assertConfigError(settings_text(FIREWALL="none") + nat_service, 5,
+                                       "FORWARD_MODE")
+        self.assertIn("[service db] nat needs FIREWALL", str(error))
+
     def test_unknownGroup(self) -> None:
         self.assertSectionError(
             "[service rdp]\nFORWARD_TO_IP = 10.0.0.1\nFORWARD_TO_PORT = 3389\nALLOW = @ops\n",

@@ -277,8 +277,8 @@ class PortGranterTests(SynchronousTestCase):
     def test_namedServicesTargetAndOpenTime(self) -> None:
         """
         A grant for a named service forwards to that service's target (in proxy mode the
-        listener connects there; in nat mode the firewall is told it, for grant and revoke)
-        and stays open for that service's own open time.
+        listener connects there, and the firewall gets no target; in nat mode the firewall is
+        told it, for grant and revoke) and stays open for that service's own open time.
         """
         inner = HiddenService("inner", ipaddress.ip_address("198.19.0.2"), 3389, 12.0,
                               EVERY_USER)
@@ -286,13 +286,31 @@ class PortGranterTests(SynchronousTestCase):
         self.assertEqual(grant.deadline, 1012)
         ((_, factory, _, _),) = self.reactor.tcpServers
         self.assertEqual((factory.host, factory.port), ("198.19.0.2", 3389))
-        self.assertEqual(self.firewall.targets, [inner.target])
+        self.assertEqual(self.firewall.targets, [None])
         self.granter = self.make(forward_mode="nat")
         grant = self.successResultOf(self.granter.open(CLIENT, "bob", None, inner))
         grant.close("test")
         self.assertEqual(self.firewall.calls[-2:],
                          [("grant", CLIENT, grant.port, 1012), ("revoke", CLIENT, grant.port)])
         self.assertEqual(self.firewall.targets[-2:], [inner.target, inner.target])
+
+    def test_eachServiceItsOwnMode(self) -> None:
+        """
+        A service's own FORWARD_MODE wins over the gateway's: on a proxy gateway a nat service's
+        grant gets no listener and goes to the kernel with its target; on a nat gateway a proxy
+        service's grant gets a listener (with the door) and no target.
+        """
+        address = ipaddress.ip_address("198.19.0.2")
+        in_kernel = HiddenService("db", address, 5432, 30.0, EVERY_USER, forward_mode="nat")
+        proxied = HiddenService("rdp", address, 3389, 30.0, EVERY_USER, forward_mode="proxy")
+        grant = self.successResultOf(self.granter.open(CLIENT, "bob", b"d" * 16, in_kernel))
+        self.assertEqual((self.reactor.tcpServers, grant.door_required), ([], False))
+        self.assertEqual(self.firewall.targets, [in_kernel.target])
+        self.granter = self.make(forward_mode="nat")
+        grant = self.successResultOf(self.granter.open(CLIENT, "bob", b"d" * 16, proxied))
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+        self.assertTrue(grant.door_required)
+        self.assertEqual(self.firewall.targets[-1], None)
 
     def test_doorInProxyModeOnly(self) -> None:
         """

@@ -392,7 +392,7 @@ class NatBackendTests(TestCase):
 
     def test_natGrantAndRevoke(self) -> None:
         firewall = self.backend(NAT_PORTS)
-        self.successResultOf(firewall.grant(CLIENT, 40005, T0 + 30))
+        self.successResultOf(firewall.grant(CLIENT, 40005, T0 + 30, LOOPBACK))
         once, dnat = render_nat_grant_specs(CLIENT, 40005, "2030-01-02T03:04:34", LOOPBACK)
         inserted = [argv[argv.index("-w") + 1:] for argv, _ in self.run.calls]
         self.assertEqual(
@@ -432,6 +432,24 @@ class NatBackendTests(TestCase):
         self.assertEqual(self.successResultOf(self.backend(PORTS).used_grants([(CLIENT, 40005)])),
                          set())
 
+    def test_proxyAndNatServicesSideBySide(self) -> None:
+        """
+        With nat rules in place, a grant without a target (a service in proxy mode) is a filter
+        rule for the daemon's listener, one with a target a DNAT rule; a target is refused by a
+        backend whose rules have no nat.
+        """
+        self.patch(iptables_module, "forget_recent", lambda *args: None)
+        firewall = self.backend(NAT_PORTS)
+        self.successResultOf(firewall.grant(CLIENT, 40006, T0 + 30))
+        self.successResultOf(firewall.grant(CLIENT, 40005, T0 + 30, LOOPBACK))
+        tables = [rule[1] for key in ((CLIENT, 40006), (CLIENT, 40005))
+                  for rule in firewall.grants[key]]
+        self.assertEqual(tables, ["filter", "nat", "nat"])
+        failure = self.failureResultOf(
+            self.backend(PORTS).grant(CLIENT, 40007, T0 + 30, LOOPBACK), FirewallError
+        )
+        self.assertIn("no nat", failure.getErrorMessage())
+
     def test_natGrantToItsServicesTarget(self) -> None:
         """
         A grant that names its target (a named service's) is DNAT'ed there, and keeps it when
@@ -459,7 +477,7 @@ class NatBackendTests(TestCase):
         forgotten = []
         self.patch(iptables_module, "forget_recent", lambda *args: forgotten.append(args))
         firewall = self.backend(NAT_PORTS)
-        self.successResultOf(firewall.grant(CLIENT, 40005, T0 + 30))
+        self.successResultOf(firewall.grant(CLIENT, 40005, T0 + 30, LOOPBACK))
         self.assertEqual(len(forgotten), 1)
         self.run.calls.clear()
         self.clock.rightNow -= 600
@@ -493,7 +511,7 @@ class NatBackendTests(TestCase):
         firewall = self.backend(NAT_PORTS)
         once, dnat = render_nat_grant_specs(CLIENT, 40005, "2030-01-02T03:04:34", LOOPBACK)
         self.run.failing = lambda argv: "-I" in argv and argv[-len(once):] == once
-        self.failureResultOf(firewall.grant(CLIENT, 40005, T0 + 30), FirewallError)
+        self.failureResultOf(firewall.grant(CLIENT, 40005, T0 + 30, LOOPBACK), FirewallError)
         commands = [argv[argv.index("-w") + 1:] for argv, _ in self.run.calls]
         self.assertEqual(
             commands,
@@ -515,7 +533,7 @@ class NatBackendTests(TestCase):
         self.run.failing = lambda argv: (
             ("-I" in argv and argv[-len(once):] == once) or "-D" in argv
         )
-        failure = self.failureResultOf(firewall.grant(CLIENT, 40005, T0 + 30), FirewallError)
+        failure = self.failureResultOf(firewall.grant(CLIENT, 40005, T0 + 30, LOOPBACK), FirewallError)
         self.assertIn("-I", failure.getErrorMessage())
         self.assertEqual(list(firewall.grants), [(CLIENT, 40005)])
         self.run.failing = lambda argv: False
@@ -528,6 +546,7 @@ class NatBackendTests(TestCase):
     def test_natOtherFamilyRefused(self) -> None:
         firewall = self.backend(NAT_PORTS)
         self.failureResultOf(
-            firewall.grant(ipaddress.ip_address("2001:2::2"), 40005, T0 + 30), FirewallError
+            firewall.grant(ipaddress.ip_address("2001:2::2"), 40005, T0 + 30, LOOPBACK),
+            FirewallError
         )
         self.assertEqual(self.run.calls, [])

@@ -161,8 +161,9 @@ class BackendTests(SynchronousTestCase):
 
     def test_natGrantToItsServicesTarget(self) -> None:
         """
-        In nat mode a grant's map entry sends it to the target it names (a named service's),
-        and its revoke removes that very entry; without one, to the default service's.
+        With nat rules in place a grant's map entry sends it to the target it names, and its
+        revoke removes that very entry; a grant without a target (a service in proxy mode) is a
+        set element alone, for the listener. A target is refused without nat rules.
         """
         import dataclasses
         import ipaddress
@@ -181,8 +182,10 @@ class BackendTests(SynchronousTestCase):
         self.assertEqual(scripts, [
             render_grant(V4, 45678, timeout, inner),
             render_revoke(V4, 45678, inner),
-            render_grant(V4, 45679, timeout, loopback),
+            render_grant(V4, 45679, timeout),
         ])
+        self.assertNotIn("forward4", scripts[2])
+        self.failureResultOf(self.firewall.grant(V4, 45680, deadline, inner), FirewallError)
         self.assertIn("198.19.0.2 . 3389", scripts[0])
         self.assertIn("198.19.0.2 . 3389", scripts[1])
 

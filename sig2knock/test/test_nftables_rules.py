@@ -168,15 +168,16 @@ class RenderTests(SynchronousTestCase):
 
 class NatRenderTests(SynchronousTestCase):
     """
-    FORWARD_MODE = nat: the kernel DNATs a grant's first connection and forgets the grant.
+    FORWARD_MODE = nat: the kernel DNATs the first connection of a grant with a map entry and
+    forgets the grant; a grant without one (a service in proxy mode) goes on to the listener.
     """
 
     def test_ruleset(self) -> None:
         ruleset = render_ruleset(NAT_LOCKDOWN)
         self.assertIn("flags dynamic, timeout;", ruleset)
         self.assertIn(
-            "\t\tct state new ip saddr . tcp dport @grants4 delete @grants4"
-            " { ip saddr . tcp dport } ct mark set 0x53324b00"
+            "\t\tct state new ip saddr . tcp dport @forward4 ip saddr . tcp dport @grants4"
+            " delete @grants4 { ip saddr . tcp dport } ct mark set 0x53324b00"
             " dnat ip to ip saddr . tcp dport map @forward4\n",
             ruleset,
         )

@@ -76,6 +76,23 @@ class MergeTests(SynchronousTestCase):
         self.assertEqual(sorted(merged.catalog.services), ["", "web"])
         self.assertEqual((applied, pending), (["services"], ["service db"]))
 
+    def test_aServiceTurningToNatNeedsItsRules(self) -> None:
+        """
+        On a gateway that started without any service in nat mode, a service a reload puts in
+        nat mode waits for a restart (the kernel has no nat rules); one started with nat rules
+        takes a new nat service of that address family at once.
+        """
+        nat_db = ("[service db]\nFORWARD_TO_IP = 10.0.0.7\nFORWARD_TO_PORT = 5432\n"
+                  "ALLOW = *\nFORWARD_MODE = nat\n")
+        proxy_only = self.config("FIREWALL = nftables\n")
+        with_db = self.config("FIREWALL = nftables\n" + nat_db)
+        merged, applied, pending = merge(proxy_only, with_db, proxy_only)
+        self.assertEqual((list(merged.catalog.services), pending), ([""], ["service db"]))
+        nat_web = nat_db.replace("[service db]", "[service web]").replace("5432", "80")
+        both = self.config("FIREWALL = nftables\n" + nat_db + nat_web)
+        merged, applied, pending = merge(with_db, both, with_db)
+        self.assertEqual((sorted(merged.catalog.services), pending), (["", "db", "web"], []))
+
     def test_natJudgedByTheRulesInstalledAtStart(self) -> None:
         """
         The kernel's base rules are those of the start: a daemon started with a loopback
