@@ -129,8 +129,9 @@ class HiddenService:
     target ``forward_to_ip``:``forward_to_port`` (on this host or another), the seconds its
     assigned port waits for the one connection (``open_time``), who may reach it (``allow``),
     how it is forwarded (``forward_mode``: ``proxy``, ``nat``, or ``None`` for the gateway's
-    ``FORWARD_MODE``: ``mode_in``), and the line its definition starts on (``None`` for the default service; not part of what
-    the service is, so a reload that only moves it changes nothing).
+    ``FORWARD_MODE``: ``mode_in``), and the line its definition starts on (``None`` for the
+    default service; not part of what the service is, so a reload that only moves it changes
+    nothing).
     """
 
     name: str
@@ -243,12 +244,6 @@ class Catalog(NamedTuple):
             for service in self.services.values()
             if service.allow.admits(user, self.groups)
         ]
-
-    def targets(self) -> List[Tuple[IPAddress, int]]:
-        """
-        Every forward target, the default service's first.
-        """
-        return [service.target for service in self.services.values()]
 
     def nat_targets(self, config: Any) -> List[Tuple[IPAddress, int]]:
         """

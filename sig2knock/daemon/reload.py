@@ -9,10 +9,10 @@ from typing import Any, List, Optional, Tuple
 from twisted.logger import Logger
 
 from sig2knock.daemon.catalog import Catalog, HiddenService
-from sig2knock.protocol.names import DEFAULT_SERVICE
 from sig2knock.daemon.schema import LIVE_UNLESS_NAT, RESTART, SCHEMA
 from sig2knock.daemon.settings import ConfigError, check_combinations, load_config
 from sig2knock.daemon.users import UsersError, load_users
+from sig2knock.protocol.names import DEFAULT_SERVICE
 
 
 class LiveSettings:

@@ -68,8 +68,8 @@ A validated configuration: ``path``, then an attribute per row of ``sig2knock.da
 (``udp_port``, ``forward_to_ip``, ...), and ``lines``, the line each key was set on (for
 messages about combinations), and ``catalog``, the services offered (``Catalog``: the default
 one of the ``FORWARD_TO_*`` keys, the ``[service NAME]`` sections, the ``[group NAME]`` ones).
-Paths are absolute; ``interface`` is ``None`` for "the interface
-of the default route"; ``listen_address`` is ``None`` for every address (IPv4 and IPv6).
+Paths are absolute; ``interface`` is ``None`` for "the interface of the default route";
+``listen_address`` is ``None`` for every address (IPv4 and IPv6).
 """
 
 
@@ -262,9 +262,6 @@ def _nat_services(config: Any) -> List[HiddenService]:
 
 
 def _services(config: Any) -> List[HiddenService]:
-    if config.catalog is None:
-        return [HiddenService(DEFAULT_SERVICE, config.forward_to_ip, config.forward_to_port,
-                              config.singleconn_portopen_time, config.allow)]
     return list(config.catalog.services.values())
 
 

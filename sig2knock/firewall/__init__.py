@@ -63,6 +63,17 @@ class FirewallSettings:
         return self.nat_loopback and bool(self.interface)
 
 
+def check_nat_target(settings: FirewallSettings, target: Optional[Tuple[IPAddress, int]],
+                     backend: str) -> None:
+    """
+    Refuse (``FirewallError``) a grant to forward in the kernel (``target``) when the rules in
+    place have no nat: no service had ``FORWARD_MODE = nat`` when they were installed.
+    """
+    if target is not None and settings.nat_to is None:
+        raise FirewallError(f"{backend}: a grant to forward in the kernel, but the rules in place"
+                            " have no nat (no service had FORWARD_MODE = nat at start)")
+
+
 class IFirewall(Interface):
     """
     A firewall the daemon drives. Every method returns a ``Deferred`` that fails with

@@ -32,6 +32,7 @@ from sig2knock.firewall import (
     IFirewall,
     IGrantUse,
     IWallClockGrants,
+    check_nat_target,
 )
 from sig2knock.firewall.iptables_rules import (
     CHAIN,
@@ -259,14 +260,10 @@ class IptablesFirewall:
         family = address.version
         key = (address, port)
         rules: List[Rule]
+        check_nat_target(self.settings, target, "iptables")
         if target is None:
             rules = [(family, "filter", CHAIN, render_grant_args(address, port, deadline))]
         else:
-            if self.settings.nat_to is None:
-                raise FirewallError(
-                    "a grant to forward in the kernel, but the rules in place have no nat (no"
-                    " service had FORWARD_MODE = nat at start)"
-                )
             if family != self._nat_family():
                 raise FirewallError(
                     f"FORWARD_MODE = nat cannot forward an IPv{family} client to"

@@ -16,7 +16,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sig2knock.firewall import FirewallError, FirewallSettings, IFirewall, IGrantUse
+from sig2knock.firewall import (
+    FirewallError,
+    FirewallSettings,
+    IFirewall,
+    IGrantUse,
+    check_nat_target,
+)
 from sig2knock.firewall.kernel import settle_route_localnet, write_route_localnet
 from sig2knock.firewall.libnftables import choose_runner
 from sig2knock.firewall.nftables_rules import (
@@ -175,7 +181,7 @@ class NftablesFirewall:
         ``target`` (a service in nat mode) the map sends the connection there.
         """
         try:
-            nat_to = self._nat_target(target)
+            check_nat_target(self.settings, target, "nftables")
         except FirewallError as error:
             return fail(error)
 
@@ -187,8 +193,8 @@ class NftablesFirewall:
         return self._apply(
             "grant",
             "nftables: granted {source} TCP port {port} until {deadline}",
-            lambda: render_grant(source, port, timeout_ms(), nat_to),
-            if_exists=lambda: render_replace_grant(source, port, timeout_ms(), nat_to),
+            lambda: render_grant(source, port, timeout_ms(), target),
+            if_exists=lambda: render_replace_grant(source, port, timeout_ms(), target),
             source=str(source),
             port=port,
             deadline=deadline,
@@ -202,13 +208,13 @@ class NftablesFirewall:
         it already expired.
         """
         try:
-            nat_to = self._nat_target(target)
+            check_nat_target(self.settings, target, "nftables")
         except FirewallError as error:
             return fail(error)
         return self._apply(
             "revoke",
             "nftables: revoked {source} TCP port {port}",
-            lambda: render_revoke(source, port, nat_to),
+            lambda: render_revoke(source, port, target),
             source=str(source),
             port=port,
         )
@@ -231,14 +237,6 @@ class NftablesFirewall:
                     if (unmapped(ipaddress.ip_address(str(source))), port) not in held}
 
         return listing.addCallback(missing)
-
-    def _nat_target(
-        self, target: Optional[Tuple[IPAddress, int]]
-    ) -> Optional[Tuple[IPAddress, int]]:
-        if target is not None and self.settings.nat_to is None:
-            raise FirewallError("nftables: a grant to forward in the kernel, but the rules in"
-                                " place have no nat (no service had FORWARD_MODE = nat at start)")
-        return target
 
     def stop(self) -> Deferred:
         """
